@@ -1,0 +1,155 @@
+//! The admin console: `psql -d shardwire` as an admin user. Simple queries only; commands parse
+//! into [`Command`] values.
+
+use std::sync::Arc;
+
+use super::views::{self, Table};
+use crate::app::Shared;
+use crate::config::User;
+use crate::protocol::pg::messages::{self as msg, Severity};
+use crate::protocol::pg::sqlstate::SqlState;
+use crate::session::client::{ClientConn, SessionError};
+
+/// An admin command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// SHOW REPLICAS
+    Replicas,
+    /// SHOW POOLS
+    Pools,
+    /// SHOW CLIENTS
+    Clients,
+    /// SHOW STATS
+    Stats,
+    /// SHOW VERSION
+    Version,
+    /// SHOW HELP
+    Help,
+    /// RELOAD
+    Reload,
+    /// An empty query.
+    Empty,
+}
+
+const HELP: &str = "SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW VERSION | SHOW HELP | RELOAD";
+
+impl Command {
+    /// Parses a console query (case-insensitive, optional trailing semicolon).
+    pub fn parse(sql: &str) -> Result<Command, String> {
+        let words: Vec<String> = sql
+            .trim()
+            .trim_end_matches(';')
+            .split_whitespace()
+            .map(str::to_ascii_uppercase)
+            .collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        Ok(match words.as_slice() {
+            [] => Command::Empty,
+            ["SHOW", "REPLICAS"] | ["SHOW", "NODES"] => Command::Replicas,
+            ["SHOW", "POOLS"] => Command::Pools,
+            ["SHOW", "CLIENTS"] => Command::Clients,
+            ["SHOW", "STATS"] => Command::Stats,
+            ["SHOW", "VERSION"] => Command::Version,
+            ["SHOW", "HELP"] | ["HELP"] => Command::Help,
+            ["RELOAD"] => Command::Reload,
+            _ => return Err(format!("unknown admin command \"{}\"; commands: {HELP}", sql.trim())),
+        })
+    }
+}
+
+/// Serves one admin client until it leaves.
+pub async fn run(mut client: ClientConn, _user: Arc<User>, shared: Arc<Shared>) -> Result<(), SessionError> {
+    loop {
+        let f = match client.read_frame().await {
+            Ok(f) => f,
+            Err(SessionError::Gone) => return Ok(()),
+            Err(e) => {
+                if let Some((code, m)) = e.fatal_message() {
+                    client.fatal(code, &m).await;
+                }
+                return Err(e);
+            }
+        };
+        match f.tag() {
+            b'Q' => {
+                let sql = msg::parse_query(f.body())?;
+                execute(&mut client.wbuf, sql, &shared);
+                msg::ready_for_query(&mut client.wbuf, b'I');
+            }
+            b'X' => return Ok(()),
+            b'S' => msg::ready_for_query(&mut client.wbuf, b'I'),
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+                let m = "the admin console takes simple queries only";
+                msg::error_response(&mut client.wbuf, Severity::Error, SqlState::FEATURE_NOT_SUPPORTED, m);
+            }
+            other => {
+                let m = format!("invalid frontend message type {other}");
+                client.fatal(SqlState::PROTOCOL_VIOLATION, &m).await;
+                return Ok(());
+            }
+        }
+        client.flush().await?;
+    }
+}
+
+fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared) {
+    let command = match Command::parse(sql) {
+        Ok(c) => c,
+        Err(m) => return msg::error_response(out, Severity::Error, SqlState::SYNTAX_ERROR, &m),
+    };
+    let table = match command {
+        Command::Empty => return msg::empty_query(out),
+        Command::Replicas => views::replicas(shared),
+        Command::Pools => views::pools(shared),
+        Command::Clients => views::clients(shared),
+        Command::Stats => views::stats(shared),
+        Command::Version => Table {
+            columns: vec!["version"],
+            rows: vec![vec![Some(format!("shardwire {}", env!("CARGO_PKG_VERSION")))]],
+        },
+        Command::Help => Table {
+            columns: vec!["commands"],
+            rows: vec![vec![Some(HELP.into())]],
+        },
+        Command::Reload => {
+            return match shared.reload() {
+                Ok(m) => {
+                    msg::error_response(out, Severity::Warning, SqlState::WARNING, &m);
+                    msg::command_complete(out, "RELOAD");
+                }
+                Err(e) => {
+                    let m = format!("reload failed, the running configuration stays: {e}");
+                    msg::error_response(out, Severity::Error, SqlState::CONFIG_FILE_ERROR, &m);
+                }
+            };
+        }
+    };
+    write_table(out, &table);
+}
+
+fn write_table(out: &mut bytes::BytesMut, t: &Table) {
+    msg::row_description(out, &t.columns);
+    for row in &t.rows {
+        let values: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
+        msg::data_row(out, &values);
+    }
+    msg::command_complete(out, &format!("SHOW {}", t.rows.len()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(Command::parse("show replicas;"), Ok(Command::Replicas));
+        assert_eq!(Command::parse("  SHOW   pools "), Ok(Command::Pools));
+        assert_eq!(Command::parse("reload"), Ok(Command::Reload));
+        assert_eq!(Command::parse(""), Ok(Command::Empty));
+        assert!(
+            Command::parse("DROP TABLE x")
+                .unwrap_err()
+                .contains("unknown admin command")
+        );
+    }
+}

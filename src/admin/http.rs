@@ -1,0 +1,154 @@
+//! HTTP `/metrics` (Prometheus text format, via prometheus-client) and `/health`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Shared;
+use crate::health::HealthState;
+
+/// Serves until `shutdown` fires.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &shared)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+            {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(shared),
+        ),
+        "/health" => {
+            let rt = shared.runtime.load();
+            let h = rt.cluster.primary.health.load();
+            match h.state {
+                HealthState::Down => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("primary down: {}\n", h.reason),
+                ),
+                _ => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            }
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /health\n".to_string(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static headers are valid")
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+    role: String,
+}
+
+/// Renders the current counters and gauges. A registry is filled per scrape from the atomics the
+/// data path already keeps, so the hot path pays nothing for metrics.
+pub fn metrics(shared: &Shared) -> String {
+    let mut reg = Registry::with_prefix("shardwire");
+    let statements = Family::<NodeLabels, Counter>::default();
+    let checkouts = Family::<NodeLabels, Counter>::default();
+    let checkout_errors = Family::<NodeLabels, Counter>::default();
+    let pool_conns = Family::<NodeLabels, Gauge>::default();
+    let pool_in_use = Family::<NodeLabels, Gauge>::default();
+    let in_rotation = Family::<NodeLabels, Gauge>::default();
+    let lag_bytes = Family::<NodeLabels, Gauge>::default();
+    let lag_secs = Family::<NodeLabels, Gauge<f64, AtomicU64>>::default();
+    let rt = shared.runtime.load();
+    for n in rt.cluster.nodes() {
+        let l = NodeLabels {
+            node: n.config.name.clone(),
+            role: n.role.as_str().into(),
+        };
+        statements
+            .get_or_create(&l)
+            .inc_by(n.stats.statements.load(Ordering::Relaxed));
+        checkouts
+            .get_or_create(&l)
+            .inc_by(n.stats.checkouts.load(Ordering::Relaxed));
+        checkout_errors
+            .get_or_create(&l)
+            .inc_by(n.stats.checkout_errors.load(Ordering::Relaxed));
+        pool_conns.get_or_create(&l).set(n.pool.state().connections.into());
+        pool_in_use
+            .get_or_create(&l)
+            .set(n.outstanding.load(Ordering::Relaxed) as i64);
+        let h = n.health.load();
+        in_rotation.get_or_create(&l).set(i64::from(h.in_rotation));
+        if let Some(b) = h.lag_bytes {
+            lag_bytes.get_or_create(&l).set(b as i64);
+        }
+        if let Some(s) = h.lag_secs {
+            lag_secs.get_or_create(&l).set(s);
+        }
+    }
+    reg.register("statements", "Statements routed to a node", statements);
+    reg.register("backend_checkouts", "Backend connections checked out", checkouts);
+    reg.register("backend_checkout_errors", "Checkouts that failed", checkout_errors);
+    reg.register("pool_connections", "Open backend connections", pool_conns);
+    reg.register("pool_in_use", "Backend connections in use", pool_in_use);
+    reg.register(
+        "node_in_rotation",
+        "1 if the node may serve (replicas: reads)",
+        in_rotation,
+    );
+    reg.register("replica_lag_bytes", "WAL bytes not yet replayed", lag_bytes);
+    reg.register("replica_lag_seconds", "Seconds behind the primary", lag_secs);
+    let clients = Gauge::<i64>::default();
+    clients.set(shared.clients.len() as i64);
+    reg.register("clients", "Connected clients", clients);
+    let cache = Gauge::<i64>::default();
+    cache.set(shared.cache.len() as i64);
+    reg.register("analysis_cache_entries", "Statement texts with cached analysis", cache);
+    let reloads = Counter::<u64>::default();
+    reloads.inc_by(shared.stats.reloads.load(Ordering::Relaxed));
+    reg.register("config_reloads", "Successful configuration reloads", reloads);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
+}

@@ -1,0 +1,155 @@
+//! The tables admin commands print, built from the shared handles. Shared by the console and
+//! the metrics endpoint so both report the same numbers.
+
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use crate::app::Shared;
+use crate::health::HealthState;
+
+/// A result table: column names and rows of optional text.
+pub struct Table {
+    /// Column names.
+    pub columns: Vec<&'static str>,
+    /// Rows.
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+/// SHOW REPLICAS: every node with its health and lag.
+pub fn replicas(shared: &Shared) -> Table {
+    let rt = shared.runtime.load();
+    let rows = rt
+        .cluster
+        .nodes()
+        .map(|n| {
+            let h = n.health.load();
+            let state = match h.state {
+                HealthState::Unknown => "unknown",
+                HealthState::Up => "up",
+                HealthState::Down => "down",
+            };
+            vec![
+                s(&n.config.name),
+                s(n.role.as_str()),
+                s(format!("{}:{}", n.config.host, n.config.port)),
+                s(state),
+                s(if h.in_rotation { "yes" } else { "no" }),
+                h.lag_bytes.map(|b| b.to_string()),
+                h.lag_secs.map(|v| format!("{v:.3}")),
+                h.lsn.map(|l| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)),
+                h.checked
+                    .map(|c| Instant::now().saturating_duration_since(c).as_millis().to_string()),
+                s(&h.reason),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "node",
+            "role",
+            "address",
+            "state",
+            "in_rotation",
+            "lag_bytes",
+            "lag_seconds",
+            "lsn",
+            "checked_ms_ago",
+            "reason",
+        ],
+        rows,
+    }
+}
+
+/// SHOW POOLS: connections per node.
+pub fn pools(shared: &Shared) -> Table {
+    let rt = shared.runtime.load();
+    let rows = rt
+        .cluster
+        .nodes()
+        .map(|n| {
+            let st = n.pool.state();
+            vec![
+                s(&n.config.name),
+                s(n.role.as_str()),
+                s(st.connections),
+                s(st.idle_connections),
+                s(n.outstanding.load(Ordering::Relaxed)),
+                s(n.max_size),
+                s(n.stats.checkouts.load(Ordering::Relaxed)),
+                s(n.stats.checkout_errors.load(Ordering::Relaxed)),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "node",
+            "role",
+            "connections",
+            "idle",
+            "in_use",
+            "max_size",
+            "checkouts",
+            "checkout_errors",
+        ],
+        rows,
+    }
+}
+
+/// SHOW CLIENTS: connected clients and the backend each uses right now.
+pub fn clients(shared: &Shared) -> Table {
+    let rows = shared
+        .clients
+        .all()
+        .iter()
+        .map(|c| {
+            let age = SystemTime::now().duration_since(c.since).unwrap_or_default().as_secs();
+            vec![
+                s(c.pid),
+                s(&c.user),
+                s(&c.database),
+                s(&c.application_name),
+                s(c.addr),
+                s(age),
+                c.backend().map(|(n, _, _)| n.config.name.clone()),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "id",
+            "user",
+            "database",
+            "application_name",
+            "address",
+            "connected_secs",
+            "backend",
+        ],
+        rows,
+    }
+}
+
+/// SHOW STATS: statements routed per node and role.
+pub fn stats(shared: &Shared) -> Table {
+    let rt = shared.runtime.load();
+    let rows = rt
+        .cluster
+        .nodes()
+        .map(|n| {
+            vec![
+                s(&n.config.name),
+                s(n.role.as_str()),
+                s(n.stats.statements.load(Ordering::Relaxed)),
+                s(n.stats.checkouts.load(Ordering::Relaxed)),
+                s(n.stats.checkout_errors.load(Ordering::Relaxed)),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec!["node", "role", "statements", "checkouts", "checkout_errors"],
+        rows,
+    }
+}

@@ -1,0 +1,75 @@
+//! What analysis learns about a statement text: everything routing needs, nothing about protocols.
+
+/// Where a statement may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A read without side effects: a replica under the lag bound will do.
+    Read,
+    /// Writes, DDL, locks, side-effecting functions, anything not understood: the primary.
+    Primary,
+}
+
+/// What a statement does to the transaction state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxEffect {
+    /// Nothing.
+    None,
+    /// BEGIN / START TRANSACTION.
+    Begin {
+        /// `READ ONLY` was given.
+        read_only: bool,
+    },
+    /// COMMIT, ROLLBACK, END, ABORT.
+    End,
+}
+
+/// A change to session parameters, replayed on every backend connection the client uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetOp {
+    /// `SET name ...`: `sql` replays it.
+    Set {
+        /// Parameter name, lower case.
+        name: String,
+        /// A statement that sets it again.
+        sql: String,
+    },
+    /// `RESET name`.
+    Reset {
+        /// Parameter name, lower case.
+        name: String,
+    },
+    /// `RESET ALL` or `DISCARD ALL`.
+    ResetAll,
+}
+
+/// The facts of one statement text (which may hold several statements).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// Where it may run.
+    pub need: Need,
+    /// Effect on the transaction state (of the first statement that has one).
+    pub tx: TxEffect,
+    /// Session parameter changes, in order.
+    pub set_ops: Vec<SetOp>,
+    /// Session state that cannot be replayed on another connection (temporary tables, SQL-level
+    /// PREPARE, LISTEN, WITH HOLD cursors, session advisory locks): the client keeps its backend.
+    pub pins_session: Option<&'static str>,
+    /// The text parsed; if not, it goes to the primary and the database reports the error.
+    pub parsed: bool,
+    /// A `/* shardwire: primary */` hint was given.
+    pub hint_primary: bool,
+}
+
+impl Facts {
+    /// Facts of a text that did not parse: primary, no known effects.
+    pub fn unparsed() -> Facts {
+        Facts {
+            need: Need::Primary,
+            tx: TxEffect::None,
+            set_ops: Vec::new(),
+            pins_session: None,
+            parsed: false,
+            hint_primary: false,
+        }
+    }
+}

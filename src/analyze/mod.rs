@@ -1,0 +1,234 @@
+//! Statement analysis: SQL text → [`Facts`] (read or primary-only, transaction effect, session
+//! parameter changes, session pinning). Uses sqlparser's PostgreSQL dialect and its visitors;
+//! knows nothing of protocols or nodes.
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod facts;
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    ContextModifier, Expr, Query, Reset, SetExpr, Statement, TransactionAccessMode, TransactionMode, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+pub use cache::AnalysisCache;
+pub use facts::{Facts, Need, SetOp, TxEffect};
+
+/// Analyzes a statement text. `primary_functions` are lower-case function names that force the primary.
+pub fn analyze(sql: &str, primary_functions: &HashSet<String>) -> Facts {
+    let hint_primary = has_primary_hint(sql);
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(_) => {
+            return Facts {
+                hint_primary,
+                ..Facts::unparsed()
+            };
+        }
+    };
+    let mut facts = Facts {
+        need: Need::Read,
+        tx: TxEffect::None,
+        set_ops: Vec::new(),
+        pins_session: None,
+        parsed: true,
+        hint_primary,
+    };
+    for stmt in &statements {
+        let f = statement(stmt, primary_functions);
+        if f.need == Need::Primary {
+            facts.need = Need::Primary;
+        }
+        if facts.tx == TxEffect::None {
+            facts.tx = f.tx;
+        }
+        facts.set_ops.extend(f.set_ops);
+        facts.pins_session = facts.pins_session.or(f.pins_session);
+    }
+    if hint_primary {
+        facts.need = Need::Primary;
+    }
+    facts
+}
+
+/// `/* shardwire: primary */` anywhere in a block comment.
+fn has_primary_hint(sql: &str) -> bool {
+    let mut rest = sql;
+    while let Some(start) = rest.find("/*") {
+        let Some(len) = rest[start + 2..].find("*/") else {
+            return false;
+        };
+        let body = rest[start + 2..start + 2 + len].trim();
+        if let Some(v) = body.strip_prefix("shardwire:")
+            && v.trim().eq_ignore_ascii_case("primary")
+        {
+            return true;
+        }
+        rest = &rest[start + 2 + len + 2..];
+    }
+    false
+}
+
+fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
+    let mut f = Facts {
+        need: Need::Primary,
+        tx: TxEffect::None,
+        set_ops: Vec::new(),
+        pins_session: None,
+        parsed: true,
+        hint_primary: false,
+    };
+    match stmt {
+        Statement::Query(q) => f.need = query_need(q, primary_functions),
+        Statement::Explain {
+            analyze,
+            statement: inner,
+            ..
+        } => {
+            f.need = if *analyze {
+                self::statement(inner, primary_functions).need
+            } else {
+                Need::Read
+            };
+        }
+        Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => f.need = Need::Read,
+        Statement::Copy {
+            to: true,
+            source: sqlparser::ast::CopySource::Query(q),
+            ..
+        } => f.need = query_need(q, primary_functions),
+        Statement::Copy { to: true, .. } => f.need = Need::Read,
+        Statement::StartTransaction { modes, .. } => {
+            let read_only = modes.contains(&TransactionMode::AccessMode(TransactionAccessMode::ReadOnly));
+            f.tx = TxEffect::Begin { read_only };
+            if read_only {
+                f.need = Need::Read;
+            }
+        }
+        Statement::Commit { .. } | Statement::Rollback { .. } => f.tx = TxEffect::End,
+        Statement::Set(set) => set_op(set, stmt, &mut f),
+        Statement::Reset(r) => f.set_ops.push(match &r.reset {
+            Reset::ALL => SetOp::ResetAll,
+            Reset::SessionAuthorization => SetOp::Reset {
+                name: "session_authorization".into(),
+            },
+            Reset::ConfigurationParameter(p) => SetOp::Reset {
+                name: p.to_string().to_ascii_lowercase(),
+            },
+        }),
+        Statement::Discard {
+            object_type: sqlparser::ast::DiscardObject::ALL,
+        } => f.set_ops.push(SetOp::ResetAll),
+        Statement::Prepare { .. } => f.pins_session = Some("PREPARE (SQL-level prepared statement)"),
+        Statement::LISTEN { .. } => f.pins_session = Some("LISTEN"),
+        Statement::Declare { stmts } if stmts.iter().any(|d| d.hold == Some(true)) => {
+            f.pins_session = Some("cursor WITH HOLD")
+        }
+        Statement::CreateTable(t) if t.temporary => f.pins_session = Some("temporary table"),
+        _ => {}
+    }
+    if session_lock(stmt) {
+        f.pins_session = Some("session-level advisory lock");
+    }
+    f
+}
+
+fn set_op(set: &sqlparser::ast::Set, stmt: &Statement, f: &mut Facts) {
+    use sqlparser::ast::Set;
+    let name = match set {
+        Set::SingleAssignment {
+            scope: Some(ContextModifier::Local),
+            ..
+        } => return,
+        Set::SingleAssignment { variable, .. } => variable.to_string().to_ascii_lowercase(),
+        Set::SetTimeZone { local: true, .. } => return,
+        Set::SetTimeZone { .. } => "timezone".into(),
+        Set::SetRole {
+            context_modifier: Some(ContextModifier::Local),
+            ..
+        } => return,
+        Set::SetRole { .. } => "role".into(),
+        Set::SetSessionAuthorization(_) => "session_authorization".into(),
+        Set::SetTransaction { session: false, .. } => return,
+        _ => {
+            f.pins_session = Some("a SET form that cannot be replayed");
+            return;
+        }
+    };
+    f.set_ops.push(SetOp::Set {
+        name,
+        sql: stmt.to_string(),
+    });
+}
+
+/// Reads and locks: `FOR UPDATE/SHARE`, `SELECT INTO`, data-modifying CTEs and side-effect functions
+/// all need the primary.
+fn query_need(q: &Query, primary_functions: &HashSet<String>) -> Need {
+    struct V<'a> {
+        functions: &'a HashSet<String>,
+    }
+    impl Visitor for V<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if !q.locks.is_empty() {
+                return ControlFlow::Break(());
+            }
+            match q.body.as_ref() {
+                SetExpr::Select(s) if s.into.is_some() => ControlFlow::Break(()),
+                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+        fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+            match s {
+                Statement::Query(_) => ControlFlow::Continue(()),
+                _ => ControlFlow::Break(()),
+            }
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(func) = e
+                && self.functions.contains(&function_name(&func.name))
+            {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    match q.visit(&mut V {
+        functions: primary_functions,
+    }) {
+        ControlFlow::Break(()) => Need::Primary,
+        ControlFlow::Continue(()) => Need::Read,
+    }
+}
+
+fn function_name(name: &sqlparser::ast::ObjectName) -> String {
+    let full = name.to_string();
+    let last = full.rsplit('.').next().unwrap_or(&full);
+    last.trim_matches('"').to_ascii_lowercase()
+}
+
+/// Session-level advisory locks outlive the transaction, so the backend must stay with the client.
+fn session_lock(stmt: &Statement) -> bool {
+    let mut found = false;
+    let _ = sqlparser::ast::visit_expressions(stmt, |e| {
+        if let Expr::Function(func) = e {
+            let n = function_name(&func.name);
+            if n.starts_with("pg_advisory_lock") || n.starts_with("pg_try_advisory_lock") {
+                found = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+use super::*;
+use crate::config::validate::DEFAULT_PRIMARY_FUNCTIONS;
+
+fn funcs() -> HashSet<String> {
+    DEFAULT_PRIMARY_FUNCTIONS.iter().map(|s| s.to_string()).collect()
+}
+
+fn need(sql: &str) -> Need {
+    analyze(sql, &funcs()).need
+}
+
+#[test]
+fn reads_and_writes() {
+    let table = [
+        ("SELECT 1", Need::Read),
+        ("select * from t where id = 1", Need::Read),
+        ("SELECT pg_is_in_recovery()", Need::Read),
+        ("WITH x AS (SELECT 1) SELECT * FROM x", Need::Read),
+        ("EXPLAIN SELECT 1", Need::Read),
+        ("SHOW search_path", Need::Read),
+        ("COPY t TO STDOUT", Need::Read),
+        ("COPY (SELECT 1) TO STDOUT", Need::Read),
+        ("VALUES (1), (2)", Need::Read),
+        ("SELECT 1; SELECT 2", Need::Read),
+        ("INSERT INTO t VALUES (1)", Need::Primary),
+        ("UPDATE t SET a = 1", Need::Primary),
+        ("DELETE FROM t", Need::Primary),
+        ("CREATE TABLE t (a int)", Need::Primary),
+        ("COPY t FROM STDIN", Need::Primary),
+        ("SELECT * FROM t FOR UPDATE", Need::Primary),
+        ("SELECT * FROM t FOR SHARE", Need::Primary),
+        ("SELECT nextval('s')", Need::Primary),
+        ("SELECT public.setval('s', 1)", Need::Primary),
+        ("SELECT pg_advisory_xact_lock(1)", Need::Primary),
+        ("SELECT * INTO t2 FROM t", Need::Primary),
+        ("EXPLAIN ANALYZE DELETE FROM t", Need::Primary),
+        ("SELECT 1; DELETE FROM t", Need::Primary),
+        ("/* shardwire: primary */ SELECT 1", Need::Primary),
+        ("SELECT 1 /* shardwire:primary */", Need::Primary),
+        ("/* other */ SELECT 1", Need::Read),
+        ("this is not sql", Need::Primary),
+        ("BEGIN", Need::Primary),
+        ("BEGIN READ ONLY", Need::Read),
+        (
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            Need::Read,
+        ),
+    ];
+    for (sql, want) in table {
+        assert_eq!(need(sql), want, "{sql}");
+    }
+}
+
+#[test]
+fn configured_functions_force_primary() {
+    let mut f = funcs();
+    assert_eq!(analyze("SELECT audit_log('x')", &f).need, Need::Read);
+    f.insert("audit_log".into());
+    assert_eq!(analyze("SELECT audit_log('x')", &f).need, Need::Primary);
+}
+
+#[test]
+fn transactions() {
+    let f = funcs();
+    assert_eq!(analyze("BEGIN", &f).tx, TxEffect::Begin { read_only: false });
+    assert_eq!(analyze("begin read only", &f).tx, TxEffect::Begin { read_only: true });
+    assert_eq!(analyze("COMMIT", &f).tx, TxEffect::End);
+    assert_eq!(analyze("ROLLBACK", &f).tx, TxEffect::End);
+    assert_eq!(analyze("SELECT 1", &f).tx, TxEffect::None);
+}
+
+#[test]
+fn session_parameters() {
+    let f = funcs();
+    let a = analyze("SET search_path TO app, public", &f);
+    assert!(matches!(&a.set_ops[..], [SetOp::Set { name, .. }] if name == "search_path"));
+    let SetOp::Set { sql, .. } = &a.set_ops[0] else {
+        unreachable!()
+    };
+    // The replayed text must itself analyze to the same change.
+    assert_eq!(analyze(sql, &f).set_ops, a.set_ops);
+    assert!(analyze("SET LOCAL search_path TO app", &f).set_ops.is_empty());
+    assert!(matches!(&analyze("SET TIME ZONE 'UTC'", &f).set_ops[..], [SetOp::Set { name, .. }] if name == "timezone"));
+    assert_eq!(
+        analyze("RESET search_path", &f).set_ops,
+        vec![SetOp::Reset {
+            name: "search_path".into()
+        }]
+    );
+    assert_eq!(analyze("RESET ALL", &f).set_ops, vec![SetOp::ResetAll]);
+    assert_eq!(analyze("DISCARD ALL", &f).set_ops, vec![SetOp::ResetAll]);
+    assert!(
+        analyze("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", &f)
+            .set_ops
+            .is_empty()
+    );
+    assert!(
+        analyze("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", &f)
+            .pins_session
+            .is_none()
+    );
+}
+
+#[test]
+fn pinning() {
+    let f = funcs();
+    for sql in [
+        "PREPARE p AS SELECT 1",
+        "LISTEN chan",
+        "CREATE TEMP TABLE t (a int)",
+        "SELECT pg_advisory_lock(1)",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+    ] {
+        assert!(analyze(sql, &f).pins_session.is_some(), "{sql}");
+    }
+    for sql in [
+        "SELECT pg_advisory_xact_lock(1)",
+        "CREATE TABLE t (a int)",
+        "DECLARE c CURSOR FOR SELECT 1",
+    ] {
+        assert!(analyze(sql, &f).pins_session.is_none(), "{sql}");
+    }
+}

@@ -1,0 +1,164 @@
+//! The shared handles (config and cluster snapshot, analysis cache, client registry, counters),
+//! building them from a config, reloading, and running the listeners until shutdown.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::analyze::AnalysisCache;
+use crate::backend::Cluster;
+use crate::config::{Config, ConfigError};
+use crate::health::Bounds;
+use crate::health::monitor::{self, MonitorSettings};
+use crate::session::registry::ClientRegistry;
+
+/// One version of the configuration with the cluster built from it. Sessions take a snapshot per
+/// transaction; a reload publishes a new one.
+pub struct Runtime {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Nodes, pools and health.
+    pub cluster: Arc<Cluster>,
+    /// Stops this runtime's monitor when the last snapshot is dropped.
+    _monitor: DropGuard,
+}
+
+impl Runtime {
+    /// Builds (or, when nodes and pool settings are unchanged, reuses) the cluster and starts a monitor.
+    fn new(config: Config, previous: Option<&Runtime>) -> Arc<Runtime> {
+        let reuse = previous.filter(|p| p.config.shard == config.shard && p.config.pool == config.pool);
+        let cluster = match reuse {
+            Some(p) => p.cluster.clone(),
+            None => Cluster::new(&config),
+        };
+        let token = CancellationToken::new();
+        let r = &config.routing;
+        let settings = MonitorSettings {
+            bounds: Bounds {
+                max_lag: r.max_lag,
+                max_lag_bytes: r.max_lag_bytes,
+            },
+            interval: r.check_interval,
+            healthy_after: r.healthy_after.get(),
+            connect_timeout: config.pool.connect_timeout,
+        };
+        tokio::spawn(monitor::run(cluster.clone(), settings, token.clone()));
+        Arc::new(Runtime {
+            config: Arc::new(config),
+            cluster,
+            _monitor: token.drop_guard(),
+        })
+    }
+}
+
+/// Process-wide counters.
+#[derive(Default)]
+pub struct Stats {
+    /// Backend connections given back to a pool by sessions.
+    pub releases: AtomicU64,
+    /// Successful reloads.
+    pub reloads: AtomicU64,
+}
+
+/// Everything sessions, the admin console and the HTTP endpoint share.
+pub struct Shared {
+    /// Current configuration and cluster.
+    pub runtime: ArcSwap<Runtime>,
+    /// Statement analyses by text.
+    pub cache: AnalysisCache,
+    /// Connected clients.
+    pub clients: ClientRegistry,
+    /// Counters.
+    pub stats: Stats,
+    /// File RELOAD reads, if serving from a file.
+    pub config_path: Option<PathBuf>,
+}
+
+impl Shared {
+    /// Builds the handles and starts the monitor. Must run inside a tokio runtime.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
+        Arc::new(Shared {
+            runtime: ArcSwap::new(Runtime::new(config, None)),
+            cache: AnalysisCache::new(NonZeroUsize::new(10_000).expect("non-zero")),
+            clients: ClientRegistry::default(),
+            stats: Stats::default(),
+            config_path,
+        })
+    }
+
+    /// Re-reads the config file and swaps it in if valid; the running config stays otherwise.
+    /// Statements in flight finish on the snapshot they started with.
+    pub fn reload(&self) -> Result<String, ConfigError> {
+        let Some(path) = &self.config_path else {
+            return Err(ConfigError::Invalid {
+                path: "RELOAD".into(),
+                message: "not serving from a config file".into(),
+            });
+        };
+        let config = crate::config::load(path)?;
+        let old = self.runtime.load_full();
+        let mut notes = Vec::new();
+        if config.server.listen != old.config.server.listen || config.server.admin_http != old.config.server.admin_http
+        {
+            notes.push("listen addresses change only on restart");
+        }
+        let reused = old.config.shard == config.shard && old.config.pool == config.pool;
+        if config.routing.primary_functions != old.config.routing.primary_functions {
+            self.cache.clear();
+        }
+        self.runtime.store(Runtime::new(config, Some(&old)));
+        self.stats.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let what = if reused {
+            "configuration reloaded"
+        } else {
+            "configuration reloaded; new backend pools built"
+        };
+        tracing::info!(path = %path.display(), reused_pools = reused, "{what}");
+        Ok(if notes.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what} ({})", notes.join("; "))
+        })
+    }
+}
+
+/// Addresses a running server listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// PostgreSQL clients.
+    pub pg: std::net::SocketAddr,
+    /// HTTP metrics and health, if configured.
+    pub http: Option<std::net::SocketAddr>,
+}
+
+/// Binds the configured addresses and serves until `shutdown` fires. `on_bound` learns the
+/// actual addresses (port 0 in the config picks a free port).
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(Bound, Arc<Shared>),
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(config.server.listen).await?;
+    let http = match config.server.admin_http {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let shared = Shared::new(config, config_path);
+    let bound = Bound {
+        pg: listener.local_addr()?,
+        http: http.as_ref().map(|l| l.local_addr()).transpose()?,
+    };
+    tracing::info!(pg = %bound.pg, http = ?bound.http, "shardwire listening");
+    on_bound(bound, shared.clone());
+    if let Some(h) = http {
+        tokio::spawn(crate::admin::http::serve(h, shared.clone(), shutdown.clone()));
+    }
+    crate::session::listener::serve(listener, shared, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Backends: raw connections (`conn`), pools per node (`pool`), and the cluster of one primary
+//! with its replicas, including the choice of a replica for a read.
+
+pub mod conn;
+pub mod pool;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use conn::{BackendConn, BackendError};
+pub use pool::{Checkout, CheckoutError, Node, Role};
+
+use crate::config::{Balance, Config};
+
+/// ParameterStatus name/value pairs a server reports at startup.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
+/// A primary and its replicas, with their pools and health.
+pub struct Cluster {
+    /// Shard name.
+    pub name: String,
+    /// The primary.
+    pub primary: Arc<Node>,
+    /// The replicas, in configuration order.
+    pub replicas: Vec<Arc<Node>>,
+    rr: AtomicUsize,
+    // std Mutex: a clone of an Arc under it, never held across an await.
+    server_params: Mutex<Option<ServerParams>>,
+}
+
+impl Cluster {
+    /// Builds nodes and pools (connections open lazily).
+    pub fn new(config: &Config) -> Arc<Cluster> {
+        let s = &config.shard;
+        Arc::new(Cluster {
+            name: s.name.clone(),
+            primary: Node::new(s.primary.clone(), Role::Primary, &config.pool),
+            replicas: s
+                .replicas
+                .iter()
+                .map(|r| Node::new(r.clone(), Role::Replica, &config.pool))
+                .collect(),
+            rr: AtomicUsize::new(0),
+            server_params: Mutex::new(None),
+        })
+    }
+
+    /// Every node, primary first.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
+    }
+
+    /// A replica in rotation that has replayed at least `min_lsn`, or none.
+    pub fn pick_replica(&self, balance: Balance, min_lsn: Option<u64>) -> Option<Arc<Node>> {
+        let usable = |n: &&Arc<Node>| {
+            let h = n.health.load();
+            h.in_rotation && min_lsn.is_none_or(|min| h.lsn.is_some_and(|l| l >= min))
+        };
+        match balance {
+            Balance::RoundRobin => {
+                let candidates: Vec<&Arc<Node>> = self.replicas.iter().filter(usable).collect();
+                if candidates.is_empty() {
+                    return None;
+                }
+                let i = self.rr.fetch_add(1, Ordering::Relaxed) % candidates.len();
+                Some(candidates[i].clone())
+            }
+            Balance::LeastOutstanding => self
+                .replicas
+                .iter()
+                .filter(usable)
+                .min_by_key(|n| n.outstanding.load(Ordering::Relaxed))
+                .cloned(),
+        }
+    }
+
+    /// The ParameterStatus values clients receive at startup, learned from the first backend
+    /// connection to the primary.
+    pub fn server_params(&self) -> Option<ServerParams> {
+        self.server_params.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the ParameterStatus values of a fresh backend connection.
+    pub fn learn_server_params(&self, params: &[(String, String)]) {
+        let mut p = self.server_params.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() && !params.is_empty() {
+            *p = Some(Arc::new(params.to_vec()));
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Pools of backend connections, one per node, on bb8.
+//!
+//! bb8 opens connections in the background and its `get()` only ever reports a timeout: a node
+//! that refuses connections would make every client wait the whole checkout timeout. The error
+//! sink below records connect failures on the node and wakes waiting checkouts, so they fail at
+//! once with the real reason.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use super::conn::{BackendConn, BackendError};
+use crate::config::{NodeConfig, PoolConfig};
+use crate::health::NodeHealth;
+
+/// Primary or replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Takes writes.
+    Primary,
+    /// Streaming replica: reads only.
+    Replica,
+}
+
+impl Role {
+    /// Lower-case name for admin views and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// Counters per node, read by SHOW STATS and /metrics.
+#[derive(Default)]
+pub struct NodeStats {
+    /// Statements and extended-protocol executions routed here.
+    pub statements: AtomicU64,
+    /// Backend connections checked out (transactions, in transaction pooling).
+    pub checkouts: AtomicU64,
+    /// Checkouts that failed (connect error or timeout).
+    pub checkout_errors: AtomicU64,
+}
+
+/// One backend server and its pool.
+pub struct Node {
+    /// Name, URL and credentials.
+    pub config: NodeConfig,
+    /// Primary or replica.
+    pub role: Role,
+    /// The pool.
+    pub pool: bb8::Pool<BackendManager>,
+    /// Latest result of the health monitor.
+    pub health: ArcSwap<NodeHealth>,
+    /// Connections checked out right now, for least-outstanding balancing.
+    pub outstanding: AtomicUsize,
+    /// Counters.
+    pub stats: NodeStats,
+    /// Pool size.
+    pub max_size: u32,
+    checkout_timeout: std::time::Duration,
+    failures: Arc<ConnectFailures>,
+}
+
+/// The last connect failure of a node and a way to wake checkouts waiting on it.
+#[derive(Default)]
+struct ConnectFailures {
+    notify: Notify,
+    // std Mutex: held only to swap a String, never across an await.
+    last: Mutex<Option<String>>,
+}
+
+#[derive(Clone)]
+struct FailureSink(Arc<ConnectFailures>);
+
+impl std::fmt::Debug for FailureSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailureSink")
+    }
+}
+
+impl bb8::ErrorSink<BackendError> for FailureSink {
+    fn sink(&self, error: BackendError) {
+        if matches!(error, BackendError::Stale) {
+            return;
+        }
+        tracing::warn!(%error, "backend connect failed");
+        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        self.0.notify.notify_waiters();
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<BackendError>> {
+        Box::new(self.clone())
+    }
+}
+
+/// bb8 manager: opens [`BackendConn`]s to one node.
+pub struct BackendManager {
+    node: NodeConfig,
+    connect_timeout: std::time::Duration,
+}
+
+impl bb8::ManageConnection for BackendManager {
+    type Connection = BackendConn;
+    type Error = BackendError;
+
+    async fn connect(&self) -> Result<BackendConn, BackendError> {
+        BackendConn::connect(&self.node, self.connect_timeout).await
+    }
+
+    async fn is_valid(&self, conn: &mut BackendConn) -> Result<(), BackendError> {
+        conn.check_idle()
+    }
+
+    fn has_broken(&self, conn: &mut BackendConn) -> bool {
+        conn.broken
+    }
+}
+
+/// A checked-out connection that counts itself in `Node::outstanding` until dropped.
+pub struct Checkout {
+    /// The pooled connection; returns to the pool on drop unless marked broken.
+    pub conn: bb8::PooledConnection<'static, BackendManager>,
+    /// The node it belongs to.
+    pub node: Arc<Node>,
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        self.node.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// The node could not be reached or refused the login.
+    #[error("{0}")]
+    Connect(String),
+    /// The pool stayed full for the whole checkout timeout.
+    #[error("timed out after {timeout:?} waiting for a connection to {node} (pool of {max} is busy)")]
+    Timeout {
+        /// Node name.
+        node: String,
+        /// The checkout timeout.
+        timeout: std::time::Duration,
+        /// Pool size.
+        max: u32,
+    },
+}
+
+impl Node {
+    /// A node with a pool that opens connections lazily (and keeps `min_size` idle ones).
+    pub fn new(config: NodeConfig, role: Role, pool: &PoolConfig) -> Arc<Node> {
+        let failures = Arc::new(ConnectFailures::default());
+        let manager = BackendManager {
+            node: config.clone(),
+            connect_timeout: pool.connect_timeout,
+        };
+        let (max_size, checkout_timeout) = (pool.max_size.get(), pool.checkout_timeout);
+        let pool = bb8::Pool::builder()
+            .max_size(pool.max_size.get())
+            .min_idle(Some(pool.min_size).filter(|&n| n > 0))
+            .connection_timeout(pool.checkout_timeout)
+            .idle_timeout(Some(pool.idle_timeout))
+            .retry_connection(false)
+            .error_sink(Box::new(FailureSink(failures.clone())))
+            .build_unchecked(manager);
+        Arc::new(Node {
+            config,
+            role,
+            pool,
+            health: ArcSwap::from_pointee(NodeHealth::initial()),
+            outstanding: AtomicUsize::new(0),
+            stats: NodeStats::default(),
+            max_size,
+            checkout_timeout,
+            failures,
+        })
+    }
+
+    /// Checks out a connection, failing fast when the node cannot be reached.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+        let failed = self.failures.notify.notified();
+        tokio::pin!(failed);
+        failed.as_mut().enable();
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::select! {
+            r = self.pool.get_owned() => r.map_err(|e| match e {
+                bb8::RunError::User(e) => CheckoutError::Connect(e.to_string()),
+                bb8::RunError::TimedOut => self.timeout_error(),
+            }),
+            () = &mut failed => Err(CheckoutError::Connect(
+                self.failures.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                    .unwrap_or_else(|| format!("could not connect to {}", self.config.name)),
+            )),
+        };
+        match result {
+            Ok(conn) => {
+                self.outstanding.fetch_add(1, Ordering::Relaxed);
+                Ok(Checkout {
+                    conn,
+                    node: self.clone(),
+                })
+            }
+            Err(e) => {
+                self.stats.checkout_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    fn timeout_error(&self) -> CheckoutError {
+        let s = self.pool.state();
+        // A timeout with free slots means connecting itself failed or hung.
+        if s.connections < self.max_size
+            && let Some(last) = self.failures.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        {
+            return CheckoutError::Connect(last);
+        }
+        CheckoutError::Timeout {
+            node: self.config.name.clone(),
+            timeout: self.checkout_timeout,
+            max: self.max_size,
+        }
+    }
+}

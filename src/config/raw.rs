@@ -1,0 +1,120 @@
+//! The configuration file as written: serde structs that reject unknown fields. Validation into
+//! typed values happens in `validate.rs`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listener and client-facing settings.
+    pub server: RawServer,
+    /// Backend pool sizes and timeouts.
+    #[serde(default)]
+    pub pool: RawPool,
+    /// Read/write split and replica lag settings.
+    #[serde(default)]
+    pub routing: RawRouting,
+    /// Users clients may log in as.
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    /// The shards: each a primary and its replicas.
+    pub shards: Vec<RawShard>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address for PostgreSQL clients, e.g. "127.0.0.1:6432".
+    pub listen: String,
+    /// Address for HTTP `/metrics` and `/health`; none when absent.
+    pub admin_http: Option<String>,
+    /// "transaction" (default) or "session".
+    pub pool_mode: Option<String>,
+    /// Database name clients connect to; defaults to the primary's database name.
+    pub database: Option<String>,
+    /// Most client connections served at once.
+    pub max_client_connections: Option<usize>,
+    /// Largest message accepted from a client, in bytes.
+    pub max_message_size: Option<usize>,
+    /// How long shutdown waits for clients before closing them.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// `[pool]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Idle connections kept open per node.
+    pub min_size: Option<u32>,
+    /// Most connections per node.
+    pub max_size: Option<u32>,
+    /// How long a client waits for a backend connection before it gets an error.
+    #[serde(default, with = "humantime_serde")]
+    pub checkout_timeout: Option<Duration>,
+    /// How long opening a backend connection may take.
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Idle backend connections older than this are closed.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `[routing]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// A replica further behind than this (time) leaves the read rotation.
+    #[serde(default, with = "humantime_serde")]
+    pub max_replica_lag: Option<Duration>,
+    /// A replica further behind than this many WAL bytes leaves the read rotation.
+    pub max_replica_lag_bytes: Option<u64>,
+    /// How often each replica's lag and health are checked.
+    #[serde(default, with = "humantime_serde")]
+    pub lag_check_interval: Option<Duration>,
+    /// "primary" (default): reads go to the primary when no replica is usable; "refuse": they fail.
+    pub when_no_replica: Option<String>,
+    /// "round_robin" (default) or "least_outstanding".
+    pub replica_balance: Option<String>,
+    /// Good checks in a row before a replica that left the rotation comes back.
+    pub healthy_after: Option<u32>,
+    /// Functions with side effects, in addition to the built-in list: a call sends the statement to the primary.
+    #[serde(default)]
+    pub primary_functions: Vec<String>,
+    /// Read-your-writes for every user (users may also turn it on one by one).
+    pub read_your_writes: Option<bool>,
+}
+
+/// `[[users]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    /// Login name.
+    pub name: String,
+    /// Plain password, a SCRAM verifier ("SCRAM-SHA-256$...") or an md5 hash ("md5...").
+    pub password: Option<String>,
+    /// "scram-sha-256" (default), "md5" or "trust".
+    pub auth: Option<String>,
+    /// May use the admin console (database `shardwire`).
+    #[serde(default)]
+    pub admin: bool,
+    /// After a write, this user's reads wait for replicas that replayed it (else the primary).
+    pub read_your_writes: Option<bool>,
+}
+
+/// `[[shards]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShard {
+    /// Shard name, unique.
+    pub name: String,
+    /// Connection URL of the primary, with the credentials shardwire logs in with.
+    pub primary: String,
+    /// Connection URLs of streaming replicas.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+}

@@ -1,0 +1,484 @@
+//! Raw config → typed config. Every check that `serve`, `check` and `RELOAD` run is here, and
+//! every error names the field it is about.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ConfigError;
+use super::raw::{RawConfig, RawShard, RawUser};
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Listener and client-facing settings.
+    pub server: ServerConfig,
+    /// Backend pools.
+    pub pool: PoolConfig,
+    /// Read/write split and lag.
+    pub routing: RoutingConfig,
+    /// Users by name.
+    pub users: HashMap<String, Arc<User>>,
+    /// The shard served. One until shard maps land.
+    pub shard: ShardConfig,
+}
+
+/// How long a backend connection stays with one client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    /// For one transaction, or one statement outside a transaction.
+    Transaction,
+    /// For the whole client connection.
+    Session,
+}
+
+/// `[server]`, typed.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// HTTP listener for metrics and health.
+    pub admin_http: Option<SocketAddr>,
+    /// Pooling mode.
+    pub pool_mode: PoolMode,
+    /// Database name clients connect to.
+    pub database: String,
+    /// Most client connections at once.
+    pub max_client_connections: usize,
+    /// Largest client message in bytes.
+    pub max_message_size: usize,
+    /// How long shutdown waits for clients.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[pool]`, typed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Idle connections kept per node.
+    pub min_size: u32,
+    /// Most connections per node.
+    pub max_size: NonZeroU32,
+    /// Wait for a connection before the client gets an error.
+    pub checkout_timeout: Duration,
+    /// Time to open a backend connection.
+    pub connect_timeout: Duration,
+    /// Idle connections older than this close.
+    pub idle_timeout: Duration,
+}
+
+/// What reads do when no replica is usable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenNoReplica {
+    /// Serve them from the primary.
+    Primary,
+    /// Fail them with an error.
+    Refuse,
+}
+
+/// How reads are spread over replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn.
+    RoundRobin,
+    /// To the replica with the fewest connections in use.
+    LeastOutstanding,
+}
+
+/// `[routing]`, typed.
+#[derive(Debug)]
+pub struct RoutingConfig {
+    /// Time lag bound.
+    pub max_lag: Duration,
+    /// Byte lag bound.
+    pub max_lag_bytes: u64,
+    /// Lag check interval.
+    pub check_interval: Duration,
+    /// Fallback for reads.
+    pub when_no_replica: WhenNoReplica,
+    /// Replica choice.
+    pub balance: Balance,
+    /// Good checks in a row before a replica rejoins.
+    pub healthy_after: NonZeroU32,
+    /// Function names (lower case) whose calls force the primary, built-in ones included.
+    pub primary_functions: HashSet<String>,
+    /// Read-your-writes default for users that do not set it.
+    pub read_your_writes: bool,
+}
+
+/// How a user proves who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// SCRAM-SHA-256 against a verifier.
+    Scram(ScramVerifier),
+    /// md5 against `md5(password || user)` in hex.
+    Md5 {
+        /// The 32 hex digits, without the "md5" prefix.
+        hash: String,
+    },
+    /// No password.
+    Trust,
+}
+
+/// A SCRAM-SHA-256 verifier as PostgreSQL stores it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    /// PBKDF2 iterations.
+    pub iterations: u32,
+    /// Salt, decoded.
+    pub salt: Vec<u8>,
+    /// H(ClientKey).
+    pub stored_key: Vec<u8>,
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ScramVerifier(<redacted>)")
+    }
+}
+
+impl ScramVerifier {
+    /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub fn parse(s: &str) -> Option<ScramVerifier> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let rest = s.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        Some(ScramVerifier {
+            iterations: iterations.parse().ok()?,
+            salt: b64.decode(salt).ok()?,
+            stored_key: b64.decode(stored).ok()?,
+            server_key: b64.decode(server).ok()?,
+        })
+    }
+}
+
+/// A client login.
+#[derive(Debug)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Method and secret.
+    pub auth: Auth,
+    /// May use the admin console.
+    pub admin: bool,
+    /// Read-your-writes for this user.
+    pub read_your_writes: bool,
+}
+
+/// One backend server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Name shown in admin views and metrics, e.g. "main/replica1".
+    pub name: String,
+    /// Host to connect to.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// Login password, if any.
+    pub password: Option<String>,
+    /// Database name.
+    pub dbname: String,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (postgres://{}@{}:{}/{})",
+            self.name, self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+impl NodeConfig {
+    /// tokio-postgres settings for monitor connections.
+    pub fn pg_config(&self, connect_timeout: Duration) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host).port(self.port).user(&self.user).dbname(&self.dbname);
+        c.application_name("shardwire-monitor").connect_timeout(connect_timeout);
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+}
+
+/// One shard: a primary and its replicas.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Shard name.
+    pub name: String,
+    /// The primary.
+    pub primary: NodeConfig,
+    /// Streaming replicas.
+    pub replicas: Vec<NodeConfig>,
+}
+
+/// Functions that write, take locks or read sequences: a call sends the statement to the primary.
+pub const DEFAULT_PRIMARY_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "currval",
+    "lastval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    "pg_notify",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_current_wal_lsn",
+    "set_config",
+    "dblink_exec",
+    "lo_import",
+    "lo_create",
+    "lo_unlink",
+];
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn addr(path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| err(path, format!("`{s}` is not an address like 127.0.0.1:6432")))
+}
+
+fn one_of<T: Copy>(path: &str, value: Option<&str>, default: T, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    choices
+        .iter()
+        .find(|(name, _)| *name == v)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let names: Vec<_> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            err(path, format!("`{v}` is not one of {}", names.join(", ")))
+        })
+}
+
+/// Validates a parsed file.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let shard = shard(&raw.shards)?;
+    let s = &raw.server;
+    let server = ServerConfig {
+        listen: addr("server.listen", &s.listen)?,
+        admin_http: s
+            .admin_http
+            .as_deref()
+            .map(|a| addr("server.admin_http", a))
+            .transpose()?,
+        pool_mode: one_of(
+            "server.pool_mode",
+            s.pool_mode.as_deref(),
+            PoolMode::Transaction,
+            &[("transaction", PoolMode::Transaction), ("session", PoolMode::Session)],
+        )?,
+        database: s.database.clone().unwrap_or_else(|| shard.primary.dbname.clone()),
+        max_client_connections: s.max_client_connections.unwrap_or(10_000),
+        max_message_size: s.max_message_size.unwrap_or(64 << 20),
+        shutdown_timeout: s.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+    };
+    if server.database == "shardwire" {
+        return Err(err("server.database", "`shardwire` is the admin console's name"));
+    }
+    if server.max_message_size < 1024 {
+        return Err(err("server.max_message_size", "must be at least 1024 bytes"));
+    }
+    let p = &raw.pool;
+    let pool = PoolConfig {
+        min_size: p.min_size.unwrap_or(0),
+        max_size: NonZeroU32::new(p.max_size.unwrap_or(20))
+            .ok_or_else(|| err("pool.max_size", "must be at least 1"))?,
+        checkout_timeout: p.checkout_timeout.unwrap_or(Duration::from_secs(5)),
+        connect_timeout: p.connect_timeout.unwrap_or(Duration::from_secs(5)),
+        idle_timeout: p.idle_timeout.unwrap_or(Duration::from_secs(600)),
+    };
+    if pool.min_size > pool.max_size.get() {
+        return Err(err("pool.min_size", "must not exceed pool.max_size"));
+    }
+    let routing = routing(&raw)?;
+    let mut users = HashMap::new();
+    for (i, u) in raw.users.iter().enumerate() {
+        let user = user(&format!("users[{i}]"), u, routing.read_your_writes)?;
+        if users.insert(user.name.clone(), Arc::new(user)).is_some() {
+            return Err(err(
+                format!("users[{i}].name"),
+                format!("user `{}` is listed twice", u.name),
+            ));
+        }
+    }
+    if users.is_empty() {
+        return Err(err("users", "at least one [[users]] entry is needed"));
+    }
+    Ok(Config {
+        server,
+        pool,
+        routing,
+        users,
+        shard,
+    })
+}
+
+fn routing(raw: &RawConfig) -> Result<RoutingConfig, ConfigError> {
+    let r = &raw.routing;
+    let check_interval = r.lag_check_interval.unwrap_or(Duration::from_millis(200));
+    if check_interval < Duration::from_millis(10) {
+        return Err(err("routing.lag_check_interval", "must be at least 10ms"));
+    }
+    let mut primary_functions: HashSet<String> = DEFAULT_PRIMARY_FUNCTIONS.iter().map(|s| s.to_string()).collect();
+    primary_functions.extend(r.primary_functions.iter().map(|f| f.to_ascii_lowercase()));
+    Ok(RoutingConfig {
+        max_lag: r.max_replica_lag.unwrap_or(Duration::from_secs(1)),
+        max_lag_bytes: r.max_replica_lag_bytes.unwrap_or(16 << 20),
+        check_interval,
+        when_no_replica: one_of(
+            "routing.when_no_replica",
+            r.when_no_replica.as_deref(),
+            WhenNoReplica::Primary,
+            &[("primary", WhenNoReplica::Primary), ("refuse", WhenNoReplica::Refuse)],
+        )?,
+        balance: one_of(
+            "routing.replica_balance",
+            r.replica_balance.as_deref(),
+            Balance::RoundRobin,
+            &[
+                ("round_robin", Balance::RoundRobin),
+                ("least_outstanding", Balance::LeastOutstanding),
+            ],
+        )?,
+        healthy_after: NonZeroU32::new(r.healthy_after.unwrap_or(3))
+            .ok_or_else(|| err("routing.healthy_after", "must be at least 1"))?,
+        primary_functions,
+        read_your_writes: r.read_your_writes.unwrap_or(false),
+    })
+}
+
+fn user(path: &str, u: &RawUser, ryw_default: bool) -> Result<User, ConfigError> {
+    if u.name.is_empty() {
+        return Err(err(format!("{path}.name"), "must not be empty"));
+    }
+    let method = u.auth.as_deref().unwrap_or("scram-sha-256");
+    let password = u.password.as_deref();
+    let need = || err(format!("{path}.password"), format!("auth `{method}` needs a password"));
+    let auth = match method {
+        "trust" => Auth::Trust,
+        "scram-sha-256" => {
+            let pw = password.ok_or_else(need)?;
+            if pw.starts_with("SCRAM-SHA-256$") {
+                Auth::Scram(
+                    ScramVerifier::parse(pw)
+                        .ok_or_else(|| err(format!("{path}.password"), "malformed SCRAM-SHA-256 verifier"))?,
+                )
+            } else if pw.starts_with("md5") && pw.len() == 35 {
+                return Err(err(
+                    format!("{path}.password"),
+                    "an md5 hash cannot be used for scram-sha-256; give the password or a SCRAM verifier",
+                ));
+            } else {
+                // Verifier generation is postgres-protocol's: same salt size and iteration count as the server.
+                let v = postgres_protocol::password::scram_sha_256(pw.as_bytes());
+                Auth::Scram(ScramVerifier::parse(&v).expect("postgres-protocol produces a well-formed verifier"))
+            }
+        }
+        "md5" => {
+            let pw = password.ok_or_else(need)?;
+            let hash = match pw.strip_prefix("md5") {
+                Some(h) if h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()) => h.to_ascii_lowercase(),
+                _ => {
+                    use md5::{Digest, Md5};
+                    let mut m = Md5::new();
+                    m.update(pw.as_bytes());
+                    m.update(u.name.as_bytes());
+                    format!("{:x}", m.finalize())
+                }
+            };
+            Auth::Md5 { hash }
+        }
+        other => {
+            return Err(err(
+                format!("{path}.auth"),
+                format!("`{other}` is not one of \"scram-sha-256\", \"md5\", \"trust\""),
+            ));
+        }
+    };
+    Ok(User {
+        name: u.name.clone(),
+        auth,
+        admin: u.admin,
+        read_your_writes: u.read_your_writes.unwrap_or(ryw_default),
+    })
+}
+
+fn shard(shards: &[RawShard]) -> Result<ShardConfig, ConfigError> {
+    let [s] = shards else {
+        return Err(err(
+            "shards",
+            format!(
+                "exactly one [[shards]] entry is supported until shard maps are configured (found {})",
+                shards.len()
+            ),
+        ));
+    };
+    let primary = node(&format!("{}/primary", s.name), "shards[0].primary", &s.primary)?;
+    let replicas = s
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            node(
+                &format!("{}/replica{i}", s.name),
+                &format!("shards[0].replicas[{i}]"),
+                url,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ShardConfig {
+        name: s.name.clone(),
+        primary,
+        replicas,
+    })
+}
+
+fn node(name: &str, path: &str, url: &str) -> Result<NodeConfig, ConfigError> {
+    let c = tokio_postgres::Config::from_str(url).map_err(|e| err(path, format!("not a connection URL: {e}")))?;
+    let host = match c.get_hosts() {
+        [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
+        [] => return Err(err(path, "the URL names no host")),
+        [_] => return Err(err(path, "only TCP hosts are supported")),
+        _ => return Err(err(path, "give one host per URL")),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let user = c
+        .get_user()
+        .ok_or_else(|| err(path, "the URL names no user"))?
+        .to_owned();
+    let password = c.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+    let dbname = c.get_dbname().unwrap_or(&user).to_owned();
+    Ok(NodeConfig {
+        name: name.to_owned(),
+        host,
+        port,
+        user,
+        password,
+        dbname,
+    })
+}

@@ -1,0 +1,28 @@
+//! shardwire: a PostgreSQL wire-protocol proxy that routes each statement to the right node.
+//!
+//! # Layout
+//!
+//! The data path, one task per client connection, each layer calling only the one below:
+//!
+//! 1. [`protocol`]: PostgreSQL codecs, bytes ⇄ messages, no sockets.
+//! 2. [`session`]: startup, authentication, the per-client relay; transaction and session state
+//!    (parameters replayed on every backend used, prepared statements re-prepared where needed).
+//! 3. [`analyze`]: SQL text → [`analyze::Facts`] (read or primary-only, transaction effect, SET).
+//! 4. [`plan`]: facts + session context → a [`plan::Target`]. Pure.
+//! 5. [`backend`]: pools per node (bb8), raw backend connections, replica choice.
+//!
+//! Beside it, the control plane: [`health`] (lag and liveness monitor publishing snapshots the
+//! data path reads), [`admin`] (console and `/metrics`), [`config`] (load and validate), and
+//! [`app`] (shared handles, reload, serve). [`sandbox`] starts real PostgreSQL topologies for the
+//! demo and the tests.
+
+pub mod admin;
+pub mod analyze;
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod health;
+pub mod plan;
+pub mod protocol;
+pub mod sandbox;
+pub mod session;

@@ -1,0 +1,182 @@
+//! The `shardwire` binary: `serve`, `check`, `demo`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use shardwire::app::{self, Bound, Shared};
+use shardwire::sandbox::Sandbox;
+
+#[derive(Parser)]
+#[command(
+    name = "shardwire",
+    version,
+    about = "PostgreSQL routing proxy: read/write split with lag-aware replicas"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve clients with the given configuration (SIGHUP reloads it).
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file exactly as `serve` and RELOAD do, then exit.
+    Check {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+    /// Start a local sandbox: a PostgreSQL primary and replicas in a temporary folder, shardwire in front.
+    Demo {
+        /// Number of streaming replicas.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// Client address for shardwire (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Check { file } => {
+            let c = shardwire::config::load(&file)?;
+            println!(
+                "{}: ok (shard {}: primary {:?}, {} replica(s); {} user(s))",
+                file.display(),
+                c.shard.name,
+                c.shard.primary,
+                c.shard.replicas.len(),
+                c.users.len()
+            );
+            Ok(())
+        }
+        Cmd::Serve { config } => {
+            let c = shardwire::config::load(&config)?;
+            runtime()?.block_on(serve(c, Some(config), |_, _| {}))
+        }
+        Cmd::Demo { replicas, listen } => demo(replicas, &listen),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Serves until Ctrl-C or SIGTERM; SIGHUP reloads.
+async fn serve(
+    c: shardwire::config::Config,
+    path: Option<PathBuf>,
+    on_bound: impl FnOnce(Bound, Arc<Shared>),
+) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    app::run(c, path, shutdown, |bound, shared| {
+        tokio::spawn(reload_on_sighup(shared.clone()));
+        on_bound(bound, shared);
+    })
+    .await
+    .context("serving")
+}
+
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match shared.reload() {
+            Ok(m) => tracing::info!("{m}"),
+            Err(e) => tracing::error!(error = %e, "reload rejected; the running configuration stays"),
+        }
+    }
+}
+
+fn demo(replicas: usize, listen: &str) -> Result<()> {
+    eprintln!("starting PostgreSQL: a primary and {replicas} replica(s) in a temporary folder...");
+    let sandbox = Sandbox::start(replicas)?;
+    let replica_urls: Vec<String> = sandbox
+        .replicas
+        .iter()
+        .map(|r| format!("\"{}\"", sandbox.url(r)))
+        .collect();
+    let config_text = format!(
+        r#"# Written by `shardwire demo`.
+[server]
+listen = "{listen}"
+admin_http = "127.0.0.1:0"
+
+[routing]
+max_replica_lag = "1s"
+lag_check_interval = "200ms"
+
+[[users]]
+name = "app"
+password = "app"
+
+[[users]]
+name = "admin"
+password = "admin"
+admin = true
+
+[[shards]]
+name = "main"
+primary = "{}"
+replicas = [{}]
+"#,
+        sandbox.url(&sandbox.primary),
+        replica_urls.join(", ")
+    );
+    let path = sandbox.dir.join("shardwire.toml");
+    std::fs::write(&path, &config_text)?;
+    let config = shardwire::config::load(&path)?;
+    let dir = sandbox.dir.clone();
+    let result = runtime()?.block_on(serve(config, Some(path.clone()), move |bound, _| {
+        let port = bound.pg.port();
+        println!();
+        println!("shardwire is up. Connect with:");
+        println!(
+            "  psql \"postgres://app:app@127.0.0.1:{port}/{}\"",
+            shardwire::sandbox::DATABASE
+        );
+        println!("Admin console (SHOW REPLICAS, SHOW POOLS, SHOW STATS, RELOAD):");
+        println!("  psql \"postgres://admin:admin@127.0.0.1:{port}/shardwire\"");
+        if let Some(h) = bound.http {
+            println!("Metrics: http://{h}/metrics   Health: http://{h}/health");
+        }
+        println!(
+            "Config: {} (edit, then kill -HUP {} to reload)",
+            path.display(),
+            std::process::id()
+        );
+        println!(
+            "Sandbox folder: {} — Ctrl-C stops everything and removes it.",
+            dir.display()
+        );
+    }));
+    drop(sandbox);
+    result
+}

@@ -1,0 +1,441 @@
+//! Client messages: each is routed (a backend is checked out when none is held), rewritten where
+//! prepared statements need it, and queued with the response it expects.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+
+use super::client::SessionError;
+use super::state::{ExtKind, Op, Stmt};
+use super::{Ensure, Flow, Held, Session};
+use crate::analyze::{Facts, Need, TxEffect};
+use crate::backend::Role;
+use crate::config::{PoolMode, WhenNoReplica};
+use crate::plan::{self, RouteContext, Target};
+use crate::protocol::pg::Frame;
+use crate::protocol::pg::messages::{self as msg, Severity};
+use crate::protocol::pg::sqlstate::SqlState;
+
+impl Session {
+    pub(super) async fn on_client(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let tag = f.tag();
+        tracing::trace!(client = self.handle.pid, tag = %(tag as char), held = self.held.is_some(), "client message");
+        if self.ignore_till_sync && !matches!(tag, b'S' | b'X') {
+            return Ok(Flow::Continue);
+        }
+        match tag {
+            b'Q' => self.on_query(f).await,
+            b'P' => self.on_parse(f).await,
+            b'B' => self.on_bind(f).await,
+            b'D' => self.on_describe(f).await,
+            b'E' => self.on_execute(f),
+            b'C' => self.on_close(f),
+            b'H' => self.on_flush(f),
+            b'S' => self.on_sync(f),
+            b'F' => self.on_function_call(f).await,
+            b'd' | b'c' | b'f' => {
+                // Copy data for a COPY FROM STDIN in progress; outside one, ignored as the server does.
+                if let Some(h) = self.held.as_mut() {
+                    h.wbuf.extend_from_slice(f.raw());
+                    if tag != b'd' {
+                        if h.copy_in {
+                            h.copy_in = false;
+                        } else {
+                            h.ops.push_back(Op::CopyEnd);
+                        }
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            b'X' => Ok(Flow::Terminate),
+            other => Err(SessionError::Fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                format!(
+                    "invalid frontend message type {other} ('{}')",
+                    (other as char).escape_default()
+                ),
+            )),
+        }
+    }
+
+    async fn on_query(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let sql = msg::parse_query(f.body())?;
+        let facts = self.facts_of(sql);
+        match self.ensure_backend(&facts, false).await? {
+            Ensure::Ready => {}
+            Ensure::Stall => return Ok(Flow::Stall(f)),
+            Ensure::Failed => return Ok(Flow::Continue),
+        }
+        let held = self.held.as_mut().expect("ensure_backend holds one");
+        held.wbuf.extend_from_slice(f.raw());
+        // A simple Query destroys the backend's unnamed statement.
+        held.checkout.conn.unnamed = None;
+        held.ops.push_back(Op::Query {
+            set_ops: facts.set_ops.clone(),
+            failed: false,
+        });
+        self.note_statement(&facts);
+        Ok(Flow::Continue)
+    }
+
+    async fn on_parse(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let p = msg::parse_parse(f.body())?;
+        if !p.name.is_empty() && self.stmts.contains_key(p.name) {
+            let m = format!("prepared statement \"{}\" already exists", p.name);
+            self.local_error(SqlState::DUPLICATE_PREPARED_STATEMENT, &m);
+            return Ok(Flow::Continue);
+        }
+        let facts = self.facts_of(p.query);
+        match self.ensure_backend(&facts, true).await? {
+            Ensure::Ready => {}
+            Ensure::Stall => return Ok(Flow::Stall(f)),
+            Ensure::Failed => return Ok(Flow::Continue),
+        }
+        let stmt = Arc::new(Stmt::new(p.query, p.param_types, facts));
+        let held = self.held.as_mut().expect("ensure_backend holds one");
+        held.needs_sync = true;
+        if p.name.is_empty() {
+            self.unnamed = Some(stmt.clone());
+            held.checkout.conn.unnamed = Some(stmt.hash);
+            held.wbuf.extend_from_slice(f.raw());
+            held.ops.push_back(Op::Ext(ExtKind::Parse {
+                forget: None,
+                client_name: None,
+            }));
+        } else {
+            self.stmts.insert(p.name.to_owned(), stmt.clone());
+            if held.checkout.conn.prepared.contains(&stmt.hash) {
+                held.ops.push_back(Op::Synth(msg::empty(b'1')));
+            } else {
+                held.checkout.conn.prepared.insert(stmt.hash);
+                msg::parse(&mut held.wbuf, &stmt.backend_name(), &stmt.query, &stmt.param_types);
+                let client_name = Some(p.name.to_owned());
+                held.ops.push_back(Op::Ext(ExtKind::Parse {
+                    forget: Some(stmt.hash),
+                    client_name,
+                }));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_bind(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let b = msg::parse_bind(f.body())?;
+        let Some(stmt) = self.lookup_statement(b.statement) else {
+            return Ok(Flow::Continue);
+        };
+        match self.ensure_backend(&stmt.facts, true).await? {
+            Ensure::Ready => {}
+            Ensure::Stall => return Ok(Flow::Stall(f)),
+            Ensure::Failed => return Ok(Flow::Continue),
+        }
+        let name = self.ensure_prepared(&stmt, !b.statement.is_empty());
+        let held = self.held.as_mut().expect("ensure_backend holds one");
+        held.needs_sync = true;
+        msg::bind(&mut held.wbuf, b.portal, &name, b.rest);
+        held.ops.push_back(Op::Ext(ExtKind::Bind));
+        self.portals.insert(b.portal.to_owned(), stmt);
+        Ok(Flow::Continue)
+    }
+
+    async fn on_describe(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let (kind, name) = msg::parse_target(f.body(), "Describe")?;
+        if kind == b'P' {
+            return Ok(self.forward_portal_op(&f, name, ExtKind::Describe));
+        }
+        let Some(stmt) = self.lookup_statement(name) else {
+            return Ok(Flow::Continue);
+        };
+        match self.ensure_backend(&stmt.facts, true).await? {
+            Ensure::Ready => {}
+            Ensure::Stall => return Ok(Flow::Stall(f)),
+            Ensure::Failed => return Ok(Flow::Continue),
+        }
+        let backend_name = self.ensure_prepared(&stmt, !name.is_empty());
+        let held = self.held.as_mut().expect("ensure_backend holds one");
+        held.needs_sync = true;
+        msg::describe_or_close(&mut held.wbuf, b'D', b'S', &backend_name);
+        held.ops.push_back(Op::Ext(ExtKind::Describe));
+        Ok(Flow::Continue)
+    }
+
+    fn on_execute(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let portal = msg::parse_execute(f.body())?;
+        let facts = self.portals.get(portal).map(|s| s.facts.clone());
+        let set_ops = facts.as_ref().map(|f| f.set_ops.clone()).unwrap_or_default();
+        let flow = self.forward_portal_op(&f, portal, ExtKind::Execute { set_ops });
+        if let (Some(facts), Some(_)) = (facts, self.held.as_ref()) {
+            self.note_statement(&facts);
+        }
+        Ok(flow)
+    }
+
+    /// Describe or Execute of a portal: portals live on the held backend only.
+    fn forward_portal_op(&mut self, f: &Frame, portal: &str, kind: ExtKind) -> Flow {
+        match self.held.as_mut() {
+            Some(h) => {
+                h.wbuf.extend_from_slice(f.raw());
+                h.ops.push_back(Op::Ext(kind));
+                h.needs_sync = true;
+            }
+            None => self.local_error(
+                SqlState::INVALID_CURSOR_NAME,
+                &format!("portal \"{portal}\" does not exist"),
+            ),
+        }
+        Flow::Continue
+    }
+
+    fn on_close(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let (kind, name) = msg::parse_target(f.body(), "Close")?;
+        if kind == b'S' {
+            // The backend keeps its copy: another client, or this one again, may prepare the same text.
+            if name.is_empty() {
+                self.unnamed = None;
+            } else {
+                self.stmts.remove(name);
+            }
+            self.respond_local(msg::empty(b'3'));
+        } else {
+            self.portals.remove(name);
+            match self.held.as_mut() {
+                Some(h) => {
+                    h.wbuf.extend_from_slice(f.raw());
+                    h.ops.push_back(Op::Ext(ExtKind::Close));
+                    h.needs_sync = true;
+                }
+                None => self.respond_local(msg::empty(b'3')),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn on_flush(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        if let Some(h) = self.held.as_mut() {
+            h.wbuf.extend_from_slice(f.raw());
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn on_sync(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        self.ignore_till_sync = false;
+        match self.held.as_mut() {
+            // The server ignores Sync during COPY FROM STDIN: nothing will answer it.
+            Some(h) if h.copy_in => h.wbuf.extend_from_slice(f.raw()),
+            Some(h) => {
+                h.wbuf.extend_from_slice(f.raw());
+                h.ops.push_back(Op::Sync);
+                h.needs_sync = false;
+            }
+            None => msg::ready_for_query(&mut self.client.wbuf, b'I'),
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_function_call(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let facts = Facts::unparsed();
+        match self.ensure_backend(&facts, false).await? {
+            Ensure::Ready => {}
+            Ensure::Stall => return Ok(Flow::Stall(f)),
+            Ensure::Failed => return Ok(Flow::Continue),
+        }
+        let held = self.held.as_mut().expect("ensure_backend holds one");
+        held.wbuf.extend_from_slice(f.raw());
+        held.ops.push_back(Op::Query {
+            set_ops: Vec::new(),
+            failed: false,
+        });
+        Ok(Flow::Continue)
+    }
+
+    fn facts_of(&self, sql: &str) -> Arc<Facts> {
+        self.shared
+            .cache
+            .get(sql, &self.runtime.config.routing.primary_functions)
+    }
+
+    fn lookup_statement(&mut self, name: &str) -> Option<Arc<Stmt>> {
+        let found = if name.is_empty() {
+            self.unnamed.clone()
+        } else {
+            self.stmts.get(name).cloned()
+        };
+        if found.is_none() {
+            let m = if name.is_empty() {
+                "unnamed prepared statement does not exist".to_string()
+            } else {
+                format!("prepared statement \"{name}\" does not exist")
+            };
+            self.local_error(SqlState::INVALID_SQL_STATEMENT_NAME, &m);
+        }
+        found
+    }
+
+    /// Makes sure the held backend has `stmt` prepared (adding a Parse whose reply is swallowed)
+    /// and returns its name there.
+    fn ensure_prepared(&mut self, stmt: &Stmt, named: bool) -> String {
+        let held = self.held.as_mut().expect("called with a backend held");
+        let conn = &mut held.checkout.conn;
+        if named {
+            let name = stmt.backend_name();
+            if conn.prepared.insert(stmt.hash) {
+                msg::parse(&mut held.wbuf, &name, &stmt.query, &stmt.param_types);
+                held.ops.push_back(Op::Inject {
+                    forget: Some(stmt.hash),
+                });
+            }
+            name
+        } else {
+            if conn.unnamed != Some(stmt.hash) {
+                conn.unnamed = Some(stmt.hash);
+                msg::parse(&mut held.wbuf, "", &stmt.query, &stmt.param_types);
+                held.ops.push_back(Op::Inject { forget: None });
+            }
+            String::new()
+        }
+    }
+
+    /// Bookkeeping for a statement sent: pinning, transaction start, writes, counters.
+    fn note_statement(&mut self, facts: &Facts) {
+        if let Some(reason) = facts.pins_session
+            && self.pinned.is_none()
+        {
+            tracing::debug!(client = self.handle.pid, reason, "session pinned to its backend");
+            self.pinned = Some(reason);
+        }
+        let Some(held) = self.held.as_mut() else { return };
+        held.begin_pending |= matches!(facts.tx, TxEffect::Begin { .. });
+        let node = &held.checkout.node;
+        if node.role == Role::Primary
+            && facts.need == Need::Primary
+            && facts.tx == TxEffect::None
+            && facts.set_ops.is_empty()
+        {
+            held.wrote = true;
+        }
+        node.stats.statements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An answer the proxy gives itself, in order with whatever the backend still owes.
+    fn respond_local(&mut self, bytes: bytes::Bytes) {
+        match self.held.as_mut() {
+            Some(h) => h.ops.push_back(Op::Synth(bytes)),
+            None => self.client.wbuf.extend_from_slice(&bytes),
+        }
+    }
+
+    /// An error the proxy raises in the extended protocol: reported in order, then everything up
+    /// to Sync is skipped, as the server does.
+    fn local_error(&mut self, code: SqlState, message: &str) {
+        let mut b = BytesMut::new();
+        msg::error_response(&mut b, Severity::Error, code, message);
+        self.respond_local(b.freeze());
+        self.ignore_till_sync = true;
+    }
+
+    /// Holds a backend suitable for `facts`, checking one out if none is held.
+    async fn ensure_backend(&mut self, facts: &Facts, extended: bool) -> Result<Ensure, SessionError> {
+        let session_mode = self.runtime.config.server.pool_mode == PoolMode::Session;
+        if let Some(h) = &self.held {
+            let suitable = h.checkout.node.role == Role::Primary
+                || h.in_transaction()
+                || self.pinned.is_some()
+                || matches!(plan::route(facts, &self.route_context()), Target::Replica { .. });
+            return Ok(if suitable { Ensure::Ready } else { Ensure::Stall });
+        }
+        self.runtime = self.shared.runtime.load_full();
+        // Session pooling keeps one connection for the whole session: it must be able to write.
+        let target = if session_mode {
+            Target::Primary
+        } else {
+            plan::route(facts, &self.route_context())
+        };
+        match self.checkout(target).await {
+            Ok(()) => Ok(Ensure::Ready),
+            Err((code, message)) => {
+                if extended {
+                    self.local_error(code, &message);
+                } else {
+                    msg::error_response(&mut self.client.wbuf, Severity::Error, code, &message);
+                    msg::ready_for_query(&mut self.client.wbuf, b'I');
+                }
+                Ok(Ensure::Failed)
+            }
+        }
+    }
+
+    fn route_context(&self) -> RouteContext {
+        RouteContext {
+            pinned: self.pinned.is_some(),
+            ryw_lsn: self.ryw_lsn,
+        }
+    }
+
+    async fn checkout(&mut self, target: Target) -> Result<(), (SqlState, String)> {
+        let runtime = self.runtime.clone();
+        let cluster = &runtime.cluster;
+        let routing = &runtime.config.routing;
+        let primary_fallback = routing.when_no_replica == WhenNoReplica::Primary;
+        let node = match target {
+            Target::Primary => cluster.primary.clone(),
+            Target::Replica { min_lsn } => match cluster.pick_replica(routing.balance, min_lsn) {
+                Some(r) => r,
+                // Read-your-writes with no replica caught up: the primary has the write.
+                None if min_lsn.is_some() || primary_fallback => cluster.primary.clone(),
+                None => {
+                    return Err((
+                        SqlState::UNABLE_TO_CONNECT,
+                        format!(
+                            "no replica of shard {} is within the lag bound ({:?}, {} bytes) and routing.when_no_replica is \"refuse\"; \
+                             retry later or add /* shardwire: primary */ to read from the primary",
+                            cluster.name, routing.max_lag, routing.max_lag_bytes
+                        ),
+                    ));
+                }
+            },
+        };
+        let checkout = match node.checkout().await {
+            Ok(c) => c,
+            Err(e) if node.role == Role::Replica => {
+                crate::health::mark_down(&node, &e.to_string());
+                if !primary_fallback {
+                    return Err((
+                        SqlState::CONNECTION_FAILURE,
+                        format!("replica {} unavailable: {e}", node.config.name),
+                    ));
+                }
+                cluster.primary.checkout().await.map_err(checkout_error)?
+            }
+            Err(e) => return Err(checkout_error(e)),
+        };
+        cluster.learn_server_params(&checkout.conn.params);
+        self.handle
+            .set_backend(Some((checkout.node.clone(), checkout.conn.pid, checkout.conn.secret)));
+        let mut held = Held {
+            checkout,
+            ops: Default::default(),
+            wbuf: BytesMut::new(),
+            tx_status: b'I',
+            begin_pending: false,
+            wrote: false,
+            needs_sync: false,
+            copy_in: false,
+        };
+        if held.checkout.conn.vars_sig != self.vars.sig() {
+            msg::query(&mut held.wbuf, &self.vars.replay_sql(held.checkout.conn.vars_sig));
+            held.checkout.conn.vars_sig = self.vars.sig();
+            held.checkout.conn.unnamed = None;
+            held.ops.push_back(Op::SyncVars);
+        }
+        self.held = Some(held);
+        Ok(())
+    }
+}
+
+fn checkout_error(e: crate::backend::CheckoutError) -> (SqlState, String) {
+    match e {
+        crate::backend::CheckoutError::Connect(m) => (SqlState::CONNECTION_FAILURE, m),
+        t @ crate::backend::CheckoutError::Timeout { .. } => (SqlState::TOO_MANY_CONNECTIONS, t.to_string()),
+    }
+}

@@ -1,0 +1,263 @@
+//! Accepting clients: the startup packet (SSL and GSS encryption requests are declined, cancel
+//! requests forwarded), login, the greeting (ParameterStatus, BackendKeyData, ReadyForQuery),
+//! then the data-path session or the admin console.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::Session;
+use super::client::{ClientConn, SessionError};
+use super::state::{SessionVars, parse_options};
+use crate::app::Shared;
+use crate::protocol::pg::StartupPacket;
+use crate::protocol::pg::codec::decode_startup;
+use crate::protocol::pg::messages as msg;
+use crate::protocol::pg::sqlstate::SqlState;
+
+/// A client must finish its startup and login within this time.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Database name of the admin console.
+pub const ADMIN_DATABASE: &str = "shardwire";
+
+/// Accepts clients until `shutdown` fires, then waits (bounded) for sessions to end.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, addr) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            tokio::select! {
+                r = handle(stream, addr, shared) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%addr, error = %e, "client session ended with an error");
+                    }
+                }
+                () = token.cancelled() => {}
+            }
+        });
+    }
+    tracker.close();
+    let grace = shared.runtime.load().config.server.shutdown_timeout;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("shutdown: sessions still open after {grace:?}; closing them");
+    }
+}
+
+async fn handle(mut stream: TcpStream, addr: std::net::SocketAddr, shared: Arc<Shared>) -> Result<(), SessionError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let startup = tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut stream, &mut buf)).await;
+    let params = match startup {
+        Err(_) => return Ok(()),
+        Ok(Err(SessionError::Protocol(e))) => {
+            let mut client = ClientConn::new(stream, buf, 0);
+            client.fatal(SqlState::PROTOCOL_VIOLATION, &e.to_string()).await;
+            return Ok(());
+        }
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(Startup::Cancel { pid, secret }))) => {
+            shared.clients.cancel(pid, secret).await;
+            return Ok(());
+        }
+        Ok(Ok(Some(Startup::Params(p)))) => p,
+    };
+    let max_message = shared.runtime.load().config.server.max_message_size;
+    let mut client = ClientConn::new(stream, buf, max_message);
+    match tokio::time::timeout(STARTUP_TIMEOUT, login(&mut client, &params, addr, &shared)).await {
+        Err(_) => {
+            client.fatal(SqlState::PROTOCOL_VIOLATION, "login took too long").await;
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            if let Some((code, m)) = e.fatal_message() {
+                client.fatal(code, &m).await;
+            }
+            Err(e)
+        }
+        Ok(Ok(Login::Admin(user))) => crate::admin::console::run(client, user, shared).await,
+        Ok(Ok(Login::Session(ok))) => {
+            let LoginOk {
+                user,
+                vars,
+                handle,
+                runtime,
+            } = *ok;
+            let session = Session {
+                shared,
+                client,
+                handle,
+                user,
+                runtime,
+                vars,
+                stmts: Default::default(),
+                unnamed: None,
+                portals: Default::default(),
+                held: None,
+                pinned: None,
+                ryw_lsn: None,
+                ignore_till_sync: false,
+                stalled: None,
+            };
+            session.run().await
+        }
+    }
+}
+
+enum Startup {
+    Cancel { pid: i32, secret: i32 },
+    Params(Vec<(String, String)>),
+}
+
+async fn read_startup(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<Startup>, SessionError> {
+    loop {
+        match decode_startup(buf)? {
+            Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
+                // Not offered: the client goes on unencrypted or gives up, as it chooses.
+                stream.write_all(b"N").await?;
+            }
+            Some(StartupPacket::Cancel { pid, secret }) => return Ok(Some(Startup::Cancel { pid, secret })),
+            Some(StartupPacket::Startup { params }) => return Ok(Some(Startup::Params(params))),
+            None => {
+                if stream.read_buf(buf).await? == 0 {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+enum Login {
+    Admin(Arc<crate::config::User>),
+    Session(Box<LoginOk>),
+}
+
+struct LoginOk {
+    user: Arc<crate::config::User>,
+    vars: SessionVars,
+    handle: Arc<super::registry::ClientHandle>,
+    runtime: Arc<crate::app::Runtime>,
+}
+
+async fn login(
+    client: &mut ClientConn,
+    params: &[(String, String)],
+    addr: std::net::SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<Login, SessionError> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let user_name = get("user").ok_or_else(|| {
+        SessionError::Fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet".into(),
+        )
+    })?;
+    let database = get("database").filter(|d| !d.is_empty()).unwrap_or(user_name);
+    if get("replication").is_some_and(|v| !matches!(v, "false" | "off" | "0" | "no")) {
+        return Err(SessionError::Fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported through shardwire".into(),
+        ));
+    }
+    let runtime = shared.runtime.load_full();
+    let config = &runtime.config;
+    if shared.clients.len() >= config.server.max_client_connections {
+        return Err(SessionError::Fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already".into(),
+        ));
+    }
+    let user = config.users.get(user_name).cloned().ok_or_else(|| {
+        SessionError::Fatal(
+            SqlState::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user_name}\""),
+        )
+    })?;
+    if database != ADMIN_DATABASE && database != config.server.database {
+        return Err(SessionError::Fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        ));
+    }
+    super::auth::authenticate(client, &user).await?;
+    if database == ADMIN_DATABASE {
+        if !user.admin {
+            return Err(SessionError::Fatal(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                format!("user \"{user_name}\" may not use the admin console (set admin = true for it)"),
+            ));
+        }
+        for (k, v) in [
+            ("server_version", "15.0 (shardwire)"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("integer_datetimes", "on"),
+            ("standard_conforming_strings", "on"),
+        ] {
+            msg::parameter_status(&mut client.wbuf, k, v);
+        }
+        msg::backend_key_data(&mut client.wbuf, 0, 0);
+        msg::ready_for_query(&mut client.wbuf, b'I');
+        client.flush().await?;
+        return Ok(Login::Admin(user));
+    }
+    let server_params = match runtime.cluster.server_params() {
+        Some(p) => p,
+        None => {
+            // The first client of a fresh cluster: learn what the server reports from a real connection.
+            let c = runtime.cluster.primary.checkout().await.map_err(|e| {
+                SessionError::Fatal(
+                    SqlState::CONNECTION_FAILURE,
+                    format!("cannot reach the primary of shard {}: {e}", runtime.cluster.name),
+                )
+            })?;
+            runtime.cluster.learn_server_params(&c.conn.params);
+            runtime.cluster.server_params().unwrap_or_default()
+        }
+    };
+    let mut vars = SessionVars::default();
+    for (k, v) in params {
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => parse_options(v).iter().for_each(|(k, v)| vars.apply_startup(k, v)),
+            _ => vars.apply_startup(k, v),
+        }
+    }
+    for (name, value) in server_params.iter() {
+        let own = params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        msg::parameter_status(&mut client.wbuf, name, own.unwrap_or(value));
+    }
+    let app = get("application_name").unwrap_or("");
+    let handle = shared.clients.register(user_name, database, app, addr);
+    msg::backend_key_data(&mut client.wbuf, handle.pid, handle.secret);
+    msg::ready_for_query(&mut client.wbuf, b'I');
+    client.flush().await?;
+    Ok(Login::Session(Box::new(LoginOk {
+        user,
+        vars,
+        handle,
+        runtime,
+    })))
+}

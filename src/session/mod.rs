@@ -1,0 +1,104 @@
+//! Client sessions: the listener and startup (`listener`), authentication (`auth`), and the
+//! per-client relay that turns client messages into routed backend traffic (`frontend` handles
+//! client messages, `relay` the I/O loop and backend responses). Session state that must follow
+//! the client across backend connections is in `state`.
+
+pub mod auth;
+pub mod client;
+mod frontend;
+pub mod listener;
+pub mod registry;
+mod relay;
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::app::{Runtime, Shared};
+use crate::backend::Checkout;
+use crate::config::User;
+use crate::protocol::pg::Frame;
+use client::ClientConn;
+use registry::ClientHandle;
+use state::{Ops, SessionVars, Stmt};
+
+/// The backend connection a session holds, with the responses it still owes.
+struct Held {
+    checkout: Checkout,
+    /// Responses expected, in order.
+    ops: Ops,
+    /// Bytes to send to the backend.
+    wbuf: BytesMut,
+    /// Transaction status from the last ReadyForQuery.
+    tx_status: u8,
+    /// A BEGIN was sent and its ReadyForQuery has not arrived.
+    begin_pending: bool,
+    /// A write ran on the primary since checkout (read-your-writes captures the position after it).
+    wrote: bool,
+    /// Extended-protocol messages were sent since the last Sync: the backend is mid-exchange (and
+    /// after an error, skipping until Sync), so it cannot go back to the pool yet.
+    needs_sync: bool,
+    /// The backend is in COPY FROM STDIN mode: it ignores Sync and Flush until CopyDone/CopyFail.
+    copy_in: bool,
+}
+
+impl Held {
+    fn in_transaction(&self) -> bool {
+        self.tx_status != b'I' || self.begin_pending
+    }
+
+    /// Nothing is owed and nothing is open: the connection may serve another client.
+    fn is_free(&self) -> bool {
+        self.ops.is_empty()
+            && self.wbuf.is_empty()
+            && !self.in_transaction()
+            && !self.needs_sync
+            && self.checkout.conn.rbuf.is_empty()
+    }
+}
+
+/// What a client message handler decided.
+enum Flow {
+    /// Go on with the next message.
+    Continue,
+    /// The message needs another backend than the one held: keep it until that one is released.
+    Stall(Frame),
+    /// The client said goodbye.
+    Terminate,
+}
+
+/// Outcome of making sure a backend is held for a statement.
+enum Ensure {
+    Ready,
+    Stall,
+    /// An error was already reported to the client.
+    Failed,
+}
+
+/// One client's session on the data path.
+pub struct Session {
+    shared: Arc<Shared>,
+    client: ClientConn,
+    handle: Arc<ClientHandle>,
+    user: Arc<User>,
+    /// Config and cluster snapshot, refreshed whenever no backend is held.
+    runtime: Arc<Runtime>,
+    vars: SessionVars,
+    /// Named prepared statements by client name.
+    stmts: HashMap<String, Arc<Stmt>>,
+    /// The unnamed prepared statement.
+    unnamed: Option<Arc<Stmt>>,
+    /// Portals by name, with the statement they were bound from.
+    portals: HashMap<String, Arc<Stmt>>,
+    held: Option<Held>,
+    /// Why the session keeps its backend for good, if it does.
+    pinned: Option<&'static str>,
+    /// Read-your-writes: the commit position of the session's last write.
+    ryw_lsn: Option<u64>,
+    /// After an error the proxy raised in the extended protocol, skip messages until Sync.
+    ignore_till_sync: bool,
+    /// A message waiting for the held backend to be released.
+    stalled: Option<Frame>,
+}

@@ -1,0 +1,120 @@
+//! Connected clients: their cancel keys, the backend each is using (for CancelRequest), and what
+//! SHOW CLIENTS prints.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rand::Rng;
+
+use crate::backend::Node;
+
+/// One connected client.
+pub struct ClientHandle {
+    /// BackendKeyData process id given to the client.
+    pub pid: i32,
+    /// BackendKeyData secret given to the client.
+    pub secret: i32,
+    /// Login name.
+    pub user: String,
+    /// Database name asked for.
+    pub database: String,
+    /// application_name from startup.
+    pub application_name: String,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Connection time.
+    pub since: SystemTime,
+    // std Mutex: set and cleared on checkout and release, read by cancel; never held across an await.
+    backend: Mutex<Option<(Arc<Node>, i32, i32)>>,
+}
+
+impl ClientHandle {
+    /// Records the backend in use (node and its key), or none.
+    pub fn set_backend(&self, b: Option<(Arc<Node>, i32, i32)>) {
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = b;
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Option<(Arc<Node>, i32, i32)> {
+        self.backend.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// All connected clients by cancel key.
+#[derive(Default)]
+pub struct ClientRegistry {
+    // std Mutex: inserts, removals and lookups only.
+    clients: Mutex<HashMap<i32, Arc<ClientHandle>>>,
+}
+
+impl ClientRegistry {
+    /// Registers a client under a fresh random key.
+    pub fn register(&self, user: &str, database: &str, application_name: &str, addr: SocketAddr) -> Arc<ClientHandle> {
+        let mut rng = rand::rng();
+        let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = loop {
+            let pid = rng.random_range(1..i32::MAX);
+            if !map.contains_key(&pid) {
+                break pid;
+            }
+        };
+        let handle = Arc::new(ClientHandle {
+            pid,
+            secret: rng.random(),
+            user: user.to_owned(),
+            database: database.to_owned(),
+            application_name: application_name.to_owned(),
+            addr,
+            since: SystemTime::now(),
+            backend: Mutex::new(None),
+        });
+        map.insert(pid, handle.clone());
+        handle
+    }
+
+    /// Forgets a client.
+    pub fn remove(&self, pid: i32) {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+    }
+
+    /// Every client, for admin views.
+    pub fn all(&self) -> Vec<Arc<ClientHandle>> {
+        let mut v: Vec<_> = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|c| c.since);
+        v
+    }
+
+    /// Number of clients.
+    pub fn len(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// No clients.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forwards a CancelRequest to the backend the client is using, if the key matches.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let target = {
+            let map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&pid).filter(|c| c.secret == secret).and_then(|c| c.backend())
+        };
+        match target {
+            Some((node, bpid, bsecret)) => {
+                if let Err(e) = crate::backend::conn::send_cancel(&node.config, bpid, bsecret).await {
+                    tracing::warn!(node = %node.config.name, error = %e, "cancel request failed");
+                }
+            }
+            None => tracing::debug!(pid, "cancel request for no running query"),
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The relay loop: one task per client, reading and writing the client and the held backend at
+//! once (a pipelining client or a large COPY never deadlocks against a full socket), matching
+//! backend responses to the queue of expected ones, and giving the backend back to its pool when
+//! the transaction is over.
+
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+
+use super::client::SessionError;
+use super::state::{ExtKind, Op};
+use super::{Flow, Held, Session};
+use crate::config::PoolMode;
+use crate::protocol::pg::Frame;
+use crate::protocol::pg::codec::decode_frame;
+use crate::protocol::pg::messages::{self as msg, Severity};
+use crate::protocol::pg::sqlstate::SqlState;
+
+/// Stop reading one side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Buffers that grew past this for a large result are replaced when empty, so idle clients stay small.
+const KEEP_CAPACITY: usize = 64 * 1024;
+/// Backend messages are trusted to be well-formed, but not unboundedly large.
+const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+enum Event {
+    ClientReadable,
+    ClientWritable,
+    BackendReadable,
+    BackendWritable,
+}
+
+impl Session {
+    /// Serves the client until it leaves. The held backend, if any, goes back to its pool only
+    /// when nothing is left on it; otherwise it is closed.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let result = self.relay().await;
+        if let Some(mut h) = self.held.take()
+            && (!h.is_free() || self.pinned.is_some())
+        {
+            h.checkout.conn.broken = true;
+        }
+        if let Err(e) = &result
+            && let Some((code, m)) = e.fatal_message()
+        {
+            self.client.fatal(code, &m).await;
+        }
+        self.shared.clients.remove(self.handle.pid);
+        match result {
+            Err(SessionError::Gone) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn relay(&mut self) -> Result<(), SessionError> {
+        loop {
+            if let Flow::Terminate = self.drain_client().await? {
+                let _ = self.client.flush().await;
+                return Ok(());
+            }
+            let event = self.wait().await?;
+            match event {
+                Event::ClientReadable => self.read_client()?,
+                Event::ClientWritable => self.write_client()?,
+                Event::BackendReadable => self.read_backend(),
+                Event::BackendWritable => self.write_backend(),
+            }
+            self.drain_backend();
+            self.maybe_release();
+        }
+    }
+
+    /// Handles every whole client message buffered, unless one is stalled or the backend is
+    /// backed up.
+    async fn drain_client(&mut self) -> Result<Flow, SessionError> {
+        loop {
+            if self.held.as_ref().is_some_and(|h| h.wbuf.len() > HIGH_WATER) {
+                return Ok(Flow::Continue);
+            }
+            let frame = match self.stalled.take() {
+                Some(f) if self.held.is_some() => {
+                    self.stalled = Some(f);
+                    return Ok(Flow::Continue);
+                }
+                Some(f) => f,
+                None => match self.client.try_frame()? {
+                    Some(f) => f,
+                    None => return Ok(Flow::Continue),
+                },
+            };
+            match self.on_client(frame).await? {
+                Flow::Continue => {}
+                Flow::Stall(f) => {
+                    self.stalled = Some(f);
+                    return Ok(Flow::Continue);
+                }
+                Flow::Terminate => return Ok(Flow::Terminate),
+            }
+        }
+    }
+
+    async fn wait(&self) -> Result<Event, SessionError> {
+        let backend = self
+            .held
+            .as_ref()
+            .map(|h| (&h.checkout.conn.stream, !h.wbuf.is_empty()));
+        let want_client_read = self.stalled.is_none() && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
+        let want_client_write = !self.client.wbuf.is_empty();
+        let want_backend_read = backend.is_some() && self.client.wbuf.len() <= HIGH_WATER;
+        let want_backend_write = backend.is_some_and(|(_, pending)| pending);
+        let client = &self.client.stream;
+        let backend_readable = async {
+            match backend {
+                Some((s, _)) => s.readable().await,
+                None => std::future::pending().await,
+            }
+        };
+        let backend_writable = async {
+            match backend {
+                Some((s, _)) => s.writable().await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            biased;
+            r = client.writable(), if want_client_write => r.map(|()| Event::ClientWritable)?,
+            r = backend_writable, if want_backend_write => r.map(|()| Event::BackendWritable).unwrap_or(Event::BackendReadable),
+            r = backend_readable, if want_backend_read => r.map(|()| Event::BackendReadable).unwrap_or(Event::BackendReadable),
+            r = client.readable(), if want_client_read => r.map(|()| Event::ClientReadable)?,
+            else => return Err(SessionError::Fatal(SqlState::SYSTEM_ERROR, "internal error: session stalled with nothing to wait for".into())),
+        };
+        Ok(event)
+    }
+
+    fn read_client(&mut self) -> Result<(), SessionError> {
+        self.client.rbuf.reserve(8192);
+        match self.client.stream.try_read_buf(&mut self.client.rbuf) {
+            Ok(0) => Err(SessionError::Gone),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn write_client(&mut self) -> Result<(), SessionError> {
+        match self.client.stream.try_write(&self.client.wbuf) {
+            Ok(n) => {
+                let _ = self.client.wbuf.split_to(n);
+                if self.client.wbuf.is_empty() && self.client.wbuf.capacity() > KEEP_CAPACITY {
+                    self.client.wbuf = BytesMut::new();
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn read_backend(&mut self) {
+        let Some(h) = self.held.as_mut() else { return };
+        let conn: &mut crate::backend::BackendConn = &mut h.checkout.conn;
+        conn.rbuf.reserve(16 * 1024);
+        match conn.stream.try_read_buf(&mut conn.rbuf) {
+            Ok(0) => self.backend_lost("the server closed the connection"),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => self.backend_lost(&e.to_string()),
+        }
+    }
+
+    fn write_backend(&mut self) {
+        let Some(h) = self.held.as_mut() else { return };
+        match h.checkout.conn.stream.try_write(&h.wbuf) {
+            Ok(n) => {
+                let _ = h.wbuf.split_to(n);
+                if h.wbuf.is_empty() && h.wbuf.capacity() > KEEP_CAPACITY {
+                    h.wbuf = BytesMut::new();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => self.backend_lost(&e.to_string()),
+        }
+    }
+
+    /// The backend connection died: the client gets a connection error for what was in flight
+    /// and the session goes on; its next statement gets a fresh connection.
+    fn backend_lost(&mut self, why: &str) {
+        let Some(mut h) = self.held.take() else { return };
+        h.checkout.conn.broken = true;
+        self.handle.set_backend(None);
+        let node = h.checkout.node.config.name.clone();
+        tracing::warn!(client = self.handle.pid, %node, why, "backend connection lost");
+        let owed_ready = h.ops.iter().any(|o| matches!(o, Op::Query { .. } | Op::Sync));
+        let owed_any = h.ops.iter().any(|o| !matches!(o, Op::SyncVars | Op::CaptureLsn { .. }));
+        if owed_any || h.in_transaction() {
+            let m = format!("lost the connection to {node}: {why}; the transaction, if any, was rolled back");
+            msg::error_response(&mut self.client.wbuf, Severity::Error, SqlState::CONNECTION_FAILURE, &m);
+        }
+        if owed_ready {
+            msg::ready_for_query(&mut self.client.wbuf, b'I');
+        } else if owed_any {
+            self.ignore_till_sync = true;
+        }
+    }
+
+    fn drain_backend(&mut self) {
+        loop {
+            let Some(h) = self.held.as_mut() else { return };
+            match decode_frame(&mut h.checkout.conn.rbuf, MAX_BACKEND_MESSAGE) {
+                Ok(Some(f)) => self.on_backend(f),
+                Ok(None) => return,
+                Err(e) => return self.backend_lost(&format!("invalid message from server: {e}")),
+            }
+        }
+    }
+
+    fn on_backend(&mut self, f: Frame) {
+        let Some(h) = self.held.as_mut() else { return };
+        let out = &mut self.client.wbuf;
+        let tag = f.tag();
+        tracing::trace!(client = self.handle.pid, tag = %(tag as char), front = ?h.ops.front(), "backend message");
+        if matches!(tag, b'N' | b'A' | b'S') {
+            let swallowing = matches!(
+                h.ops.front(),
+                Some(Op::SyncVars | Op::CaptureLsn { .. } | Op::Inject { .. })
+            );
+            if tag != b'S' || !swallowing {
+                out.extend_from_slice(f.raw());
+            }
+            return;
+        }
+        flush_synth(h, out);
+        if tag == b'G' {
+            enter_copy_in(h);
+        }
+        let Some(op) = h.ops.front_mut() else {
+            // Nothing was asked: a FATAL before the server closes, most likely. Pass it on.
+            out.extend_from_slice(f.raw());
+            return;
+        };
+        let mut done = false;
+        let mut error_skip = false;
+        match op {
+            Op::Query { failed, .. } => {
+                *failed |= tag == b'E';
+                out.extend_from_slice(f.raw());
+                done = tag == b'Z';
+            }
+            Op::Sync => {
+                out.extend_from_slice(f.raw());
+                done = tag == b'Z';
+            }
+            Op::Ext(kind) => {
+                out.extend_from_slice(f.raw());
+                if tag == b'E' {
+                    error_skip = true;
+                } else {
+                    done = ext_done(kind, tag);
+                }
+            }
+            Op::Inject { .. } => match tag {
+                b'1' => done = true,
+                b'E' => {
+                    out.extend_from_slice(f.raw());
+                    error_skip = true;
+                }
+                _ => out.extend_from_slice(f.raw()),
+            },
+            Op::SyncVars => match tag {
+                b'E' => {
+                    let m = format!("could not restore session settings: {}", msg::error_message(f.body()));
+                    msg::error_response(out, Severity::Warning, SqlState::WARNING, &m);
+                }
+                b'Z' => done = true,
+                _ => {}
+            },
+            Op::CaptureLsn { lsn } => match tag {
+                b'D' => *lsn = parse_single_int(f.body()),
+                b'Z' => done = true,
+                _ => {}
+            },
+            Op::Synth(_) | Op::CopyEnd => unreachable!("flush_synth emptied the front"),
+        }
+        if tag == b'Z' {
+            h.tx_status = f.body().first().copied().unwrap_or(b'I');
+        }
+        if error_skip {
+            let failed = h.ops.pop_front();
+            self.forget(failed);
+            self.skip_to_sync();
+        } else if done {
+            let op = h.ops.pop_front();
+            self.complete(op);
+        }
+        if let Some(h) = self.held.as_mut() {
+            if h.ops.is_empty() {
+                h.begin_pending = false;
+            }
+            flush_synth(h, &mut self.client.wbuf);
+        }
+    }
+
+    /// After an error in the extended protocol the server skips everything until Sync.
+    fn skip_to_sync(&mut self) {
+        loop {
+            let Some(h) = self.held.as_mut() else { return };
+            match h.ops.front() {
+                None | Some(Op::Sync) | Some(Op::Query { .. }) | Some(Op::SyncVars) | Some(Op::CaptureLsn { .. }) => {
+                    return;
+                }
+                Some(_) => {
+                    let op = h.ops.pop_front();
+                    self.forget(op);
+                }
+            }
+        }
+    }
+
+    /// A Parse that failed or was skipped did not create its statement.
+    fn forget(&mut self, op: Option<Op>) {
+        let Some(h) = self.held.as_mut() else { return };
+        let conn = &mut h.checkout.conn;
+        match op {
+            Some(Op::Ext(ExtKind::Parse { forget, client_name })) => {
+                match forget {
+                    Some(hash) => {
+                        conn.prepared.remove(&hash);
+                    }
+                    None => {
+                        conn.unnamed = None;
+                        self.unnamed = None;
+                    }
+                }
+                if let Some(name) = client_name {
+                    self.stmts.remove(&name);
+                }
+            }
+            Some(Op::Inject { forget: Some(hash) }) => {
+                conn.prepared.remove(&hash);
+            }
+            Some(Op::Inject { forget: None }) => conn.unnamed = None,
+            _ => {}
+        }
+    }
+
+    fn complete(&mut self, op: Option<Op>) {
+        let set_ops = match op {
+            Some(Op::Query { set_ops, failed: false }) => set_ops,
+            Some(Op::Ext(ExtKind::Execute { set_ops })) => set_ops,
+            Some(Op::CaptureLsn { lsn }) => {
+                if lsn.is_some() {
+                    self.ryw_lsn = lsn;
+                }
+                return;
+            }
+            _ => return,
+        };
+        if set_ops.is_empty() {
+            return;
+        }
+        for op in &set_ops {
+            self.vars.apply(op);
+        }
+        if let Some(h) = self.held.as_mut() {
+            h.checkout.conn.vars_sig = self.vars.sig();
+        }
+    }
+
+    /// Gives the backend back once the transaction is over and nothing is owed (transaction
+    /// pooling), after capturing the commit position for read-your-writes.
+    fn maybe_release(&mut self) {
+        let Some(h) = self.held.as_mut() else { return };
+        if !h.is_free() || self.pinned.is_some() || self.runtime.config.server.pool_mode == PoolMode::Session {
+            return;
+        }
+        if h.wrote && self.user.read_your_writes {
+            h.wrote = false;
+            msg::query(&mut h.wbuf, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint");
+            h.checkout.conn.unnamed = None;
+            h.ops.push_back(Op::CaptureLsn { lsn: None });
+            return;
+        }
+        self.held = None;
+        self.handle.set_backend(None);
+        if self.client.wbuf.is_empty() && self.client.wbuf.capacity() > KEEP_CAPACITY {
+            self.client.wbuf = BytesMut::new();
+        }
+        if self.client.rbuf.is_empty() && self.client.rbuf.capacity() > KEEP_CAPACITY {
+            self.client.rbuf = BytesMut::new();
+        }
+        self.shared.stats.releases.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn flush_synth(h: &mut Held, out: &mut BytesMut) {
+    while let Some(Op::Synth(_) | Op::CopyEnd) = h.ops.front() {
+        if let Some(Op::Synth(b)) = h.ops.pop_front() {
+            out.extend_from_slice(&b);
+        }
+    }
+}
+
+/// The server entered COPY FROM STDIN. Syncs the client sent before ending the copy (a client may
+/// pipeline Bind, Execute, Sync) are ignored by the server, so nothing will answer them.
+fn enter_copy_in(h: &mut Held) {
+    let end = h.ops.iter().position(|o| matches!(o, Op::CopyEnd));
+    let limit = end.unwrap_or(h.ops.len());
+    let before = h.ops.len();
+    let mut i = 0;
+    h.ops.retain(|o| {
+        let keep = i >= limit || !matches!(o, Op::Sync);
+        i += 1;
+        keep
+    });
+    if h.ops.len() != before {
+        h.needs_sync = true;
+    }
+    match end {
+        Some(_) => {
+            if let Some(pos) = h.ops.iter().position(|o| matches!(o, Op::CopyEnd)) {
+                h.ops.remove(pos);
+            }
+        }
+        None => h.copy_in = true,
+    }
+}
+
+/// Whether `tag` is the last message answering an extended-protocol message of this kind.
+fn ext_done(kind: &ExtKind, tag: u8) -> bool {
+    match kind {
+        ExtKind::Parse { .. } => tag == b'1',
+        ExtKind::Bind => tag == b'2',
+        ExtKind::Describe => matches!(tag, b'T' | b'n'),
+        ExtKind::Execute { .. } => matches!(tag, b'C' | b'I' | b's'),
+        ExtKind::Close => tag == b'3',
+    }
+}
+
+/// The one text value of a one-column DataRow, as an integer.
+fn parse_single_int(body: &[u8]) -> Option<u64> {
+    if body.len() < 6 || body[..2] != [0, 1] {
+        return None;
+    }
+    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    let v = body.get(6..6 + usize::try_from(len).ok()?)?;
+    std::str::from_utf8(v).ok()?.parse().ok()
+}

@@ -1,0 +1,272 @@
+//! Per-client state that must survive moving between backend connections: session parameters,
+//! prepared statements, and the queue of responses expected from the backend in use.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::analyze::{Facts, SetOp};
+
+/// Session parameters set by the client (startup parameters and SET), replayed on every backend
+/// connection it uses. Kept as the statements that set them.
+#[derive(Debug, Default, Clone)]
+pub struct SessionVars {
+    vars: BTreeMap<String, String>,
+    sig: u64,
+}
+
+impl SessionVars {
+    /// The signature of a connection with nothing set.
+    pub const EMPTY_SIG: u64 = 0;
+
+    /// A signature that differs whenever the settings differ, so a backend connection whose
+    /// signature matches needs no replay.
+    pub fn sig(&self) -> u64 {
+        self.sig
+    }
+
+    /// Applies a change.
+    pub fn apply(&mut self, op: &SetOp) {
+        match op {
+            SetOp::Set { name, sql } => {
+                self.vars.insert(name.clone(), sql.clone());
+            }
+            SetOp::Reset { name } => {
+                self.vars.remove(name);
+            }
+            SetOp::ResetAll => self.vars.clear(),
+        }
+        self.sig = if self.vars.is_empty() {
+            Self::EMPTY_SIG
+        } else {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.vars.hash(&mut h);
+            h.finish() | 1
+        };
+    }
+
+    /// Records a startup parameter (`application_name`, `DateStyle`, `-c name=value` options, ...).
+    pub fn apply_startup(&mut self, name: &str, value: &str) {
+        let name = name.to_ascii_lowercase();
+        let sql = format!("SET {} TO {}", quote_ident(&name), quote_literal(value));
+        self.apply(&SetOp::Set { name, sql });
+    }
+
+    /// The SQL that brings a connection with signature `backend_sig` to these settings.
+    pub fn replay_sql(&self, backend_sig: u64) -> String {
+        let mut sql = String::new();
+        if backend_sig != Self::EMPTY_SIG {
+            sql.push_str("RESET ALL;");
+        }
+        for s in self.vars.values() {
+            sql.push_str(s);
+            sql.push(';');
+        }
+        sql
+    }
+
+    /// The current settings, for SHOW CLIENTS.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.vars.iter()
+    }
+}
+
+/// Parses a startup `options` value: `-c name=value` and `--name=value`, whitespace separated,
+/// with backslash escaping a space.
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let kv = if w == "-c" {
+            it.next()
+        } else {
+            w.strip_prefix("--")
+                .map(str::to_owned)
+                .or_else(|| w.strip_prefix("-c").map(str::to_owned))
+        };
+        if let Some((k, v)) = kv.as_deref().and_then(|kv| kv.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_owned()));
+        }
+    }
+    out
+}
+
+/// `'...'` with quotes doubled.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `"..."` with quotes doubled, unless the name is a plain lower-case identifier.
+pub fn quote_ident(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+    {
+        s.to_owned()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+/// A prepared statement as the client named it.
+#[derive(Debug)]
+pub struct Stmt {
+    /// SQL text.
+    pub query: String,
+    /// Parameter types, raw (count and oids).
+    pub param_types: Bytes,
+    /// Identity of (text, types): the backend-side name is derived from it, so clients that
+    /// prepare the same statement share it on a backend connection.
+    pub hash: u64,
+    /// Analysis, done once at Parse.
+    pub facts: Arc<Facts>,
+}
+
+impl Stmt {
+    /// Builds a statement and its identity.
+    pub fn new(query: &str, param_types: &[u8], facts: Arc<Facts>) -> Stmt {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        query.hash(&mut h);
+        param_types.hash(&mut h);
+        Stmt {
+            query: query.to_owned(),
+            param_types: Bytes::copy_from_slice(param_types),
+            hash: h.finish(),
+            facts,
+        }
+    }
+
+    /// Name of the statement on backend connections.
+    pub fn backend_name(&self) -> String {
+        format!("sw_{:016x}", self.hash)
+    }
+}
+
+/// The extended-protocol message an [`Op::Ext`] answers.
+#[derive(Debug)]
+pub enum ExtKind {
+    /// Parse; on failure forget that the backend holds statement `forget`.
+    Parse {
+        /// Hash of a named statement marked prepared on the backend when sent.
+        forget: Option<u64>,
+        /// The client's name for it, dropped if the Parse fails.
+        client_name: Option<String>,
+    },
+    /// Bind.
+    Bind,
+    /// Describe (statement or portal).
+    Describe,
+    /// Execute; applies `set_ops` on success.
+    Execute {
+        /// Session parameter changes of the executed statement.
+        set_ops: Vec<SetOp>,
+    },
+    /// Close of a portal.
+    Close,
+}
+
+/// One response (group) expected from the backend, or one the proxy produces itself, in the order
+/// the client must see them.
+#[derive(Debug)]
+pub enum Op {
+    /// A simple Query: everything up to ReadyForQuery is forwarded.
+    Query {
+        /// Applied when the query completes without error.
+        set_ops: Vec<SetOp>,
+        /// An ErrorResponse was seen.
+        failed: bool,
+    },
+    /// An extended-protocol message.
+    Ext(ExtKind),
+    /// Sync: ReadyForQuery.
+    Sync,
+    /// A message the proxy answers itself (ParseComplete for a statement the backend already
+    /// holds, CloseComplete, an error), emitted when it reaches the front.
+    Synth(Bytes),
+    /// A Parse the proxy added before Bind/Describe: its ParseComplete is swallowed.
+    Inject {
+        /// Named statement hash to forget if it fails or is skipped.
+        forget: Option<u64>,
+    },
+    /// Where the client ended a COPY FROM STDIN before the server said it started one: Syncs queued
+    /// before it are ignored by the server. Answers nothing.
+    CopyEnd,
+    /// The replay of session parameters: swallowed through ReadyForQuery.
+    SyncVars,
+    /// `pg_current_wal_lsn()` after a write, for read-your-writes: swallowed, value kept.
+    CaptureLsn {
+        /// The position read.
+        lsn: Option<u64>,
+    },
+}
+
+/// The queue of expected responses of the backend connection in use.
+pub type Ops = VecDeque<Op>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vars_signature_and_replay() {
+        let mut v = SessionVars::default();
+        assert_eq!(v.sig(), SessionVars::EMPTY_SIG);
+        v.apply_startup("application_name", "it's");
+        let s1 = v.sig();
+        assert_ne!(s1, SessionVars::EMPTY_SIG);
+        assert_eq!(v.replay_sql(SessionVars::EMPTY_SIG), "SET application_name TO 'it''s';");
+        assert!(v.replay_sql(123).starts_with("RESET ALL;"));
+        v.apply(&SetOp::Set {
+            name: "search_path".into(),
+            sql: "SET search_path = a".into(),
+        });
+        assert_ne!(v.sig(), s1);
+        v.apply(&SetOp::Reset {
+            name: "search_path".into(),
+        });
+        assert_eq!(v.sig(), s1);
+        v.apply(&SetOp::ResetAll);
+        assert_eq!(v.sig(), SessionVars::EMPTY_SIG);
+    }
+
+    #[test]
+    fn options_parse() {
+        assert_eq!(
+            parse_options("-c search_path=a,b --statement-timeout=5s -csearch_path=c\\ d"),
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("search_path".into(), "c d".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn statement_identity() {
+        let f = Arc::new(Facts::unparsed());
+        let a = Stmt::new("select $1", &[0, 1, 0, 0, 0, 23], f.clone());
+        let b = Stmt::new("select $1", &[0, 1, 0, 0, 0, 23], f.clone());
+        let c = Stmt::new("select $1", &[0, 0], f);
+        assert_eq!(a.backend_name(), b.backend_name());
+        assert_ne!(a.backend_name(), c.backend_name());
+    }
+}

@@ -1,0 +1,113 @@
+//! The admin console, RELOAD, and the HTTP metrics and health endpoints.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::harness::{Proxy, shared};
+
+async fn show(c: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn console_shows_replicas_pools_clients_and_stats() {
+    let proxy = Proxy::start(&shared().config("", "")).await;
+    proxy.wait_replicas_in_rotation().await;
+    let app = proxy.app().await;
+    for _ in 0..5 {
+        app.simple_query("SELECT 1").await.unwrap();
+    }
+    let admin = proxy.connect_db("admin", "admin", "shardwire").await.unwrap();
+    let replicas = show(&admin, "SHOW REPLICAS").await;
+    let replica = replicas.iter().find(|r| r[1] == "replica").expect("a replica row");
+    assert_eq!((replica[3].as_str(), replica[4].as_str()), ("up", "yes"), "{replica:?}");
+    assert_eq!(replica[9], "ok");
+    let pools = show(&admin, "show pools;").await;
+    assert_eq!(pools.len(), 2);
+    let clients = show(&admin, "SHOW CLIENTS").await;
+    assert!(clients.iter().any(|c| c[1] == "app"), "{clients:?}");
+    let stats = show(&admin, "SHOW STATS").await;
+    let replica_statements: u64 = stats.iter().find(|r| r[1] == "replica").unwrap()[2].parse().unwrap();
+    assert!(replica_statements >= 5);
+    let e = admin.simple_query("SHOW NONSENSE").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "42601");
+    assert_eq!(
+        show(&admin, "SHOW VERSION").await.len(),
+        1,
+        "console still usable after an error"
+    );
+}
+
+#[tokio::test]
+async fn reload_applies_a_valid_config_and_keeps_the_old_one_otherwise() {
+    let topo = shared();
+    let proxy = Proxy::start(&topo.config("", "max_replica_lag = \"1s\"")).await;
+    let admin = proxy.connect_db("admin", "admin", "shardwire").await.unwrap();
+    let app = proxy.app().await;
+    std::fs::write(&proxy.config_path, topo.config("", "max_replica_lag = \"7s\"")).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    assert_eq!(
+        proxy.shared.runtime.load().config.routing.max_lag,
+        std::time::Duration::from_secs(7)
+    );
+    std::fs::write(
+        &proxy.config_path,
+        topo.config("", "max_replica_lag = \"7s\"\nwhen_no_replica = \"sometimes\""),
+    )
+    .unwrap();
+    let e = admin.simple_query("RELOAD").await.unwrap_err();
+    assert!(e.as_db_error().unwrap().message().contains("when_no_replica"), "{e:?}");
+    assert_eq!(
+        proxy.shared.runtime.load().config.routing.max_lag,
+        std::time::Duration::from_secs(7),
+        "the running config stays"
+    );
+    assert_eq!(
+        app.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0),
+        3,
+        "clients unaffected"
+    );
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn metrics_and_health_over_http() {
+    let proxy = Proxy::start(&shared().config("", "")).await;
+    proxy.wait_replicas_in_rotation().await;
+    proxy.app().await.simple_query("SELECT 1").await.unwrap();
+    let http = proxy.bound.http.unwrap();
+    proxy
+        .wait_for("primary checked", |s| {
+            s.runtime.load().cluster.primary.health.load().checked.is_some()
+        })
+        .await;
+    let health = http_get(http, "/health").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = http_get(http, "/metrics").await;
+    assert!(
+        metrics.contains("shardwire_statements_total{node=\"main/replica0\",role=\"replica\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shardwire_node_in_rotation{node=\"main/replica0\",role=\"replica\"} 1"),
+        "{metrics}"
+    );
+    assert!(http_get(http, "/nope").await.starts_with("HTTP/1.1 404"));
+}

@@ -1,0 +1,12 @@
+//! Integration tests: real PostgreSQL (a primary with a streaming replica) started in temporary
+//! folders, shardwire in-process in front, real clients (tokio-postgres, psql, pgbench).
+
+mod admin;
+mod auth;
+mod bad_input;
+mod clients;
+mod harness;
+mod lag;
+mod protocol;
+mod routing;
+mod session_state;

@@ -1,0 +1,109 @@
+//! Read/write split: reads on the replica, writes and read-write transactions on the primary.
+
+use crate::harness::{Proxy, on_replica, on_replica_simple, shared, table};
+
+#[tokio::test]
+async fn reads_go_to_the_replica_and_writes_to_the_primary() {
+    let topo = shared();
+    let proxy = Proxy::start(&topo.config("", "")).await;
+    proxy.wait_replicas_in_rotation().await;
+    let c = proxy.app().await;
+    assert!(on_replica(&c).await, "extended-protocol read on the replica");
+    assert!(on_replica_simple(&c).await, "simple-protocol read on the replica");
+    let t = table("rw");
+    c.batch_execute(&format!("CREATE TABLE {t} (id int primary key, v text)"))
+        .await
+        .unwrap();
+    let row = c
+        .query_one(
+            &format!("INSERT INTO {t} VALUES (1, 'a') RETURNING pg_is_in_recovery()"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "INSERT ran on the primary");
+    let direct: i64 = topo
+        .primary()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(direct, 1, "the row is on the primary");
+    for sql in [
+        format!("SELECT pg_is_in_recovery() FROM {t} FOR UPDATE"),
+        format!("SELECT pg_is_in_recovery() FROM {t} FOR SHARE"),
+        "/* shardwire: primary */ SELECT pg_is_in_recovery()".to_string(),
+        "SELECT pg_is_in_recovery() FROM (SELECT pg_advisory_xact_lock(7)) x".to_string(),
+    ] {
+        let on_primary = !c.query_one(&sql, &[]).await.unwrap().get::<_, bool>(0);
+        assert!(on_primary, "{sql} must run on the primary");
+    }
+    c.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn transactions_stay_on_the_primary_and_read_only_ones_use_a_replica() {
+    let topo = shared();
+    let proxy = Proxy::start(&topo.config("", "")).await;
+    proxy.wait_replicas_in_rotation().await;
+    let c = proxy.app().await;
+    c.batch_execute("BEGIN").await.unwrap();
+    for _ in 0..3 {
+        assert!(
+            !on_replica(&c).await,
+            "reads inside a read-write transaction stay on the primary"
+        );
+    }
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    assert!(on_replica_simple(&c).await);
+    assert!(on_replica(&c).await);
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .unwrap();
+    assert!(on_replica(&c).await);
+    c.batch_execute("ROLLBACK").await.unwrap();
+
+    // tokio-postgres transactions (BEGIN through the extended protocol's simple query).
+    let mut c = c;
+    let tx = c.transaction().await.unwrap();
+    assert!(!on_replica(&tx).await);
+    tx.commit().await.unwrap();
+    assert!(
+        on_replica(&c).await,
+        "after the transaction, reads return to the replica"
+    );
+}
+
+#[tokio::test]
+async fn reads_are_spread_over_replicas_and_counted() {
+    let topo = shared();
+    let proxy = Proxy::start(&topo.config("", "")).await;
+    proxy.wait_replicas_in_rotation().await;
+    let c = proxy.app().await;
+    for _ in 0..20 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    let rt = proxy.shared.runtime.load();
+    let replica = rt.cluster.replicas[0]
+        .stats
+        .statements
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(replica >= 20, "20 reads counted on the replica, got {replica}");
+}
+
+#[tokio::test]
+async fn unparseable_statements_go_to_the_primary_and_report_the_database_error() {
+    let topo = shared();
+    let proxy = Proxy::start(&topo.config("", "")).await;
+    let c = proxy.app().await;
+    let e = c.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "42601", "{e}");
+    assert_eq!(
+        c.query_one("SELECT 1 + 1", &[]).await.unwrap().get::<_, i32>(0),
+        2,
+        "session still usable"
+    );
+}
