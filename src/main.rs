@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use shardwire::app::{self, Bound, Shared};
 use shardwire::sandbox::Sandbox;
 
+const DEMO_LISTEN: &str = "127.0.0.1:6432";
+
 #[derive(Parser)]
 #[command(
     name = "shardwire",
@@ -40,7 +42,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         replicas: usize,
         /// Client address for shardwire (port 0 picks a free one).
-        #[arg(long, default_value = "127.0.0.1:6432")]
+        #[arg(long, default_value = DEMO_LISTEN)]
         listen: String,
     },
 }
@@ -66,14 +68,23 @@ fn main() -> Result<()> {
         }
         Cmd::Serve { config } => {
             let c = shardwire::config::load(&config)?;
-            runtime()?.block_on(serve(c, Some(config), |_, _| {}))
+            runtime(c.server.workers)?.block_on(serve(c, Some(config), |_, _| {}))
         }
         Cmd::Demo { replicas, listen } => demo(replicas, &listen),
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+/// One worker runs on a current-thread runtime: no work stealing and no cross-thread wake-ups,
+/// which is what a proxy sharing two cores with its database needs most.
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    Ok(b.enable_all().build()?)
 }
 
 /// Serves until Ctrl-C or SIGTERM; SIGHUP reloads.
@@ -116,6 +127,15 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
 }
 
 fn demo(replicas: usize, listen: &str) -> Result<()> {
+    // The default port may be taken (a local PgBouncer, say): take a free one rather than fail.
+    let listen = match std::net::TcpListener::bind(listen) {
+        Ok(_) => listen.to_string(),
+        Err(e) if listen == DEMO_LISTEN => {
+            eprintln!("{listen} is in use ({e}); picking a free port");
+            "127.0.0.1:0".to_string()
+        }
+        Err(e) => anyhow::bail!("cannot listen on {listen}: {e}"),
+    };
     eprintln!("starting PostgreSQL: a primary and {replicas} replica(s) in a temporary folder...");
     let sandbox = Sandbox::start(replicas)?;
     let replica_urls: Vec<String> = sandbox
@@ -154,7 +174,7 @@ replicas = [{}]
     std::fs::write(&path, &config_text)?;
     let config = shardwire::config::load(&path)?;
     let dir = sandbox.dir.clone();
-    let result = runtime()?.block_on(serve(config, Some(path.clone()), move |bound, _| {
+    let result = runtime(config.server.workers)?.block_on(serve(config, Some(path.clone()), move |bound, _| {
         let port = bound.pg.port();
         println!();
         println!("shardwire is up. Connect with:");

@@ -1,5 +1,7 @@
-//! A bounded cache of analyses keyed by statement text, so a repeated statement is parsed once.
-//! Prepared statements are analyzed once at Parse and keep their facts themselves.
+//! A bounded cache of analyses, so a repeated statement is parsed once. Keyed by the statement's
+//! fingerprint (literals replaced), so simple-protocol queries that differ only in their values
+//! share an entry; statements whose facts carry literal values (SET) are keyed by their exact
+//! text instead. Prepared statements are analyzed once at Parse and keep their facts themselves.
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -7,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+use super::fingerprint::fingerprint;
 use super::{Facts, analyze};
 
 /// Shared by all sessions. The lock is a std Mutex held only for a map lookup or insert, never
@@ -32,11 +35,17 @@ impl AnalysisCache {
         if sql.len() > MAX_CACHED_LEN {
             return Arc::new(analyze(sql, primary_functions));
         }
+        let key = fingerprint(sql);
+        if let Some(f) = self.lock().get(&key) {
+            return f.clone();
+        }
         if let Some(f) = self.lock().get(sql) {
             return f.clone();
         }
         let facts = Arc::new(analyze(sql, primary_functions));
-        self.lock().put(sql.to_owned(), facts.clone());
+        // SET statements are replayed by their text: the values matter.
+        let key = if facts.set_ops.is_empty() { key } else { sql.to_owned() };
+        self.lock().put(key, facts.clone());
         facts
     }
 
@@ -72,8 +81,23 @@ mod tests {
         let a = c.get("SELECT 1", &f);
         let b = c.get("SELECT 1", &f);
         assert!(Arc::ptr_eq(&a, &b));
-        c.get("SELECT 2", &f);
-        c.get("SELECT 3", &f);
+        let other = c.get("SELECT 2", &f);
+        assert!(Arc::ptr_eq(&a, &other), "literals do not matter");
+        c.get("SELECT x FROM t", &f);
+        c.get("SELECT y FROM t", &f);
+        c.get("SELECT z FROM t", &f);
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn set_statements_keep_their_values() {
+        let c = AnalysisCache::new(NonZeroUsize::new(10).unwrap());
+        let f = HashSet::new();
+        let a = c.get("SET search_path TO a", &f);
+        let b = c.get("SET search_path TO b", &f);
+        assert_ne!(a.set_ops, b.set_ops);
+        let a2 = c.get("SET work_mem = '64MB'", &f);
+        let b2 = c.get("SET work_mem = '1MB'", &f);
+        assert_ne!(a2.set_ops, b2.set_ops);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod facts;
+pub mod fingerprint;
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;

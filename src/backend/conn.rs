@@ -206,9 +206,17 @@ impl BackendConn {
 
     /// Checks, without a round trip, that an idle connection is still open and silent: a server
     /// that shut down or killed the backend has sent a FATAL error and closed the socket.
+    ///
+    /// The event loop already watches the socket, so its readiness says whether anything arrived
+    /// while the connection sat in the pool; only then is the socket read. A silent connection
+    /// costs no system call.
     pub fn check_idle(&mut self) -> Result<(), BackendError> {
         if self.broken || !self.rbuf.is_empty() {
             return Err(BackendError::Stale);
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return Ok(());
         }
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {

@@ -112,6 +112,20 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let c = parse(include_str!("../../examples/shardwire.toml")).unwrap();
+        assert_eq!(c.shard.replicas.len(), 2);
+        assert!(c.routing.primary_functions.contains("audit_event"));
+        assert!(c.users["reports"].read_your_writes);
+        assert_eq!(
+            c.users["reports"].auth,
+            Auth::Md5 {
+                hash: "f0b9a02b5a3b9b1aa4c0f7d0f6d52a1e".into()
+            }
+        );
+    }
+
+    #[test]
     fn scram_verifier_parses() {
         let v = postgres_protocol::password::scram_sha_256(b"pw");
         let p = ScramVerifier::parse(&v).unwrap();

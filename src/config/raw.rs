@@ -40,6 +40,8 @@ pub struct RawServer {
     pub max_client_connections: Option<usize>,
     /// Largest message accepted from a client, in bytes.
     pub max_message_size: Option<usize>,
+    /// Worker threads serving clients; default half the cores (at least 1).
+    pub workers: Option<usize>,
     /// How long shutdown waits for clients before closing them.
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,

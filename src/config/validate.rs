@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub max_message_size: usize,
     /// How long shutdown waits for clients.
     pub shutdown_timeout: Duration,
+    /// Worker threads. Fewer threads than cores keeps a client's wake-ups on one thread, which
+    /// matters more for latency than parallelism when the database shares the machine.
+    pub workers: usize,
 }
 
 /// `[pool]`, typed.
@@ -296,6 +299,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_client_connections: s.max_client_connections.unwrap_or(10_000),
         max_message_size: s.max_message_size.unwrap_or(64 << 20),
         shutdown_timeout: s.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+        workers: match s.workers {
+            Some(0) => return Err(err("server.workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        },
     };
     if server.database == "shardwire" {
         return Err(err("server.database", "`shardwire` is the admin console's name"));

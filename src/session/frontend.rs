@@ -249,10 +249,29 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn facts_of(&self, sql: &str) -> Arc<Facts> {
-        self.shared
+    fn facts_of(&mut self, sql: &str) -> Arc<Facts> {
+        if let Some((text, facts)) = &self.last_facts
+            && text == sql
+        {
+            return facts.clone();
+        }
+        let facts = self
+            .shared
             .cache
-            .get(sql, &self.runtime.config.routing.primary_functions)
+            .get(sql, &self.runtime.config.routing.primary_functions);
+        if sql.len() > 4096 {
+            // Idle sessions should not keep a large text alive.
+            return facts;
+        }
+        match &mut self.last_facts {
+            Some((text, f)) if text.capacity() >= sql.len() => {
+                text.clear();
+                text.push_str(sql);
+                *f = facts.clone();
+            }
+            other => *other = Some((sql.to_owned(), facts.clone())),
+        }
+        facts
     }
 
     fn lookup_statement(&mut self, name: &str) -> Option<Arc<Stmt>> {
@@ -421,6 +440,7 @@ impl Session {
             wrote: false,
             needs_sync: false,
             copy_in: false,
+            rolled_back: false,
         };
         if held.checkout.conn.vars_sig != self.vars.sig() {
             msg::query(&mut held.wbuf, &self.vars.replay_sql(held.checkout.conn.vars_sig));

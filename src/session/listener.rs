@@ -25,9 +25,12 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Database name of the admin console.
 pub const ADMIN_DATABASE: &str = "shardwire";
 
-/// Accepts clients until `shutdown` fires, then waits (bounded) for sessions to end.
+/// Accepts clients until `shutdown` fires. Then sessions without a transaction in progress close
+/// (57P01), the others finish their transaction first; whatever is left when
+/// `server.shutdown_timeout` runs out is cut off.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let tracker = tokio_util::task::TaskTracker::new();
+    let hard_stop = CancellationToken::new();
     loop {
         let (stream, addr) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -42,27 +45,36 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             },
         };
         let shared = shared.clone();
-        let token = shutdown.clone();
+        let (soft, hard) = (shutdown.clone(), hard_stop.clone());
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
             tokio::select! {
-                r = handle(stream, addr, shared) => {
+                r = handle(stream, addr, shared, soft) => {
                     if let Err(e) = r {
                         tracing::debug!(%addr, error = %e, "client session ended with an error");
                     }
                 }
-                () = token.cancelled() => {}
+                () = hard.cancelled() => {}
             }
         });
     }
+    // New connections are refused from here on, not left waiting in the backlog.
+    drop(listener);
     tracker.close();
     let grace = shared.runtime.load().config.server.shutdown_timeout;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("shutdown: sessions still open after {grace:?}; closing them");
+        hard_stop.cancel();
+        tracker.wait().await;
     }
 }
 
-async fn handle(mut stream: TcpStream, addr: std::net::SocketAddr, shared: Arc<Shared>) -> Result<(), SessionError> {
+async fn handle(
+    mut stream: TcpStream,
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError> {
     let mut buf = BytesMut::with_capacity(1024);
     let startup = tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut stream, &mut buf)).await;
     let params = match startup {
@@ -93,7 +105,10 @@ async fn handle(mut stream: TcpStream, addr: std::net::SocketAddr, shared: Arc<S
             }
             Err(e)
         }
-        Ok(Ok(Login::Admin(user))) => crate::admin::console::run(client, user, shared).await,
+        Ok(Ok(Login::Admin(user))) => tokio::select! {
+            r = crate::admin::console::run(client, user, shared) => r,
+            () = shutdown.cancelled() => Ok(()),
+        },
         Ok(Ok(Login::Session(ok))) => {
             let LoginOk {
                 user,
@@ -116,6 +131,9 @@ async fn handle(mut stream: TcpStream, addr: std::net::SocketAddr, shared: Arc<S
                 ryw_lsn: None,
                 ignore_till_sync: false,
                 stalled: None,
+                last_facts: None,
+                vars_before_txn: None,
+                shutdown,
             };
             session.run().await
         }

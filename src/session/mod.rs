@@ -42,6 +42,8 @@ struct Held {
     needs_sync: bool,
     /// The backend is in COPY FROM STDIN mode: it ignores Sync and Flush until CopyDone/CopyFail.
     copy_in: bool,
+    /// A ROLLBACK completed since the last ReadyForQuery.
+    rolled_back: bool,
 }
 
 impl Held {
@@ -101,4 +103,12 @@ pub struct Session {
     ignore_till_sync: bool,
     /// A message waiting for the held backend to be released.
     stalled: Option<Frame>,
+    /// The last statement text analyzed and its facts: clients that send the same text again and
+    /// again (unnamed statements in the extended protocol) skip even the cache lookup.
+    last_facts: Option<(String, Arc<crate::analyze::Facts>)>,
+    /// Session parameters as they were before the first SET of the open transaction: a rollback
+    /// undoes those SETs on the server, so the session's record must be undone too.
+    vars_before_txn: Option<SessionVars>,
+    /// Fires when shardwire shuts down: the session ends as soon as it holds no backend.
+    shutdown: tokio_util::sync::CancellationToken,
 }

@@ -121,12 +121,16 @@ impl Session {
                 None => std::future::pending().await,
             }
         };
+        let shutting_down = self.held.is_none() && self.stalled.is_none();
         let event = tokio::select! {
             biased;
             r = client.writable(), if want_client_write => r.map(|()| Event::ClientWritable)?,
             r = backend_writable, if want_backend_write => r.map(|()| Event::BackendWritable).unwrap_or(Event::BackendReadable),
             r = backend_readable, if want_backend_read => r.map(|()| Event::BackendReadable).unwrap_or(Event::BackendReadable),
             r = client.readable(), if want_client_read => r.map(|()| Event::ClientReadable)?,
+            () = self.shutdown.cancelled(), if shutting_down => {
+                return Err(SessionError::Fatal(SqlState::ADMIN_SHUTDOWN, "shardwire is shutting down".into()));
+            }
             else => return Err(SessionError::Fatal(SqlState::SYSTEM_ERROR, "internal error: session stalled with nothing to wait for".into())),
         };
         Ok(event)
@@ -281,6 +285,9 @@ impl Session {
             },
             Op::Synth(_) | Op::CopyEnd => unreachable!("flush_synth emptied the front"),
         }
+        if tag == b'C' && f.body().starts_with(b"ROLLBACK") {
+            h.rolled_back = true;
+        }
         if tag == b'Z' {
             h.tx_status = f.body().first().copied().unwrap_or(b'I');
         }
@@ -292,11 +299,30 @@ impl Session {
             let op = h.ops.pop_front();
             self.complete(op);
         }
+        if tag == b'Z' {
+            self.on_ready();
+        }
         if let Some(h) = self.held.as_mut() {
             if h.ops.is_empty() {
                 h.begin_pending = false;
             }
             flush_synth(h, &mut self.client.wbuf);
+        }
+    }
+
+    /// At the end of a transaction, SETs made inside it stand if it committed and are undone (by
+    /// the server, and so here) if it rolled back.
+    fn on_ready(&mut self) {
+        let Some(h) = self.held.as_mut() else { return };
+        if h.tx_status != b'I' {
+            return;
+        }
+        let rolled_back = std::mem::take(&mut h.rolled_back);
+        if let Some(before) = self.vars_before_txn.take()
+            && rolled_back
+        {
+            self.vars = before;
+            h.checkout.conn.vars_sig = self.vars.sig();
         }
     }
 
@@ -357,6 +383,10 @@ impl Session {
         };
         if set_ops.is_empty() {
             return;
+        }
+        let in_txn = self.held.as_ref().is_some_and(|h| h.tx_status != b'I');
+        if in_txn && self.vars_before_txn.is_none() {
+            self.vars_before_txn = Some(self.vars.clone());
         }
         for op in &set_ops {
             self.vars.apply(op);

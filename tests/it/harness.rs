@@ -219,6 +219,11 @@ impl Proxy {
         }
     }
 
+    /// Starts shutdown (as SIGTERM does).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
     pub fn port(&self) -> u16 {
         self.bound.pg.port()
     }

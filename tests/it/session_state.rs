@@ -45,6 +45,29 @@ async fn set_is_carried_across_routes_and_not_leaked_to_other_clients() {
     assert_eq!(setting(&a, "TimeZone").await.0, "Asia/Tokyo");
     a.batch_execute("RESET ALL").await.unwrap();
     assert_ne!(setting(&a, "TimeZone").await.0, "Asia/Tokyo");
+    // A SET inside a transaction stands if it commits and is undone if it rolls back.
+    a.batch_execute("BEGIN; SET search_path TO pg_catalog; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(setting(&a, "search_path").await.0, "pg_catalog");
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("SET search_path TO public").await.unwrap();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        setting(&a, "search_path").await,
+        ("pg_catalog".into(), true),
+        "rolled back, on the replica too"
+    );
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("SET search_path TO public").await.unwrap();
+    assert!(a.batch_execute("SELECT 1/0").await.is_err());
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        setting(&a, "search_path").await.0,
+        "pg_catalog",
+        "a failed transaction's COMMIT rolls back"
+    );
+    a.batch_execute("RESET search_path").await.unwrap();
     // A SET that fails is not recorded.
     assert!(a.batch_execute("SET no_such_parameter_x = 1").await.is_err());
     assert_eq!(setting(&a, "search_path").await.0, "\"$user\", public");
@@ -88,4 +111,57 @@ async fn temporary_tables_pin_the_session_to_its_backend() {
     // Another client does not see it and is not stuck behind it.
     let other = proxy.app().await;
     assert!(other.query_one("SELECT count(*) FROM scratch", &[]).await.is_err());
+}
+
+#[tokio::test]
+async fn a_busy_pool_gives_a_clear_error_after_the_checkout_timeout() {
+    let topo = shared();
+    let config = topo
+        .config("", "")
+        .replace("max_size = 10", "max_size = 1")
+        .replace("checkout_timeout = \"3s\"", "checkout_timeout = \"300ms\"");
+    let proxy = Proxy::start(&config).await;
+    let holder = proxy.app().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = proxy.app().await;
+    let e = waiter.simple_query("INSERT INTO nowhere VALUES (1)").await.unwrap_err();
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "53300", "{db:?}");
+    assert!(
+        db.message().contains("timed out") && db.message().contains("main/primary"),
+        "{}",
+        db.message()
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        waiter
+            .query_one("/* shardwire: primary */ SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_sessions_and_lets_transactions_finish() {
+    let topo = shared();
+    let proxy = Proxy::start(&topo.config("shutdown_timeout = \"5s\"", "")).await;
+    let idle = proxy.app().await;
+    let busy = proxy.app().await;
+    busy.batch_execute("BEGIN").await.unwrap();
+    busy.query_one("/* shardwire: primary */ SELECT 1", &[]).await.unwrap();
+    proxy.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        idle.is_closed() || idle.simple_query("SELECT 1").await.is_err(),
+        "idle session closed"
+    );
+    busy.query_one("SELECT 2", &[])
+        .await
+        .expect("the open transaction goes on");
+    busy.batch_execute("COMMIT").await.expect("and commits");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(busy.simple_query("SELECT 3").await.is_err(), "then the session closes");
+    assert!(proxy.connect("app", "app").await.is_err(), "no new clients");
 }

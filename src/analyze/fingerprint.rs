@@ -1,0 +1,140 @@
+//! Normalised statement texts: literals replaced by `?`, so `... WHERE id = 1` and
+//! `... WHERE id = 2` share one cached analysis. Comments are kept (hints live there); quoted
+//! identifiers and dollar-quoted bodies are handled so their contents are never mistaken for
+//! literals or the other way round.
+
+/// The text with string and numeric literals replaced by `?`.
+pub fn fingerprint(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut last = 0; // start of the pending verbatim run
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        let prev_ident = i > 0 && ident(b[i - 1]);
+        let skip_to = match c {
+            b'\'' => Some((literal_end(b, i), true)),
+            b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N' if !prev_ident && b.get(i + 1) == Some(&b'\'') => {
+                Some((literal_end(b, i + 1), true))
+            }
+            b'"' => Some((quoted_end(b, i, b'"'), false)),
+            b'-' if b.get(i + 1) == Some(&b'-') => Some((
+                b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p),
+                false,
+            )),
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                Some((sql[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2), false))
+            }
+            b'$' if !prev_ident => dollar_end(sql, i).map(|e| (e, true)),
+            b'0'..=b'9' if !prev_ident => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_') {
+                    j += 1;
+                }
+                Some((j, true))
+            }
+            _ => None,
+        };
+        match skip_to {
+            Some((end, replace)) => {
+                if replace {
+                    out.push_str(&sql[last..i]);
+                    out.push('?');
+                    last = end;
+                }
+                i = end.max(i + 1);
+            }
+            None => i += 1,
+        }
+    }
+    out.push_str(&sql[last.min(sql.len())..]);
+    out
+}
+
+/// End (exclusive) of a '...' literal starting at `start`, with '' and backslash escapes.
+fn literal_end(b: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    b.len()
+}
+
+fn quoted_end(b: &[u8], start: usize, q: u8) -> usize {
+    let mut i = start + 1;
+    while i < b.len() {
+        if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// End of a `$tag$ ... $tag$` string starting at `start`, if one starts there (`$1` is a parameter).
+fn dollar_end(sql: &str, start: usize) -> Option<usize> {
+    let rest = &sql[start + 1..];
+    let tag_len = rest.find('$')?;
+    let tag = &rest[..tag_len];
+    if !tag.chars().all(|c| c.is_alphanumeric() || c == '_') || tag.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let delim = &sql[start..start + tag_len + 2];
+    let body = start + delim.len();
+    Some(sql[body..].find(delim).map_or(sql.len(), |p| body + p + delim.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn literals_become_placeholders() {
+        let table = [
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+                "SELECT abalance FROM pgbench_accounts WHERE aid = ?;",
+            ),
+            (
+                "select * from t1 where a = 'x''y' and b = 1.5e3",
+                "select * from t1 where a = ? and b = ?",
+            ),
+            ("SELECT E'a\\'b', $$ dollar 'q' $$, $tag$x$tag$", "SELECT ?, ?, ?"),
+            (
+                "SELECT \"col 1\" FROM \"t'x\" WHERE c = $1",
+                "SELECT \"col 1\" FROM \"t'x\" WHERE c = $1",
+            ),
+            (
+                "/* shardwire: primary */ SELECT 1 -- note 2\n",
+                "/* shardwire: primary */ SELECT ? -- note 2\n",
+            ),
+            ("SELECT x'ff', t2.c3 FROM t2", "SELECT ?, t2.c3 FROM t2"),
+            ("SELECT 'unterminated", "SELECT ?"),
+        ];
+        for (sql, want) in table {
+            assert_eq!(fingerprint(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn same_shape_same_fingerprint() {
+        assert_eq!(
+            fingerprint("SELECT * FROM t WHERE id = 1"),
+            fingerprint("SELECT * FROM t WHERE id = 99999")
+        );
+        assert_ne!(
+            fingerprint("SELECT * FROM t WHERE id = 1"),
+            fingerprint("DELETE FROM t WHERE id = 1")
+        );
+    }
+}
