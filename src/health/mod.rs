@@ -79,6 +79,8 @@ pub enum Observation {
         replay_age_secs: Option<f64>,
         /// `pg_is_in_recovery()`.
         in_recovery: bool,
+        /// `pg_is_wal_replay_paused()`: replay stopped on purpose.
+        replay_paused: bool,
     },
     /// The check failed: connection or query error, or timeout.
     Failed(String),
@@ -157,6 +159,7 @@ pub fn next_replica_health(
         Observation::Replica {
             replay_lsn,
             replay_age_secs,
+            replay_paused,
             ..
         } => match primary_lsn {
             None => (
@@ -171,6 +174,8 @@ pub fn next_replica_health(
                     _ if bytes > bounds.max_lag_bytes => {
                         Err(format!("lag {bytes} bytes over bound {}", bounds.max_lag_bytes))
                     }
+                    // Paused replay with WAL waiting will not catch up by itself: stale from now on.
+                    _ if replay_paused && bytes > 0 => Err(format!("replay paused with {bytes} bytes not replayed")),
                     TimeLag::Secs(s) if s > bounds.max_lag.as_secs_f64() => {
                         Err(format!("lag {s:.3}s over bound {:?}", bounds.max_lag))
                     }
@@ -228,7 +233,24 @@ mod tests {
             replay_lsn,
             replay_age_secs: age,
             in_recovery: true,
+            replay_paused: false,
         }
+    }
+
+    #[test]
+    fn paused_replay_with_pending_wal_leaves_at_once() {
+        let now = Instant::now();
+        let up = next_replica_health(&NodeHealth::initial(), Some(500), None, obs(500, Some(0.1)), B, 3, now);
+        let paused = |lsn| Observation::Replica {
+            replay_lsn: lsn,
+            replay_age_secs: Some(0.1),
+            in_recovery: true,
+            replay_paused: true,
+        };
+        let idle_paused = next_replica_health(&up, Some(500), Some(500), paused(500), B, 3, now);
+        assert!(idle_paused.in_rotation, "paused but nothing to replay: not stale");
+        let behind = next_replica_health(&up, Some(600), Some(500), paused(500), B, 3, now);
+        assert!(!behind.in_rotation && behind.reason.contains("paused"), "{behind:?}");
     }
 
     #[test]
@@ -305,6 +327,7 @@ mod tests {
             replay_lsn: 1,
             replay_age_secs: None,
             in_recovery: false,
+            replay_paused: false,
         };
         assert!(!next_replica_health(&up, Some(1), None, promoted, B, 3, now).in_rotation);
         assert!(!next_replica_health(&up, None, None, obs(1, None), B, 3, now).in_rotation);

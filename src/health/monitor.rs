@@ -27,7 +27,8 @@ pub struct MonitorSettings {
 const PRIMARY_SQL: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
 const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), \
      (COALESCE(pg_last_wal_replay_lsn(), '0/0'::pg_lsn) - '0/0'::pg_lsn)::bigint, \
-     extract(epoch from (now() - pg_last_xact_replay_timestamp()))::float8";
+     extract(epoch from (now() - pg_last_xact_replay_timestamp()))::float8, \
+     CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END";
 
 /// Runs until `token` is cancelled.
 pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: CancellationToken) {
@@ -115,6 +116,7 @@ fn parse_replica_row(row: &[Option<String>]) -> Observation {
             in_recovery: rec == "t",
             replay_lsn,
             replay_age_secs: get(2).and_then(|v| v.parse::<f64>().ok()),
+            replay_paused: get(3) == Some("t"),
         },
         _ => Observation::Failed("unexpected answer to the lag query".into()),
     }
