@@ -88,6 +88,7 @@ fn postgres_user() -> Result<Option<(u32, u32)>> {
 impl Sandbox {
     /// Creates and starts a primary with `replicas` streaming replicas. Blocking.
     pub fn start(replicas: usize) -> Result<Sandbox> {
+        remove_abandoned();
         let bin = pg_bin_dir()?;
         let run_as = postgres_user()?;
         let dir = std::env::temp_dir().join(format!("shardwire-{}-{}", std::process::id(), free_port()?));
@@ -156,6 +157,32 @@ impl Drop for Sandbox {
         self.primary.kill();
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Sandboxes of processes that no longer exist: a test run keeps its topology until the process
+/// exits (servers die with it), so nothing removes the folder then. The next sandbox does.
+fn remove_abandoned() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("shardwire-")) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(p, port)| port.parse::<u16>().ok().and(p.parse::<i32>().ok()))
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive && e.path().is_dir() {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -290,6 +317,20 @@ impl PgInstance {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the server process is alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Starts the server if it is not running.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.child = None;
+        self.start()
     }
 
     /// Fast shutdown (SIGINT): clients are disconnected, the server exits cleanly.

@@ -14,6 +14,7 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 enum Cmd {
+    EnsureRunning,
     StopReplica,
     StartReplica,
     StopPrimary,
@@ -43,6 +44,10 @@ impl Topology {
                 // Serve stop/start requests for as long as the test process lives.
                 while let Ok((cmd, reply)) = rx.recv() {
                     let r = match cmd {
+                        Cmd::EnsureRunning => sb
+                            .primary
+                            .ensure_running()
+                            .and_then(|()| sb.replicas[0].ensure_running()),
                         Cmd::StopReplica => {
                             sb.replicas[0].stop();
                             Ok(())
@@ -161,12 +166,26 @@ pub fn shared() -> &'static Topology {
     SHARED.get_or_init(Topology::start)
 }
 
-/// The topology fault tests disturb, with a guard that keeps them one at a time.
+/// The topology fault tests disturb, with a guard that keeps them one at a time. Whatever an
+/// earlier (possibly failed) fault test left behind is undone first: servers running, replay
+/// resumed, replica settings the tests change reset.
 pub async fn faults() -> (&'static Topology, tokio::sync::MutexGuard<'static, ()>) {
     let guard = FAULT_LOCK.lock().await;
-    let topo = tokio::task::spawn_blocking(|| FAULTS.get_or_init(Topology::start))
+    let topo = tokio::task::spawn_blocking(|| {
+        let t = FAULTS.get_or_init(Topology::start);
+        t.send(Cmd::EnsureRunning);
+        t
+    })
+    .await
+    .unwrap();
+    let r = topo.replica().await;
+    r.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
+    // Only what tests set: pg_basebackup -R keeps primary_conninfo in the same file.
+    r.batch_execute("ALTER SYSTEM RESET recovery_min_apply_delay")
         .await
         .unwrap();
+    r.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    replica_caught_up(topo).await;
     (topo, guard)
 }
 

@@ -130,8 +130,8 @@ async fn when_no_replica_is_usable_reads_are_refused_if_configured() {
 #[tokio::test]
 async fn read_your_writes_waits_for_the_replica_to_replay_the_session_s_write() {
     let (topo, _guard) = faults().await;
-    // A lag bound so loose that the paused replica stays in rotation: only read-your-writes
-    // keeps the session's reads consistent.
+    // A lag bound so loose that the delayed replica stays in rotation: only read-your-writes
+    // keeps the writing session's reads consistent.
     let proxy = Proxy::start(&topo.config("", "max_replica_lag = \"1h\"\nmax_replica_lag_bytes = 1000000000\n")).await;
     proxy.wait_replicas_in_rotation().await;
     let t = table("ryw");
@@ -141,8 +141,24 @@ async fn read_your_writes_waits_for_the_replica_to_replay_the_session_s_write() 
         .await
         .unwrap();
     replica_caught_up(topo).await;
+    // The replica receives WAL at once but applies commits only 3 s later.
     let replica = topo.replica().await;
-    replica.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
+    replica
+        .batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '3s'")
+        .await
+        .unwrap();
+    replica.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    for _ in 0..100 {
+        let v: String = replica
+            .query_one("SHOW recovery_min_apply_delay", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if v == "3s" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ryw = proxy.connect("ryw", "ryw").await.unwrap();
     let plain = proxy.app().await;
     ryw.batch_execute(&format!("INSERT INTO {t} VALUES (1)")).await.unwrap();
@@ -156,7 +172,17 @@ async fn read_your_writes_waits_for_the_replica_to_replay_the_session_s_write() 
         (0, true),
         "another session reads the (stale) replica"
     );
-    replica.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
+    assert!(
+        proxy.shared.runtime.load().cluster.replicas[0]
+            .health
+            .load()
+            .in_rotation
+    );
+    replica
+        .batch_execute("ALTER SYSTEM RESET recovery_min_apply_delay")
+        .await
+        .unwrap();
+    replica.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     replica_caught_up(topo).await;
     tokio::time::sleep(Duration::from_millis(3 * INTERVAL_MS)).await;
     assert_eq!(
