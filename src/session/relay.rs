@@ -58,6 +58,14 @@ impl Session {
                 let _ = self.client.flush().await;
                 return Ok(());
             }
+            // Write at once what the last step produced; the socket is almost always writable, so
+            // a trip through `wait` would only cost a wake-up.
+            if self.held.as_ref().is_some_and(|h| !h.wbuf.is_empty()) {
+                self.write_backend();
+            }
+            if !self.client.wbuf.is_empty() {
+                self.write_client()?;
+            }
             let event = self.wait().await?;
             match event {
                 Event::ClientReadable => self.read_client()?,
