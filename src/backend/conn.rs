@@ -49,7 +49,7 @@ pub enum BackendError {
 /// A logged-in backend connection and what the proxy knows of its session state.
 pub struct BackendConn {
     /// The socket; the session reads and writes it directly.
-    pub stream: TcpStream,
+    pub stream: crate::net::Socket,
     /// Bytes read from the backend and not yet handled.
     pub rbuf: BytesMut,
     /// BackendKeyData process id, for cancel requests.
@@ -87,16 +87,12 @@ impl BackendConn {
         };
         let stream = TcpStream::connect((node.host.as_str(), node.port)).await.map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
-        let mut conn = BackendConn {
+        let mut conn = Handshake {
             stream,
             rbuf: BytesMut::with_capacity(8192),
             pid: 0,
             secret: 0,
             params: Vec::new(),
-            prepared: HashSet::new(),
-            unnamed: None,
-            vars_sig: crate::session::state::SessionVars::EMPTY_SIG,
-            broken: false,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -167,7 +163,19 @@ impl BackendConn {
                     conn.secret = body.secret_key();
                 }
                 backend::Message::NoticeResponse(_) => {}
-                backend::Message::ReadyForQuery(_) => return Ok(conn),
+                backend::Message::ReadyForQuery(_) => {
+                    return Ok(BackendConn {
+                        stream: crate::net::Socket::from_tokio(conn.stream).map_err(io)?,
+                        rbuf: conn.rbuf,
+                        pid: conn.pid,
+                        secret: conn.secret,
+                        params: conn.params,
+                        prepared: HashSet::new(),
+                        unnamed: None,
+                        vars_sig: crate::session::state::SessionVars::EMPTY_SIG,
+                        broken: false,
+                    });
+                }
                 backend::Message::ErrorResponse(body) => {
                     let mut message = String::from("error during startup");
                     let mut fields = body.fields();
@@ -193,17 +201,6 @@ impl BackendConn {
         }
     }
 
-    async fn read_message(&mut self) -> std::io::Result<backend::Message> {
-        loop {
-            if let Some(msg) = backend::Message::parse(&mut self.rbuf)? {
-                return Ok(msg);
-            }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
     /// Checks, without a round trip, that an idle connection is still open and silent: a server
     /// that shut down or killed the backend has sent a FATAL error and closed the socket.
     ///
@@ -214,14 +211,32 @@ impl BackendConn {
         if self.broken || !self.rbuf.is_empty() {
             return Err(BackendError::Stale);
         }
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if self.stream.poll_read_ready(&mut cx).is_pending() {
-            return Ok(());
+        if self.stream.has_input() {
+            Err(BackendError::Stale)
+        } else {
+            Ok(())
         }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            _ => Err(BackendError::Stale),
+    }
+}
+
+/// A connection during startup, before it becomes a [`BackendConn`].
+struct Handshake {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    pid: i32,
+    secret: i32,
+    params: Vec<(String, String)>,
+}
+
+impl Handshake {
+    async fn read_message(&mut self) -> std::io::Result<backend::Message> {
+        loop {
+            if let Some(msg) = backend::Message::parse(&mut self.rbuf)? {
+                return Ok(msg);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
         }
     }
 }

@@ -92,3 +92,46 @@ impl ClientConn {
         let _ = self.flush().await;
     }
 }
+
+/// The client connection once the session relay takes it over: the socket switches to
+/// [`crate::net::Socket`] for readiness-driven reads.
+pub struct RelayClient {
+    /// The socket.
+    pub sock: crate::net::Socket,
+    /// Received and not yet handled.
+    pub rbuf: BytesMut,
+    /// To be sent.
+    pub wbuf: BytesMut,
+    /// Largest message accepted.
+    pub max_message: usize,
+}
+
+impl RelayClient {
+    /// Takes over a logged-in client, with whatever it already sent.
+    pub fn from_conn(c: ClientConn) -> std::io::Result<RelayClient> {
+        Ok(RelayClient {
+            sock: crate::net::Socket::from_tokio(c.stream)?,
+            rbuf: c.rbuf,
+            wbuf: c.wbuf,
+            max_message: c.max_message,
+        })
+    }
+
+    /// The next whole message in the read buffer, without reading.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        decode_frame(&mut self.rbuf, self.max_message)
+    }
+
+    /// Sends everything buffered.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.sock.write_all(&self.wbuf).await?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Sends a FATAL error (best effort) after whatever is buffered.
+    pub async fn fatal(&mut self, code: SqlState, message: &str) {
+        error_response(&mut self.wbuf, Severity::Fatal, code, message);
+        let _ = self.flush().await;
+    }
+}

@@ -118,7 +118,7 @@ async fn handle(
             } = *ok;
             let session = Session {
                 shared,
-                client,
+                client: super::client::RelayClient::from_conn(client)?,
                 handle,
                 user,
                 runtime,

@@ -20,7 +20,7 @@ use crate::app::{Runtime, Shared};
 use crate::backend::Checkout;
 use crate::config::User;
 use crate::protocol::pg::Frame;
-use client::ClientConn;
+use client::RelayClient;
 use registry::ClientHandle;
 use state::{Ops, SessionVars, Stmt};
 
@@ -82,7 +82,7 @@ enum Ensure {
 /// One client's session on the data path.
 pub struct Session {
     shared: Arc<Shared>,
-    client: ClientConn,
+    client: RelayClient,
     handle: Arc<ClientHandle>,
     user: Arc<User>,
     /// Config and cluster snapshot, refreshed whenever no backend is held.

@@ -23,11 +23,14 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// Backend messages are trusted to be well-formed, but not unboundedly large.
 const MAX_BACKEND_MESSAGE: usize = 1 << 30;
 
+/// Room made in a read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
 enum Event {
-    ClientReadable,
-    ClientWritable,
-    BackendReadable,
-    BackendWritable,
+    ClientRead(usize),
+    ClientWrote(usize),
+    BackendRead(std::io::Result<usize>),
+    BackendWrote(std::io::Result<usize>),
 }
 
 impl Session {
@@ -66,13 +69,7 @@ impl Session {
             if !self.client.wbuf.is_empty() {
                 self.write_client()?;
             }
-            let event = self.wait().await?;
-            match event {
-                Event::ClientReadable => self.read_client()?,
-                Event::ClientWritable => self.write_client()?,
-                Event::BackendReadable => self.read_backend(),
-                Event::BackendWritable => self.write_backend(),
-            }
+            self.step().await?;
             self.drain_backend();
             self.maybe_release();
         }
@@ -107,90 +104,82 @@ impl Session {
         }
     }
 
-    async fn wait(&self) -> Result<Event, SessionError> {
-        let backend = self
-            .held
-            .as_ref()
-            .map(|h| (&h.checkout.conn.stream, !h.wbuf.is_empty()));
-        let want_client_read = self.stalled.is_none() && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
-        let want_client_write = !self.client.wbuf.is_empty();
-        let want_backend_read = backend.is_some() && self.client.wbuf.len() <= HIGH_WATER;
-        let want_backend_write = backend.is_some_and(|(_, pending)| pending);
-        let client = &self.client.stream;
-        let backend_readable = async {
-            match backend {
-                Some((s, _)) => s.readable().await,
-                None => std::future::pending().await,
-            }
-        };
-        let backend_writable = async {
-            match backend {
-                Some((s, _)) => s.writable().await,
-                None => std::future::pending().await,
-            }
-        };
+    /// Waits for the first socket that can make progress and does that read or write.
+    async fn step(&mut self) -> Result<(), SessionError> {
         let shutting_down = self.held.is_none() && self.stalled.is_none();
+        let want_client_read = self.stalled.is_none() && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
+        let want_backend_read = self.client.wbuf.len() <= HIGH_WATER;
+        let client = &mut self.client;
+        let (backend, backend_rbuf, backend_wbuf) = match self.held.as_mut() {
+            Some(h) => {
+                let conn: &mut crate::backend::BackendConn = &mut h.checkout.conn;
+                (Some(&conn.stream), Some(&mut conn.rbuf), Some(&h.wbuf))
+            }
+            None => (None, None, None),
+        };
+        let want_client_write = !client.wbuf.is_empty();
+        let want_backend_write = backend_wbuf.is_some_and(|b| !b.is_empty());
+        let backend_write = async {
+            match (backend, backend_wbuf) {
+                (Some(s), Some(b)) => s.write_some(b).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let backend_read = async {
+            match (backend, backend_rbuf) {
+                (Some(s), Some(b)) => s.read_some(b, READ_CHUNK).await,
+                _ => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             biased;
-            r = client.writable(), if want_client_write => r.map(|()| Event::ClientWritable)?,
-            r = backend_writable, if want_backend_write => r.map(|()| Event::BackendWritable).unwrap_or(Event::BackendReadable),
-            r = backend_readable, if want_backend_read => r.map(|()| Event::BackendReadable).unwrap_or(Event::BackendReadable),
-            r = client.readable(), if want_client_read => r.map(|()| Event::ClientReadable)?,
+            r = client.sock.write_some(&client.wbuf), if want_client_write => Event::ClientWrote(r?),
+            r = backend_write, if want_backend_write => Event::BackendWrote(r),
+            r = backend_read, if backend.is_some() && want_backend_read => Event::BackendRead(r),
+            r = client.sock.read_some(&mut client.rbuf, READ_CHUNK), if want_client_read => Event::ClientRead(r?),
             () = self.shutdown.cancelled(), if shutting_down => {
                 return Err(SessionError::Fatal(SqlState::ADMIN_SHUTDOWN, "shardwire is shutting down".into()));
             }
             else => return Err(SessionError::Fatal(SqlState::SYSTEM_ERROR, "internal error: session stalled with nothing to wait for".into())),
         };
-        Ok(event)
-    }
-
-    fn read_client(&mut self) -> Result<(), SessionError> {
-        self.client.rbuf.reserve(8192);
-        match self.client.stream.try_read_buf(&mut self.client.rbuf) {
-            Ok(0) => Err(SessionError::Gone),
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e.into()),
+        match event {
+            Event::ClientRead(0) => return Err(SessionError::Gone),
+            Event::ClientRead(_) => {}
+            Event::ClientWrote(n) => self.client_written(n),
+            Event::BackendRead(Ok(0)) => self.backend_lost("the server closed the connection"),
+            Event::BackendRead(Ok(_)) => {}
+            Event::BackendRead(Err(e)) | Event::BackendWrote(Err(e)) => self.backend_lost(&e.to_string()),
+            Event::BackendWrote(Ok(n)) => self.backend_written(n),
         }
+        Ok(())
     }
 
     fn write_client(&mut self) -> Result<(), SessionError> {
-        match self.client.stream.try_write(&self.client.wbuf) {
-            Ok(n) => {
-                let _ = self.client.wbuf.split_to(n);
-                if self.client.wbuf.is_empty() && self.client.wbuf.capacity() > KEEP_CAPACITY {
-                    self.client.wbuf = BytesMut::new();
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        let n = self.client.sock.try_write(&self.client.wbuf)?;
+        self.client_written(n);
+        Ok(())
     }
 
-    fn read_backend(&mut self) {
-        let Some(h) = self.held.as_mut() else { return };
-        let conn: &mut crate::backend::BackendConn = &mut h.checkout.conn;
-        conn.rbuf.reserve(16 * 1024);
-        match conn.stream.try_read_buf(&mut conn.rbuf) {
-            Ok(0) => self.backend_lost("the server closed the connection"),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => self.backend_lost(&e.to_string()),
+    fn client_written(&mut self, n: usize) {
+        let _ = self.client.wbuf.split_to(n);
+        if self.client.wbuf.is_empty() && self.client.wbuf.capacity() > KEEP_CAPACITY {
+            self.client.wbuf = BytesMut::new();
         }
     }
 
     fn write_backend(&mut self) {
         let Some(h) = self.held.as_mut() else { return };
         match h.checkout.conn.stream.try_write(&h.wbuf) {
-            Ok(n) => {
-                let _ = h.wbuf.split_to(n);
-                if h.wbuf.is_empty() && h.wbuf.capacity() > KEEP_CAPACITY {
-                    h.wbuf = BytesMut::new();
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(n) => self.backend_written(n),
             Err(e) => self.backend_lost(&e.to_string()),
+        }
+    }
+
+    fn backend_written(&mut self, n: usize) {
+        let Some(h) = self.held.as_mut() else { return };
+        let _ = h.wbuf.split_to(n);
+        if h.wbuf.is_empty() && h.wbuf.capacity() > KEEP_CAPACITY {
+            h.wbuf = BytesMut::new();
         }
     }
 
