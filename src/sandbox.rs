@@ -36,6 +36,10 @@ pub struct Sandbox {
 /// Database created on the primary for clients.
 pub const DATABASE: &str = "app";
 
+/// pg_hba.conf lines put before the trust lines: role `sw_scram` must log in with
+/// SCRAM-SHA-256 and role `sw_md5` with md5.
+const PASSWORD_HBA: &str = "host all sw_scram 127.0.0.1/32 scram-sha-256\nhost all sw_md5 127.0.0.1/32 md5\n";
+
 /// The directory of the PostgreSQL server binaries: `$SHARDWIRE_PG_BIN`, else the newest
 /// `/usr/lib/postgresql/*/bin`, else whatever `pg_config --bindir` says.
 pub fn pg_bin_dir() -> Result<PathBuf> {
@@ -237,20 +241,24 @@ impl PgInstance {
 
     fn initdb(&self) -> Result<()> {
         let d = self.data_dir.display().to_string();
-        self.run_tool(
-            "initdb",
-            &[
-                "-D",
-                &d,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-        )
+        let args = [
+            "-D",
+            &d,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ];
+        self.run_tool("initdb", &args)?;
+        // Everyone is trusted except two roles kept for testing how shardwire logs in to servers
+        // that ask for a password (the roles themselves are created by whoever needs them).
+        let hba = self.data_dir.join("pg_hba.conf");
+        let trusted = std::fs::read_to_string(&hba)?;
+        std::fs::write(&hba, format!("{PASSWORD_HBA}{trusted}"))?;
+        Ok(())
     }
 
     /// Starts the server and waits until it accepts connections.

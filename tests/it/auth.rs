@@ -58,3 +58,64 @@ async fn psql_logs_in_with_scram_and_md5() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
 }
+
+#[tokio::test]
+async fn shardwire_logs_in_to_servers_with_scram_and_md5() {
+    let topo = shared();
+    let p = topo.primary().await;
+    for (role, password, encryption) in [("sw_scram", "scram-pw", "scram-sha-256"), ("sw_md5", "md5-pw", "md5")] {
+        p.batch_execute(&format!(
+            "SET password_encryption = '{encryption}'; \
+             DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             ALTER ROLE {role} PASSWORD '{password}'"
+        ))
+        .await
+        .unwrap();
+    }
+    crate::harness::replica_caught_up(topo).await;
+    for (role, password) in [("sw_scram", "scram-pw"), ("sw_md5", "md5-pw")] {
+        let config = topo
+            .config("", "")
+            .replace("postgres://postgres@", &format!("postgres://{role}:{password}@"));
+        let proxy = Proxy::start(&config).await;
+        proxy.wait_replicas_in_rotation().await;
+        let c = proxy.app().await;
+        let r = c
+            .query_one("SELECT current_user::text, pg_is_in_recovery()", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.get::<_, String>(0), r.get::<_, bool>(1)),
+            (role.to_string(), true),
+            "{role} on the replica"
+        );
+        let r = c
+            .query_one(
+                "/* shardwire: primary */ SELECT current_user::text, pg_is_in_recovery()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.get::<_, String>(0), r.get::<_, bool>(1)),
+            (role.to_string(), false),
+            "{role} on the primary"
+        );
+        // A wrong stored password: a clear connection error for the client, nothing else.
+        let wrong = config.replace(&format!("{role}:{password}@"), &format!("{role}:nope@"));
+        let proxy = Proxy::start(&wrong).await;
+        // The first client of a fresh cluster learns the server's parameters at login, so the
+        // error may come then; otherwise with the first statement.
+        let e = match proxy.connect("app", "app").await {
+            Err(e) => e,
+            Ok(c) => c.query_one("/* shardwire: primary */ SELECT 1", &[]).await.unwrap_err(),
+        };
+        let db = e.as_db_error().expect("a database error");
+        assert_eq!(db.code().code(), "08006", "{db:?}");
+        assert!(
+            db.message().contains("password authentication failed"),
+            "{}",
+            db.message()
+        );
+    }
+}
