@@ -62,10 +62,8 @@ impl Session {
     async fn on_query(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let sql = msg::parse_query(f.body())?;
         let facts = self.facts_of(sql);
-        match self.ensure_backend(&facts, false).await? {
-            Ensure::Ready => {}
-            Ensure::Stall => return Ok(Flow::Stall(f)),
-            Ensure::Failed => return Ok(Flow::Continue),
+        if let Some(flow) = self.hold_for(&facts, false, &f).await? {
+            return Ok(flow);
         }
         let held = self.held.as_mut().expect("ensure_backend holds one");
         held.wbuf.extend_from_slice(f.raw());
@@ -87,10 +85,8 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let facts = self.facts_of(p.query);
-        match self.ensure_backend(&facts, true).await? {
-            Ensure::Ready => {}
-            Ensure::Stall => return Ok(Flow::Stall(f)),
-            Ensure::Failed => return Ok(Flow::Continue),
+        if let Some(flow) = self.hold_for(&facts, true, &f).await? {
+            return Ok(flow);
         }
         let stmt = Arc::new(Stmt::new(p.query, p.param_types, facts));
         let held = self.held.as_mut().expect("ensure_backend holds one");
@@ -125,10 +121,8 @@ impl Session {
         let Some(stmt) = self.lookup_statement(b.statement) else {
             return Ok(Flow::Continue);
         };
-        match self.ensure_backend(&stmt.facts, true).await? {
-            Ensure::Ready => {}
-            Ensure::Stall => return Ok(Flow::Stall(f)),
-            Ensure::Failed => return Ok(Flow::Continue),
+        if let Some(flow) = self.hold_for(&stmt.facts, true, &f).await? {
+            return Ok(flow);
         }
         let name = self.ensure_prepared(&stmt, !b.statement.is_empty());
         let held = self.held.as_mut().expect("ensure_backend holds one");
@@ -147,10 +141,8 @@ impl Session {
         let Some(stmt) = self.lookup_statement(name) else {
             return Ok(Flow::Continue);
         };
-        match self.ensure_backend(&stmt.facts, true).await? {
-            Ensure::Ready => {}
-            Ensure::Stall => return Ok(Flow::Stall(f)),
-            Ensure::Failed => return Ok(Flow::Continue),
+        if let Some(flow) = self.hold_for(&stmt.facts, true, &f).await? {
+            return Ok(flow);
         }
         let backend_name = self.ensure_prepared(&stmt, !name.is_empty());
         let held = self.held.as_mut().expect("ensure_backend holds one");
@@ -235,10 +227,8 @@ impl Session {
 
     async fn on_function_call(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let facts = Facts::unparsed();
-        match self.ensure_backend(&facts, false).await? {
-            Ensure::Ready => {}
-            Ensure::Stall => return Ok(Flow::Stall(f)),
-            Ensure::Failed => return Ok(Flow::Continue),
+        if let Some(flow) = self.hold_for(&facts, false, &f).await? {
+            return Ok(flow);
         }
         let held = self.held.as_mut().expect("ensure_backend holds one");
         held.wbuf.extend_from_slice(f.raw());
@@ -351,6 +341,16 @@ impl Session {
         msg::error_response(&mut b, Severity::Error, code, message);
         self.respond_local(b.freeze());
         self.ignore_till_sync = true;
+    }
+
+    /// Makes sure a backend suitable for `facts` is held. `Some(flow)` when the message cannot go
+    /// on now: it must wait for the held backend (stall), or an error was already reported.
+    async fn hold_for(&mut self, facts: &Facts, extended: bool, f: &Frame) -> Result<Option<Flow>, SessionError> {
+        Ok(match self.ensure_backend(facts, extended).await? {
+            Ensure::Ready => None,
+            Ensure::Stall => Some(Flow::Stall(f.clone())),
+            Ensure::Failed => Some(Flow::Continue),
+        })
     }
 
     /// Holds a backend suitable for `facts`, checking one out if none is held.

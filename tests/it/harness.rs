@@ -347,3 +347,8 @@ pub async fn replica_caught_up(topo: &Topology) {
     }
     panic!("replica did not catch up");
 }
+
+/// A single integer read straight from the primary (row counts and the like).
+pub async fn primary_i64(topo: &Topology, sql: &str) -> i64 {
+    topo.primary().await.query_one(sql, &[]).await.unwrap().get(0)
+}

@@ -48,13 +48,7 @@ async fn prepared_statements_follow_clients_across_backend_connections() {
     for t in tasks {
         t.await.unwrap();
     }
-    let n: i64 = topo
-        .primary()
-        .await
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = crate::harness::primary_i64(topo, &format!("SELECT count(*) FROM {t}")).await;
     assert_eq!(n, 8 * 25);
     setup.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }
@@ -104,13 +98,7 @@ async fn pipelined_reads_and_writes_keep_their_order_and_routes() {
     assert!(!b.unwrap().get::<_, bool>(0), "pipelined write on the primary");
     assert_eq!(d.unwrap().get::<_, i32>(0), 3);
     assert!(!e.unwrap().get::<_, bool>(0));
-    let n: i64 = topo
-        .primary()
-        .await
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = crate::harness::primary_i64(topo, &format!("SELECT count(*) FROM {t}")).await;
     assert_eq!(n, 2);
     c.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }
@@ -154,13 +142,7 @@ async fn copy_in_and_out() {
     let e = sink.finish().await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22P02", "{e}");
     assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
-    let n: i64 = topo
-        .primary()
-        .await
-        .query_one(&format!("SELECT count(*) FROM {t} WHERE id = 9001"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = crate::harness::primary_i64(topo, &format!("SELECT count(*) FROM {t} WHERE id = 9001")).await;
     assert_eq!(n, 0, "nothing of the failed COPY was written");
     c.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }

@@ -22,13 +22,7 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
         .await
         .unwrap();
     assert!(!row.get::<_, bool>(0), "INSERT ran on the primary");
-    let direct: i64 = topo
-        .primary()
-        .await
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let direct = crate::harness::primary_i64(topo, &format!("SELECT count(*) FROM {t}")).await;
     assert_eq!(direct, 1, "the row is on the primary");
     for sql in [
         format!("SELECT pg_is_in_recovery() FROM {t} FOR UPDATE"),
