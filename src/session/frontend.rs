@@ -88,7 +88,11 @@ impl Session {
         if let Some(flow) = self.hold_for(&facts, true, &f).await? {
             return Ok(flow);
         }
-        let stmt = Arc::new(Stmt::new(p.query, p.param_types, facts));
+        // Clients such as pgbench -M extended send the same unnamed statement every time: keep it.
+        let stmt = match &self.unnamed {
+            Some(u) if p.name.is_empty() && u.query == p.query && u.param_types[..] == *p.param_types => u.clone(),
+            _ => Arc::new(Stmt::new(p.query, p.param_types, facts)),
+        };
         let held = self.held.as_mut().expect("ensure_backend holds one");
         held.needs_sync = true;
         if p.name.is_empty() {
