@@ -8,11 +8,9 @@ use bytes::BytesMut;
 
 use super::client::SessionError;
 use super::state::{ExtKind, Op, Stmt};
-use super::{Ensure, Flow, Held, Session};
+use super::{Flow, Session};
 use crate::analyze::{Facts, Need, TxEffect};
 use crate::backend::Role;
-use crate::config::{PoolMode, WhenNoReplica};
-use crate::plan::{self, RouteContext, Target};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::sqlstate::SqlState;
@@ -340,126 +338,10 @@ impl Session {
 
     /// An error the proxy raises in the extended protocol: reported in order, then everything up
     /// to Sync is skipped, as the server does.
-    fn local_error(&mut self, code: SqlState, message: &str) {
+    pub(super) fn local_error(&mut self, code: SqlState, message: &str) {
         let mut b = BytesMut::new();
         msg::error_response(&mut b, Severity::Error, code, message);
         self.respond_local(b.freeze());
         self.ignore_till_sync = true;
-    }
-
-    /// Makes sure a backend suitable for `facts` is held. `Some(flow)` when the message cannot go
-    /// on now: it must wait for the held backend (stall), or an error was already reported.
-    async fn hold_for(&mut self, facts: &Facts, extended: bool, f: &Frame) -> Result<Option<Flow>, SessionError> {
-        Ok(match self.ensure_backend(facts, extended).await? {
-            Ensure::Ready => None,
-            Ensure::Stall => Some(Flow::Stall(f.clone())),
-            Ensure::Failed => Some(Flow::Continue),
-        })
-    }
-
-    /// Holds a backend suitable for `facts`, checking one out if none is held.
-    async fn ensure_backend(&mut self, facts: &Facts, extended: bool) -> Result<Ensure, SessionError> {
-        let session_mode = self.runtime.config.server.pool_mode == PoolMode::Session;
-        if let Some(h) = &self.held {
-            let suitable = h.checkout.node.role == Role::Primary
-                || h.in_transaction()
-                || self.pinned.is_some()
-                || matches!(plan::route(facts, &self.route_context()), Target::Replica { .. });
-            return Ok(if suitable { Ensure::Ready } else { Ensure::Stall });
-        }
-        self.runtime = self.shared.runtime.load_full();
-        // Session pooling keeps one connection for the whole session: it must be able to write.
-        let target = if session_mode {
-            Target::Primary
-        } else {
-            plan::route(facts, &self.route_context())
-        };
-        match self.checkout(target).await {
-            Ok(()) => Ok(Ensure::Ready),
-            Err((code, message)) => {
-                if extended {
-                    self.local_error(code, &message);
-                } else {
-                    msg::error_response(&mut self.client.wbuf, Severity::Error, code, &message);
-                    msg::ready_for_query(&mut self.client.wbuf, b'I');
-                }
-                Ok(Ensure::Failed)
-            }
-        }
-    }
-
-    fn route_context(&self) -> RouteContext {
-        RouteContext {
-            pinned: self.pinned.is_some(),
-            ryw_lsn: self.ryw_lsn,
-        }
-    }
-
-    async fn checkout(&mut self, target: Target) -> Result<(), (SqlState, String)> {
-        let runtime = self.runtime.clone();
-        let cluster = &runtime.cluster;
-        let routing = &runtime.config.routing;
-        let primary_fallback = routing.when_no_replica == WhenNoReplica::Primary;
-        let node = match target {
-            Target::Primary => cluster.primary.clone(),
-            Target::Replica { min_lsn } => match cluster.pick_replica(routing.balance, min_lsn) {
-                Some(r) => r,
-                // Read-your-writes with no replica caught up: the primary has the write.
-                None if min_lsn.is_some() || primary_fallback => cluster.primary.clone(),
-                None => {
-                    return Err((
-                        SqlState::UNABLE_TO_CONNECT,
-                        format!(
-                            "no replica of shard {} is within the lag bound ({:?}, {} bytes) and routing.when_no_replica is \"refuse\"; \
-                             retry later or add /* shardwire: primary */ to read from the primary",
-                            cluster.name, routing.max_lag, routing.max_lag_bytes
-                        ),
-                    ));
-                }
-            },
-        };
-        let checkout = match node.checkout().await {
-            Ok(c) => c,
-            Err(e) if node.role == Role::Replica => {
-                crate::health::mark_down(&node, &e.to_string());
-                if !primary_fallback {
-                    return Err((
-                        SqlState::CONNECTION_FAILURE,
-                        format!("replica {} unavailable: {e}", node.config.name),
-                    ));
-                }
-                cluster.primary.checkout().await.map_err(checkout_error)?
-            }
-            Err(e) => return Err(checkout_error(e)),
-        };
-        cluster.learn_server_params(&checkout.conn.params);
-        self.handle
-            .set_backend(Some((checkout.node.clone(), checkout.conn.pid, checkout.conn.secret)));
-        let mut held = Held {
-            checkout,
-            ops: Default::default(),
-            wbuf: BytesMut::new(),
-            tx_status: b'I',
-            begin_pending: false,
-            wrote: false,
-            needs_sync: false,
-            copy_in: false,
-            rolled_back: false,
-        };
-        if held.checkout.conn.vars_sig != self.vars.sig() {
-            msg::query(&mut held.wbuf, &self.vars.replay_sql(held.checkout.conn.vars_sig));
-            held.checkout.conn.vars_sig = self.vars.sig();
-            held.checkout.conn.unnamed = None;
-            held.ops.push_back(Op::SyncVars);
-        }
-        self.held = Some(held);
-        Ok(())
-    }
-}
-
-fn checkout_error(e: crate::backend::CheckoutError) -> (SqlState, String) {
-    match e {
-        crate::backend::CheckoutError::Connect(m) => (SqlState::CONNECTION_FAILURE, m),
-        t @ crate::backend::CheckoutError::Timeout { .. } => (SqlState::TOO_MANY_CONNECTIONS, t.to_string()),
     }
 }

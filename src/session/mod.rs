@@ -1,9 +1,11 @@
 //! Client sessions: the listener and startup (`listener`), authentication (`auth`), and the
 //! per-client relay that turns client messages into routed backend traffic (`frontend` handles
-//! client messages, `relay` the I/O loop and backend responses). Session state that must follow
-//! the client across backend connections is in `state`.
+//! client messages, `checkout` holds a backend for them, `relay` runs the I/O loop and handles
+//! backend responses). Session state that must follow the client across backend connections is
+//! in `state`.
 
 pub mod auth;
+mod checkout;
 pub mod client;
 mod frontend;
 pub mod listener;
