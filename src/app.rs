@@ -59,8 +59,6 @@ impl Runtime {
 /// Process-wide counters.
 #[derive(Default)]
 pub struct Stats {
-    /// Backend connections given back to a pool by sessions.
-    pub releases: AtomicU64,
     /// Successful reloads.
     pub reloads: AtomicU64,
 }

@@ -1,4 +1,4 @@
-//! Sockets for the relay, driven by readiness.
+//! Client and backend sockets for the data path, driven by readiness.
 //!
 //! tokio's `TcpStream` forgets that a socket is readable only when a read returns EAGAIN, so a
 //! relay that reads once per wake-up pays one extra `recv` per message. On TCP a short read means

@@ -1,7 +1,6 @@
 //! The client socket with its read and write buffers, and the session's error type.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::protocol::pg::codec::decode_frame;
@@ -37,10 +36,11 @@ impl SessionError {
     }
 }
 
-/// A client connection after the startup packet.
+/// A client connection after the startup packet: login, the admin console and the session relay
+/// all use it.
 pub struct ClientConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket (readiness-driven: see [`crate::net`]).
+    pub sock: crate::net::Socket,
     /// Received and not yet handled.
     pub rbuf: BytesMut,
     /// To be sent.
@@ -51,13 +51,13 @@ pub struct ClientConn {
 
 impl ClientConn {
     /// Wraps a socket, keeping bytes already read past the startup packet.
-    pub fn new(stream: TcpStream, rbuf: BytesMut, max_message: usize) -> ClientConn {
-        ClientConn {
-            stream,
+    pub fn new(stream: TcpStream, rbuf: BytesMut, max_message: usize) -> std::io::Result<ClientConn> {
+        Ok(ClientConn {
+            sock: crate::net::Socket::from_tokio(stream)?,
             rbuf,
             wbuf: BytesMut::with_capacity(8192),
             max_message,
-        }
+        })
     }
 
     /// The next whole message in the read buffer, without reading.
@@ -71,7 +71,7 @@ impl ClientConn {
             if let Some(f) = self.try_frame()? {
                 return Ok(f);
             }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            if self.sock.read_some(&mut self.rbuf, 8192).await? == 0 {
                 return Err(SessionError::Gone);
             }
         }
@@ -80,56 +80,13 @@ impl ClientConn {
     /// Sends everything buffered.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
+            self.sock.write_all(&self.wbuf).await?;
             self.wbuf.clear();
         }
         Ok(())
     }
 
     /// Sends a FATAL error (best effort) and flushes.
-    pub async fn fatal(&mut self, code: SqlState, message: &str) {
-        error_response(&mut self.wbuf, Severity::Fatal, code, message);
-        let _ = self.flush().await;
-    }
-}
-
-/// The client connection once the session relay takes it over: the socket switches to
-/// [`crate::net::Socket`] for readiness-driven reads.
-pub struct RelayClient {
-    /// The socket.
-    pub sock: crate::net::Socket,
-    /// Received and not yet handled.
-    pub rbuf: BytesMut,
-    /// To be sent.
-    pub wbuf: BytesMut,
-    /// Largest message accepted.
-    pub max_message: usize,
-}
-
-impl RelayClient {
-    /// Takes over a logged-in client, with whatever it already sent.
-    pub fn from_conn(c: ClientConn) -> std::io::Result<RelayClient> {
-        Ok(RelayClient {
-            sock: crate::net::Socket::from_tokio(c.stream)?,
-            rbuf: c.rbuf,
-            wbuf: c.wbuf,
-            max_message: c.max_message,
-        })
-    }
-
-    /// The next whole message in the read buffer, without reading.
-    pub fn try_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
-        decode_frame(&mut self.rbuf, self.max_message)
-    }
-
-    /// Sends everything buffered.
-    pub async fn flush(&mut self) -> std::io::Result<()> {
-        self.sock.write_all(&self.wbuf).await?;
-        self.wbuf.clear();
-        Ok(())
-    }
-
-    /// Sends a FATAL error (best effort) after whatever is buffered.
     pub async fn fatal(&mut self, code: SqlState, message: &str) {
         error_response(&mut self.wbuf, Severity::Fatal, code, message);
         let _ = self.flush().await;

@@ -80,7 +80,7 @@ async fn handle(
     let params = match startup {
         Err(_) => return Ok(()),
         Ok(Err(SessionError::Protocol(e))) => {
-            let mut client = ClientConn::new(stream, buf, 0);
+            let mut client = ClientConn::new(stream, buf, 0)?;
             client.fatal(SqlState::PROTOCOL_VIOLATION, &e.to_string()).await;
             return Ok(());
         }
@@ -93,7 +93,7 @@ async fn handle(
         Ok(Ok(Some(Startup::Params(p)))) => p,
     };
     let max_message = shared.runtime.load().config.server.max_message_size;
-    let mut client = ClientConn::new(stream, buf, max_message);
+    let mut client = ClientConn::new(stream, buf, max_message)?;
     match tokio::time::timeout(STARTUP_TIMEOUT, login(&mut client, &params, addr, &shared)).await {
         Err(_) => {
             client.fatal(SqlState::PROTOCOL_VIOLATION, "login took too long").await;
@@ -118,7 +118,7 @@ async fn handle(
             } = *ok;
             let session = Session {
                 shared,
-                client: super::client::RelayClient::from_conn(client)?,
+                client,
                 handle,
                 user,
                 runtime,

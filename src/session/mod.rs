@@ -22,7 +22,7 @@ use crate::app::{Runtime, Shared};
 use crate::backend::Checkout;
 use crate::config::User;
 use crate::protocol::pg::Frame;
-use client::RelayClient;
+use client::ClientConn;
 use registry::ClientHandle;
 use state::{Ops, SessionVars, Stmt};
 
@@ -84,7 +84,7 @@ enum Ensure {
 /// One client's session on the data path.
 pub struct Session {
     shared: Arc<Shared>,
-    client: RelayClient,
+    client: ClientConn,
     handle: Arc<ClientHandle>,
     user: Arc<User>,
     /// Config and cluster snapshot, refreshed whenever no backend is held.

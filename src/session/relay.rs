@@ -3,8 +3,6 @@
 //! backend responses to the queue of expected ones, and giving the backend back to its pool when
 //! the transaction is over.
 
-use std::sync::atomic::Ordering;
-
 use bytes::BytesMut;
 
 use super::client::SessionError;
@@ -415,7 +413,6 @@ impl Session {
         if self.client.rbuf.is_empty() && self.client.rbuf.capacity() > KEEP_CAPACITY {
             self.client.rbuf = BytesMut::new();
         }
-        self.shared.stats.releases.fetch_add(1, Ordering::Relaxed);
     }
 }
 
