@@ -27,3 +27,4 @@ pub mod plan;
 pub mod protocol;
 pub mod sandbox;
 pub mod session;
+pub mod shardmap;
