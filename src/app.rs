@@ -22,20 +22,27 @@ use crate::session::registry::ClientRegistry;
 pub struct Runtime {
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// Nodes, pools and health.
-    pub cluster: Arc<Cluster>,
+    /// Nodes, pools and health of each shard, indexed by [`crate::shardmap::ShardId`].
+    pub clusters: Vec<Arc<Cluster>>,
     /// Stops this runtime's monitor when the last snapshot is dropped.
     _monitor: DropGuard,
 }
 
 impl Runtime {
-    /// Builds (or, when nodes and pool settings are unchanged, reuses) the cluster and starts a monitor.
+    /// Builds the shards' clusters (reusing those whose nodes and pool settings are unchanged)
+    /// and starts their monitors.
     fn new(config: Config, previous: Option<&Runtime>) -> Arc<Runtime> {
-        let reuse = previous.filter(|p| p.config.shard == config.shard && p.config.pool == config.pool);
-        let cluster = match reuse {
-            Some(p) => p.cluster.clone(),
-            None => Cluster::new(&config),
-        };
+        let clusters: Vec<Arc<Cluster>> = config
+            .shards
+            .iter()
+            .map(|s| {
+                previous
+                    .filter(|p| p.config.pool == config.pool)
+                    .and_then(|p| p.clusters.iter().zip(&p.config.shards).find(|(_, old)| *old == s))
+                    .map(|(c, _)| c.clone())
+                    .unwrap_or_else(|| Cluster::new(s, &config.pool))
+            })
+            .collect();
         let token = CancellationToken::new();
         let r = &config.routing;
         let settings = MonitorSettings {
@@ -47,12 +54,24 @@ impl Runtime {
             healthy_after: r.healthy_after.get(),
             connect_timeout: config.pool.connect_timeout,
         };
-        tokio::spawn(monitor::run(cluster.clone(), settings, token.clone()));
+        for c in &clusters {
+            tokio::spawn(monitor::run(c.clone(), settings.clone(), token.clone()));
+        }
         Arc::new(Runtime {
             config: Arc::new(config),
-            cluster,
+            clusters,
             _monitor: token.drop_guard(),
         })
+    }
+
+    /// Every node of every shard.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<crate::backend::Node>> {
+        self.clusters.iter().flat_map(|c| c.nodes())
+    }
+
+    /// The cluster of the default shard (unsharded tables, startup parameters).
+    pub fn default_cluster(&self) -> &Arc<Cluster> {
+        &self.clusters[self.config.map.default_shard]
     }
 }
 
@@ -105,7 +124,11 @@ impl Shared {
         {
             notes.push("listen addresses change only on restart");
         }
-        let reused = old.config.shard == config.shard && old.config.pool == config.pool;
+        let reused = old.config.shards == config.shards && old.config.pool == config.pool;
+        if config.map.version != old.config.map.version || config.map != old.config.map {
+            tracing::info!(old_version = old.config.map.version, new_version = config.map.version, "shard map changed");
+            notes.push("shard map swapped in");
+        }
         if config.routing.primary_functions != old.config.routing.primary_functions {
             self.cache.clear();
         }

@@ -31,10 +31,20 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file exactly as `serve` and RELOAD do, then exit.
+    /// Validate a configuration file or a shard map exactly as `serve` and RELOAD do, then exit.
     Check {
-        /// The TOML configuration file.
+        /// The TOML configuration file or shard map.
         file: PathBuf,
+    },
+    /// Print the partition and shard of a key of a sharded table.
+    Locate {
+        /// A shard map file, or a configuration file whose [sharding] map is used.
+        #[arg(long, short)]
+        map: PathBuf,
+        /// The table.
+        table: String,
+        /// The key, as written in SQL without quotes (e.g. 42, alice, a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11).
+        key: String,
     },
     /// Start a local sandbox: a PostgreSQL primary and replicas in a temporary folder, shardwire in front.
     Demo {
@@ -55,15 +65,33 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Check { file } => {
-            let c = shardwire::config::load(&file)?;
-            println!(
-                "{}: ok (shard {}: primary {:?}, {} replica(s); {} user(s))",
-                file.display(),
-                c.shard.name,
-                c.shard.primary,
-                c.shard.replicas.len(),
-                c.users.len()
-            );
+            let map = match load_any(&file)? {
+                Loaded::Config(c) => {
+                    println!("{}: ok ({} shard(s), {} user(s))", file.display(), c.shards.len(), c.users.len());
+                    for s in &c.shards {
+                        println!("  shard {}: primary {:?}, {} replica(s)", s.name, s.primary, s.replicas.len());
+                    }
+                    c.map.clone()
+                }
+                Loaded::Map(m) => {
+                    println!("{}: ok (shard map)", file.display());
+                    m
+                }
+            };
+            println!("  map version {}, shards {}, default shard {}", map.version, map.shards.join(", "), map.shards[map.default_shard]);
+            for (group, kind, per_shard, tables) in shardwire::shardmap::describe(&map) {
+                println!("  group {group}: {kind}, partitions per shard {per_shard}, tables {tables}");
+            }
+            Ok(())
+        }
+        Cmd::Locate { map, table, key } => {
+            let m = match load_any(&map)? {
+                Loaded::Config(c) => c.map.clone(),
+                Loaded::Map(m) => m,
+            };
+            let (p, g) = m.locate(&table, &key).map_err(|e| anyhow::anyhow!(e))?;
+            let partition = p.partition.map_or("-".to_string(), |p| p.to_string());
+            println!("table {table} group {} key {key} partition {partition} shard {}", g.name, m.shards[p.shard]);
             Ok(())
         }
         Cmd::Serve { config } => {
@@ -72,6 +100,22 @@ fn main() -> Result<()> {
         }
         Cmd::Demo { replicas, listen } => demo(replicas, &listen),
     }
+}
+
+enum Loaded {
+    Config(shardwire::config::Config),
+    Map(Arc<shardwire::shardmap::ShardMap>),
+}
+
+/// A configuration (it has a [server] table) or a shard map.
+fn load_any(file: &std::path::Path) -> Result<Loaded> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let is_config = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("server"));
+    Ok(if is_config {
+        Loaded::Config(shardwire::config::load(file)?)
+    } else {
+        Loaded::Map(Arc::new(shardwire::shardmap::load(file)?))
+    })
 }
 
 /// One worker runs on a current-thread runtime: no work stealing and no cross-thread wake-ups,

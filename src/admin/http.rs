@@ -58,14 +58,18 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
         ),
         "/health" => {
             let rt = shared.runtime.load();
-            let h = rt.cluster.primary.health.load();
-            match h.state {
-                HealthState::Down => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("primary down: {}\n", h.reason),
-                ),
-                _ => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            let down: Vec<String> = rt
+                .clusters
+                .iter()
+                .filter_map(|c| {
+                    let h = c.primary.health.load();
+                    (h.state == HealthState::Down).then(|| format!("primary of shard {} down: {}\n", c.name, h.reason))
+                })
+                .collect();
+            if down.is_empty() {
+                (StatusCode::OK, "text/plain", "ok\n".to_string())
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", down.concat())
             }
         }
         _ => (
@@ -100,7 +104,7 @@ pub fn metrics(shared: &Shared) -> String {
     let lag_bytes = Family::<NodeLabels, Gauge>::default();
     let lag_secs = Family::<NodeLabels, Gauge<f64, AtomicU64>>::default();
     let rt = shared.runtime.load();
-    for n in rt.cluster.nodes() {
+    for n in rt.nodes() {
         let l = NodeLabels {
             node: n.config.name.clone(),
             role: n.role.as_str().into(),

@@ -23,7 +23,6 @@ fn s(v: impl ToString) -> Option<String> {
 pub fn replicas(shared: &Shared) -> Table {
     let rt = shared.runtime.load();
     let rows = rt
-        .cluster
         .nodes()
         .map(|n| {
             let h = n.health.load();
@@ -68,7 +67,6 @@ pub fn replicas(shared: &Shared) -> Table {
 pub fn pools(shared: &Shared) -> Table {
     let rt = shared.runtime.load();
     let rows = rt
-        .cluster
         .nodes()
         .map(|n| {
             let st = n.pool.state();
@@ -136,7 +134,6 @@ pub fn clients(shared: &Shared) -> Table {
 pub fn stats(shared: &Shared) -> Table {
     let rt = shared.runtime.load();
     let rows = rt
-        .cluster
         .nodes()
         .map(|n| {
             vec![

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 pub use conn::{BackendConn, BackendError};
 pub use pool::{Checkout, CheckoutError, Node, Role};
 
-use crate::config::{Balance, Config};
+use crate::config::{Balance, PoolConfig, ShardConfig};
 
 /// ParameterStatus name/value pairs a server reports at startup.
 pub type ServerParams = Arc<Vec<(String, String)>>;
@@ -30,15 +30,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds nodes and pools (connections open lazily).
-    pub fn new(config: &Config) -> Arc<Cluster> {
-        let s = &config.shard;
+    pub fn new(s: &ShardConfig, pool: &PoolConfig) -> Arc<Cluster> {
         Arc::new(Cluster {
             name: s.name.clone(),
-            primary: Node::new(s.primary.clone(), Role::Primary, &config.pool),
+            primary: Node::new(s.primary.clone(), Role::Primary, pool),
             replicas: s
                 .replicas
                 .iter()
-                .map(|r| Node::new(r.clone(), Role::Replica, &config.pool))
+                .map(|r| Node::new(r.clone(), Role::Replica, pool))
                 .collect(),
             rr: AtomicUsize::new(0),
             server_params: Mutex::new(None),

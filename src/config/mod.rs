@@ -2,6 +2,7 @@
 //! `check` and `RELOAD` all go through [`load`], so they accept and reject exactly the same files.
 
 pub mod raw;
+mod shards;
 pub mod validate;
 
 use std::path::Path;
@@ -38,7 +39,7 @@ pub enum ConfigError {
 /// Parses and validates a configuration text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-    validate::validate(raw)
+    validate::validate(raw, None)
 }
 
 /// Reads, parses and validates a configuration file.
@@ -47,7 +48,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|e| match e {
+    let raw: Result<raw::RawConfig, _> = toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()));
+    raw.and_then(|raw| validate::validate(raw, path.parent())).map_err(|e| match e {
         ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
         ConfigError::Invalid { path: p, message } => ConfigError::Invalid {
             path: format!("{}: {p}", path.display()),
@@ -78,8 +80,8 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.server.database, "app");
         assert_eq!(c.server.pool_mode, PoolMode::Transaction);
-        assert_eq!(c.shard.replicas.len(), 1);
-        assert_eq!(c.shard.replicas[0].port, 5433);
+        assert_eq!(c.shards[0].replicas.len(), 1);
+        assert_eq!(c.shards[0].replicas[0].port, 5433);
         assert!(matches!(c.users["app"].auth, Auth::Scram(_)));
         assert!(c.routing.primary_functions.contains("nextval"));
     }
@@ -114,7 +116,7 @@ mod tests {
     #[test]
     fn the_documented_example_is_valid() {
         let c = parse(include_str!("../../examples/shardwire.toml")).unwrap();
-        assert_eq!(c.shard.replicas.len(), 2);
+        assert_eq!(c.shards[0].replicas.len(), 2);
         assert!(c.routing.primary_functions.contains("audit_event"));
         assert!(c.users["reports"].read_your_writes);
         assert_eq!(

@@ -22,6 +22,16 @@ pub struct RawConfig {
     pub users: Vec<RawUser>,
     /// The shards: each a primary and its replicas.
     pub shards: Vec<RawShard>,
+    /// The shard map; without one, a single shard serves every table.
+    pub sharding: Option<RawSharding>,
+}
+
+/// `[sharding]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharding {
+    /// Path of the shard map file, relative to the configuration file.
+    pub map: String,
 }
 
 /// `[server]`

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ConfigError;
-use super::raw::{RawConfig, RawShard, RawUser};
+use super::raw::{RawConfig, RawUser};
 
 /// The validated configuration.
 #[derive(Debug)]
@@ -22,8 +22,11 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Users by name.
     pub users: HashMap<String, Arc<User>>,
-    /// The shard served. One until shard maps land.
-    pub shard: ShardConfig,
+    /// The shards, in the order of the shard map's `shards` (a [`crate::shardmap::ShardId`]
+    /// indexes this list).
+    pub shards: Vec<ShardConfig>,
+    /// Which shard holds which rows; one shard and no sharded tables when no map is configured.
+    pub map: Arc<crate::shardmap::ShardMap>,
 }
 
 /// How long a backend connection stays with one client.
@@ -254,7 +257,7 @@ pub const DEFAULT_PRIMARY_FUNCTIONS: &[&str] = &[
     "lo_unlink",
 ];
 
-fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(super) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         path: path.into(),
         message: message.into(),
@@ -279,8 +282,9 @@ fn one_of<T: Copy>(path: &str, value: Option<&str>, default: T, choices: &[(&str
 }
 
 /// Validates a parsed file.
-pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let shard = shard(&raw.shards)?;
+pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let (shards, map) = super::shards::shards_and_map(&raw, base)?;
+    let default_db = shards[map.default_shard].primary.dbname.clone();
     let s = &raw.server;
     let server = ServerConfig {
         listen: addr("server.listen", &s.listen)?,
@@ -295,7 +299,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             PoolMode::Transaction,
             &[("transaction", PoolMode::Transaction), ("session", PoolMode::Session)],
         )?,
-        database: s.database.clone().unwrap_or_else(|| shard.primary.dbname.clone()),
+        database: s.database.clone().unwrap_or(default_db),
         max_client_connections: s.max_client_connections.unwrap_or(10_000),
         max_message_size: s.max_message_size.unwrap_or(64 << 20),
         shutdown_timeout: s.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
@@ -342,7 +346,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         pool,
         routing,
         users,
-        shard,
+        shards,
+        map: Arc::new(map),
     })
 }
 
@@ -436,37 +441,7 @@ fn user(path: &str, u: &RawUser, ryw_default: bool) -> Result<User, ConfigError>
     })
 }
 
-fn shard(shards: &[RawShard]) -> Result<ShardConfig, ConfigError> {
-    let [s] = shards else {
-        return Err(err(
-            "shards",
-            format!(
-                "exactly one [[shards]] entry is supported until shard maps are configured (found {})",
-                shards.len()
-            ),
-        ));
-    };
-    let primary = node(&format!("{}/primary", s.name), "shards[0].primary", &s.primary)?;
-    let replicas = s
-        .replicas
-        .iter()
-        .enumerate()
-        .map(|(i, url)| {
-            node(
-                &format!("{}/replica{i}", s.name),
-                &format!("shards[0].replicas[{i}]"),
-                url,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ShardConfig {
-        name: s.name.clone(),
-        primary,
-        replicas,
-    })
-}
-
-fn node(name: &str, path: &str, url: &str) -> Result<NodeConfig, ConfigError> {
+pub(super) fn node(name: &str, path: &str, url: &str) -> Result<NodeConfig, ConfigError> {
     let c = tokio_postgres::Config::from_str(url).map_err(|e| err(path, format!("not a connection URL: {e}")))?;
     let host = match c.get_hosts() {
         [tokio_postgres::config::Host::Tcp(h)] => h.clone(),

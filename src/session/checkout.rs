@@ -70,7 +70,7 @@ impl Session {
 
     async fn checkout(&mut self, target: Target) -> Result<(), (SqlState, String)> {
         let runtime = self.runtime.clone();
-        let cluster = &runtime.cluster;
+        let cluster = runtime.default_cluster();
         let routing = &runtime.config.routing;
         let primary_fallback = routing.when_no_replica == WhenNoReplica::Primary;
         let node = match target {

@@ -238,18 +238,18 @@ async fn login(
         client.flush().await?;
         return Ok(Login::Admin(user));
     }
-    let server_params = match runtime.cluster.server_params() {
+    let server_params = match runtime.default_cluster().server_params() {
         Some(p) => p,
         None => {
             // The first client of a fresh cluster: learn what the server reports from a real connection.
-            let c = runtime.cluster.primary.checkout().await.map_err(|e| {
+            let c = runtime.default_cluster().primary.checkout().await.map_err(|e| {
                 SessionError::Fatal(
                     SqlState::CONNECTION_FAILURE,
-                    format!("cannot reach the primary of shard {}: {e}", runtime.cluster.name),
+                    format!("cannot reach the primary of shard {}: {e}", runtime.default_cluster().name),
                 )
             })?;
-            runtime.cluster.learn_server_params(&c.conn.params);
-            runtime.cluster.server_params().unwrap_or_default()
+            runtime.default_cluster().learn_server_params(&c.conn.params);
+            runtime.default_cluster().server_params().unwrap_or_default()
         }
     };
     let mut vars = SessionVars::default();

@@ -95,7 +95,7 @@ async fn metrics_and_health_over_http() {
     let http = proxy.bound.http.unwrap();
     proxy
         .wait_for("primary checked", |s| {
-            s.runtime.load().cluster.primary.health.load().checked.is_some()
+            s.runtime.load().clusters[0].primary.health.load().checked.is_some()
         })
         .await;
     let health = http_get(http, "/health").await;

@@ -281,9 +281,9 @@ impl Proxy {
         self.wait_for("replica in rotation", |s| {
             s.runtime
                 .load()
-                .cluster
-                .replicas
+                .clusters
                 .iter()
+                .flat_map(|c| c.replicas.iter())
                 .all(|r| r.health.load().in_rotation)
         })
         .await;

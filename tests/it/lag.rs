@@ -71,7 +71,7 @@ async fn an_idle_primary_keeps_reads_on_the_replica() {
     let until = Instant::now() + Duration::from_millis(2000);
     while Instant::now() < until {
         assert!(on_replica(&c).await, "an idle primary is not replica lag");
-        let h = proxy.shared.runtime.load().cluster.replicas[0].health.load_full();
+        let h = proxy.shared.runtime.load().clusters[0].replicas[0].health.load_full();
         assert!(h.in_rotation, "replica stays in rotation: {}", h.reason);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -94,7 +94,7 @@ async fn a_stopped_replica_leaves_the_rotation_without_failing_reads() {
             .get::<_, bool>(0);
         assert!(on_primary);
     }
-    let h = proxy.shared.runtime.load().cluster.replicas[0].health.load_full();
+    let h = proxy.shared.runtime.load().clusters[0].replicas[0].health.load_full();
     assert!(!h.in_rotation);
     tokio::task::spawn_blocking(|| topo.start_replica()).await.unwrap();
     proxy.wait_replicas_in_rotation().await;
@@ -110,7 +110,7 @@ async fn when_no_replica_is_usable_reads_are_refused_if_configured() {
     tokio::task::spawn_blocking(|| topo.stop_replica()).await.unwrap();
     proxy
         .wait_for("replica out", |s| {
-            !s.runtime.load().cluster.replicas[0].health.load().in_rotation
+            !s.runtime.load().clusters[0].replicas[0].health.load().in_rotation
         })
         .await;
     let e = c.query_one("SELECT 1", &[]).await.unwrap_err();
@@ -173,7 +173,7 @@ async fn read_your_writes_waits_for_the_replica_to_replay_the_session_s_write() 
         "another session reads the (stale) replica"
     );
     assert!(
-        proxy.shared.runtime.load().cluster.replicas[0]
+        proxy.shared.runtime.load().clusters[0].replicas[0]
             .health
             .load()
             .in_rotation

@@ -81,7 +81,7 @@ async fn reads_are_spread_over_replicas_and_counted() {
         c.simple_query("SELECT 1").await.unwrap();
     }
     let rt = proxy.shared.runtime.load();
-    let replica = rt.cluster.replicas[0]
+    let replica = rt.clusters[0].replicas[0]
         .stats
         .statements
         .load(std::sync::atomic::Ordering::Relaxed);
