@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod facts;
 pub mod fingerprint;
+pub mod shard;
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;

@@ -1,0 +1,917 @@
+//! Shard analysis: a statement's shape against a shard map. Which table group it touches, the
+//! condition on the shard key (literals and `$n` parameters, combined with AND/OR), the key of
+//! each inserted row, and for a SELECT that may run on several shards, how to merge: the
+//! statement each shard runs (LIMIT pushed down, AVG split into SUM and COUNT, hidden columns for
+//! ORDER BY) and how rows combine. Whatever cannot be answered correctly across shards is a
+//! refusal naming the tables and the rule. Protocol-agnostic: values stay as text or parameter
+//! numbers until planning.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use sqlparser::ast::{
+    BinaryOperator, Distinct, Expr, FromTable, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
+    GroupByExpr, Ident, LimitClause, ObjectName, ObjectNamePart, OrderByKind, Query, Select, SelectItem, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
+
+use crate::shardmap::{ShardMap, TableRule};
+
+/// A value in a statement: a literal (its text) or a parameter (0-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operand {
+    /// Literal text (numbers as written, strings unquoted).
+    Lit(String),
+    /// `$n`, as index n-1.
+    Param(usize),
+    /// NULL.
+    Null,
+}
+
+/// A condition on the shard key: which keys the rows can have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCond {
+    /// Any key.
+    All,
+    /// One of these keys.
+    Values(Vec<Operand>),
+    /// Both.
+    And(Vec<KeyCond>),
+    /// Either.
+    Or(Vec<KeyCond>),
+}
+
+/// How one column of a shard's result combines across shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColKind {
+    /// A plain value: grouped by (when aggregating) or passed through.
+    Plain,
+    /// COUNT: summed.
+    Count,
+    /// SUM: summed.
+    Sum,
+    /// MIN.
+    Min,
+    /// MAX.
+    Max,
+    /// AVG, sent as SUM: divided by the COUNT in column `count_col`.
+    Avg {
+        /// Hidden column holding the count.
+        count_col: usize,
+    },
+}
+
+/// One ORDER BY key over the merged result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    /// Column index in the shard result.
+    pub col: usize,
+    /// DESC.
+    pub desc: bool,
+    /// NULLS FIRST (PostgreSQL's default: first for DESC, last for ASC).
+    pub nulls_first: bool,
+}
+
+/// How a SELECT run on several shards is merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The statement each shard runs.
+    pub sql: String,
+    /// Columns the client sees; the rest are hidden helpers.
+    pub visible: usize,
+    /// How each column of the shard result combines.
+    pub cols: Vec<ColKind>,
+    /// Rows are combined by the Plain columns (GROUP BY, aggregates without GROUP BY, DISTINCT).
+    pub grouped: bool,
+    /// ORDER BY of the merged rows.
+    pub order: Vec<SortKey>,
+    /// LIMIT applied after merging.
+    pub limit: Option<Operand>,
+    /// OFFSET applied after merging.
+    pub offset: Option<Operand>,
+}
+
+/// What a statement is, against a shard map.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape {
+    /// Touches no sharded or reference table: runs on the default shard.
+    Unsharded,
+    /// Reads reference tables only: any one shard.
+    ReferenceRead,
+    /// Writes a reference table: every shard.
+    ReferenceWrite,
+    /// DDL: every shard.
+    Broadcast,
+    /// Reads or writes tables of one group (and reference tables).
+    Group {
+        /// The group.
+        group: usize,
+        /// Keys the rows can have.
+        cond: KeyCond,
+        /// UPDATE or DELETE.
+        write: bool,
+        /// For a SELECT: how to merge when several shards answer, or why it cannot be.
+        merge: Result<Merge, String>,
+    },
+    /// INSERT ... VALUES into a sharded table.
+    Insert {
+        /// The group.
+        group: usize,
+        /// The key of each row.
+        keys: Vec<Operand>,
+        /// The statement, to split by shard.
+        stmt: Arc<Statement>,
+    },
+    /// Cannot be run correctly across shards.
+    Refuse(String),
+}
+
+/// Parses `sql` and finds its shape under `map`.
+pub fn shape(sql: &str, map: &ShardMap) -> Shape {
+    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Shape::Unsharded;
+    };
+    let shapes: Vec<Shape> = stmts.iter().map(|s| statement(s, map)).collect();
+    match shapes.len() {
+        0 => Shape::Unsharded,
+        1 => shapes.into_iter().next().unwrap_or(Shape::Unsharded),
+        _ if shapes.iter().all(|s| *s == Shape::Unsharded) => Shape::Unsharded,
+        _ => Shape::Refuse(
+            "a query string with several statements touches sharded or reference tables; send them one at a time".into(),
+        ),
+    }
+}
+
+fn last_name(n: &ObjectName) -> String {
+    match n.0.last() {
+        Some(ObjectNamePart::Identifier(i)) => ident(i),
+        _ => String::new(),
+    }
+}
+
+fn ident(i: &Ident) -> String {
+    if i.quote_style.is_some() { i.value.clone() } else { i.value.to_ascii_lowercase() }
+}
+
+/// Every table name the statement mentions, by rule.
+fn tables(stmt: &impl Visit, map: &ShardMap) -> (Vec<(String, TableRule)>, bool) {
+    struct V<'a>(&'a ShardMap, Vec<(String, TableRule)>, bool);
+    impl Visitor for V<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+            let n = last_name(r);
+            match self.0.table(&n) {
+                Some(rule) => self.1.push((n, rule.clone())),
+                None => self.2 = true,
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = V(map, Vec::new(), false);
+    let _ = stmt.visit(&mut v);
+    (v.1, v.2)
+}
+
+fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
+    let (named, unsharded) = tables(stmt, map);
+    if named.is_empty() {
+        return if is_ddl(stmt) && map.shards.len() > 1 && map.tables.is_empty() {
+            Shape::Unsharded
+        } else if is_ddl(stmt) {
+            Shape::Broadcast
+        } else {
+            Shape::Unsharded
+        };
+    }
+    if is_ddl(stmt) {
+        return Shape::Broadcast;
+    }
+    let sharded: Vec<&(String, TableRule)> =
+        named.iter().filter(|(_, r)| matches!(r, TableRule::Sharded { .. })).collect();
+    let write_target = match stmt {
+        Statement::Insert(i) => match &i.table {
+            TableObject::TableName(n) => Some(last_name(n)),
+            _ => None,
+        },
+        Statement::Update(u) => match &u.table.relation {
+            TableFactor::Table { name, .. } => Some(last_name(name)),
+            _ => None,
+        },
+        Statement::Delete(d) => d.tables.first().map(last_name).or_else(|| match &d.from {
+            FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f.first().and_then(|t| match &t.relation {
+                TableFactor::Table { name, .. } => Some(last_name(name)),
+                _ => None,
+            }),
+        }),
+        _ => None,
+    };
+    let target_rule = write_target.as_ref().and_then(|t| map.table(t));
+    if unsharded {
+        let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        if !sharded.is_empty() || matches!(target_rule, Some(TableRule::Reference)) {
+            return Shape::Refuse(format!(
+                "the statement mixes tables the shard map does not name (they live on the default shard) with sharded or reference tables ({}); \
+                 add those tables to the shard map as reference tables or query them separately",
+                names.join(", ")
+            ));
+        }
+        // Reference tables read alongside unsharded ones: every shard has them, so the default one will do.
+        return Shape::Unsharded;
+    }
+    if let Some(TableRule::Reference) = target_rule {
+        if !sharded.is_empty() {
+            return Shape::Refuse(format!(
+                "writing reference table {} from sharded tables: each shard would write different rows",
+                write_target.unwrap_or_default()
+            ));
+        }
+        return Shape::ReferenceWrite;
+    }
+    if sharded.is_empty() {
+        return match stmt {
+            Statement::Query(_) => Shape::ReferenceRead,
+            _ => Shape::Refuse("this statement on reference tables is not supported across shards".into()),
+        };
+    }
+    let groups: BTreeSet<usize> = sharded
+        .iter()
+        .filter_map(|(_, r)| match r {
+            TableRule::Sharded { group, .. } => Some(*group),
+            _ => None,
+        })
+        .collect();
+    if groups.len() > 1 {
+        let names: Vec<String> = sharded.iter().map(|(n, _)| n.clone()).collect();
+        return Shape::Refuse(format!(
+            "tables {} are in different table groups, so their rows are not co-located: a join or subquery across them would need rows from other shards",
+            names.join(" and ")
+        ));
+    }
+    let group = *groups.iter().next().unwrap_or(&0);
+    match stmt {
+        Statement::Query(q) => select_shape(q, map, group),
+        Statement::Insert(ins) => insert_shape(stmt, ins, map, group),
+        Statement::Update(u) => {
+            let Some(TableRule::Sharded { key, .. }) = target_rule else {
+                return Shape::Refuse("UPDATE of a sharded table through a join is not supported".into());
+            };
+            for a in &u.assignments {
+                let cols: Vec<&ObjectName> = match &a.target {
+                    sqlparser::ast::AssignmentTarget::ColumnName(c) => vec![c],
+                    sqlparser::ast::AssignmentTarget::Tuple(t) => t.iter().collect(),
+                };
+                if cols.iter().any(|c| last_name(c) == *key) {
+                    return Shape::Refuse(format!(
+                        "UPDATE changes shard key {}.{key}: the row would have to move to another shard; delete and insert it instead",
+                        write_target.unwrap_or_default()
+                    ));
+                }
+            }
+            let mut from = vec![u.table.clone()];
+            if let Some(sqlparser::ast::UpdateTableFromKind::BeforeSet(f) | sqlparser::ast::UpdateTableFromKind::AfterSet(f)) =
+                &u.from
+            {
+                from.extend(f.iter().cloned());
+            }
+            write_shape(&from, u.selection.as_ref(), map, group)
+        }
+        Statement::Delete(d) => {
+            let mut from = match &d.from {
+                FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f.clone(),
+            };
+            from.extend(d.using.iter().flatten().cloned());
+            write_shape(&from, d.selection.as_ref(), map, group)
+        }
+        _ => Shape::Refuse("this kind of statement is not supported on sharded tables".into()),
+    }
+}
+
+fn is_ddl(stmt: &Statement) -> bool {
+    matches!(
+        stmt,
+        Statement::CreateTable(_)
+            | Statement::AlterTable(_)
+            | Statement::Drop { .. }
+            | Statement::CreateIndex(_)
+            | Statement::Truncate(_)
+            | Statement::CreateSchema { .. }
+            | Statement::CreateView(_)
+            | Statement::CreateSequence { .. }
+            | Statement::CreateExtension(_)
+            | Statement::AlterIndex { .. }
+            | Statement::Comment { .. }
+    )
+}
+
+/// Tables in a FROM list with their aliases.
+struct Scope {
+    /// alias or name → (table, rule)
+    by_alias: HashMap<String, (String, TableRule)>,
+    /// Sharded tables' key columns: (alias, key).
+    keys: Vec<(String, String)>,
+}
+
+fn scope(from: &[TableWithJoins], map: &ShardMap) -> Result<Scope, String> {
+    let mut s = Scope {
+        by_alias: HashMap::new(),
+        keys: Vec::new(),
+    };
+    let mut add = |f: &TableFactor| -> Result<(), String> {
+        match f {
+            TableFactor::Table { name, alias, args: None, .. } => {
+                let n = last_name(name);
+                let a = alias.as_ref().map_or(n.clone(), |a| ident(&a.name));
+                let rule = map.table(&n).cloned();
+                if let Some(r) = rule {
+                    if let TableRule::Sharded { key, .. } = &r {
+                        s.keys.push((a.clone(), key.clone()));
+                    }
+                    s.by_alias.insert(a, (n, r));
+                }
+                Ok(())
+            }
+            TableFactor::Derived { subquery, .. } => {
+                if tables(subquery.as_ref(), map).0.iter().any(|(_, r)| matches!(r, TableRule::Sharded { .. })) {
+                    Err("subqueries in FROM over sharded tables are not supported across shards".into())
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    };
+    for t in from {
+        add(&t.relation)?;
+        for j in &t.joins {
+            add(&j.relation)?;
+        }
+    }
+    Ok(s)
+}
+
+impl Scope {
+    /// The alias of the sharded table whose key column `e` is, if it is one.
+    fn key_of(&self, e: &Expr) -> Option<&str> {
+        match strip(e) {
+            Expr::Identifier(i) => {
+                let c = ident(i);
+                let matching: Vec<&(String, String)> = self.keys.iter().filter(|(_, k)| *k == c).collect();
+                match matching[..] {
+                    [(a, _)] => Some(a),
+                    // Several sharded tables have a column by this name: PostgreSQL itself would call it ambiguous.
+                    _ => None,
+                }
+            }
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                let a = ident(&parts[parts.len() - 2]);
+                let c = ident(&parts[parts.len() - 1]);
+                self.keys.iter().find(|(al, k)| *al == a && *k == c).map(|(al, _)| al.as_str())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn strip(e: &Expr) -> &Expr {
+    match e {
+        Expr::Nested(inner) => strip(inner),
+        Expr::Cast { expr, .. } => strip(expr),
+        other => other,
+    }
+}
+
+/// A literal or parameter operand.
+fn operand(e: &Expr) -> Option<Operand> {
+    match strip(e) {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some(Operand::Lit(n.clone())),
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(Operand::Lit(s.clone())),
+            Value::Placeholder(p) => p.strip_prefix('$')?.parse::<usize>().ok().filter(|&n| n > 0).map(|n| Operand::Param(n - 1)),
+            Value::Null => Some(Operand::Null),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match strip(expr) {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => Some(Operand::Lit(format!("-{n}"))),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The key condition an expression puts on rows, and key equalities between tables (joins).
+fn key_cond(e: &Expr, scope: &Scope, joins: &mut Vec<(String, String)>) -> KeyCond {
+    match strip(e) {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => KeyCond::And(vec![key_cond(left, scope, joins), key_cond(right, scope, joins)]),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Or,
+            right,
+        } => {
+            // Join equalities under OR do not hold for every row.
+            let mut ignore = Vec::new();
+            KeyCond::Or(vec![key_cond(left, scope, &mut ignore), key_cond(right, scope, &mut ignore)])
+        }
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => match (scope.key_of(left), scope.key_of(right)) {
+            (Some(a), Some(b)) => {
+                joins.push((a.to_owned(), b.to_owned()));
+                KeyCond::All
+            }
+            (Some(_), None) => operand(right).map_or(KeyCond::All, |o| KeyCond::Values(vec![o])),
+            (None, Some(_)) => operand(left).map_or(KeyCond::All, |o| KeyCond::Values(vec![o])),
+            _ => KeyCond::All,
+        },
+        Expr::InList {
+            expr,
+            list,
+            negated: false,
+        } if scope.key_of(expr).is_some() => {
+            let ops: Option<Vec<Operand>> = list.iter().map(operand).collect();
+            ops.map_or(KeyCond::All, KeyCond::Values)
+        }
+        _ => KeyCond::All,
+    }
+}
+
+/// Checks that every sharded table in scope is joined to the others on the key, and returns the
+/// key condition of WHERE and the ON clauses.
+fn joined_cond(from: &[TableWithJoins], selection: Option<&Expr>, scope: &Scope) -> Result<KeyCond, String> {
+    let mut joins = Vec::new();
+    let mut conds = Vec::new();
+    for t in from {
+        for j in &t.joins {
+            use sqlparser::ast::{JoinConstraint, JoinOperator as J};
+            let c = match &j.join_operator {
+                J::Join(c) | J::Inner(c) | J::Left(c) | J::LeftOuter(c) | J::Right(c) | J::RightOuter(c)
+                | J::FullOuter(c) | J::Semi(c) | J::LeftSemi(c) | J::Anti(c) | J::LeftAnti(c) => Some(c),
+                _ => None,
+            };
+            match c {
+                Some(JoinConstraint::On(e)) => {
+                    let inner = matches!(j.join_operator, J::Join(_) | J::Inner(_));
+                    let c = key_cond(e, scope, &mut joins);
+                    if inner {
+                        conds.push(c);
+                    }
+                }
+                Some(JoinConstraint::Using(cols)) => {
+                    let cols: Vec<String> = cols.iter().map(last_name).collect();
+                    // USING (key) joins every table having that key column.
+                    if let TableFactor::Table { name, alias, .. } = &j.relation {
+                        let a = alias.as_ref().map_or(last_name(name), |a| ident(&a.name));
+                        if let Some((_, k)) = scope.keys.iter().find(|(al, _)| *al == a)
+                            && cols.contains(k)
+                        {
+                            for (other, ok) in &scope.keys {
+                                if ok == k && *other != a {
+                                    joins.push((a.clone(), other.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(w) = selection {
+        conds.push(key_cond(w, scope, &mut joins));
+    }
+    // Every sharded table must be connected to the first by key equalities.
+    if let Some((first, _)) = scope.keys.first() {
+        let mut reached: BTreeSet<&str> = BTreeSet::from([first.as_str()]);
+        loop {
+            let before = reached.len();
+            for (a, b) in &joins {
+                if reached.contains(a.as_str()) || reached.contains(b.as_str()) {
+                    reached.insert(a);
+                    reached.insert(b);
+                }
+            }
+            if reached.len() == before {
+                break;
+            }
+        }
+        if let Some((missing, _)) = scope.keys.iter().find(|(a, _)| !reached.contains(a.as_str())) {
+            let t = |a: &str| scope.by_alias.get(a).map_or(a.to_owned(), |(n, _)| n.clone());
+            return Err(format!(
+                "the join of {} and {} is not on their shard keys, so matching rows may be on different shards; join on the shard key columns",
+                t(first),
+                t(missing)
+            ));
+        }
+    }
+    Ok(match conds.len() {
+        0 => KeyCond::All,
+        1 => conds.pop().unwrap_or(KeyCond::All),
+        _ => KeyCond::And(conds),
+    })
+}
+
+fn no_sharded_subqueries(e: &impl Visit, map: &ShardMap, outer_tables: usize) -> Result<(), String> {
+    // The visitor sees the outer FROM tables too: any more sharded ones come from subqueries.
+    struct V<'a>(&'a ShardMap, usize);
+    impl Visitor for V<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            let _ = q;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+            if matches!(self.0.table(&last_name(r)), Some(TableRule::Sharded { .. })) {
+                self.1 += 1;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = V(map, 0);
+    let _ = e.visit(&mut v);
+    if v.1 > outer_tables {
+        Err("subqueries over sharded tables are not supported; join co-located tables on the shard key instead".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn write_shape(from: &[TableWithJoins], selection: Option<&Expr>, map: &ShardMap, group: usize) -> Shape {
+    let result = scope(from, map).and_then(|s| {
+        if let Some(w) = selection {
+            no_sharded_subqueries(w, map, 0)?;
+        }
+        joined_cond(from, selection, &s)
+    });
+    match result {
+        Ok(cond) => Shape::Group {
+            group,
+            cond,
+            write: true,
+            merge: Err("not a query".into()),
+        },
+        Err(m) => Shape::Refuse(m),
+    }
+}
+
+fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: &ShardMap, group: usize) -> Shape {
+    let TableObject::TableName(n) = &ins.table else {
+        return Shape::Refuse("INSERT into a table function".into());
+    };
+    let table = last_name(n);
+    let Some(TableRule::Sharded { key, .. }) = map.table(&table) else {
+        return Shape::Refuse(format!("INSERT into {table} reads sharded tables: rows would come from several shards"));
+    };
+    let Some(source) = &ins.source else {
+        return Shape::Refuse(format!("INSERT into sharded table {table} without VALUES"));
+    };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return Shape::Refuse(format!(
+            "INSERT ... SELECT into sharded table {table}: rows cannot be routed by key before they exist; insert VALUES"
+        ));
+    };
+    let Some(pos) = ins.columns.iter().position(|c| last_name(c) == *key) else {
+        return Shape::Refuse(format!(
+            "INSERT into sharded table {table} must name its columns and give shard key {key} in every row"
+        ));
+    };
+    let mut keys = Vec::new();
+    for row in &values.rows {
+        match row.content.get(pos).and_then(operand) {
+            Some(Operand::Null) | None => {
+                return Shape::Refuse(format!(
+                    "every row inserted into {table} needs its shard key {key} as a literal or parameter"
+                ));
+            }
+            Some(o) => keys.push(o),
+        }
+    }
+    Shape::Insert {
+        group,
+        keys,
+        stmt: Arc::new(stmt.clone()),
+    }
+}
+
+fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
+    if q.with.is_some() {
+        return Shape::Refuse("WITH queries over sharded tables are not supported across shards".into());
+    }
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return Shape::Refuse("UNION, INTERSECT and EXCEPT over sharded tables are not supported across shards".into());
+    };
+    let s = match scope(&sel.from, map) {
+        Ok(s) => s,
+        Err(m) => return Shape::Refuse(m),
+    };
+    let outer = s.keys.len();
+    if let Err(m) = no_sharded_subqueries(q, map, outer) {
+        return Shape::Refuse(m);
+    }
+    let cond = match joined_cond(&sel.from, sel.selection.as_ref(), &s) {
+        Ok(c) => c,
+        Err(m) => return Shape::Refuse(m),
+    };
+    Shape::Group {
+        group,
+        cond,
+        write: false,
+        merge: merge_plan(q, sel, &s),
+    }
+}
+
+fn func_name(f: &Function) -> String {
+    last_name(&f.name)
+}
+
+fn is_aggregate_name(n: &str) -> bool {
+    matches!(
+        n,
+        "count" | "sum" | "min" | "max" | "avg" | "array_agg" | "string_agg" | "bool_and" | "bool_or" | "every"
+            | "stddev" | "variance" | "json_agg" | "jsonb_agg" | "bit_and" | "bit_or" | "percentile_cont"
+            | "percentile_disc" | "mode"
+    )
+}
+
+/// Aggregate calls and window functions anywhere in an expression.
+fn calls(e: &impl Visit) -> (Vec<Function>, bool) {
+    struct V(Vec<Function>, bool);
+    impl Visitor for V {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                if f.over.is_some() {
+                    self.1 = true;
+                } else if is_aggregate_name(&func_name(f)) {
+                    self.0.push(f.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = V(Vec::new(), false);
+    let _ = e.visit(&mut v);
+    (v.0, v.1)
+}
+
+fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
+    let tables: Vec<String> = {
+        let mut t: Vec<String> = scope.by_alias.values().map(|(n, _)| n.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    let refuse = |rule: &str| Err(format!("{rule} (tables {})", tables.join(", ")));
+    if q.fetch.is_some() {
+        return refuse("FETCH FIRST across shards is not supported; use LIMIT");
+    }
+    if matches!(sel.distinct, Some(Distinct::On(_))) {
+        return refuse("DISTINCT ON across shards is not supported");
+    }
+    let mut shard_sel = sel.clone();
+    let mut cols: Vec<ColKind> = Vec::new();
+    let mut hidden: Vec<SelectItem> = Vec::new();
+    let mut aliases: Vec<Option<String>> = Vec::new();
+    let mut any_agg = false;
+    let group_exprs: Vec<Expr> = match &sel.group_by {
+        GroupByExpr::Expressions(e, m) if m.is_empty() => e.clone(),
+        GroupByExpr::Expressions(..) => return refuse("GROUP BY modifiers across shards are not supported"),
+        GroupByExpr::All(_) => return refuse("GROUP BY ALL across shards is not supported"),
+    };
+    // A GROUP BY on the shard key puts every group on one shard: the shards' rows are final.
+    let group_on_key = group_exprs.iter().any(|e| scope.key_of(e).is_some());
+    let n = sel.projection.len();
+    for (i, item) in sel.projection.iter().enumerate() {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(ident(alias))),
+            _ => {
+                if !group_exprs.is_empty() {
+                    return refuse("SELECT * with GROUP BY across shards is not supported; name the columns");
+                }
+                // A wildcard expands to an unknown number of columns: only plain concatenation or
+                // ORDER BY on columns added behind it works, which needs the count. Refuse ordering.
+                aliases.push(None);
+                cols.push(ColKind::Plain);
+                continue;
+            }
+        };
+        aliases.push(alias.or_else(|| match strip(expr) {
+            Expr::Identifier(id) => Some(ident(id)),
+            Expr::CompoundIdentifier(p) => p.last().map(ident),
+            Expr::Function(f) => Some(func_name(f)),
+            _ => None,
+        }));
+        let (aggs, window) = calls(expr);
+        if window {
+            return refuse("window functions across shards are not supported; filter on the shard key to stay on one shard");
+        }
+        if aggs.is_empty() || group_on_key {
+            any_agg |= !aggs.is_empty();
+            cols.push(ColKind::Plain);
+            continue;
+        }
+        any_agg = true;
+        let Expr::Function(f) = strip(expr) else {
+            return refuse("an expression over aggregates across shards is not supported; select the aggregates and compute in the application");
+        };
+        let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct));
+        if distinct || f.filter.is_some() {
+            return refuse("aggregates with DISTINCT or FILTER across shards are not supported unless grouped by the shard key");
+        }
+        let kind = match func_name(f).as_str() {
+            "count" => ColKind::Count,
+            "sum" => ColKind::Sum,
+            "min" => ColKind::Min,
+            "max" => ColKind::Max,
+            "avg" => {
+                let mut sum = f.clone();
+                sum.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("sum"))]);
+                let mut count = f.clone();
+                count.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("count"))]);
+                shard_sel.projection[i] = SelectItem::UnnamedExpr(Expr::Function(sum));
+                hidden.push(SelectItem::UnnamedExpr(Expr::Function(count)));
+                ColKind::Avg {
+                    count_col: n + hidden.len() - 1,
+                }
+            }
+            other => return refuse(&format!("aggregate {other}() across shards is not supported")),
+        };
+        if let FunctionArguments::List(l) = &f.args
+            && l.args.len() != 1
+            && !matches!(l.args.first(), Some(FunctionArg::Unnamed(FunctionArgExpr::Wildcard)))
+        {
+            return refuse("aggregates with several arguments across shards are not supported");
+        }
+        cols.push(kind);
+    }
+    let grouped_merge = !group_on_key && (any_agg || !group_exprs.is_empty());
+    if grouped_merge {
+        // Every GROUP BY expression must be a selected plain column, so groups can be matched.
+        for g in &group_exprs {
+            let found = sel.projection.iter().enumerate().any(|(i, item)| {
+                cols[i] == ColKind::Plain
+                    && match item {
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => strip(e) == strip(g),
+                        _ => false,
+                    }
+                    || matches!(strip(g), Expr::Value(v) if matches!(&v.value, Value::Number(k, _) if k.parse::<usize>().ok() == Some(i + 1)))
+            });
+            if !found {
+                return refuse(&format!("GROUP BY {g} across shards needs {g} in the select list"));
+            }
+        }
+        if sel.having.is_some() {
+            return refuse("HAVING across shards is only supported when grouping by the shard key");
+        }
+        if cols.iter().enumerate().any(|(i, c)| *c == ColKind::Plain && !plain_is_grouped(&sel.projection[i], &group_exprs, i)) {
+            return refuse("a selected column that is neither aggregated nor in GROUP BY");
+        }
+    }
+    let distinct = matches!(sel.distinct, Some(Distinct::Distinct));
+    // ORDER BY: each key must be an output column (by position, alias or same expression), or is
+    // added as a hidden column.
+    let mut order = Vec::new();
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(exprs) = &ob.kind else {
+            return refuse("ORDER BY ALL across shards is not supported");
+        };
+        for o in exprs {
+            let desc = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+            if matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Using(_))) {
+                return refuse("ORDER BY ... USING across shards is not supported");
+            }
+            let nulls_first = o.options.nulls_first.unwrap_or(desc);
+            let col = match strip(&o.expr) {
+                Expr::Value(v) if matches!(&v.value, Value::Number(..)) => match &v.value {
+                    Value::Number(k, _) => k.parse::<usize>().ok().filter(|&k| k >= 1 && k <= n).map(|k| k - 1),
+                    _ => None,
+                },
+                e => sel
+                    .projection
+                    .iter()
+                    .position(|item| match item {
+                        SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => strip(x) == e,
+                        _ => false,
+                    })
+                    .or_else(|| match e {
+                        Expr::Identifier(id) => aliases.iter().position(|a| a.as_deref() == Some(ident(id).as_str())),
+                        _ => None,
+                    }),
+            };
+            let col = match col {
+                Some(c) => c,
+                None if grouped_merge || distinct => {
+                    return refuse(&format!("ORDER BY {} across shards must name a selected column when grouping", o.expr));
+                }
+                None => {
+                    if sel.projection.iter().any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. })) {
+                        return refuse(&format!("ORDER BY {} with SELECT * across shards: select the column", o.expr));
+                    }
+                    hidden.push(SelectItem::UnnamedExpr(o.expr.clone()));
+                    n + hidden.len() - 1
+                }
+            };
+            if col < cols.len() && cols[col] != ColKind::Plain && !matches!(cols[col], ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max | ColKind::Avg { .. }) {
+                return refuse("ORDER BY on this column across shards is not supported");
+            }
+            order.push(SortKey { col, desc, nulls_first });
+        }
+    }
+    if sel.projection.iter().any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }))
+        && (grouped_merge || distinct || !order.is_empty())
+    {
+        return refuse("SELECT * with ORDER BY, DISTINCT or aggregates across shards: name the columns");
+    }
+    for _ in &hidden {
+        cols.push(ColKind::Plain);
+    }
+    // Hidden ORDER BY columns are not part of the groups.
+    let hidden_plain_start = n;
+    let (limit, offset) = match &q.limit_clause {
+        None => (None, None),
+        Some(LimitClause::LimitOffset { limit, offset, limit_by }) if limit_by.is_empty() => {
+            let l = match limit {
+                None => None,
+                Some(e) => match operand(e) {
+                    Some(Operand::Null) => None,
+                    Some(o) => Some(o),
+                    None => return refuse("LIMIT across shards must be a number or a parameter"),
+                },
+            };
+            let o = match offset {
+                None => None,
+                Some(off) => match operand(&off.value) {
+                    Some(Operand::Null) => None,
+                    Some(o) => Some(o),
+                    None => return refuse("OFFSET across shards must be a number or a parameter"),
+                },
+            };
+            (l, o)
+        }
+        Some(_) => return refuse("this LIMIT form across shards is not supported"),
+    };
+    // The statement each shard runs: hidden columns appended, no OFFSET, LIMIT raised by OFFSET
+    // (rows before the offset may come from any shard). With merging by group, every group row is
+    // needed, so no LIMIT at all.
+    shard_sel.projection.extend(hidden);
+    let mut shard_q = q.clone();
+    shard_q.body = Box::new(SetExpr::Select(Box::new(shard_sel)));
+    shard_q.limit_clause = None;
+    let mut sql = shard_q.to_string();
+    if !grouped_merge && !distinct {
+        match (&limit, &offset) {
+            (Some(Operand::Lit(l)), None) => sql.push_str(&format!(" LIMIT {l}")),
+            (Some(Operand::Lit(l)), Some(Operand::Lit(o))) => {
+                if let (Ok(l), Ok(o)) = (l.parse::<i64>(), o.parse::<i64>()) {
+                    sql.push_str(&format!(" LIMIT {}", l.saturating_add(o)));
+                }
+            }
+            (Some(Operand::Param(l)), None) => sql.push_str(&format!(" LIMIT ${}", l + 1)),
+            (Some(Operand::Param(l)), Some(o)) => {
+                let o = match o {
+                    Operand::Param(p) => format!("${}", p + 1),
+                    Operand::Lit(x) => x.clone(),
+                    Operand::Null => "0".into(),
+                };
+                sql.push_str(&format!(" LIMIT (${} + {o})", l + 1));
+            }
+            _ => {}
+        }
+    }
+    let _ = hidden_plain_start;
+    Ok(Merge {
+        sql,
+        visible: n,
+        cols,
+        grouped: grouped_merge || distinct,
+        order,
+        limit,
+        offset,
+    })
+}
+
+/// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.
+fn plain_is_grouped(item: &SelectItem, group: &[Expr], i: usize) -> bool {
+    let e = match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return false,
+    };
+    group.iter().any(|g| {
+        strip(g) == strip(e)
+            || matches!(strip(g), Expr::Value(v) if matches!(&v.value, Value::Number(k, _) if k.parse::<usize>().ok() == Some(i + 1)))
+    }) || calls(e).0.is_empty() && matches!(strip(e), Expr::Value(_))
+}
