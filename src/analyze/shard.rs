@@ -683,7 +683,7 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
     }
     let mut shard_sel = sel.clone();
     let mut cols: Vec<ColKind> = Vec::new();
-    let mut hidden: Vec<SelectItem> = Vec::new();
+    let mut hidden: Vec<(SelectItem, ColKind)> = Vec::new();
     let mut aliases: Vec<Option<String>> = Vec::new();
     let mut any_agg = false;
     let group_exprs: Vec<Expr> = match &sel.group_by {
@@ -743,7 +743,7 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
                 let mut count = f.clone();
                 count.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("count"))]);
                 shard_sel.projection[i] = SelectItem::UnnamedExpr(Expr::Function(sum));
-                hidden.push(SelectItem::UnnamedExpr(Expr::Function(count)));
+                hidden.push((SelectItem::UnnamedExpr(Expr::Function(count)), ColKind::Count));
                 ColKind::Avg {
                     count_col: n + hidden.len() - 1,
                 }
@@ -821,7 +821,7 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
                     if sel.projection.iter().any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. })) {
                         return refuse(&format!("ORDER BY {} with SELECT * across shards: select the column", o.expr));
                     }
-                    hidden.push(SelectItem::UnnamedExpr(o.expr.clone()));
+                    hidden.push((SelectItem::UnnamedExpr(o.expr.clone()), ColKind::Plain));
                     n + hidden.len() - 1
                 }
             };
@@ -836,11 +836,7 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
     {
         return refuse("SELECT * with ORDER BY, DISTINCT or aggregates across shards: name the columns");
     }
-    for _ in &hidden {
-        cols.push(ColKind::Plain);
-    }
-    // Hidden ORDER BY columns are not part of the groups.
-    let hidden_plain_start = n;
+    cols.extend(hidden.iter().map(|(_, k)| *k));
     let (limit, offset) = match &q.limit_clause {
         None => (None, None),
         Some(LimitClause::LimitOffset { limit, offset, limit_by }) if limit_by.is_empty() => {
@@ -867,7 +863,7 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
     // The statement each shard runs: hidden columns appended, no OFFSET, LIMIT raised by OFFSET
     // (rows before the offset may come from any shard). With merging by group, every group row is
     // needed, so no LIMIT at all.
-    shard_sel.projection.extend(hidden);
+    shard_sel.projection.extend(hidden.into_iter().map(|(i, _)| i));
     let mut shard_q = q.clone();
     shard_q.body = Box::new(SetExpr::Select(Box::new(shard_sel)));
     shard_q.limit_clause = None;
@@ -892,7 +888,6 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
             _ => {}
         }
     }
-    let _ = hidden_plain_start;
     Ok(Merge {
         sql,
         visible: n,

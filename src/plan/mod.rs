@@ -2,6 +2,8 @@
 //! shard the plan is a role; shard routing builds on the same entry point.
 #![warn(missing_docs)]
 
+pub mod shard;
+
 use crate::analyze::{Facts, Need, TxEffect};
 
 /// Where a statement that starts a unit of work (a transaction or a statement outside one) runs.

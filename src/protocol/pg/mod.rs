@@ -8,6 +8,8 @@
 
 pub mod codec;
 pub mod messages;
+pub mod rows;
 pub mod sqlstate;
+pub mod values;
 
 pub use codec::{Frame, ProtocolError, StartupPacket};

@@ -1,0 +1,306 @@
+//! Shard planning: a statement's [`Shape`] plus its parameter values → which shards run it and
+//! how: one shard (bytes forwarded untouched), a scatter with a merge, the same write on several
+//! shards, an INSERT split into one statement per shard, or a refusal. Pure, no I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Expr, SetExpr, Statement, Value, VisitMut, VisitorMut};
+
+use crate::analyze::shard::{KeyCond, Merge, Operand, Shape};
+use crate::shardmap::{Group, KeyType, KeyValue, ShardId, ShardMap};
+
+/// Parameter values of an extended-protocol Bind.
+#[derive(Debug, Default, Clone)]
+pub struct Params<'a> {
+    /// Format code per parameter (already expanded from the 0/1/n form).
+    pub formats: Vec<i16>,
+    /// Values; `None` is NULL.
+    pub values: Vec<Option<&'a [u8]>>,
+}
+
+/// What runs where.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardPlan {
+    /// One shard: forwarded as is.
+    One(ShardId),
+    /// A read on several shards, merged.
+    Scatter {
+        /// Shards, ascending.
+        shards: Vec<ShardId>,
+        /// How to merge.
+        merge: Merge,
+    },
+    /// The same write on several shards, committed atomically.
+    Write {
+        /// Shards, ascending.
+        shards: Vec<ShardId>,
+    },
+    /// An INSERT whose rows go to several shards.
+    InsertSplit {
+        /// One statement per shard.
+        parts: Vec<InsertPart>,
+    },
+    /// Not run; the reason.
+    Refuse(String),
+}
+
+/// The rows of a split INSERT for one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertPart {
+    /// The shard.
+    pub shard: ShardId,
+    /// The statement, parameters renumbered from $1.
+    pub sql: String,
+    /// For each parameter of `sql`, the index of the client's parameter it carries.
+    pub params: Vec<usize>,
+}
+
+impl ShardPlan {
+    /// The shards the plan touches.
+    pub fn shards(&self) -> Vec<ShardId> {
+        match self {
+            ShardPlan::One(s) => vec![*s],
+            ShardPlan::Scatter { shards, .. } | ShardPlan::Write { shards } => shards.clone(),
+            ShardPlan::InsertSplit { parts } => parts.iter().map(|p| p.shard).collect(),
+            ShardPlan::Refuse(_) => Vec::new(),
+        }
+    }
+
+    /// Short name of the plan kind, for statistics and SHOW ROUTE.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ShardPlan::One(_) => "single-shard",
+            ShardPlan::Scatter { .. } => "scatter",
+            ShardPlan::Write { .. } => "broadcast",
+            ShardPlan::InsertSplit { .. } => "insert-split",
+            ShardPlan::Refuse(_) => "refused",
+        }
+    }
+}
+
+fn key_value(group: &Group, op: &Operand, params: &Params) -> Option<KeyValue> {
+    match op {
+        Operand::Lit(s) => KeyValue::parse(group.key_type, s),
+        Operand::Null => None,
+        Operand::Param(i) => {
+            let raw = (*params.values.get(*i)?)?;
+            let format = params.formats.get(*i).copied().unwrap_or(0);
+            if format == 0 {
+                return KeyValue::parse(group.key_type, std::str::from_utf8(raw).ok()?);
+            }
+            match group.key_type {
+                KeyType::Int => Some(KeyValue::Int(match raw.len() {
+                    2 => i16::from_be_bytes(raw.try_into().ok()?) as i64,
+                    4 => i32::from_be_bytes(raw.try_into().ok()?) as i64,
+                    8 => i64::from_be_bytes(raw.try_into().ok()?),
+                    _ => return None,
+                })),
+                KeyType::Text => Some(KeyValue::Text(std::str::from_utf8(raw).ok()?.to_owned())),
+                KeyType::Uuid => Some(KeyValue::Uuid(raw.try_into().ok()?)),
+            }
+        }
+    }
+}
+
+/// The shards rows satisfying `cond` can be on. A value that is not a valid key (or a NULL,
+/// which matches no row) narrows to no shard; one the plan cannot read widens to all.
+fn shards_of(cond: &KeyCond, group: &Group, map: &ShardMap, params: &Params) -> BTreeSet<ShardId> {
+    match cond {
+        KeyCond::All => map.all_shards().into_iter().collect(),
+        KeyCond::Values(vs) => {
+            let mut out = BTreeSet::new();
+            for v in vs {
+                match v {
+                    Operand::Null => {}
+                    _ => match key_value(group, v, params).map(|k| group.locate(&k)) {
+                        Some(Ok(p)) => {
+                            out.insert(p.shard);
+                        }
+                        // A list value no shard holds: no row can have it.
+                        Some(Err(_)) => {}
+                        None => return map.all_shards().into_iter().collect(),
+                    },
+                }
+            }
+            out
+        }
+        KeyCond::And(cs) => {
+            let mut acc: Option<BTreeSet<ShardId>> = None;
+            for c in cs {
+                let s = shards_of(c, group, map, params);
+                acc = Some(match acc {
+                    None => s,
+                    Some(a) => a.intersection(&s).copied().collect(),
+                });
+            }
+            acc.unwrap_or_else(|| map.all_shards().into_iter().collect())
+        }
+        KeyCond::Or(cs) => cs.iter().flat_map(|c| shards_of(c, group, map, params)).collect(),
+    }
+}
+
+/// Plans a statement of shape `shape`.
+pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
+    match shape {
+        Shape::Unsharded | Shape::ReferenceRead => ShardPlan::One(map.default_shard),
+        Shape::ReferenceWrite | Shape::Broadcast => ShardPlan::Write { shards: map.all_shards() },
+        Shape::Refuse(m) => ShardPlan::Refuse(m.clone()),
+        Shape::Group {
+            group,
+            cond,
+            write,
+            merge,
+        } => {
+            let g = &map.groups[*group];
+            let mut shards: Vec<ShardId> = shards_of(cond, g, map, params).into_iter().collect();
+            if shards.is_empty() {
+                // No shard can hold a matching row; any one answers correctly (with no rows).
+                shards.push(map.default_shard);
+            }
+            if let [one] = shards[..] {
+                return ShardPlan::One(one);
+            }
+            if *write {
+                if map.refuse_scatter_writes && *cond == KeyCond::All {
+                    return ShardPlan::Refuse(
+                        "UPDATE or DELETE without the shard key would run on every shard, and the shard map sets scatter_writes = \"refuse\""
+                            .into(),
+                    );
+                }
+                return ShardPlan::Write { shards };
+            }
+            match merge {
+                Ok(m) => ShardPlan::Scatter { shards, merge: m.clone() },
+                Err(why) => ShardPlan::Refuse(format!("{why}; this query would need rows from several shards")),
+            }
+        }
+        Shape::Insert { group, keys, stmt } => {
+            let g = &map.groups[*group];
+            let mut rows_by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+            for (row, k) in keys.iter().enumerate() {
+                let Some(kv) = key_value(g, k, params) else {
+                    return ShardPlan::Refuse(format!("row {} of the INSERT has no valid {} shard key", row + 1, g.key_type));
+                };
+                match g.locate(&kv) {
+                    Ok(p) => rows_by_shard.entry(p.shard).or_default().push(row),
+                    Err(e) => return ShardPlan::Refuse(e),
+                }
+            }
+            if rows_by_shard.len() == 1 {
+                return ShardPlan::One(*rows_by_shard.keys().next().unwrap_or(&map.default_shard));
+            }
+            ShardPlan::InsertSplit {
+                parts: rows_by_shard
+                    .into_iter()
+                    .map(|(shard, rows)| insert_part(stmt, shard, &rows))
+                    .collect(),
+            }
+        }
+    }
+}
+
+fn insert_part(stmt: &Statement, shard: ShardId, rows: &[usize]) -> InsertPart {
+    let mut s = stmt.clone();
+    if let Statement::Insert(ins) = &mut s
+        && let Some(src) = &mut ins.source
+        && let SetExpr::Values(v) = src.body.as_mut()
+    {
+        let all = std::mem::take(&mut v.rows);
+        v.rows = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| rows.contains(i))
+            .map(|(_, r)| r)
+            .collect();
+    }
+    // Renumber the parameters left, in order of first use.
+    struct Renumber(HashMap<usize, usize>, Vec<usize>);
+    impl VisitorMut for Renumber {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if let Expr::Value(v) = e
+                && let Value::Placeholder(p) = &mut v.value
+                && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+            {
+                let next = self.1.len();
+                let new = *self.0.entry(n - 1).or_insert(next);
+                if new == next {
+                    self.1.push(n - 1);
+                }
+                *p = format!("${}", new + 1);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut r = Renumber(HashMap::new(), Vec::new());
+    let _ = s.visit(&mut r);
+    InsertPart {
+        shard,
+        sql: s.to_string(),
+        params: r.1,
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The plan in words, for admin `SHOW ROUTE FOR` and the golden files in `tests/plans/`.
+pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
+    let names = |s: &[ShardId]| s.iter().map(|&i| map.shards[i].as_str()).collect::<Vec<_>>().join(",");
+    match plan {
+        ShardPlan::One(s) => format!("single-shard {}", map.shards[*s]),
+        ShardPlan::Scatter { shards, merge } => {
+            let cols: Vec<String> = merge
+                .cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let hidden = if i >= merge.visible { "hidden " } else { "" };
+                    format!("{hidden}{c:?}").to_lowercase()
+                })
+                .collect();
+            let order: Vec<String> = merge
+                .order
+                .iter()
+                .map(|k| {
+                    format!(
+                        "col{} {} nulls {}",
+                        k.col + 1,
+                        if k.desc { "desc" } else { "asc" },
+                        if k.nulls_first { "first" } else { "last" }
+                    )
+                })
+                .collect();
+            let op = |o: &Option<Operand>| match o {
+                None => "-".to_string(),
+                Some(Operand::Lit(l)) => l.clone(),
+                Some(Operand::Param(p)) => format!("${}", p + 1),
+                Some(Operand::Null) => "null".into(),
+            };
+            format!(
+                "scatter {} merge cols=[{}] grouped={} order=[{}] limit={} offset={}\n  each shard runs: {}",
+                names(shards),
+                cols.join(", "),
+                merge.grouped,
+                order.join(", "),
+                op(&merge.limit),
+                op(&merge.offset),
+                merge.sql
+            )
+        }
+        ShardPlan::Write { shards } => format!("broadcast {} (two-phase commit when more than one)", names(shards)),
+        ShardPlan::InsertSplit { parts } => {
+            let mut s = format!("insert-split {}", names(&parts.iter().map(|p| p.shard).collect::<Vec<_>>()));
+            for p in parts {
+                s.push_str(&format!("\n  {}: {}", map.shards[p.shard], p.sql));
+                if !p.params.is_empty() {
+                    let ps: Vec<String> = p.params.iter().map(|i| format!("${}", i + 1)).collect();
+                    s.push_str(&format!(" -- params {}", ps.join(",")));
+                }
+            }
+            s
+        }
+        ShardPlan::Refuse(m) => format!("refused (0A000): {m}"),
+    }
+}

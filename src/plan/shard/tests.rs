@@ -1,0 +1,79 @@
+//! Golden plans: every `tests/plans/*.plans` file names a shard map and holds queries (`> SQL`,
+//! parameters as `-- params: a, b` in text format) each followed by its printed plan. The test
+//! fails on any difference; `UPDATE_PLANS=1 cargo test --lib golden` rewrites the files, to be
+//! reviewed as a diff.
+
+use super::*;
+use crate::analyze::shard::shape;
+
+fn run_file(path: &std::path::Path) -> (String, String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = String::new();
+    let mut map = None;
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(m) = line.strip_prefix("-- map: ") {
+            map = Some(crate::shardmap::load(&root.join(m.trim())).unwrap());
+            out.push_str(line);
+            out.push('\n');
+        } else if let Some(sql) = line.strip_prefix("> ") {
+            let map = map.as_ref().expect("a `-- map:` line comes first");
+            out.push_str(line);
+            out.push('\n');
+            let mut params_text = Vec::new();
+            if let Some(p) = lines.peek().and_then(|l| l.strip_prefix("-- params: ")) {
+                params_text = p.split(',').map(|s| s.trim().to_owned()).collect();
+                out.push_str(lines.next().unwrap_or_default());
+                out.push('\n');
+            }
+            // Skip the old plan text.
+            while lines.peek().is_some_and(|l| !l.starts_with("> ") && !l.is_empty()) {
+                lines.next();
+            }
+            let params = Params {
+                formats: vec![0; params_text.len()],
+                values: params_text.iter().map(|s| Some(s.as_bytes())).collect(),
+            };
+            out.push_str(&explain(&plan(&shape(sql, map), map, &params), map));
+            out.push('\n');
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    (text, out)
+}
+
+#[test]
+fn golden_plans() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans");
+    let mut failures = Vec::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "plans") {
+            continue;
+        }
+        files += 1;
+        let (old, new) = run_file(&path);
+        if old != new {
+            if std::env::var_os("UPDATE_PLANS").is_some() {
+                std::fs::write(&path, &new).unwrap();
+            } else {
+                failures.push(format!("{}:\n{}", path.display(), first_difference(&old, &new)));
+            }
+        }
+    }
+    assert!(files > 0, "no golden plan files in {}", dir.display());
+    assert!(failures.is_empty(), "plans changed (UPDATE_PLANS=1 rewrites):\n{}", failures.join("\n"));
+}
+
+fn first_difference(old: &str, new: &str) -> String {
+    for (i, (a, b)) in old.lines().zip(new.lines()).enumerate() {
+        if a != b {
+            return format!("line {}:\n  was: {a}\n  now: {b}", i + 1);
+        }
+    }
+    format!("length differs ({} vs {} lines)", old.lines().count(), new.lines().count())
+}

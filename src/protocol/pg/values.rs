@@ -1,0 +1,216 @@
+//! PostgreSQL cells ↔ merge [`Value`]s, by type OID and format code (0 text, 1 binary). Only the
+//! types merging needs to compare or add; anything else is reported as not mergeable.
+
+use crate::merge::{Decimal, Value, format_float};
+
+/// Type OIDs.
+pub mod oid {
+    /// bool
+    pub const BOOL: u32 = 16;
+    /// bytea
+    pub const BYTEA: u32 = 17;
+    /// "char"
+    pub const CHAR: u32 = 18;
+    /// name
+    pub const NAME: u32 = 19;
+    /// int8
+    pub const INT8: u32 = 20;
+    /// int2
+    pub const INT2: u32 = 21;
+    /// int4
+    pub const INT4: u32 = 23;
+    /// text
+    pub const TEXT: u32 = 25;
+    /// oid
+    pub const OID: u32 = 26;
+    /// float4
+    pub const FLOAT4: u32 = 700;
+    /// float8
+    pub const FLOAT8: u32 = 701;
+    /// bpchar
+    pub const BPCHAR: u32 = 1042;
+    /// varchar
+    pub const VARCHAR: u32 = 1043;
+    /// date
+    pub const DATE: u32 = 1082;
+    /// timestamp
+    pub const TIMESTAMP: u32 = 1114;
+    /// timestamptz
+    pub const TIMESTAMPTZ: u32 = 1184;
+    /// numeric
+    pub const NUMERIC: u32 = 1700;
+    /// uuid
+    pub const UUID: u32 = 2950;
+}
+
+fn bad(oid: u32, why: &str) -> String {
+    format!("cannot merge a value of type oid {oid} across shards: {why}")
+}
+
+/// Decodes one cell.
+pub fn decode(type_oid: u32, format: i16, raw: Option<&[u8]>) -> Result<Value, String> {
+    let Some(b) = raw else { return Ok(Value::Null) };
+    if format == 0 {
+        let s = std::str::from_utf8(b).map_err(|_| bad(type_oid, "not UTF-8"))?;
+        return Ok(match type_oid {
+            oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => Value::Int(s.parse().map_err(|_| bad(type_oid, s))?),
+            oid::FLOAT4 | oid::FLOAT8 => Value::Float(match s {
+                "NaN" => f64::NAN,
+                "Infinity" => f64::INFINITY,
+                "-Infinity" => f64::NEG_INFINITY,
+                _ => s.parse().map_err(|_| bad(type_oid, s))?,
+            }),
+            oid::NUMERIC => match Decimal::parse(s) {
+                Some(d) => Value::Num(d),
+                None => return Err(bad(type_oid, &format!("numeric {s} is out of the mergeable range"))),
+            },
+            oid::BOOL => Value::Bool(s == "t"),
+            oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR | oid::UUID | oid::DATE | oid::TIMESTAMP
+            | oid::TIMESTAMPTZ => Value::Text(b.to_vec()),
+            _ => return Err(bad(type_oid, "no ordering known for it")),
+        });
+    }
+    let int = |n: usize| -> Result<i64, String> {
+        if b.len() != n {
+            return Err(bad(type_oid, "wrong length"));
+        }
+        Ok(match n {
+            2 => i16::from_be_bytes([b[0], b[1]]) as i64,
+            4 => i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64,
+            _ => i64::from_be_bytes(b.try_into().map_err(|_| bad(type_oid, "wrong length"))?),
+        })
+    };
+    Ok(match type_oid {
+        oid::INT2 => Value::Int(int(2)?),
+        oid::INT4 | oid::DATE => Value::Int(int(4)?),
+        oid::OID => Value::Int(int(4)? as u32 as i64),
+        oid::INT8 | oid::TIMESTAMP | oid::TIMESTAMPTZ => Value::Int(int(8)?),
+        oid::FLOAT4 => Value::Float(f32::from_bits(int(4)? as u32) as f64),
+        oid::FLOAT8 => Value::Float(f64::from_bits(int(8)? as u64)),
+        oid::BOOL => Value::Bool(b.first() == Some(&1)),
+        oid::NUMERIC => Value::Num(numeric_from_binary(b).ok_or_else(|| bad(type_oid, "numeric out of range"))?),
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR | oid::UUID | oid::BYTEA => Value::Text(b.to_vec()),
+        _ => return Err(bad(type_oid, "no ordering known for it")),
+    })
+}
+
+/// Encodes a merged aggregate for the client, as type `type_oid` in `format`.
+pub fn encode(type_oid: u32, format: i16, v: &Value) -> Result<Option<Vec<u8>>, String> {
+    if *v == Value::Null {
+        return Ok(None);
+    }
+    if format == 0 {
+        return Ok(Some(
+            match v {
+                Value::Int(i) => i.to_string(),
+                Value::Float(f) => format_float(*f),
+                Value::Num(d) => d.to_string(),
+                Value::Bool(b) => if *b { "t" } else { "f" }.to_string(),
+                Value::Text(t) => return Ok(Some(t.clone())),
+                Value::Null => unreachable!("handled above"),
+            }
+            .into_bytes(),
+        ));
+    }
+    Ok(Some(match (type_oid, v) {
+        (oid::INT8, Value::Int(i)) => i.to_be_bytes().to_vec(),
+        (oid::INT4, Value::Int(i)) => (*i as i32).to_be_bytes().to_vec(),
+        (oid::FLOAT8, Value::Float(f)) => f.to_bits().to_be_bytes().to_vec(),
+        (oid::FLOAT4, Value::Float(f)) => (*f as f32).to_bits().to_be_bytes().to_vec(),
+        (oid::NUMERIC, Value::Num(d)) => numeric_to_binary(*d),
+        (oid::NUMERIC, Value::Int(i)) => numeric_to_binary(Decimal::int(*i as i128)),
+        (t, v) => return Err(format!("cannot encode {v:?} as binary type oid {t}")),
+    }))
+}
+
+/// numeric's binary form: ndigits, weight, sign, dscale, then base-10000 digits.
+fn numeric_from_binary(b: &[u8]) -> Option<Decimal> {
+    let rd = |i: usize| -> Option<i64> { Some(i16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as i64) };
+    let ndigits = rd(0)?;
+    let weight = rd(2)?;
+    let sign = rd(4)? as u16;
+    let dscale = rd(6)? as u32;
+    if sign == 0xC000 {
+        return None; // NaN
+    }
+    let mut mant: i128 = 0;
+    // Value = sum digit[i] * 10000^(weight - i); scaled by 10^dscale.
+    for i in 0..ndigits {
+        let d = rd(8 + 2 * i as usize)? as i128;
+        mant = mant.checked_mul(10000)?.checked_add(d)?;
+    }
+    // mant now is value * 10000^(ndigits - 1 - weight).
+    let frac_groups = ndigits - 1 - weight;
+    let have_scale = 4 * frac_groups; // decimal digits after the point in mant
+    let scale = dscale as i64;
+    let mant = if have_scale >= scale {
+        mant / 10i128.checked_pow((have_scale - scale) as u32)?
+    } else {
+        mant.checked_mul(10i128.checked_pow((scale - have_scale) as u32)?)?
+    };
+    Some(Decimal {
+        mant: if sign == 0x4000 { -mant } else { mant },
+        scale: dscale,
+    })
+}
+
+fn numeric_to_binary(d: Decimal) -> Vec<u8> {
+    let neg = d.mant < 0;
+    let mut m = d.mant.unsigned_abs();
+    // Align the fraction to whole base-10000 groups.
+    let pad = (4 - d.scale % 4) % 4;
+    m *= 10u128.pow(pad);
+    let frac_groups = (d.scale + pad) / 4;
+    let mut groups = Vec::new();
+    while m > 0 {
+        groups.push((m % 10000) as i16);
+        m /= 10000;
+    }
+    groups.reverse();
+    let mut weight = groups.len() as i16 - 1 - frac_groups as i16;
+    // Strip leading and trailing zero groups.
+    while groups.first() == Some(&0) {
+        groups.remove(0);
+        weight -= 1;
+    }
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let mut out = Vec::with_capacity(8 + 2 * groups.len());
+    out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&(if neg { 0x4000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&(d.scale as u16).to_be_bytes());
+    for g in groups {
+        out.extend_from_slice(&g.to_be_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_binary_round_trips() {
+        for s in ["0", "1", "-1", "12345.6789", "0.00012", "100000000", "-98765.4", "2.5000000000000000"] {
+            let d = Decimal::parse(s).unwrap();
+            assert_eq!(numeric_from_binary(&numeric_to_binary(d)), Some(d), "{s}");
+        }
+    }
+
+    #[test]
+    fn decodes_text_and_binary() {
+        assert_eq!(decode(oid::INT4, 0, Some(b"-42")), Ok(Value::Int(-42)));
+        assert_eq!(decode(oid::INT4, 1, Some(&(-42i32).to_be_bytes())), Ok(Value::Int(-42)));
+        assert_eq!(decode(oid::INT8, 1, Some(&7i64.to_be_bytes())), Ok(Value::Int(7)));
+        assert_eq!(decode(oid::FLOAT8, 0, Some(b"NaN")).map(|v| matches!(v, Value::Float(f) if f.is_nan())), Ok(true));
+        assert_eq!(decode(oid::TEXT, 1, None), Ok(Value::Null));
+        assert!(decode(600, 0, Some(b"(1,2)")).is_err());
+        assert_eq!(encode(oid::INT8, 1, &Value::Int(5)).unwrap(), Some(5i64.to_be_bytes().to_vec()));
+        assert_eq!(encode(oid::NUMERIC, 0, &Value::Num(Decimal::parse("2.50").unwrap())).unwrap(), Some(b"2.50".to_vec()));
+    }
+}
