@@ -57,6 +57,14 @@ impl Runtime {
         for c in &clusters {
             tokio::spawn(monitor::run(c.clone(), settings.clone(), token.clone()));
         }
+        if clusters.len() > 1 {
+            tokio::spawn(crate::backend::twophase::run(
+                clusters.clone(),
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(60),
+                token.clone(),
+            ));
+        }
         Arc::new(Runtime {
             config: Arc::new(config),
             clusters,
@@ -80,6 +88,20 @@ impl Runtime {
 pub struct Stats {
     /// Successful reloads.
     pub reloads: AtomicU64,
+    /// Statements by shard plan kind: single-shard, scatter, broadcast, insert-split, refused.
+    pub plans: [AtomicU64; 5],
+}
+
+/// Plan kinds counted in [`Stats::plans`], in order.
+pub const PLAN_KINDS: [&str; 5] = ["single-shard", "scatter", "broadcast", "insert-split", "refused"];
+
+impl Stats {
+    /// Counts one statement of a plan kind.
+    pub fn record_plan(&self, kind: &str) {
+        if let Some(i) = PLAN_KINDS.iter().position(|k| *k == kind) {
+            self.plans[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Everything sessions, the admin console and the HTTP endpoint share.
@@ -88,6 +110,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// Statement analyses by text.
     pub cache: AnalysisCache,
+    /// Shard shapes of statement texts under the current map.
+    pub shapes: crate::analyze::cache::ShapeCache,
     /// Connected clients.
     pub clients: ClientRegistry,
     /// Counters.
@@ -102,6 +126,7 @@ impl Shared {
         Arc::new(Shared {
             runtime: ArcSwap::new(Runtime::new(config, None)),
             cache: AnalysisCache::new(NonZeroUsize::new(10_000).expect("non-zero")),
+            shapes: crate::analyze::cache::ShapeCache::new(NonZeroUsize::new(10_000).expect("non-zero")),
             clients: ClientRegistry::default(),
             stats: Stats::default(),
             config_path,
@@ -132,7 +157,11 @@ impl Shared {
         if config.routing.primary_functions != old.config.routing.primary_functions {
             self.cache.clear();
         }
+        let map_changed = config.map != old.config.map;
         self.runtime.store(Runtime::new(config, Some(&old)));
+        if map_changed {
+            self.shapes.clear();
+        }
         self.stats.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let what = if reused {
             "configuration reloaded"

@@ -70,6 +70,41 @@ impl AnalysisCache {
     }
 }
 
+/// Shard shapes by exact statement text (key values differ between texts, so no fingerprint).
+/// Cleared when the shard map changes.
+pub struct ShapeCache {
+    inner: Mutex<LruCache<String, Arc<crate::analyze::shard::Shape>>>,
+}
+
+impl ShapeCache {
+    /// An empty cache holding up to `capacity` shapes.
+    pub fn new(capacity: NonZeroUsize) -> ShapeCache {
+        ShapeCache {
+            inner: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// The shape of `sql` under `map`, computed on a miss.
+    pub fn get(&self, sql: &str, map: &crate::shardmap::ShardMap) -> Arc<crate::analyze::shard::Shape> {
+        if let Some(s) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
+            return s.clone();
+        }
+        let shape = Arc::new(crate::analyze::shard::shape(sql, map));
+        if sql.len() <= 64 * 1024 {
+            self.inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(sql.to_owned(), shape.clone());
+        }
+        shape
+    }
+
+    /// Forgets every shape.
+    pub fn clear(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

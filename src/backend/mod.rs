@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod pool;
+pub mod twophase;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,8 @@ use super::client::SessionError;
 use super::state::Op;
 use super::{Ensure, Flow, Held, Session};
 use crate::analyze::Facts;
-use crate::backend::Role;
+use crate::backend::{Checkout, Role};
+use crate::shardmap::ShardId;
 use crate::config::{PoolMode, WhenNoReplica};
 use crate::plan::{self, RouteContext, Target};
 use crate::protocol::pg::Frame;
@@ -22,8 +23,9 @@ impl Session {
         facts: &Facts,
         extended: bool,
         f: &Frame,
+        shard: ShardId,
     ) -> Result<Option<Flow>, SessionError> {
-        Ok(match self.ensure_backend(facts, extended).await? {
+        Ok(match self.ensure_backend(facts, extended, shard).await? {
             Ensure::Ready => None,
             Ensure::Stall => Some(Flow::Stall(f.clone())),
             Ensure::Failed => Some(Flow::Continue),
@@ -31,9 +33,17 @@ impl Session {
     }
 
     /// Holds a backend suitable for `facts`, checking one out if none is held.
-    async fn ensure_backend(&mut self, facts: &Facts, extended: bool) -> Result<Ensure, SessionError> {
+    async fn ensure_backend(&mut self, facts: &Facts, extended: bool, shard: ShardId) -> Result<Ensure, SessionError> {
         let session_mode = self.runtime.config.server.pool_mode == PoolMode::Session;
         if let Some(h) = &self.held {
+            if h.shard != shard {
+                if h.in_transaction() || self.pinned.is_some() {
+                    let m = self.cross_shard_message(shard);
+                    self.refuse(extended, &m);
+                    return Ok(Ensure::Failed);
+                }
+                return Ok(Ensure::Stall);
+            }
             let suitable = h.checkout.node.role == Role::Primary
                 || h.in_transaction()
                 || self.pinned.is_some()
@@ -47,7 +57,7 @@ impl Session {
         } else {
             plan::route(facts, &self.route_context())
         };
-        match self.checkout(target).await {
+        match self.checkout(target, shard).await {
             Ok(()) => Ok(Ensure::Ready),
             Err((code, message)) => {
                 if extended {
@@ -68,9 +78,44 @@ impl Session {
         }
     }
 
-    async fn checkout(&mut self, target: Target) -> Result<(), (SqlState, String)> {
+    async fn checkout(&mut self, target: Target, shard: ShardId) -> Result<(), (SqlState, String)> {
+        let checkout = self.checkout_on(target, shard).await?;
+        self.handle
+            .set_backend(Some((checkout.node.clone(), checkout.conn.pid, checkout.conn.secret)));
+        let mut held = Held {
+            checkout,
+            shard,
+            ops: Default::default(),
+            wbuf: BytesMut::new(),
+            tx_status: b'I',
+            begin_pending: false,
+            wrote: false,
+            needs_sync: false,
+            copy_in: false,
+            rolled_back: false,
+        };
+        if held.checkout.conn.vars_sig != self.vars.sig() {
+            msg::query(&mut held.wbuf, &self.vars.replay_sql(held.checkout.conn.vars_sig));
+            held.checkout.conn.vars_sig = self.vars.sig();
+            held.checkout.conn.unnamed = None;
+            held.ops.push_back(Op::SyncVars);
+        }
+        if let Some(begin) = self.pending_begin.take() {
+            // The transaction's BEGIN was answered by the proxy; it runs now, on the shard the
+            // first statement chose.
+            msg::query(&mut held.wbuf, &begin);
+            held.checkout.conn.unnamed = None;
+            held.ops.push_back(Op::SyncVars);
+            held.begin_pending = true;
+        }
+        self.held = Some(held);
+        Ok(())
+    }
+
+    /// Checks out a connection of `shard` for `target` (replica choice and fallbacks included).
+    pub(super) async fn checkout_on(&self, target: Target, shard: ShardId) -> Result<Checkout, (SqlState, String)> {
         let runtime = self.runtime.clone();
-        let cluster = runtime.default_cluster();
+        let cluster = &runtime.clusters[shard];
         let routing = &runtime.config.routing;
         let primary_fallback = routing.when_no_replica == WhenNoReplica::Primary;
         let node = match target {
@@ -106,27 +151,7 @@ impl Session {
             Err(e) => return Err(checkout_error(e)),
         };
         cluster.learn_server_params(&checkout.conn.params);
-        self.handle
-            .set_backend(Some((checkout.node.clone(), checkout.conn.pid, checkout.conn.secret)));
-        let mut held = Held {
-            checkout,
-            ops: Default::default(),
-            wbuf: BytesMut::new(),
-            tx_status: b'I',
-            begin_pending: false,
-            wrote: false,
-            needs_sync: false,
-            copy_in: false,
-            rolled_back: false,
-        };
-        if held.checkout.conn.vars_sig != self.vars.sig() {
-            msg::query(&mut held.wbuf, &self.vars.replay_sql(held.checkout.conn.vars_sig));
-            held.checkout.conn.vars_sig = self.vars.sig();
-            held.checkout.conn.unnamed = None;
-            held.ops.push_back(Op::SyncVars);
-        }
-        self.held = Some(held);
-        Ok(())
+        Ok(checkout)
     }
 }
 

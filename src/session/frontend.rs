@@ -7,12 +7,14 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 
 use super::client::SessionError;
+use super::sharding::Routed;
 use super::state::{ExtKind, Op, Stmt};
 use super::{Flow, Session};
 use crate::analyze::{Facts, Need, TxEffect};
 use crate::backend::Role;
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages::{self as msg, Severity};
+use crate::protocol::pg::rows;
 use crate::protocol::pg::sqlstate::SqlState;
 
 impl Session {
@@ -27,7 +29,7 @@ impl Session {
             b'P' => self.on_parse(f).await,
             b'B' => self.on_bind(f).await,
             b'D' => self.on_describe(f).await,
-            b'E' => self.on_execute(f),
+            b'E' => self.on_execute(f).await,
             b'C' => self.on_close(f),
             b'H' => self.on_flush(f),
             b'S' => self.on_sync(f),
@@ -60,7 +62,11 @@ impl Session {
     async fn on_query(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let sql = msg::parse_query(f.body())?;
         let facts = self.facts_of(sql);
-        if let Some(flow) = self.hold_for(&facts, false, &f).await? {
+        let shard = match self.route_query(&f, sql, &facts).await? {
+            Routed::Done(flow) => return Ok(flow),
+            Routed::Shard(s) => s,
+        };
+        if let Some(flow) = self.hold_for(&facts, false, &f, shard).await? {
             return Ok(flow);
         }
         let held = self.held.as_mut().expect("ensure_backend holds one");
@@ -83,7 +89,26 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let facts = self.facts_of(p.query);
-        if let Some(flow) = self.hold_for(&facts, true, &f).await? {
+        if self.held.is_none() {
+            self.runtime = self.shared.runtime.load_full();
+        }
+        if self.sharded() {
+            // The shard is known only at Bind, from the parameters: the Parse goes to whichever
+            // backend then needs it.
+            let stmt = match &self.unnamed {
+                Some(u) if p.name.is_empty() && u.query == p.query && u.param_types[..] == *p.param_types => u.clone(),
+                _ => Arc::new(Stmt::new(p.query, p.param_types, facts)),
+            };
+            if p.name.is_empty() {
+                self.unnamed = Some(stmt);
+            } else {
+                self.stmts.insert(p.name.to_owned(), stmt);
+            }
+            self.respond_synth(msg::empty(b'1'));
+            return Ok(Flow::Continue);
+        }
+        let shard = self.default_shard();
+        if let Some(flow) = self.hold_for(&facts, true, &f, shard).await? {
             return Ok(flow);
         }
         // Clients such as pgbench -M extended send the same unnamed statement every time: keep it.
@@ -123,7 +148,11 @@ impl Session {
         let Some(stmt) = self.lookup_statement(b.statement) else {
             return Ok(Flow::Continue);
         };
-        if let Some(flow) = self.hold_for(&stmt.facts, true, &f).await? {
+        let shard = match self.route_bind(&f, b.portal, &stmt, rows::split_bind(b.rest)?)? {
+            Routed::Done(flow) => return Ok(flow),
+            Routed::Shard(s) => s,
+        };
+        if let Some(flow) = self.hold_for(&stmt.facts, true, &f, shard).await? {
             return Ok(flow);
         }
         let name = self.ensure_prepared(&stmt, !b.statement.is_empty());
@@ -138,12 +167,18 @@ impl Session {
     async fn on_describe(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let (kind, name) = msg::parse_target(f.body(), "Describe")?;
         if kind == b'P' {
+            if let Some(p) = self.multi_portal.as_mut().filter(|p| p.name == name) {
+                p.describe = true;
+                return Ok(Flow::Continue);
+            }
             return Ok(self.forward_portal_op(&f, name, ExtKind::Describe));
         }
         let Some(stmt) = self.lookup_statement(name) else {
             return Ok(Flow::Continue);
         };
-        if let Some(flow) = self.hold_for(&stmt.facts, true, &f).await? {
+        // Every shard has the same tables: the held one, or the default, can describe it.
+        let shard = self.held.as_ref().map_or(self.default_shard(), |h| h.shard);
+        if let Some(flow) = self.hold_for(&stmt.facts, true, &f, shard).await? {
             return Ok(flow);
         }
         let backend_name = self.ensure_prepared(&stmt, !name.is_empty());
@@ -154,8 +189,12 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn on_execute(&mut self, f: Frame) -> Result<Flow, SessionError> {
+    async fn on_execute(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let portal = msg::parse_execute(f.body())?;
+        if self.multi_portal.as_ref().is_some_and(|p| p.name == portal) {
+            self.execute_multi().await?;
+            return Ok(Flow::Continue);
+        }
         let facts = self.portals.get(portal).map(|s| s.facts.clone());
         let set_ops = facts.as_ref().map(|f| f.set_ops.clone()).unwrap_or_default();
         let flow = self.forward_portal_op(&f, portal, ExtKind::Execute { set_ops });
@@ -193,6 +232,9 @@ impl Session {
             self.respond_local(msg::empty(b'3'));
         } else {
             self.portals.remove(name);
+            if self.multi_portal.as_ref().is_some_and(|p| p.name == name) {
+                self.multi_portal = None;
+            }
             match self.held.as_mut() {
                 Some(h) => {
                     h.wbuf.extend_from_slice(f.raw());
@@ -214,6 +256,8 @@ impl Session {
 
     fn on_sync(&mut self, f: Frame) -> Result<Flow, SessionError> {
         self.ignore_till_sync = false;
+        // An unnamed portal ends at Sync; a multi-shard one never outlives it.
+        self.multi_portal = None;
         match self.held.as_mut() {
             // The server ignores Sync during COPY FROM STDIN: nothing will answer it.
             Some(h) if h.copy_in => h.wbuf.extend_from_slice(f.raw()),
@@ -222,14 +266,18 @@ impl Session {
                 h.ops.push_back(Op::Sync);
                 h.needs_sync = false;
             }
-            None => msg::ready_for_query(&mut self.client.wbuf, b'I'),
+            None => {
+                let status = self.local_tx_status();
+                msg::ready_for_query(&mut self.client.wbuf, status);
+            }
         }
         Ok(Flow::Continue)
     }
 
     async fn on_function_call(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let facts = Facts::unparsed();
-        if let Some(flow) = self.hold_for(&facts, false, &f).await? {
+        let shard = self.held.as_ref().map_or(self.default_shard(), |h| h.shard);
+        if let Some(flow) = self.hold_for(&facts, false, &f, shard).await? {
             return Ok(flow);
         }
         let held = self.held.as_mut().expect("ensure_backend holds one");

@@ -133,6 +133,9 @@ async fn handle(
                 stalled: None,
                 last_facts: None,
                 vars_before_txn: None,
+                pending_begin: None,
+                tx_refused: false,
+                multi_portal: None,
                 shutdown,
             };
             session.run().await

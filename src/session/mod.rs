@@ -8,6 +8,9 @@ pub mod auth;
 mod checkout;
 pub mod client;
 mod frontend;
+mod multi;
+mod multi_write;
+mod sharding;
 pub mod listener;
 pub mod registry;
 mod relay;
@@ -29,6 +32,8 @@ use state::{Ops, SessionVars, Stmt};
 /// The backend connection a session holds, with the responses it still owes.
 struct Held {
     checkout: Checkout,
+    /// The shard the connection belongs to.
+    shard: crate::shardmap::ShardId,
     /// Responses expected, in order.
     ops: Ops,
     /// Bytes to send to the backend.
@@ -111,6 +116,14 @@ pub struct Session {
     /// Session parameters as they were before the first SET of the open transaction: a rollback
     /// undoes those SETs on the server, so the session's record must be undone too.
     vars_before_txn: Option<SessionVars>,
+    /// A BEGIN the proxy answered itself: it is sent ahead of the transaction's first statement,
+    /// on the shard that statement routes to.
+    pending_begin: Option<String>,
+    /// The open transaction failed in the proxy (a statement would have crossed shards): like
+    /// PostgreSQL's aborted state, only ROLLBACK is accepted until it ends.
+    tx_refused: bool,
+    /// An extended-protocol portal whose statement runs on several shards, bound but not run.
+    multi_portal: Option<multi::MultiPortal>,
     /// Fires when shardwire shuts down: the session ends as soon as it holds no backend.
     shutdown: tokio_util::sync::CancellationToken,
 }

@@ -144,7 +144,7 @@ replicas = ["postgres://postgres@127.0.0.1:{}/app"]
     }
 }
 
-async fn direct(port: u16) -> Client {
+pub async fn direct(port: u16) -> Client {
     let (c, conn) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(port)
@@ -298,7 +298,7 @@ impl Proxy {
     }
 }
 
-fn rand_suffix() -> String {
+pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))

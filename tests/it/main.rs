@@ -10,3 +10,5 @@ mod lag;
 mod protocol;
 mod routing;
 mod session_state;
+mod sharding;
+mod shards;

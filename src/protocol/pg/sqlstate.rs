@@ -32,6 +32,10 @@ impl SqlState {
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     /// 0A000 feature_not_supported: refused because it cannot be done correctly.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// 40000 transaction_rollback: a multi-shard write was rolled back.
+    pub const TRANSACTION_ROLLBACK: SqlState = SqlState("40000");
+    /// 25P02 in_failed_sql_transaction: the transaction failed; only ROLLBACK is accepted.
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// 53300 too_many_connections: the pool or the client limit is exhausted.
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     /// 57P01 admin_shutdown: shardwire is shutting down.

@@ -1,0 +1,260 @@
+//! Writes on several shards, atomically: one transaction per shard, then two-phase commit. All
+//! shards but the first prepare (`PREPARE TRANSACTION`); the first, the coordinator, records the
+//! decision in `shardwire_2pc` and commits in one transaction; then the prepared ones commit.
+//! If anything fails before the coordinator commits, everything rolls back. After the
+//! coordinator commits, a prepared transaction left behind by a crash or a lost connection is
+//! committed by the recovery in `crate::backend::twophase`, which finds the decision record.
+
+use bytes::BytesMut;
+
+use super::Session;
+use super::client::SessionError;
+use super::multi::{Outcome, Source};
+use crate::plan::Target;
+use crate::plan::shard::InsertPart;
+use crate::protocol::pg::Frame;
+use crate::protocol::pg::messages as msg;
+use crate::protocol::pg::rows;
+use crate::protocol::pg::sqlstate::SqlState;
+
+/// The decision table, created on a shard before its first coordinated commit.
+pub const DECISION_TABLE_DDL: &str =
+    "CREATE TABLE IF NOT EXISTS shardwire_2pc (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())";
+
+/// Prefix of the transaction ids shardwire prepares: `sw:<coordinator shard>:<random>`.
+pub const GID_PREFIX: &str = "sw:";
+
+struct Part {
+    leg: super::multi::LegHandle,
+    shard: usize,
+}
+
+impl Session {
+    /// Runs each part's statement on its shard's primary and commits them atomically.
+    pub(super) async fn write_all_shards(
+        &mut self,
+        parts: &[InsertPart],
+        split: bool,
+        src: Source<'_>,
+        describe: bool,
+    ) -> Result<Outcome, SessionError> {
+        let shards: Vec<usize> = parts.iter().map(|p| p.shard).collect();
+        let legs = match self.legs_for_write(&shards).await {
+            Ok(l) => l,
+            Err((code, m)) => return Ok(self.report_error(code, &m)),
+        };
+        let mut ps: Vec<Part> = legs.into_iter().zip(&shards).map(|(leg, &shard)| Part { leg, shard }).collect();
+        if ps.len() > 1 {
+            // The coordinator needs its decision table; creating it twice is harmless.
+            let c = &mut ps[0].leg;
+            let mut out = BytesMut::new();
+            msg::query(&mut out, DECISION_TABLE_DDL);
+            if c.send(&out).await.is_err() || c.to_ready().await.is_err() {
+                c.mark_broken();
+            }
+        }
+        // BEGIN and the statement on every shard at once.
+        for (p, part) in ps.iter_mut().zip(parts) {
+            let mut out = BytesMut::new();
+            self.write_prelude(&mut p.leg, &mut out);
+            msg::query(&mut out, "BEGIN");
+            match &src {
+                Source::Simple => msg::query(&mut out, &part.sql),
+                Source::Extended { param_types, bind } => {
+                    let pick = split.then_some(&part.params[..]);
+                    let types = match pick {
+                        Some(pk) => pick_types(param_types, pk),
+                        None => param_types.to_vec(),
+                    };
+                    msg::parse(&mut out, "", &part.sql, &types);
+                    rows::bind_with(&mut out, bind, pick, &bind.result_formats);
+                    msg::describe_or_close(&mut out, b'D', b'P', "");
+                    rows::execute_all(&mut out);
+                    rows::sync(&mut out);
+                }
+            }
+            if let Err(e) = p.leg.send(&out).await {
+                p.leg.mark_broken();
+                return Ok(self.report_error(SqlState::CONNECTION_FAILURE, &format!("shard connection failed: {e}")));
+            }
+        }
+        // Results: rows (RETURNING) and command tags.
+        let mut description: Option<Frame> = None;
+        let mut data: Vec<Frame> = Vec::new();
+        let mut tags: Vec<String> = Vec::new();
+        let mut failure: Option<(usize, Frame)> = None;
+        let mut io_failure: Option<String> = None;
+        for p in &mut ps {
+            match p.leg.collect().await {
+                Ok(r) => {
+                    if let Some(e) = r.error {
+                        failure.get_or_insert((p.shard, e));
+                        continue;
+                    }
+                    if description.is_none() {
+                        description = r.description;
+                    }
+                    data.extend(r.rows);
+                    tags.extend(r.tag);
+                }
+                Err(e) => {
+                    p.leg.mark_broken();
+                    io_failure.get_or_insert(e.to_string());
+                }
+            }
+        }
+        if failure.is_some() || io_failure.is_some() {
+            for p in &mut ps {
+                p.leg.simple(&format!("ROLLBACK")).await;
+            }
+            return Ok(match failure {
+                Some((shard, f)) => {
+                    let name = self.runtime.config.map.shards[shard].clone();
+                    tracing::info!(shard = %name, error = %msg::error_message(f.body()), "multi-shard write failed; rolled back on every shard");
+                    self.client.wbuf.extend_from_slice(f.raw());
+                    Outcome::Failed
+                }
+                None => self.report_error(
+                    SqlState::CONNECTION_FAILURE,
+                    &format!("a shard failed during a multi-shard write, which was rolled back: {}", io_failure.unwrap_or_default()),
+                ),
+            });
+        }
+        if let Err(m) = self.commit_all(&mut ps).await {
+            return Ok(self.report_error(SqlState::TRANSACTION_ROLLBACK, &m));
+        }
+        let simple = matches!(src, Source::Simple);
+        match &description {
+            Some(d) if describe || simple => self.client.wbuf.extend_from_slice(d.raw()),
+            None if describe && !simple => self.client.wbuf.extend_from_slice(&msg::empty(b'n')),
+            _ => {}
+        }
+        for d in &data {
+            self.client.wbuf.extend_from_slice(d.raw());
+        }
+        msg::command_complete(&mut self.client.wbuf, &combine_tags(&tags));
+        Ok(Outcome::Ok)
+    }
+
+    /// Commits every part: directly for one, with two-phase commit for several.
+    async fn commit_all(&mut self, ps: &mut [Part]) -> Result<(), String> {
+        if let [p] = ps {
+            return match p.leg.simple("COMMIT").await {
+                Some(None) => Ok(()),
+                Some(Some(e)) => Err(format!("commit failed: {}", msg::error_message(e.body()))),
+                None => Err("the shard connection was lost during COMMIT; the outcome is unknown".into()),
+            };
+        }
+        let map = self.runtime.config.map.clone();
+        let gid = format!("{GID_PREFIX}{}:{:016x}", map.shards[ps[0].shard], rand::random::<u64>());
+        let mut prepared = Vec::new();
+        let mut failed = None;
+        for (i, p) in ps.iter_mut().enumerate().skip(1) {
+            match p.leg.simple(&format!("PREPARE TRANSACTION '{gid}'")).await {
+                Some(None) => prepared.push(i),
+                Some(Some(e)) => {
+                    failed.get_or_insert(format!("shard {}: {}", map.shards[p.shard], msg::error_message(e.body())));
+                }
+                None => {
+                    failed.get_or_insert(format!("shard {}: connection lost", map.shards[p.shard]));
+                }
+            }
+        }
+        if let Some(why) = failed {
+            for &i in &prepared {
+                ps[i].leg.simple(&format!("ROLLBACK PREPARED '{gid}'")).await;
+            }
+            ps[0].leg.simple("ROLLBACK").await;
+            return Err(format!("a multi-shard write could not be prepared and was rolled back everywhere: {why}"));
+        }
+        let decide = format!("INSERT INTO shardwire_2pc (gid) VALUES ('{gid}'); COMMIT");
+        match ps[0].leg.simple(&decide).await {
+            Some(None) => {}
+            outcome => {
+                let why = match outcome {
+                    Some(Some(e)) => msg::error_message(e.body()),
+                    _ => "connection lost".into(),
+                };
+                // Without a decision record, recovery rolls the prepared parts back too.
+                for &i in &prepared {
+                    ps[i].leg.simple(&format!("ROLLBACK PREPARED '{gid}'")).await;
+                }
+                if why == "connection lost" {
+                    return Err(format!(
+                        "the coordinating shard {} was lost while committing a multi-shard write; it is rolled back unless its commit record exists, in which case recovery completes it",
+                        map.shards[ps[0].shard]
+                    ));
+                }
+                return Err(format!("a multi-shard write was rolled back everywhere: {why}"));
+            }
+        }
+        for &i in &prepared {
+            if !matches!(ps[i].leg.simple(&format!("COMMIT PREPARED '{gid}'")).await, Some(None)) {
+                // Decided: recovery commits it when the shard is back.
+                tracing::warn!(%gid, shard = %map.shards[ps[i].shard], "COMMIT PREPARED failed; recovery will finish it");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn report_error(&mut self, code: SqlState, message: &str) -> Outcome {
+        msg::error_response(&mut self.client.wbuf, msg::Severity::Error, code, message);
+        Outcome::Failed
+    }
+
+    async fn legs_for_write(&mut self, shards: &[usize]) -> Result<Vec<super::multi::LegHandle>, (SqlState, String)> {
+        let mut out = Vec::new();
+        for &s in shards {
+            out.push(super::multi::LegHandle::new(self.checkout_on(Target::Primary, s).await?));
+        }
+        Ok(out)
+    }
+}
+
+/// Parameter types for a subset of the client's parameters.
+fn pick_types(param_types: &[u8], pick: &[usize]) -> Vec<u8> {
+    let n = param_types.get(..2).map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+    let mut out = (pick.len() as i16).to_be_bytes().to_vec();
+    for &i in pick {
+        match param_types.get(2 + 4 * i..6 + 4 * i) {
+            Some(t) if i < n => out.extend_from_slice(t),
+            _ => out.extend_from_slice(&0u32.to_be_bytes()),
+        }
+    }
+    out
+}
+
+/// One command tag for the shards' tags: counts added up ("INSERT 0 7", "UPDATE 12").
+pub fn combine_tags(tags: &[String]) -> String {
+    let Some(first) = tags.first() else {
+        return String::new();
+    };
+    let counts: Option<Vec<u64>> = tags.iter().map(|t| t.rsplit(' ').next()?.parse().ok()).collect();
+    match counts {
+        Some(c) if first.contains(' ') => {
+            let prefix = &first[..first.rfind(' ').unwrap_or(0)];
+            format!("{prefix} {}", c.iter().sum::<u64>())
+        }
+        _ => first.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_add_up() {
+        let t = |v: &[&str]| combine_tags(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(t(&["INSERT 0 2", "INSERT 0 3"]), "INSERT 0 5");
+        assert_eq!(t(&["UPDATE 1", "UPDATE 0", "UPDATE 4"]), "UPDATE 5");
+        assert_eq!(t(&["CREATE TABLE", "CREATE TABLE"]), "CREATE TABLE");
+    }
+
+    #[test]
+    fn parameter_types_follow_the_picked_parameters() {
+        let types = [0, 3, 0, 0, 0, 20, 0, 0, 0, 25, 0, 0, 0, 23];
+        assert_eq!(pick_types(&types, &[2, 0]), vec![0, 2, 0, 0, 0, 23, 0, 0, 0, 20]);
+        assert_eq!(pick_types(&[0, 0], &[1]), vec![0, 1, 0, 0, 0, 0]);
+    }
+}

@@ -1,0 +1,313 @@
+//! Shard routing in the session: which shard a client message goes to, the transaction rules
+//! across shards (a BEGIN waits for the first statement to pick the shard; a statement that
+//! would cross to another shard inside a transaction is refused and the transaction fails, as
+//! in PostgreSQL after an error), and handing statements on several shards to `multi`.
+
+use std::sync::Arc;
+
+use super::client::SessionError;
+use super::multi::{MultiPortal, Outcome, Source};
+use super::state::Stmt;
+use super::{Flow, Session};
+use crate::analyze::{Facts, TxEffect};
+use crate::plan::shard::{self, Params, ShardPlan};
+use crate::protocol::pg::Frame;
+use crate::protocol::pg::messages::{self as msg, Severity};
+use crate::protocol::pg::rows::BindParts;
+use crate::protocol::pg::sqlstate::SqlState;
+use crate::shardmap::ShardId;
+
+/// Where a client message goes.
+pub(super) enum Routed {
+    /// Handled here (answered, refused, stalled or run on several shards).
+    Done(Flow),
+    /// Forward to this shard.
+    Shard(ShardId),
+}
+
+impl Session {
+    /// The map has sharded or reference tables (otherwise everything is on the default shard).
+    pub(super) fn sharded(&self) -> bool {
+        !self.runtime.config.map.tables.is_empty()
+    }
+
+    pub(super) fn default_shard(&self) -> ShardId {
+        self.runtime.config.map.default_shard
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.pending_begin.is_some() || self.held.as_ref().is_some_and(|h| h.in_transaction())
+    }
+
+    pub(super) fn cross_shard_message(&self, shard: ShardId) -> String {
+        let map = &self.runtime.config.map;
+        let held = self.held.as_ref().map_or("another shard".to_string(), |h| format!("shard {}", map.shards[h.shard]));
+        format!(
+            "this statement needs shard {} but the transaction already runs on {held}; transactions spanning shards are only supported \
+             for single statements outside a transaction block (committed with two-phase commit); the transaction is aborted",
+            map.shards[shard]
+        )
+    }
+
+    /// A refusal (0A000). Inside a transaction the transaction fails: only ROLLBACK is accepted.
+    pub(super) fn refuse(&mut self, extended: bool, message: &str) {
+        self.shared.stats.record_plan("refused");
+        let in_tx = self.in_transaction();
+        if in_tx {
+            self.tx_refused = true;
+        }
+        if extended {
+            self.local_error(SqlState::FEATURE_NOT_SUPPORTED, message);
+        } else {
+            let mut b = bytes::BytesMut::new();
+            msg::error_response(&mut b, Severity::Error, SqlState::FEATURE_NOT_SUPPORTED, message);
+            msg::ready_for_query(&mut b, if in_tx { b'E' } else { b'I' });
+            self.respond_synth(b.freeze());
+        }
+    }
+
+    /// Transaction status the proxy reports when no backend answers for it.
+    pub(super) fn local_tx_status(&self) -> u8 {
+        if self.tx_refused {
+            b'E'
+        } else if self.pending_begin.is_some() {
+            b'T'
+        } else {
+            b'I'
+        }
+    }
+
+    fn plan_for(&self, sql: &str, params: &Params) -> ShardPlan {
+        let map = &self.runtime.config.map;
+        let shape = self.shared.shapes.get(sql, map);
+        shard::plan(&shape, map, params)
+    }
+
+    /// Routes a simple Query.
+    pub(super) async fn route_query(&mut self, f: &Frame, sql: &str, facts: &Arc<Facts>) -> Result<Routed, SessionError> {
+        if self.held.is_none() {
+            self.runtime = self.shared.runtime.load_full();
+        }
+        if !self.sharded() {
+            return Ok(Routed::Shard(self.default_shard()));
+        }
+        if self.tx_refused {
+            return Ok(Routed::Done(self.in_refused_transaction(facts, false)));
+        }
+        let single_statement = !sql.trim().trim_end_matches(';').contains(';');
+        if self.held.is_none() && single_statement {
+            match facts.tx {
+                TxEffect::Begin { .. } if self.pending_begin.is_none() => {
+                    self.pending_begin = Some(sql.to_owned());
+                    msg::command_complete(&mut self.client.wbuf, "BEGIN");
+                    msg::ready_for_query(&mut self.client.wbuf, b'T');
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+                TxEffect::End if self.pending_begin.is_some() => {
+                    self.pending_begin = None;
+                    msg::command_complete(&mut self.client.wbuf, end_tag(sql));
+                    msg::ready_for_query(&mut self.client.wbuf, b'I');
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+                _ => {}
+            }
+        }
+        if let Some(h) = &self.held
+            && (h.in_transaction() || self.pinned.is_some())
+            && matches!(facts.tx, TxEffect::End | TxEffect::Begin { .. })
+        {
+            return Ok(Routed::Shard(h.shard));
+        }
+        let plan = self.plan_for(sql, &Params::default());
+        match plan {
+            ShardPlan::One(s) => {
+                self.shared.stats.record_plan("single-shard");
+                Ok(Routed::Shard(s))
+            }
+            ShardPlan::Refuse(m) => {
+                self.refuse(false, &m);
+                Ok(Routed::Done(Flow::Continue))
+            }
+            multi => {
+                if let Some(h) = &self.held {
+                    if h.in_transaction() || self.pinned.is_some() {
+                        let m = format!(
+                            "this statement runs on several shards ({}) inside a transaction block, which is not supported; the transaction is aborted",
+                            multi.kind()
+                        );
+                        self.refuse(false, &m);
+                        return Ok(Routed::Done(Flow::Continue));
+                    }
+                    return Ok(Routed::Done(Flow::Stall(f.clone())));
+                }
+                if self.pending_begin.is_some() && !matches!(multi, ShardPlan::Scatter { .. }) {
+                    self.refuse(
+                        false,
+                        "a write to several shards inside a transaction block is not supported (outside one it commits with two-phase commit); the transaction is aborted",
+                    );
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+                let outcome = self.run_multi(&multi, sql, Source::Simple, facts, true).await?;
+                if outcome == Outcome::Failed && self.pending_begin.is_some() {
+                    self.tx_refused = true;
+                }
+                let status = self.local_tx_status();
+                msg::ready_for_query(&mut self.client.wbuf, status);
+                Ok(Routed::Done(Flow::Continue))
+            }
+        }
+    }
+
+    /// After a refusal inside a transaction: ROLLBACK (or COMMIT, which then rolls back) ends it;
+    /// anything else fails as PostgreSQL fails it.
+    fn in_refused_transaction(&mut self, facts: &Facts, extended: bool) -> Flow {
+        if facts.tx != TxEffect::End {
+            let m = "current transaction is aborted, commands ignored until end of transaction block";
+            if extended {
+                self.local_error(SqlState::IN_FAILED_SQL_TRANSACTION, m);
+            } else {
+                let mut b = bytes::BytesMut::new();
+                msg::error_response(&mut b, Severity::Error, SqlState::IN_FAILED_SQL_TRANSACTION, m);
+                msg::ready_for_query(&mut b, b'E');
+                self.respond_synth(b.freeze());
+            }
+            return Flow::Continue;
+        }
+        self.tx_refused = false;
+        self.pending_begin = None;
+        match self.held.as_mut() {
+            Some(h) => {
+                msg::query(&mut h.wbuf, "ROLLBACK");
+                h.checkout.conn.unnamed = None;
+                h.ops.push_back(super::state::Op::Query {
+                    set_ops: Vec::new(),
+                    failed: false,
+                });
+                if extended {
+                    // The client's Execute still expects its own answers: the ROLLBACK above
+                    // answers as a simple query, so its completion is all the client sees.
+                    self.ignore_till_sync = true;
+                }
+            }
+            None => {
+                msg::command_complete(&mut self.client.wbuf, "ROLLBACK");
+                if !extended {
+                    msg::ready_for_query(&mut self.client.wbuf, b'I');
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Routes a Bind: by its parameters. `Done` when it was answered here.
+    pub(super) fn route_bind(
+        &mut self,
+        f: &Frame,
+        portal: &str,
+        stmt: &Arc<Stmt>,
+        parts: BindParts,
+    ) -> Result<Routed, SessionError> {
+        if self.held.is_none() {
+            self.runtime = self.shared.runtime.load_full();
+        }
+        if !self.sharded() {
+            return Ok(Routed::Shard(self.default_shard()));
+        }
+        if self.tx_refused {
+            self.local_error(
+                SqlState::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            );
+            return Ok(Routed::Done(Flow::Continue));
+        }
+        if let Some(h) = &self.held
+            && (h.in_transaction() || self.pinned.is_some())
+            && matches!(stmt.facts.tx, TxEffect::End | TxEffect::Begin { .. })
+        {
+            return Ok(Routed::Shard(h.shard));
+        }
+        let params = Params {
+            formats: (0..parts.values.len()).map(|i| parts.param_format(i)).collect(),
+            values: parts.values.iter().map(|v| v.as_deref()).collect(),
+        };
+        let plan = self.plan_for(&stmt.query, &params);
+        match plan {
+            ShardPlan::One(s) => {
+                self.shared.stats.record_plan("single-shard");
+                Ok(Routed::Shard(s))
+            }
+            ShardPlan::Refuse(m) => {
+                self.refuse(true, &m);
+                Ok(Routed::Done(Flow::Continue))
+            }
+            multi => {
+                if let Some(h) = &self.held {
+                    if h.in_transaction() || self.pinned.is_some() {
+                        self.refuse(
+                            true,
+                            "this statement runs on several shards inside a transaction block, which is not supported; the transaction is aborted",
+                        );
+                        return Ok(Routed::Done(Flow::Continue));
+                    }
+                    if h.needs_sync {
+                        self.local_error(
+                            SqlState::FEATURE_NOT_SUPPORTED,
+                            "a statement on several shards in the same pipeline as a statement on one shard: send Sync between them",
+                        );
+                        return Ok(Routed::Done(Flow::Continue));
+                    }
+                    return Ok(Routed::Done(Flow::Stall(f.clone())));
+                }
+                if self.pending_begin.is_some() && !matches!(multi, ShardPlan::Scatter { .. }) {
+                    self.refuse(true, "a write to several shards inside a transaction block is not supported; the transaction is aborted");
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+                self.multi_portal = Some(MultiPortal {
+                    name: portal.to_owned(),
+                    plan: multi,
+                    stmt: stmt.clone(),
+                    bind: parts,
+                    describe: false,
+                });
+                self.portals.insert(portal.to_owned(), stmt.clone());
+                self.respond_synth(msg::empty(b'2'));
+                Ok(Routed::Done(Flow::Continue))
+            }
+        }
+    }
+
+    /// Execute of a portal bound to several shards: runs it now.
+    pub(super) async fn execute_multi(&mut self) -> Result<(), SessionError> {
+        let Some(p) = self.multi_portal.take() else { return Ok(()) };
+        if self.held.is_some() {
+            self.local_error(SqlState::FEATURE_NOT_SUPPORTED, "a multi-shard portal cannot run while another statement holds a shard");
+            return Ok(());
+        }
+        let src = Source::Extended {
+            param_types: &p.stmt.param_types,
+            bind: &p.bind,
+        };
+        let facts = p.stmt.facts.clone();
+        let outcome = self.run_multi(&p.plan, &p.stmt.query, src, &facts, p.describe).await?;
+        if outcome == Outcome::Failed {
+            self.ignore_till_sync = true;
+            if self.pending_begin.is_some() {
+                self.tx_refused = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// An answer in order with whatever the held backend still owes (or at once without one).
+    pub(super) fn respond_synth(&mut self, b: bytes::Bytes) {
+        match self.held.as_mut() {
+            Some(h) => h.ops.push_back(super::state::Op::Synth(b)),
+            None => self.client.wbuf.extend_from_slice(&b),
+        }
+    }
+}
+
+fn end_tag(sql: &str) -> &'static str {
+    let first = sql.trim_start().split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+    if first == "rollback" || first == "abort" { "ROLLBACK" } else { "COMMIT" }
+}
