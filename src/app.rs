@@ -55,7 +55,7 @@ impl Runtime {
             connect_timeout: config.pool.connect_timeout,
         };
         for c in &clusters {
-            tokio::spawn(monitor::run(c.clone(), settings.clone(), token.clone()));
+            tokio::spawn(monitor::run(c.clone(), settings, token.clone()));
         }
         if clusters.len() > 1 {
             tokio::spawn(crate::backend::twophase::run(
@@ -151,7 +151,11 @@ impl Shared {
         }
         let reused = old.config.shards == config.shards && old.config.pool == config.pool;
         if config.map.version != old.config.map.version || config.map != old.config.map {
-            tracing::info!(old_version = old.config.map.version, new_version = config.map.version, "shard map changed");
+            tracing::info!(
+                old_version = old.config.map.version,
+                new_version = config.map.version,
+                "shard map changed"
+            );
             notes.push("shard map swapped in");
         }
         if config.routing.primary_functions != old.config.routing.primary_functions {

@@ -67,9 +67,19 @@ fn main() -> Result<()> {
         Cmd::Check { file } => {
             let map = match load_any(&file)? {
                 Loaded::Config(c) => {
-                    println!("{}: ok ({} shard(s), {} user(s))", file.display(), c.shards.len(), c.users.len());
+                    println!(
+                        "{}: ok ({} shard(s), {} user(s))",
+                        file.display(),
+                        c.shards.len(),
+                        c.users.len()
+                    );
                     for s in &c.shards {
-                        println!("  shard {}: primary {:?}, {} replica(s)", s.name, s.primary, s.replicas.len());
+                        println!(
+                            "  shard {}: primary {:?}, {} replica(s)",
+                            s.name,
+                            s.primary,
+                            s.replicas.len()
+                        );
                     }
                     c.map.clone()
                 }
@@ -78,7 +88,12 @@ fn main() -> Result<()> {
                     m
                 }
             };
-            println!("  map version {}, shards {}, default shard {}", map.version, map.shards.join(", "), map.shards[map.default_shard]);
+            println!(
+                "  map version {}, shards {}, default shard {}",
+                map.version,
+                map.shards.join(", "),
+                map.shards[map.default_shard]
+            );
             for (group, kind, per_shard, tables) in shardwire::shardmap::describe(&map) {
                 println!("  group {group}: {kind}, partitions per shard {per_shard}, tables {tables}");
             }
@@ -91,7 +106,10 @@ fn main() -> Result<()> {
             };
             let (p, g) = m.locate(&table, &key).map_err(|e| anyhow::anyhow!(e))?;
             let partition = p.partition.map_or("-".to_string(), |p| p.to_string());
-            println!("table {table} group {} key {key} partition {partition} shard {}", g.name, m.shards[p.shard]);
+            println!(
+                "table {table} group {} key {key} partition {partition} shard {}",
+                g.name, m.shards[p.shard]
+            );
             Ok(())
         }
         Cmd::Serve { config } => {
@@ -103,7 +121,7 @@ fn main() -> Result<()> {
 }
 
 enum Loaded {
-    Config(shardwire::config::Config),
+    Config(Box<shardwire::config::Config>),
     Map(Arc<shardwire::shardmap::ShardMap>),
 }
 
@@ -112,7 +130,7 @@ fn load_any(file: &std::path::Path) -> Result<Loaded> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let is_config = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("server"));
     Ok(if is_config {
-        Loaded::Config(shardwire::config::load(file)?)
+        Loaded::Config(Box::new(shardwire::config::load(file)?))
     } else {
         Loaded::Map(Arc::new(shardwire::shardmap::load(file)?))
     })

@@ -10,9 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    BinaryOperator, Distinct, Expr, FromTable, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, Ident, LimitClause, ObjectName, ObjectNamePart, OrderByKind, Query, Select, SelectItem, SetExpr,
-    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value, Visit, Visitor,
+    BinaryOperator, Distinct, Expr, FromTable, Function, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    Ident, LimitClause, ObjectName, ObjectNamePart, OrderByKind, Query, Select, SelectItem, SetExpr, Statement,
+    TableFactor, TableObject, TableWithJoins, UnaryOperator, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -80,7 +80,8 @@ pub struct SortKey {
 pub struct Merge {
     /// The statement each shard runs.
     pub sql: String,
-    /// Columns the client sees; the rest are hidden helpers.
+    /// Columns the client sees; the rest are hidden helpers. With a wildcard, the count before
+    /// it expands (see [`Merge::resolve`]).
     pub visible: usize,
     /// How each column of the shard result combines.
     pub cols: Vec<ColKind>,
@@ -94,11 +95,44 @@ pub struct Merge {
     pub offset: Option<Operand>,
 }
 
+impl Merge {
+    /// The merge for a result of `total` columns: a wildcard expanded to more columns than the
+    /// select list has items, which shifts the hidden columns (always the last ones, and plain).
+    pub fn resolve(&self, total: usize) -> Result<Merge, String> {
+        if total == self.cols.len() {
+            return Ok(self.clone());
+        }
+        if total < self.cols.len() {
+            return Err(format!(
+                "expected {} columns from each shard, got {total}",
+                self.cols.len()
+            ));
+        }
+        let extra = total - self.cols.len();
+        let mut m = self.clone();
+        m.visible += extra;
+        m.cols = vec![ColKind::Plain; total];
+        for k in &mut m.order {
+            if k.col >= self.visible {
+                k.col += extra;
+            }
+        }
+        if m.order.iter().any(|k| k.col >= total) {
+            return Err("ORDER BY position is not in the select list".into());
+        }
+        Ok(m)
+    }
+}
+
 /// What a statement is, against a shard map.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
-    /// Touches no sharded or reference table: runs on the default shard.
+    /// Touches no table at all (transaction control, SET, `SELECT 1`): runs wherever the session is.
+    Neutral,
+    /// Touches only tables the map does not name: runs on the default shard.
     Unsharded,
+    /// Several statements in one query string: allowed when they all run on one shard.
+    Several(Vec<Shape>),
     /// Reads reference tables only: any one shard.
     ReferenceRead,
     /// Writes a reference table: every shard.
@@ -134,14 +168,12 @@ pub fn shape(sql: &str, map: &ShardMap) -> Shape {
     let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Shape::Unsharded;
     };
-    let shapes: Vec<Shape> = stmts.iter().map(|s| statement(s, map)).collect();
+    let mut shapes: Vec<Shape> = stmts.iter().map(|s| statement(s, map)).collect();
     match shapes.len() {
-        0 => Shape::Unsharded,
-        1 => shapes.into_iter().next().unwrap_or(Shape::Unsharded),
-        _ if shapes.iter().all(|s| *s == Shape::Unsharded) => Shape::Unsharded,
-        _ => Shape::Refuse(
-            "a query string with several statements touches sharded or reference tables; send them one at a time".into(),
-        ),
+        0 => Shape::Neutral,
+        1 => shapes.pop().unwrap_or(Shape::Neutral),
+        _ if shapes.iter().all(|s| *s == Shape::Neutral) => Shape::Neutral,
+        _ => Shape::Several(shapes),
     }
 }
 
@@ -153,7 +185,11 @@ fn last_name(n: &ObjectName) -> String {
 }
 
 fn ident(i: &Ident) -> String {
-    if i.quote_style.is_some() { i.value.clone() } else { i.value.to_ascii_lowercase() }
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_ascii_lowercase()
+    }
 }
 
 /// Every table name the statement mentions, by rule.
@@ -178,19 +214,21 @@ fn tables(stmt: &impl Visit, map: &ShardMap) -> (Vec<(String, TableRule)>, bool)
 fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
     let (named, unsharded) = tables(stmt, map);
     if named.is_empty() {
-        return if is_ddl(stmt) && map.shards.len() > 1 && map.tables.is_empty() {
-            Shape::Unsharded
-        } else if is_ddl(stmt) {
+        return if is_ddl(stmt) {
             Shape::Broadcast
-        } else {
+        } else if unsharded {
             Shape::Unsharded
+        } else {
+            Shape::Neutral
         };
     }
     if is_ddl(stmt) {
         return Shape::Broadcast;
     }
-    let sharded: Vec<&(String, TableRule)> =
-        named.iter().filter(|(_, r)| matches!(r, TableRule::Sharded { .. })).collect();
+    let sharded: Vec<&(String, TableRule)> = named
+        .iter()
+        .filter(|(_, r)| matches!(r, TableRule::Sharded { .. }))
+        .collect();
     let write_target = match stmt {
         Statement::Insert(i) => match &i.table {
             TableObject::TableName(n) => Some(last_name(n)),
@@ -271,8 +309,9 @@ fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
                 }
             }
             let mut from = vec![u.table.clone()];
-            if let Some(sqlparser::ast::UpdateTableFromKind::BeforeSet(f) | sqlparser::ast::UpdateTableFromKind::AfterSet(f)) =
-                &u.from
+            if let Some(
+                sqlparser::ast::UpdateTableFromKind::BeforeSet(f) | sqlparser::ast::UpdateTableFromKind::AfterSet(f),
+            ) = &u.from
             {
                 from.extend(f.iter().cloned());
             }
@@ -321,7 +360,12 @@ fn scope(from: &[TableWithJoins], map: &ShardMap) -> Result<Scope, String> {
     };
     let mut add = |f: &TableFactor| -> Result<(), String> {
         match f {
-            TableFactor::Table { name, alias, args: None, .. } => {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => {
                 let n = last_name(name);
                 let a = alias.as_ref().map_or(n.clone(), |a| ident(&a.name));
                 let rule = map.table(&n).cloned();
@@ -334,7 +378,11 @@ fn scope(from: &[TableWithJoins], map: &ShardMap) -> Result<Scope, String> {
                 Ok(())
             }
             TableFactor::Derived { subquery, .. } => {
-                if tables(subquery.as_ref(), map).0.iter().any(|(_, r)| matches!(r, TableRule::Sharded { .. })) {
+                if tables(subquery.as_ref(), map)
+                    .0
+                    .iter()
+                    .any(|(_, r)| matches!(r, TableRule::Sharded { .. }))
+                {
                     Err("subqueries in FROM over sharded tables are not supported across shards".into())
                 } else {
                     Ok(())
@@ -368,7 +416,10 @@ impl Scope {
             Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
                 let a = ident(&parts[parts.len() - 2]);
                 let c = ident(&parts[parts.len() - 1]);
-                self.keys.iter().find(|(al, k)| *al == a && *k == c).map(|(al, _)| al.as_str())
+                self.keys
+                    .iter()
+                    .find(|(al, k)| *al == a && *k == c)
+                    .map(|(al, _)| al.as_str())
             }
             _ => None,
         }
@@ -389,7 +440,12 @@ fn operand(e: &Expr) -> Option<Operand> {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => Some(Operand::Lit(n.clone())),
             Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(Operand::Lit(s.clone())),
-            Value::Placeholder(p) => p.strip_prefix('$')?.parse::<usize>().ok().filter(|&n| n > 0).map(|n| Operand::Param(n - 1)),
+            Value::Placeholder(p) => p
+                .strip_prefix('$')?
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(|n| Operand::Param(n - 1)),
             Value::Null => Some(Operand::Null),
             _ => None,
         },
@@ -422,7 +478,10 @@ fn key_cond(e: &Expr, scope: &Scope, joins: &mut Vec<(String, String)>) -> KeyCo
         } => {
             // Join equalities under OR do not hold for every row.
             let mut ignore = Vec::new();
-            KeyCond::Or(vec![key_cond(left, scope, &mut ignore), key_cond(right, scope, &mut ignore)])
+            KeyCond::Or(vec![
+                key_cond(left, scope, &mut ignore),
+                key_cond(right, scope, &mut ignore),
+            ])
         }
         Expr::BinaryOp {
             left,
@@ -458,8 +517,17 @@ fn joined_cond(from: &[TableWithJoins], selection: Option<&Expr>, scope: &Scope)
         for j in &t.joins {
             use sqlparser::ast::{JoinConstraint, JoinOperator as J};
             let c = match &j.join_operator {
-                J::Join(c) | J::Inner(c) | J::Left(c) | J::LeftOuter(c) | J::Right(c) | J::RightOuter(c)
-                | J::FullOuter(c) | J::Semi(c) | J::LeftSemi(c) | J::Anti(c) | J::LeftAnti(c) => Some(c),
+                J::Join(c)
+                | J::Inner(c)
+                | J::Left(c)
+                | J::LeftOuter(c)
+                | J::Right(c)
+                | J::RightOuter(c)
+                | J::FullOuter(c)
+                | J::Semi(c)
+                | J::LeftSemi(c)
+                | J::Anti(c)
+                | J::LeftAnti(c) => Some(c),
                 _ => None,
             };
             match c {
@@ -573,7 +641,9 @@ fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: &ShardMap, 
     };
     let table = last_name(n);
     let Some(TableRule::Sharded { key, .. }) = map.table(&table) else {
-        return Shape::Refuse(format!("INSERT into {table} reads sharded tables: rows would come from several shards"));
+        return Shape::Refuse(format!(
+            "INSERT into {table} reads sharded tables: rows would come from several shards"
+        ));
     };
     let Some(source) = &ins.source else {
         return Shape::Refuse(format!("INSERT into sharded table {table} without VALUES"));
@@ -640,9 +710,25 @@ fn func_name(f: &Function) -> String {
 fn is_aggregate_name(n: &str) -> bool {
     matches!(
         n,
-        "count" | "sum" | "min" | "max" | "avg" | "array_agg" | "string_agg" | "bool_and" | "bool_or" | "every"
-            | "stddev" | "variance" | "json_agg" | "jsonb_agg" | "bit_and" | "bit_or" | "percentile_cont"
-            | "percentile_disc" | "mode"
+        "count"
+            | "sum"
+            | "min"
+            | "max"
+            | "avg"
+            | "array_agg"
+            | "string_agg"
+            | "bool_and"
+            | "bool_or"
+            | "every"
+            | "stddev"
+            | "variance"
+            | "json_agg"
+            | "jsonb_agg"
+            | "bit_and"
+            | "bit_or"
+            | "percentile_cont"
+            | "percentile_disc"
+            | "mode"
     )
 }
 
@@ -717,7 +803,9 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
         }));
         let (aggs, window) = calls(expr);
         if window {
-            return refuse("window functions across shards are not supported; filter on the shard key to stay on one shard");
+            return refuse(
+                "window functions across shards are not supported; filter on the shard key to stay on one shard",
+            );
         }
         if aggs.is_empty() || group_on_key {
             any_agg |= !aggs.is_empty();
@@ -726,11 +814,15 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
         }
         any_agg = true;
         let Expr::Function(f) = strip(expr) else {
-            return refuse("an expression over aggregates across shards is not supported; select the aggregates and compute in the application");
+            return refuse(
+                "an expression over aggregates across shards is not supported; select the aggregates and compute in the application",
+            );
         };
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct));
         if distinct || f.filter.is_some() {
-            return refuse("aggregates with DISTINCT or FILTER across shards are not supported unless grouped by the shard key");
+            return refuse(
+                "aggregates with DISTINCT or FILTER across shards are not supported unless grouped by the shard key",
+            );
         }
         let kind = match func_name(f).as_str() {
             "count" => ColKind::Count,
@@ -777,7 +869,11 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
         if sel.having.is_some() {
             return refuse("HAVING across shards is only supported when grouping by the shard key");
         }
-        if cols.iter().enumerate().any(|(i, c)| *c == ColKind::Plain && !plain_is_grouped(&sel.projection[i], &group_exprs, i)) {
+        if cols
+            .iter()
+            .enumerate()
+            .any(|(i, c)| *c == ColKind::Plain && !plain_is_grouped(&sel.projection[i], &group_exprs, i))
+        {
             return refuse("a selected column that is neither aggregated nor in GROUP BY");
         }
     }
@@ -795,11 +891,22 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
                 return refuse("ORDER BY ... USING across shards is not supported");
             }
             let nulls_first = o.options.nulls_first.unwrap_or(desc);
+            let star = sel
+                .projection
+                .iter()
+                .any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }));
             let col = match strip(&o.expr) {
                 Expr::Value(v) if matches!(&v.value, Value::Number(..)) => match &v.value {
-                    Value::Number(k, _) => k.parse::<usize>().ok().filter(|&k| k >= 1 && k <= n).map(|k| k - 1),
+                    // With a wildcard the ordinal counts expanded columns; checked when rows arrive.
+                    Value::Number(k, _) => k
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&k| k >= 1 && (star || k <= n))
+                        .map(|k| k - 1),
                     _ => None,
                 },
+                // Items after a wildcard move when it expands: order by a hidden copy instead.
+                _ if star => None,
                 e => sel
                     .projection
                     .iter()
@@ -815,31 +922,44 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
             let col = match col {
                 Some(c) => c,
                 None if grouped_merge || distinct => {
-                    return refuse(&format!("ORDER BY {} across shards must name a selected column when grouping", o.expr));
+                    return refuse(&format!(
+                        "ORDER BY {} across shards must name a selected column when grouping",
+                        o.expr
+                    ));
                 }
                 None => {
-                    if sel.projection.iter().any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. })) {
-                        return refuse(&format!("ORDER BY {} with SELECT * across shards: select the column", o.expr));
-                    }
                     hidden.push((SelectItem::UnnamedExpr(o.expr.clone()), ColKind::Plain));
                     n + hidden.len() - 1
                 }
             };
-            if col < cols.len() && cols[col] != ColKind::Plain && !matches!(cols[col], ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max | ColKind::Avg { .. }) {
+            if col < cols.len()
+                && cols[col] != ColKind::Plain
+                && !matches!(
+                    cols[col],
+                    ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max | ColKind::Avg { .. }
+                )
+            {
                 return refuse("ORDER BY on this column across shards is not supported");
             }
             order.push(SortKey { col, desc, nulls_first });
         }
     }
-    if sel.projection.iter().any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }))
-        && (grouped_merge || distinct || !order.is_empty())
+    if sel
+        .projection
+        .iter()
+        .any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }))
+        && (grouped_merge || distinct)
     {
-        return refuse("SELECT * with ORDER BY, DISTINCT or aggregates across shards: name the columns");
+        return refuse("SELECT * with DISTINCT or aggregates across shards: name the columns");
     }
     cols.extend(hidden.iter().map(|(_, k)| *k));
     let (limit, offset) = match &q.limit_clause {
         None => (None, None),
-        Some(LimitClause::LimitOffset { limit, offset, limit_by }) if limit_by.is_empty() => {
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => {
             let l = match limit {
                 None => None,
                 Some(e) => match operand(e) {
@@ -865,7 +985,7 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
     // needed, so no LIMIT at all.
     shard_sel.projection.extend(hidden.into_iter().map(|(i, _)| i));
     let mut shard_q = q.clone();
-    shard_q.body = Box::new(SetExpr::Select(Box::new(shard_sel)));
+    *shard_q.body = SetExpr::Select(Box::new(shard_sel));
     shard_q.limit_clause = None;
     let mut sql = shard_q.to_string();
     if !grouped_merge && !distinct {

@@ -72,12 +72,19 @@ pub async fn recover(clusters: &[Arc<Cluster>], abort_after: Duration, timeout: 
             };
             let quoted = gid.replace('\'', "''");
             if decided {
-                if client.batch_execute(&format!("COMMIT PREPARED '{quoted}'")).await.is_ok() {
+                if client
+                    .batch_execute(&format!("COMMIT PREPARED '{quoted}'"))
+                    .await
+                    .is_ok()
+                {
                     tracing::info!(%gid, shard = %clusters[i].name, "recovered a decided two-phase commit: committed");
                     done.committed += 1;
                 }
             } else if age > abort_after.as_secs_f64()
-                && client.batch_execute(&format!("ROLLBACK PREPARED '{quoted}'")).await.is_ok()
+                && client
+                    .batch_execute(&format!("ROLLBACK PREPARED '{quoted}'"))
+                    .await
+                    .is_ok()
             {
                 tracing::info!(%gid, shard = %clusters[i].name, "rolled back an undecided two-phase commit");
                 done.rolled_back += 1;

@@ -49,14 +49,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         source,
     })?;
     let raw: Result<raw::RawConfig, _> = toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()));
-    raw.and_then(|raw| validate::validate(raw, path.parent())).map_err(|e| match e {
-        ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
-        ConfigError::Invalid { path: p, message } => ConfigError::Invalid {
-            path: format!("{}: {p}", path.display()),
-            message,
-        },
-        other => other,
-    })
+    raw.and_then(|raw| validate::validate(raw, path.parent()))
+        .map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            ConfigError::Invalid { path: p, message } => ConfigError::Invalid {
+                path: format!("{}: {p}", path.display()),
+                message,
+            },
+            other => other,
+        })
 }
 
 #[cfg(test)]

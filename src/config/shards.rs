@@ -9,11 +9,17 @@ use super::validate::{ShardConfig, err, node};
 use crate::shardmap::{self, ShardMap};
 
 /// The shards in map order, and the map (a one-shard map when none is configured).
-pub(super) fn shards_and_map(raw: &RawConfig, base: Option<&Path>) -> Result<(Vec<ShardConfig>, ShardMap), ConfigError> {
+pub(super) fn shards_and_map(
+    raw: &RawConfig,
+    base: Option<&Path>,
+) -> Result<(Vec<ShardConfig>, ShardMap), ConfigError> {
     let mut by_name = HashMap::new();
     for (i, s) in raw.shards.iter().enumerate() {
         if by_name.insert(s.name.as_str(), (i, s)).is_some() {
-            return Err(err(format!("shards[{i}].name"), format!("shard `{}` is listed twice", s.name)));
+            return Err(err(
+                format!("shards[{i}].name"),
+                format!("shard `{}` is listed twice", s.name),
+            ));
         }
     }
     let Some(sharding) = &raw.sharding else {
@@ -36,23 +42,39 @@ pub(super) fn shards_and_map(raw: &RawConfig, base: Option<&Path>) -> Result<(Ve
     let mut shards = Vec::new();
     for name in &map.shards {
         let (i, s) = by_name.remove(name.as_str()).ok_or_else(|| {
-            err("shards", format!("the shard map names shard `{name}`, which has no [[shards]] entry"))
+            err(
+                "shards",
+                format!("the shard map names shard `{name}`, which has no [[shards]] entry"),
+            )
         })?;
         shards.push(shard(i, s)?);
     }
     if let Some((_, (i, s))) = by_name.into_iter().min_by_key(|(_, (i, _))| *i) {
-        return Err(err(format!("shards[{i}]"), format!("shard `{}` is not in the shard map", s.name)));
+        return Err(err(
+            format!("shards[{i}]"),
+            format!("shard `{}` is not in the shard map", s.name),
+        ));
     }
     Ok((shards, map))
 }
 
 fn shard(i: usize, s: &RawShard) -> Result<ShardConfig, ConfigError> {
-    let primary = node(&format!("{}/primary", s.name), &format!("shards[{i}].primary"), &s.primary)?;
+    let primary = node(
+        &format!("{}/primary", s.name),
+        &format!("shards[{i}].primary"),
+        &s.primary,
+    )?;
     let replicas = s
         .replicas
         .iter()
         .enumerate()
-        .map(|(r, url)| node(&format!("{}/replica{r}", s.name), &format!("shards[{i}].replicas[{r}]"), url))
+        .map(|(r, url)| {
+            node(
+                &format!("{}/replica{r}", s.name),
+                &format!("shards[{i}].replicas[{r}]"),
+                url,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ShardConfig {
         name: s.name.clone(),

@@ -57,7 +57,7 @@ impl Decimal {
     }
 
     /// Exact sum, at the larger scale.
-    pub fn add(self, o: Decimal) -> Result<Decimal, Overflow> {
+    pub fn checked_add(self, o: Decimal) -> Result<Decimal, Overflow> {
         let scale = self.scale.max(o.scale);
         Ok(Decimal {
             mant: self.rescale(scale)?.checked_add(o.rescale(scale)?).ok_or(Overflow)?,
@@ -94,7 +94,10 @@ impl Decimal {
         if f1 <= f2 {
             qweight -= 1;
         }
-        let rscale = (16 - qweight * 4).max(self.scale as i64).max(o.scale as i64).clamp(0, 1000) as u32;
+        let rscale = (16 - qweight * 4)
+            .max(self.scale as i64)
+            .max(o.scale as i64)
+            .clamp(0, 1000) as u32;
         // q = self.mant * 10^(rscale + o.scale - self.scale) / o.mant
         let exp = rscale as i64 + o.scale as i64 - self.scale as i64;
         let (num, den) = if exp >= 0 {
@@ -170,9 +173,9 @@ mod tests {
 
     #[test]
     fn adds_at_the_larger_scale() {
-        assert_eq!(d("1.5").add(d("2.25")).unwrap().to_string(), "3.75");
-        assert_eq!(d("-1").add(d("0.10")).unwrap().to_string(), "-0.90");
-        assert!(Decimal::int(i128::MAX).add(Decimal::int(1)).is_err());
+        assert_eq!(d("1.5").checked_add(d("2.25")).unwrap().to_string(), "3.75");
+        assert_eq!(d("-1").checked_add(d("0.10")).unwrap().to_string(), "-0.90");
+        assert!(Decimal::int(i128::MAX).checked_add(Decimal::int(1)).is_err());
     }
 
     #[test]

@@ -92,9 +92,9 @@ pub fn add(a: &Value, b: &Value) -> Result<Value, MergeError> {
     Ok(match (a, b) {
         (Value::Null, x) | (x, Value::Null) => x.clone(),
         (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_add(*y).ok_or_else(overflow)?),
-        (Value::Num(x), Value::Num(y)) => Value::Num(x.add(*y).map_err(|_| overflow())?),
+        (Value::Num(x), Value::Num(y)) => Value::Num(x.checked_add(*y).map_err(|_| overflow())?),
         (Value::Int(x), Value::Num(y)) | (Value::Num(y), Value::Int(x)) => {
-            Value::Num(Decimal::int(*x as i128).add(*y).map_err(|_| overflow())?)
+            Value::Num(Decimal::int(*x as i128).checked_add(*y).map_err(|_| overflow())?)
         }
         (Value::Float(x), Value::Float(y)) => Value::Float(x + y),
         (x, y) => return Err(MergeError(format!("cannot add {x:?} and {y:?}"))),
@@ -112,7 +112,11 @@ pub fn combine(kind: ColKind, a: &Value, b: &Value) -> Result<(Value, bool), Mer
                 (Value::Null, _) => true,
                 (x, y) => {
                     let o = y.cmp_same(x)?;
-                    if kind == ColKind::Min { o == Ordering::Less } else { o == Ordering::Greater }
+                    if kind == ColKind::Min {
+                        o == Ordering::Less
+                    } else {
+                        o == Ordering::Greater
+                    }
                 }
             };
             (if replace { b.clone() } else { a.clone() }, replace)
@@ -141,7 +145,11 @@ pub fn average(sum: &Value, count: &Value) -> Result<Value, MergeError> {
                 .map_err(|_| overflow())?
                 .unwrap_or(Decimal::int(0)),
         ),
-        Value::Num(s) => Value::Num(s.div_pg(Decimal::int(n as i128)).map_err(|_| overflow())?.unwrap_or(Decimal::int(0))),
+        Value::Num(s) => Value::Num(
+            s.div_pg(Decimal::int(n as i128))
+                .map_err(|_| overflow())?
+                .unwrap_or(Decimal::int(0)),
+        ),
         other => return Err(MergeError(format!("cannot average {other:?}"))),
     })
 }
@@ -171,7 +179,11 @@ mod tests {
     use super::*;
 
     fn key(desc: bool, nulls_first: bool) -> SortKey {
-        SortKey { col: 0, desc, nulls_first }
+        SortKey {
+            col: 0,
+            desc,
+            nulls_first,
+        }
     }
 
     #[test]
@@ -179,10 +191,16 @@ mod tests {
         let asc = [key(false, false)];
         let desc = [key(true, true)];
         assert_eq!(cmp_keys(&[Value::Int(1)], &[Value::Int(2)], &asc), Ok(Ordering::Less));
-        assert_eq!(cmp_keys(&[Value::Int(1)], &[Value::Int(2)], &desc), Ok(Ordering::Greater));
+        assert_eq!(
+            cmp_keys(&[Value::Int(1)], &[Value::Int(2)], &desc),
+            Ok(Ordering::Greater)
+        );
         assert_eq!(cmp_keys(&[Value::Null], &[Value::Int(2)], &asc), Ok(Ordering::Greater));
         assert_eq!(cmp_keys(&[Value::Null], &[Value::Int(2)], &desc), Ok(Ordering::Less));
-        assert_eq!(cmp_keys(&[Value::Null], &[Value::Int(2)], &[key(false, true)]), Ok(Ordering::Less));
+        assert_eq!(
+            cmp_keys(&[Value::Null], &[Value::Int(2)], &[key(false, true)]),
+            Ok(Ordering::Less)
+        );
         assert_eq!(
             cmp_keys(&[Value::Float(f64::NAN)], &[Value::Float(1e300)], &asc),
             Ok(Ordering::Greater)
@@ -201,8 +219,14 @@ mod tests {
 
     #[test]
     fn combines_partial_aggregates() {
-        assert_eq!(combine(ColKind::Count, &Value::Int(3), &Value::Int(4)).unwrap().0, Value::Int(7));
-        assert_eq!(combine(ColKind::Sum, &Value::Null, &Value::Int(4)).unwrap().0, Value::Int(4));
+        assert_eq!(
+            combine(ColKind::Count, &Value::Int(3), &Value::Int(4)).unwrap().0,
+            Value::Int(7)
+        );
+        assert_eq!(
+            combine(ColKind::Sum, &Value::Null, &Value::Int(4)).unwrap().0,
+            Value::Int(4)
+        );
         let (v, replaced) = combine(ColKind::Min, &Value::Int(3), &Value::Int(2)).unwrap();
         assert_eq!((v, replaced), (Value::Int(2), true));
         let (v, replaced) = combine(ColKind::Max, &Value::Int(3), &Value::Null).unwrap();

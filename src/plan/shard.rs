@@ -35,6 +35,8 @@ pub enum ShardPlan {
     Write {
         /// Shards, ascending.
         shards: Vec<ShardId>,
+        /// Every shard holds the same copy (reference tables, DDL): one shard's answer is the answer.
+        replicated: bool,
     },
     /// An INSERT whose rows go to several shards.
     InsertSplit {
@@ -61,7 +63,7 @@ impl ShardPlan {
     pub fn shards(&self) -> Vec<ShardId> {
         match self {
             ShardPlan::One(s) => vec![*s],
-            ShardPlan::Scatter { shards, .. } | ShardPlan::Write { shards } => shards.clone(),
+            ShardPlan::Scatter { shards, .. } | ShardPlan::Write { shards, .. } => shards.clone(),
             ShardPlan::InsertSplit { parts } => parts.iter().map(|p| p.shard).collect(),
             ShardPlan::Refuse(_) => Vec::new(),
         }
@@ -143,8 +145,28 @@ fn shards_of(cond: &KeyCond, group: &Group, map: &ShardMap, params: &Params) -> 
 /// Plans a statement of shape `shape`.
 pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
     match shape {
-        Shape::Unsharded | Shape::ReferenceRead => ShardPlan::One(map.default_shard),
-        Shape::ReferenceWrite | Shape::Broadcast => ShardPlan::Write { shards: map.all_shards() },
+        Shape::Neutral | Shape::Unsharded | Shape::ReferenceRead => ShardPlan::One(map.default_shard),
+        Shape::Several(shapes) => {
+            let mut shard = None;
+            for s in shapes.iter().filter(|s| **s != Shape::Neutral) {
+                match plan(s, map, params) {
+                    ShardPlan::One(x) if shard.is_none_or(|y| y == x) => shard = Some(x),
+                    ShardPlan::Refuse(m) => return ShardPlan::Refuse(m),
+                    _ => {
+                        return ShardPlan::Refuse(
+                            "a query string with several statements runs on more than one shard; send the statements one at a time"
+                                .into(),
+                        );
+                    }
+                }
+            }
+            ShardPlan::One(shard.unwrap_or(map.default_shard))
+        }
+        Shape::ReferenceWrite | Shape::Broadcast if map.shards.len() == 1 => ShardPlan::One(0),
+        Shape::ReferenceWrite | Shape::Broadcast => ShardPlan::Write {
+            shards: map.all_shards(),
+            replicated: true,
+        },
         Shape::Refuse(m) => ShardPlan::Refuse(m.clone()),
         Shape::Group {
             group,
@@ -168,10 +190,16 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
                             .into(),
                     );
                 }
-                return ShardPlan::Write { shards };
+                return ShardPlan::Write {
+                    shards,
+                    replicated: false,
+                };
             }
             match merge {
-                Ok(m) => ShardPlan::Scatter { shards, merge: m.clone() },
+                Ok(m) => ShardPlan::Scatter {
+                    shards,
+                    merge: m.clone(),
+                },
                 Err(why) => ShardPlan::Refuse(format!("{why}; this query would need rows from several shards")),
             }
         }
@@ -180,7 +208,11 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
             let mut rows_by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
             for (row, k) in keys.iter().enumerate() {
                 let Some(kv) = key_value(g, k, params) else {
-                    return ShardPlan::Refuse(format!("row {} of the INSERT has no valid {} shard key", row + 1, g.key_type));
+                    return ShardPlan::Refuse(format!(
+                        "row {} of the INSERT has no valid {} shard key",
+                        row + 1,
+                        g.key_type
+                    ));
                 };
                 match g.locate(&kv) {
                     Ok(p) => rows_by_shard.entry(p.shard).or_default().push(row),
@@ -289,9 +321,16 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
                 merge.sql
             )
         }
-        ShardPlan::Write { shards } => format!("broadcast {} (two-phase commit when more than one)", names(shards)),
+        ShardPlan::Write { shards, replicated } => format!(
+            "broadcast {}{} (two-phase commit)",
+            names(shards),
+            if *replicated { ", one copy's answer" } else { "" }
+        ),
         ShardPlan::InsertSplit { parts } => {
-            let mut s = format!("insert-split {}", names(&parts.iter().map(|p| p.shard).collect::<Vec<_>>()));
+            let mut s = format!(
+                "insert-split {}",
+                names(&parts.iter().map(|p| p.shard).collect::<Vec<_>>())
+            );
             for p in parts {
                 s.push_str(&format!("\n  {}: {}", map.shards[p.shard], p.sql));
                 if !p.params.is_empty() {

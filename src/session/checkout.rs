@@ -8,12 +8,12 @@ use super::state::Op;
 use super::{Ensure, Flow, Held, Session};
 use crate::analyze::Facts;
 use crate::backend::{Checkout, Role};
-use crate::shardmap::ShardId;
 use crate::config::{PoolMode, WhenNoReplica};
 use crate::plan::{self, RouteContext, Target};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::sqlstate::SqlState;
+use crate::shardmap::ShardId;
 
 impl Session {
     /// Makes sure a backend suitable for `facts` is held. `Some(flow)` when the message cannot go

@@ -176,6 +176,10 @@ impl Session {
         let Some(stmt) = self.lookup_statement(name) else {
             return Ok(Flow::Continue);
         };
+        if self.pending_begin.is_some() && self.held.is_none() {
+            self.describe_aside(&stmt).await?;
+            return Ok(Flow::Continue);
+        }
         // Every shard has the same tables: the held one, or the default, can describe it.
         let shard = self.held.as_ref().map_or(self.default_shard(), |h| h.shard);
         if let Some(flow) = self.hold_for(&stmt.facts, true, &f, shard).await? {

@@ -248,7 +248,10 @@ async fn login(
             let c = runtime.default_cluster().primary.checkout().await.map_err(|e| {
                 SessionError::Fatal(
                     SqlState::CONNECTION_FAILURE,
-                    format!("cannot reach the primary of shard {}: {e}", runtime.default_cluster().name),
+                    format!(
+                        "cannot reach the primary of shard {}: {e}",
+                        runtime.default_cluster().name
+                    ),
                 )
             })?;
             runtime.default_cluster().learn_server_params(&c.conn.params);

@@ -10,10 +10,11 @@ pub mod client;
 mod frontend;
 mod multi;
 mod multi_write;
-mod sharding;
+pub use multi_write::DECISION_TABLE_DDL as TWO_PHASE_DECISION_DDL;
 pub mod listener;
 pub mod registry;
 mod relay;
+mod sharding;
 pub mod state;
 
 use std::collections::HashMap;

@@ -20,12 +20,12 @@ use crate::backend::Checkout;
 use crate::merge::{self, Value};
 use crate::plan::shard::{InsertPart, ShardPlan};
 use crate::plan::{self, Target};
+use crate::protocol::pg::Frame;
 use crate::protocol::pg::codec::decode_frame;
 use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::rows::{self, BindParts, Field, format_at};
 use crate::protocol::pg::sqlstate::SqlState;
 use crate::protocol::pg::values::{self, oid};
-use crate::protocol::pg::Frame;
 use crate::shardmap::ShardId;
 
 /// Flush to the client once this much output is waiting.
@@ -105,7 +105,7 @@ impl LegHandle {
             self.mark_broken();
             return None;
         }
-        match self.to_ready().await {
+        match self.until_ready().await {
             Ok(e) => Some(e),
             Err(_) => {
                 self.mark_broken();
@@ -122,7 +122,7 @@ impl LegHandle {
             tag: None,
             error: self.skip_replay().await?,
         };
-        if let Some(e) = self.to_ready().await? {
+        if let Some(e) = self.until_ready().await? {
             c.error.get_or_insert(e);
         }
         loop {
@@ -130,7 +130,9 @@ impl LegHandle {
             match f.tag() {
                 b'T' => c.description = Some(f),
                 b'D' => c.rows.push(f),
-                b'C' => c.tag = Some(String::from_utf8_lossy(f.body().strip_suffix(&[0]).unwrap_or(f.body())).into_owned()),
+                b'C' => {
+                    c.tag = Some(String::from_utf8_lossy(f.body().strip_suffix(&[0]).unwrap_or(f.body())).into_owned())
+                }
                 b'E' => {
                     c.error.get_or_insert(f);
                 }
@@ -144,7 +146,7 @@ impl LegHandle {
         self.co.conn.stream.write_all(buf).await
     }
 
-    async fn frame(&mut self) -> std::io::Result<Frame> {
+    pub(super) async fn frame(&mut self) -> std::io::Result<Frame> {
         loop {
             match decode_frame(&mut self.co.conn.rbuf, 1 << 30) {
                 Ok(Some(f)) => return Ok(f),
@@ -159,7 +161,7 @@ impl LegHandle {
     }
 
     /// Reads through the next ReadyForQuery; returns the first error, if any.
-    pub(super) async fn to_ready(&mut self) -> std::io::Result<Option<Frame>> {
+    pub(super) async fn until_ready(&mut self) -> std::io::Result<Option<Frame>> {
         let mut err = None;
         loop {
             let f = self.frame().await?;
@@ -172,9 +174,9 @@ impl LegHandle {
     }
 
     /// Skips the replay's responses if one was sent.
-    async fn skip_replay(&mut self) -> std::io::Result<Option<Frame>> {
+    pub(super) async fn skip_replay(&mut self) -> std::io::Result<Option<Frame>> {
         if std::mem::take(&mut self.replay) {
-            self.to_ready().await
+            self.until_ready().await
         } else {
             Ok(None)
         }
@@ -202,6 +204,9 @@ fn limit_value(op: &Option<Operand>, bind: Option<&BindParts>) -> Option<u64> {
     }
 }
 
+/// A row with its decoded sort keys.
+type KeyedRow = (Vec<Value>, Vec<Option<Bytes>>);
+
 /// Rows merged by group: key cells → accumulated row.
 struct Groups {
     index: HashMap<Vec<Option<Bytes>>, usize>,
@@ -222,7 +227,7 @@ impl Session {
         let started = std::time::Instant::now();
         let result = match plan {
             ShardPlan::Scatter { shards, merge } => self.scatter(shards, merge, src, facts, describe).await,
-            ShardPlan::Write { shards } => {
+            ShardPlan::Write { shards, replicated } => {
                 let parts: Vec<InsertPart> = shards
                     .iter()
                     .map(|&shard| InsertPart {
@@ -231,9 +236,9 @@ impl Session {
                         params: Vec::new(),
                     })
                     .collect();
-                self.write_all_shards(&parts, false, src, describe).await
+                self.write_all_shards(&parts, false, *replicated, src, describe).await
             }
-            ShardPlan::InsertSplit { parts } => self.write_all_shards(parts, true, src, describe).await,
+            ShardPlan::InsertSplit { parts } => self.write_all_shards(parts, true, false, src, describe).await,
             ShardPlan::One(_) | ShardPlan::Refuse(_) => Ok(Outcome::Failed),
         };
         self.shared.stats.record_plan(plan.kind());
@@ -297,15 +302,21 @@ impl Session {
         };
         // Columns merging computes are asked for as text; the rest in the client's format.
         let client_format = |i: usize| bind.map_or(0, |b| format_at(&b.result_formats, i));
-        let shard_formats: Vec<i16> = m
-            .cols
-            .iter()
-            .enumerate()
-            .map(|(i, k)| match k {
-                ColKind::Plain | ColKind::Min | ColKind::Max if i < m.visible => client_format(i),
-                _ => 0,
-            })
-            .collect();
+        let all_plain = m.cols.iter().all(|k| *k == ColKind::Plain);
+        let shard_formats: Vec<i16> = match bind {
+            // One code for every column, however many a wildcard expands to (hidden ones
+            // included: they decode in either format).
+            Some(b) if all_plain && b.result_formats.len() <= 1 => b.result_formats.clone(),
+            _ => m
+                .cols
+                .iter()
+                .enumerate()
+                .map(|(i, k)| match k {
+                    ColKind::Plain | ColKind::Min | ColKind::Max if i < m.visible => client_format(i),
+                    _ => 0,
+                })
+                .collect(),
+        };
         for leg in &mut legs {
             let mut out = BytesMut::new();
             self.prelude(leg, &mut out);
@@ -364,6 +375,14 @@ impl Session {
             msg::command_complete(&mut self.client.wbuf, "SELECT 0");
             return Ok(Outcome::Ok);
         };
+        let resolved = match m.resolve(shard_fields.len()) {
+            Ok(r) => r,
+            Err(e) => {
+                Self::abandon(&mut legs).await;
+                return Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &e));
+            }
+        };
+        let m = &resolved;
         let mut out_fields: Vec<Field> = shard_fields.iter().take(m.visible).cloned().collect();
         for (i, f) in out_fields.iter_mut().enumerate() {
             match m.cols[i] {
@@ -388,7 +407,8 @@ impl Session {
         let limit = limit_value(&m.limit, bind);
         let offset = limit_value(&m.offset, bind).unwrap_or(0);
         let result = if m.grouped {
-            self.merge_groups(&mut legs, m, &shard_fields, &out_fields, limit, offset).await
+            self.merge_groups(&mut legs, m, &shard_fields, &out_fields, limit, offset)
+                .await
         } else {
             self.merge_stream(&mut legs, m, &shard_fields, limit, offset).await
         };
@@ -409,7 +429,10 @@ impl Session {
             }
             Err(RowError::Io(e)) => {
                 Self::abandon(&mut legs).await;
-                Ok(self.report(SqlState::CONNECTION_FAILURE, &format!("a shard failed during the query: {e}")))
+                Ok(self.report(
+                    SqlState::CONNECTION_FAILURE,
+                    &format!("a shard failed during the query: {e}"),
+                ))
             }
             Err(RowError::Client(e)) => {
                 Self::abandon(&mut legs).await;
@@ -420,7 +443,7 @@ impl Session {
 
     async fn head(leg: &mut LegHandle) -> std::io::Result<Head> {
         if let Some(e) = leg.skip_replay().await? {
-            leg.to_ready().await?;
+            leg.until_ready().await?;
             return Ok(Head::Error(e));
         }
         loop {
@@ -429,7 +452,7 @@ impl Session {
                 b'T' => return Ok(Head::Rows(f)),
                 b'n' | b'C' | b'I' => return Ok(Head::NoRows),
                 b'E' => {
-                    leg.to_ready().await?;
+                    leg.until_ready().await?;
                     return Ok(Head::Error(f));
                 }
                 _ => {}
@@ -457,7 +480,7 @@ impl Session {
     /// Every leg ran to completion: read through ReadyForQuery so the connections go back clean.
     async fn finish(legs: &mut [LegHandle]) {
         for leg in legs {
-            if leg.to_ready().await.is_err() {
+            if leg.until_ready().await.is_err() {
                 leg.co.conn.broken = true;
             }
         }
@@ -509,7 +532,7 @@ impl Session {
             }
             return Ok(Ok(sent));
         }
-        let mut heads: Vec<Option<(Vec<Value>, Vec<Option<Bytes>>)>> = Vec::with_capacity(legs.len());
+        let mut heads: Vec<Option<KeyedRow>> = Vec::with_capacity(legs.len());
         for leg in legs.iter_mut() {
             heads.push(match Self::next_row(leg).await? {
                 Some(r) => match Self::sort_values(m, fields, &r) {
@@ -636,7 +659,11 @@ impl Session {
                         merge::average(&acc[k.col], &acc[*count_col]).map_err(|e| e.to_string())
                     }
                     _ => {
-                        let f = if k.col < out_fields.len() { &out_fields[k.col] } else { &fields[k.col] };
+                        let f = if k.col < out_fields.len() {
+                            &out_fields[k.col]
+                        } else {
+                            &fields[k.col]
+                        };
                         values::decode(f.type_oid, f.format, cells[k.col].as_deref())
                     }
                 })

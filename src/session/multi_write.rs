@@ -30,11 +30,13 @@ struct Part {
 }
 
 impl Session {
-    /// Runs each part's statement on its shard's primary and commits them atomically.
+    /// Runs each part's statement on its shard's primary and commits them atomically. A
+    /// `replicated` write (a reference table) reports one shard's rows and count.
     pub(super) async fn write_all_shards(
         &mut self,
         parts: &[InsertPart],
         split: bool,
+        replicated: bool,
         src: Source<'_>,
         describe: bool,
     ) -> Result<Outcome, SessionError> {
@@ -43,13 +45,17 @@ impl Session {
             Ok(l) => l,
             Err((code, m)) => return Ok(self.report_error(code, &m)),
         };
-        let mut ps: Vec<Part> = legs.into_iter().zip(&shards).map(|(leg, &shard)| Part { leg, shard }).collect();
+        let mut ps: Vec<Part> = legs
+            .into_iter()
+            .zip(&shards)
+            .map(|(leg, &shard)| Part { leg, shard })
+            .collect();
         if ps.len() > 1 {
             // The coordinator needs its decision table; creating it twice is harmless.
             let c = &mut ps[0].leg;
             let mut out = BytesMut::new();
             msg::query(&mut out, DECISION_TABLE_DDL);
-            if c.send(&out).await.is_err() || c.to_ready().await.is_err() {
+            if c.send(&out).await.is_err() || c.until_ready().await.is_err() {
                 c.mark_broken();
             }
         }
@@ -91,6 +97,10 @@ impl Session {
                         failure.get_or_insert((p.shard, e));
                         continue;
                     }
+                    // A reference table's copies answer alike: one copy's rows and count are the answer.
+                    if replicated && !tags.is_empty() {
+                        continue;
+                    }
                     if description.is_none() {
                         description = r.description;
                     }
@@ -105,7 +115,7 @@ impl Session {
         }
         if failure.is_some() || io_failure.is_some() {
             for p in &mut ps {
-                p.leg.simple(&format!("ROLLBACK")).await;
+                p.leg.simple("ROLLBACK").await;
             }
             return Ok(match failure {
                 Some((shard, f)) => {
@@ -116,7 +126,10 @@ impl Session {
                 }
                 None => self.report_error(
                     SqlState::CONNECTION_FAILURE,
-                    &format!("a shard failed during a multi-shard write, which was rolled back: {}", io_failure.unwrap_or_default()),
+                    &format!(
+                        "a shard failed during a multi-shard write, which was rolled back: {}",
+                        io_failure.unwrap_or_default()
+                    ),
                 ),
             });
         }
@@ -153,7 +166,11 @@ impl Session {
             match p.leg.simple(&format!("PREPARE TRANSACTION '{gid}'")).await {
                 Some(None) => prepared.push(i),
                 Some(Some(e)) => {
-                    failed.get_or_insert(format!("shard {}: {}", map.shards[p.shard], msg::error_message(e.body())));
+                    failed.get_or_insert(format!(
+                        "shard {}: {}",
+                        map.shards[p.shard],
+                        msg::error_message(e.body())
+                    ));
                 }
                 None => {
                     failed.get_or_insert(format!("shard {}: connection lost", map.shards[p.shard]));
@@ -165,7 +182,9 @@ impl Session {
                 ps[i].leg.simple(&format!("ROLLBACK PREPARED '{gid}'")).await;
             }
             ps[0].leg.simple("ROLLBACK").await;
-            return Err(format!("a multi-shard write could not be prepared and was rolled back everywhere: {why}"));
+            return Err(format!(
+                "a multi-shard write could not be prepared and was rolled back everywhere: {why}"
+            ));
         }
         let decide = format!("INSERT INTO shardwire_2pc (gid) VALUES ('{gid}'); COMMIT");
         match ps[0].leg.simple(&decide).await {
@@ -205,7 +224,9 @@ impl Session {
     async fn legs_for_write(&mut self, shards: &[usize]) -> Result<Vec<super::multi::LegHandle>, (SqlState, String)> {
         let mut out = Vec::new();
         for &s in shards {
-            out.push(super::multi::LegHandle::new(self.checkout_on(Target::Primary, s).await?));
+            out.push(super::multi::LegHandle::new(
+                self.checkout_on(Target::Primary, s).await?,
+            ));
         }
         Ok(out)
     }
@@ -213,7 +234,9 @@ impl Session {
 
 /// Parameter types for a subset of the client's parameters.
 fn pick_types(param_types: &[u8], pick: &[usize]) -> Vec<u8> {
-    let n = param_types.get(..2).map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+    let n = param_types
+        .get(..2)
+        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
     let mut out = (pick.len() as i16).to_be_bytes().to_vec();
     for &i in pick {
         match param_types.get(2 + 4 * i..6 + 4 * i) {

@@ -41,7 +41,9 @@ impl Session {
 
     pub(super) fn cross_shard_message(&self, shard: ShardId) -> String {
         let map = &self.runtime.config.map;
-        let held = self.held.as_ref().map_or("another shard".to_string(), |h| format!("shard {}", map.shards[h.shard]));
+        let held = self.held.as_ref().map_or("another shard".to_string(), |h| {
+            format!("shard {}", map.shards[h.shard])
+        });
         format!(
             "this statement needs shard {} but the transaction already runs on {held}; transactions spanning shards are only supported \
              for single statements outside a transaction block (committed with two-phase commit); the transaction is aborted",
@@ -84,7 +86,12 @@ impl Session {
     }
 
     /// Routes a simple Query.
-    pub(super) async fn route_query(&mut self, f: &Frame, sql: &str, facts: &Arc<Facts>) -> Result<Routed, SessionError> {
+    pub(super) async fn route_query(
+        &mut self,
+        f: &Frame,
+        sql: &str,
+        facts: &Arc<Facts>,
+    ) -> Result<Routed, SessionError> {
         if self.held.is_none() {
             self.runtime = self.shared.runtime.load_full();
         }
@@ -93,6 +100,12 @@ impl Session {
         }
         if self.tx_refused {
             return Ok(Routed::Done(self.in_refused_transaction(facts, false)));
+        }
+        if facts.pins_session.is_some() || self.pinned.is_some() {
+            // Session state (temporary tables, LISTEN, ...) lives on one connection: keep it there.
+            return Ok(Routed::Shard(
+                self.held.as_ref().map_or(self.default_shard(), |h| h.shard),
+            ));
         }
         let single_statement = !sql.trim().trim_end_matches(';').contains(';');
         if self.held.is_none() && single_statement {
@@ -278,9 +291,14 @@ impl Session {
 
     /// Execute of a portal bound to several shards: runs it now.
     pub(super) async fn execute_multi(&mut self) -> Result<(), SessionError> {
-        let Some(p) = self.multi_portal.take() else { return Ok(()) };
+        let Some(p) = self.multi_portal.take() else {
+            return Ok(());
+        };
         if self.held.is_some() {
-            self.local_error(SqlState::FEATURE_NOT_SUPPORTED, "a multi-shard portal cannot run while another statement holds a shard");
+            self.local_error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "a multi-shard portal cannot run while another statement holds a shard",
+            );
             return Ok(());
         }
         let src = Source::Extended {
@@ -298,6 +316,59 @@ impl Session {
         Ok(())
     }
 
+    /// Describe of a statement while a BEGIN waits for its shard: answered on the default shard
+    /// without starting the transaction there.
+    pub(super) async fn describe_aside(&mut self, stmt: &Stmt) -> Result<(), SessionError> {
+        let co = match self
+            .checkout_on(crate::plan::Target::Primary, self.default_shard())
+            .await
+        {
+            Ok(c) => c,
+            Err((code, m)) => {
+                self.local_error(code, &m);
+                return Ok(());
+            }
+        };
+        let mut leg = super::multi::LegHandle::new(co);
+        let mut out = bytes::BytesMut::new();
+        self.write_prelude(&mut leg, &mut out);
+        msg::parse(&mut out, "", &stmt.query, &stmt.param_types);
+        msg::describe_or_close(&mut out, b'D', b'S', "");
+        crate::protocol::pg::rows::sync(&mut out);
+        let answer = async {
+            leg.send(&out).await?;
+            leg.skip_replay().await?;
+            let mut frames = Vec::new();
+            loop {
+                let f = leg.frame().await?;
+                match f.tag() {
+                    b'Z' => return Ok::<_, std::io::Error>(frames),
+                    b't' | b'T' | b'n' | b'E' => frames.push(f),
+                    _ => {}
+                }
+            }
+        }
+        .await;
+        match answer {
+            Ok(frames) => {
+                for f in frames {
+                    if f.tag() == b'E' {
+                        self.ignore_till_sync = true;
+                    }
+                    self.client.wbuf.extend_from_slice(f.raw());
+                }
+            }
+            Err(e) => {
+                leg.mark_broken();
+                self.local_error(
+                    SqlState::CONNECTION_FAILURE,
+                    &format!("describing the statement failed: {e}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// An answer in order with whatever the held backend still owes (or at once without one).
     pub(super) fn respond_synth(&mut self, b: bytes::Bytes) {
         match self.held.as_mut() {
@@ -308,6 +379,10 @@ impl Session {
 }
 
 fn end_tag(sql: &str) -> &'static str {
-    let first = sql.trim_start().split_whitespace().next().unwrap_or("").to_ascii_lowercase();
-    if first == "rollback" || first == "abort" { "ROLLBACK" } else { "COMMIT" }
+    let first = sql.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+    if first == "rollback" || first == "abort" {
+        "ROLLBACK"
+    } else {
+        "COMMIT"
+    }
 }

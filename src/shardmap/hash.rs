@@ -181,8 +181,14 @@ mod tests {
         for &(k, p) in ints {
             assert_eq!(partition_of(hash_int(k, PARTITION_SEED), 8), p, "key {k}");
         }
-        let texts: &[(&str, u32)] =
-            &[("", 6), ("a", 6), ("abcdefghijk", 3), ("abcdefghijkl", 1), ("hello", 4), ("日本語", 6)];
+        let texts: &[(&str, u32)] = &[
+            ("", 6),
+            ("a", 6),
+            ("abcdefghijk", 3),
+            ("abcdefghijkl", 1),
+            ("hello", 4),
+            ("日本語", 6),
+        ];
         for &(k, p) in texts {
             assert_eq!(partition_of(hash_text(k, PARTITION_SEED), 8), p, "key {k:?}");
         }

@@ -114,7 +114,15 @@ impl fmt::Display for KeyValue {
             KeyValue::Text(s) => write!(f, "'{}'", s.replace('\'', "''")),
             KeyValue::Uuid(u) => {
                 let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-                write!(f, "'{}-{}-{}-{}-{}'", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+                write!(
+                    f,
+                    "'{}-{}-{}-{}-{}'",
+                    &h[0..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..]
+                )
             }
         }
     }
@@ -301,14 +309,19 @@ pub fn validate(raw: RawMap) -> Result<ShardMap, MapError> {
     let mut shard_ids = HashMap::new();
     for (i, s) in raw.shards.iter().enumerate() {
         if s.is_empty() || shard_ids.insert(s.as_str(), i).is_some() {
-            return Err(err(format!("shards[{i}]"), format!("shard name `{s}` is empty or repeated")));
+            return Err(err(
+                format!("shards[{i}]"),
+                format!("shard name `{s}` is empty or repeated"),
+            ));
         }
     }
     let shard = |path: &str, name: &str| {
-        shard_ids
-            .get(name)
-            .copied()
-            .ok_or_else(|| err(path, format!("`{name}` is not one of the shards ({})", raw.shards.join(", "))))
+        shard_ids.get(name).copied().ok_or_else(|| {
+            err(
+                path,
+                format!("`{name}` is not one of the shards ({})", raw.shards.join(", ")),
+            )
+        })
     };
     let default_shard = shard("default_shard", &raw.default_shard)?;
     let refuse_scatter_writes = match raw.scatter_writes.as_deref() {
@@ -326,7 +339,10 @@ pub fn validate(raw: RawMap) -> Result<ShardMap, MapError> {
     for (name, t) in &raw.tables {
         let rule = table(name, t, &group_ids)?;
         if tables.insert(name.to_ascii_lowercase(), rule).is_some() {
-            return Err(err(format!("tables.{name}"), "table named twice (names are case-insensitive)"));
+            return Err(err(
+                format!("tables.{name}"),
+                "table named twice (names are case-insensitive)",
+            ));
         }
     }
     Ok(ShardMap {
@@ -339,16 +355,15 @@ pub fn validate(raw: RawMap) -> Result<ShardMap, MapError> {
     })
 }
 
-fn group(
-    name: &str,
-    g: &RawGroup,
-    shard: &dyn Fn(&str, &str) -> Result<ShardId, MapError>,
-) -> Result<Group, MapError> {
+fn group(name: &str, g: &RawGroup, shard: &dyn Fn(&str, &str) -> Result<ShardId, MapError>) -> Result<Group, MapError> {
     let path = format!("groups.{name}");
     let key_type = KeyType::parse(&g.key_type).ok_or_else(|| {
         err(
             format!("{path}.key_type"),
-            format!("`{}` is not one of bigint, integer, smallint, text, varchar, uuid", g.key_type),
+            format!(
+                "`{}` is not one of bigint, integer, smallint, text, varchar, uuid",
+                g.key_type
+            ),
         )
     })?;
     let kind = g.partitioning.kind.as_str();
@@ -356,7 +371,10 @@ fn group(
         if empty {
             Ok(())
         } else {
-            Err(err(format!("{path}.{field}"), format!("not used by `{kind}` partitioning")))
+            Err(err(
+                format!("{path}.{field}"),
+                format!("not used by `{kind}` partitioning"),
+            ))
         }
     };
     let partitioning = match kind {
@@ -369,7 +387,10 @@ fn group(
             unused("assignment", g.assignment.is_empty())?;
             unused("lists", g.lists.is_empty())?;
             if key_type != KeyType::Int {
-                return Err(err(format!("{path}.partitioning"), "range partitioning needs an integer key_type"));
+                return Err(err(
+                    format!("{path}.partitioning"),
+                    "range partitioning needs an integer key_type",
+                ));
             }
             ranges(&path, g, shard)?
         }
@@ -386,7 +407,10 @@ fn group(
         }
     };
     if kind != "hash" && g.partitioning.partitions.is_some() {
-        return Err(err(format!("{path}.partitioning.partitions"), "only hash partitioning has a partition count"));
+        return Err(err(
+            format!("{path}.partitioning.partitions"),
+            "only hash partitioning has a partition count",
+        ));
     }
     Ok(Group {
         name: name.to_owned(),
@@ -400,12 +424,17 @@ fn hash_assignment(
     g: &RawGroup,
     shard: &dyn Fn(&str, &str) -> Result<ShardId, MapError>,
 ) -> Result<Partitioning, MapError> {
-    let n = g
-        .partitioning
-        .partitions
-        .ok_or_else(|| err(format!("{path}.partitioning.partitions"), "hash partitioning needs a partition count"))?;
+    let n = g.partitioning.partitions.ok_or_else(|| {
+        err(
+            format!("{path}.partitioning.partitions"),
+            "hash partitioning needs a partition count",
+        )
+    })?;
     if !(1..=65536).contains(&n) {
-        return Err(err(format!("{path}.partitioning.partitions"), "must be between 1 and 65536"));
+        return Err(err(
+            format!("{path}.partitioning.partitions"),
+            "must be between 1 and 65536",
+        ));
     }
     let mut owner: Vec<Option<ShardId>> = vec![None; n as usize];
     for (s, spec) in &g.assignment {
@@ -417,7 +446,10 @@ fn hash_assignment(
                 None => (part.parse::<u32>(), part.parse::<u32>()),
             };
             let (Ok(lo), Ok(hi)) = (lo, hi) else {
-                return Err(err(apath, format!("`{part}` is not a partition number or a range like 0-63")));
+                return Err(err(
+                    apath,
+                    format!("`{part}` is not a partition number or a range like 0-63"),
+                ));
             };
             if lo > hi || hi >= n {
                 return Err(err(apath, format!("`{part}` is outside partitions 0-{}", n - 1)));
@@ -433,11 +465,19 @@ fn hash_assignment(
             }
         }
     }
-    let missing: Vec<usize> = owner.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(i, _)| i).collect();
+    let missing: Vec<usize> = owner
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.is_none())
+        .map(|(i, _)| i)
+        .collect();
     if let Some(first) = missing.first() {
         return Err(err(
             format!("{path}.assignment"),
-            format!("{} partition(s) not assigned to any shard, starting with {first}", missing.len()),
+            format!(
+                "{} partition(s) not assigned to any shard, starting with {first}",
+                missing.len()
+            ),
         ));
     }
     Ok(Partitioning::Hash {
@@ -451,7 +491,10 @@ fn ranges(
     shard: &dyn Fn(&str, &str) -> Result<ShardId, MapError>,
 ) -> Result<Partitioning, MapError> {
     if g.ranges.is_empty() {
-        return Err(err(format!("{path}.ranges"), "range partitioning needs at least one range"));
+        return Err(err(
+            format!("{path}.ranges"),
+            "range partitioning needs at least one range",
+        ));
     }
     let mut rs: Vec<(usize, &raw::RawRange)> = g.ranges.iter().enumerate().collect();
     rs.sort_by_key(|(_, r)| r.from.map_or(i128::MIN, i128::from));
@@ -466,11 +509,21 @@ fn ranges(
         }
         match prev_to {
             None if r.from.is_some() => {
-                return Err(err(rpath, format!("keys below {} have no range: the lowest range must have no `from`", r.from.unwrap_or_default())));
+                return Err(err(
+                    rpath,
+                    format!(
+                        "keys below {} have no range: the lowest range must have no `from`",
+                        r.from.unwrap_or_default()
+                    ),
+                ));
             }
             Some(None) => return Err(err(rpath, "overlaps the range before it, which has no `to`")),
             Some(Some(t)) if r.from != Some(t) => {
-                let what = if r.from.is_some_and(|f| f < t) { "overlaps" } else { "leaves a gap after" };
+                let what = if r.from.is_some_and(|f| f < t) {
+                    "overlaps"
+                } else {
+                    "leaves a gap after"
+                };
                 return Err(err(rpath, format!("{what} the range ending at {t}: start it at {t}")));
             }
             _ => {}
@@ -479,7 +532,10 @@ fn ranges(
         prev_to = Some(r.to);
     }
     if let Some(Some(t)) = prev_to {
-        return Err(err(format!("{path}.ranges"), format!("keys from {t} up have no range: the highest range must have no `to`")));
+        return Err(err(
+            format!("{path}.ranges"),
+            format!("keys from {t} up have no range: the highest range must have no `to`"),
+        ));
     }
     Ok(Partitioning::Range { starts })
 }
@@ -508,7 +564,10 @@ fn lists(
         }
     }
     if values.is_empty() {
-        return Err(err(format!("{path}.lists"), "list partitioning needs at least one value"));
+        return Err(err(
+            format!("{path}.lists"),
+            "list partitioning needs at least one value",
+        ));
     }
     Ok(Partitioning::List { values })
 }
@@ -521,13 +580,18 @@ fn table(name: &str, t: &RawTable, group_ids: &HashMap<&str, usize>) -> Result<T
         }
         return Ok(TableRule::Reference);
     }
-    let g = t
-        .group
-        .as_deref()
-        .ok_or_else(|| err(format!("{path}.group"), "a sharded table needs a group (or reference = true)"))?;
+    let g = t.group.as_deref().ok_or_else(|| {
+        err(
+            format!("{path}.group"),
+            "a sharded table needs a group (or reference = true)",
+        )
+    })?;
     let group = *group_ids.get(g).ok_or_else(|| {
         let known: Vec<&str> = group_ids.keys().copied().collect();
-        err(format!("{path}.group"), format!("no group `{g}` (groups: {})", known.join(", ")))
+        err(
+            format!("{path}.group"),
+            format!("no group `{g}` (groups: {})", known.join(", ")),
+        )
     })?;
     let key = t
         .key

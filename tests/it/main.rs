@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod clients;
+mod differential;
 mod harness;
 mod lag;
 mod protocol;

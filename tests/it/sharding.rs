@@ -26,10 +26,15 @@ async fn rows_live_on_the_shard_their_key_maps_to() {
     let proxy = Proxy::start(&topo.config(MAP)).await;
     let c = proxy.app().await;
     each(&c, SCHEMA).await;
-    let values: Vec<String> = (1..=300).map(|i| format!("({i}, 'u{i}', 'c{}', {})", i % 7, i % 13)).collect();
-    c.batch_execute(&format!("INSERT INTO users (id, name, country, score) VALUES {}", values.join(",")))
-        .await
-        .unwrap();
+    let values: Vec<String> = (1..=300)
+        .map(|i| format!("({i}, 'u{i}', 'c{}', {})", i % 7, i % 13))
+        .collect();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name, country, score) VALUES {}",
+        values.join(",")
+    ))
+    .await
+    .unwrap();
     let n: i64 = c.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
     assert_eq!(n, 300);
     // On each shard, every row's partition (computed by PostgreSQL's own hash partitioning with the
@@ -50,18 +55,227 @@ async fn rows_live_on_the_shard_their_key_maps_to() {
             .await
             .unwrap();
         }
-        d.batch_execute("INSERT INTO placement SELECT id FROM users").await.unwrap();
+        d.batch_execute("INSERT INTO placement SELECT id FROM users")
+            .await
+            .unwrap();
         let rows = d
-            .query("SELECT k, substring(tableoid::regclass::text from 'placement_(\\d+)')::int FROM placement", &[])
+            .query(
+                "SELECT k, substring(tableoid::regclass::text from 'placement_(\\d+)')::int FROM placement",
+                &[],
+            )
             .await
             .unwrap();
         for row in rows {
             let (k, partition): (i64, i32) = (row.get(0), row.get(1));
             let (p, _) = map.locate("users", &k.to_string()).unwrap();
-            assert_eq!(p.partition, Some(partition as u32), "key {k}: PostgreSQL and shardwire disagree");
+            assert_eq!(
+                p.partition,
+                Some(partition as u32),
+                "key {k}: PostgreSQL and shardwire disagree"
+            );
             assert_eq!(p.shard, s, "key {k} is on shard {s} but maps to {}", p.shard);
             total += 1;
         }
     }
     assert_eq!(total, 300, "every row exactly once across the shards");
+}
+
+/// Keys of `users` on each shard, found with the map.
+fn keys_on(shard: usize, n: usize, from: i64) -> Vec<i64> {
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    (from..)
+        .filter(|k| map.locate("users", &k.to_string()).unwrap().0.shard == shard)
+        .take(n)
+        .collect()
+}
+
+async fn count_on_shards(topo: &crate::shards::Sharded, keys: &[i64]) -> i64 {
+    let list: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let mut n = 0;
+    for s in 0..SHARDS {
+        let d = topo.shard(s).await;
+        let c: i64 = d
+            .query_one(
+                &format!("SELECT count(*) FROM users WHERE id IN ({})", list.join(",")),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n += c;
+    }
+    n
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_stay_on_one_shard_and_refuse_to_cross() {
+    let (topo, _guard) = sharded().await;
+    let proxy = Proxy::start(&topo.config(MAP)).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let a = keys_on(1, 2, 1);
+    let b = keys_on(2, 1, 1)[0];
+    // BEGIN waits for the first statement; everything then runs on its shard.
+    c.batch_execute(&format!(
+        "BEGIN; INSERT INTO users (id, name) VALUES ({0}, 'a'); UPDATE users SET score = 5 WHERE id = {0}; COMMIT",
+        a[0]
+    ))
+    .await
+    .unwrap();
+    let score: Option<i32> = c
+        .query_one("SELECT score FROM users WHERE id = $1", &[&a[0]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(score, Some(5));
+    // A statement for another shard inside the transaction is refused and the transaction fails.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute(&format!("INSERT INTO users (id, name) VALUES ({}, 'x')", a[1]), &[])
+        .await
+        .unwrap();
+    let e = c
+        .execute(&format!("INSERT INTO users (id, name) VALUES ({b}, 'y')"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("0A000"), "{e:?}");
+    let e = c.execute("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(code(&e), Some("25P02"), "{e:?}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        count_on_shards(topo, &[a[1], b]).await,
+        0,
+        "nothing of the failed transaction stays"
+    );
+    // The session works normally afterwards, and an empty transaction costs no backend.
+    c.batch_execute("BEGIN; COMMIT").await.unwrap();
+    assert_eq!(c.query("SELECT id FROM users", &[]).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_shard_writes_are_all_or_nothing() {
+    let (topo, _guard) = sharded().await;
+    let proxy = Proxy::start(&topo.config(MAP)).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    // A failure injected at commit time on one shard: a deferred trigger runs during PREPARE
+    // TRANSACTION (shard s2) or during the coordinator's COMMIT (shard s0).
+    for s in [0, 2] {
+        topo.shard(s)
+            .await
+            .batch_execute(
+                "CREATE FUNCTION fail_on_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.name = 'boom' THEN RAISE EXCEPTION 'injected failure at commit'; END IF;
+                       IF NEW.name = 'slow' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$;
+                 CREATE CONSTRAINT TRIGGER fail_at_commit AFTER INSERT ON users DEFERRABLE INITIALLY DEFERRED
+                 FOR EACH ROW EXECUTE FUNCTION fail_on_commit();",
+            )
+            .await
+            .unwrap();
+    }
+    let (k0, k1, k2) = (keys_on(0, 3, 1), keys_on(1, 3, 1), keys_on(2, 3, 1));
+    let insert = |names: [&str; 3], i: usize| {
+        format!(
+            "INSERT INTO users (id, name) VALUES ({}, '{}'), ({}, '{}'), ({}, '{}')",
+            k0[i], names[0], k1[i], names[1], k2[i], names[2]
+        )
+    };
+    // Fails while preparing on s2: rolled back everywhere.
+    let e = c.batch_execute(&insert(["ok", "ok", "boom"], 0)).await.unwrap_err();
+    assert!(
+        e.to_string().contains("injected") || format!("{e:?}").contains("injected"),
+        "{e:?}"
+    );
+    assert_eq!(count_on_shards(topo, &[k0[0], k1[0], k2[0]]).await, 0);
+    // Fails in the coordinator's commit (s0): the prepared parts are rolled back.
+    let e = c.batch_execute(&insert(["boom", "ok", "ok"], 1)).await.unwrap_err();
+    assert!(format!("{e:?}").contains("rolled back"), "{e:?}");
+    assert_eq!(count_on_shards(topo, &[k0[1], k1[1], k2[1]]).await, 0);
+    // The primary of s2 is killed while it prepares: nothing is committed anywhere.
+    let writer = {
+        let sql = insert(["ok", "ok", "slow"], 2);
+        let c2 = proxy.app().await;
+        tokio::spawn(async move { c2.batch_execute(&sql).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::task::spawn_blocking(move || {
+        let (topo, _) = (crate::shards::sharded_blocking(), ());
+        topo.stop_shard(2);
+        topo.start_shard(2);
+    })
+    .await
+    .unwrap();
+    assert!(writer.await.unwrap().is_err(), "the write reports the failure");
+    assert_eq!(count_on_shards(topo, &[k0[2], k1[2], k2[2]]).await, 0, "all or nothing");
+    let prepared: i64 = topo
+        .shard(2)
+        .await
+        .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0);
+    // And a write that succeeds lands on all three.
+    c.batch_execute(&insert(["ok", "ok", "ok"], 2)).await.unwrap();
+    assert_eq!(count_on_shards(topo, &[k0[2], k1[2], k2[2]]).await, 3);
+    for s in [0, 2] {
+        topo.shard(s)
+            .await
+            .batch_execute("DROP TRIGGER fail_at_commit ON users; DROP FUNCTION fail_on_commit()")
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_finishes_prepared_transactions_by_the_decision_record() {
+    let (topo, _guard) = sharded().await;
+    let proxy = Proxy::start(&topo.config(MAP)).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let k1 = keys_on(1, 2, 1);
+    // As if shardwire stopped after the coordinator (s0) committed its decision but before
+    // COMMIT PREPARED on s1; and a second one that never reached a decision.
+    let s0 = topo.shard(0).await;
+    s0.batch_execute(shardwire::session::TWO_PHASE_DECISION_DDL)
+        .await
+        .unwrap();
+    s0.batch_execute("INSERT INTO shardwire_2pc (gid) VALUES ('sw:s0:decided')")
+        .await
+        .unwrap();
+    let s1 = topo.shard(1).await;
+    s1.batch_execute(&format!(
+        "BEGIN; INSERT INTO users (id, name) VALUES ({}, 'decided'); PREPARE TRANSACTION 'sw:s0:decided'",
+        k1[0]
+    ))
+    .await
+    .unwrap();
+    s1.batch_execute(&format!(
+        "BEGIN; INSERT INTO users (id, name) VALUES ({}, 'undecided'); PREPARE TRANSACTION 'sw:s0:undecided'",
+        k1[1]
+    ))
+    .await
+    .unwrap();
+    let clusters = proxy.shared.runtime.load().clusters.clone();
+    let done =
+        shardwire::backend::twophase::recover(&clusters, std::time::Duration::ZERO, std::time::Duration::from_secs(5))
+            .await;
+    assert_eq!(
+        done,
+        shardwire::backend::twophase::Recovered {
+            committed: 1,
+            rolled_back: 1
+        }
+    );
+    let names: Vec<String> = c
+        .query("SELECT name FROM users ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["decided"]);
 }

@@ -14,10 +14,12 @@ enum Cmd {
     Start(usize),
 }
 
+type Request = (Cmd, mpsc::Sender<Result<(), String>>);
+
 pub struct Sharded {
     pub shard_ports: Vec<u16>,
     pub reference_port: u16,
-    cmds: Mutex<mpsc::Sender<(Cmd, mpsc::Sender<Result<(), String>>)>>,
+    cmds: Mutex<mpsc::Sender<Request>>,
 }
 
 /// The map: `users` and `orders` co-located by user id (hash, 64 partitions), `events` by range,
@@ -49,7 +51,7 @@ reference = true
 
 impl Sharded {
     fn start() -> Sharded {
-        let (tx, rx) = mpsc::channel::<(Cmd, mpsc::Sender<Result<(), String>>)>();
+        let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("pg-shards".into())
@@ -148,6 +150,13 @@ static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The sharded topology, one test at a time (tests create and drop their own tables).
 pub async fn sharded() -> (&'static Sharded, tokio::sync::MutexGuard<'static, ()>) {
     let guard = LOCK.lock().await;
-    let s = tokio::task::spawn_blocking(|| SHARDED.get_or_init(Sharded::start)).await.unwrap();
+    let s = tokio::task::spawn_blocking(|| SHARDED.get_or_init(Sharded::start))
+        .await
+        .unwrap();
     (s, guard)
+}
+
+/// The topology from blocking code (a test already holds the lock).
+pub fn sharded_blocking() -> &'static Sharded {
+    SHARDED.get_or_init(Sharded::start)
 }

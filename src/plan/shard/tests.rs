@@ -66,7 +66,11 @@ fn golden_plans() {
         }
     }
     assert!(files > 0, "no golden plan files in {}", dir.display());
-    assert!(failures.is_empty(), "plans changed (UPDATE_PLANS=1 rewrites):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "plans changed (UPDATE_PLANS=1 rewrites):\n{}",
+        failures.join("\n")
+    );
 }
 
 fn first_difference(old: &str, new: &str) -> String {
@@ -75,5 +79,9 @@ fn first_difference(old: &str, new: &str) -> String {
             return format!("line {}:\n  was: {a}\n  now: {b}", i + 1);
         }
     }
-    format!("length differs ({} vs {} lines)", old.lines().count(), new.lines().count())
+    format!(
+        "length differs ({} vs {} lines)",
+        old.lines().count(),
+        new.lines().count()
+    )
 }

@@ -154,7 +154,13 @@ pub fn parse_row_description(body: &[u8]) -> Result<Vec<Field>, ProtocolError> {
     let mut at = 2;
     let mut out = Vec::with_capacity(n.max(0) as usize);
     for _ in 0..n.max(0) {
-        let end = at + body.get(at..).ok_or_else(bad)?.iter().position(|&c| c == 0).ok_or_else(bad)?;
+        let end = at
+            + body
+                .get(at..)
+                .ok_or_else(bad)?
+                .iter()
+                .position(|&c| c == 0)
+                .ok_or_else(bad)?;
         let name = Bytes::copy_from_slice(&body[at..end]);
         at = end + 1;
         let f = body.get(at..at + 18).ok_or_else(bad)?;
@@ -242,7 +248,11 @@ mod tests {
     fn bind_splits_and_rebuilds() {
         let parts = BindParts {
             param_formats: vec![1],
-            values: vec![Some(Bytes::from_static(&[0, 0, 0, 7])), None, Some(Bytes::from_static(b"x"))],
+            values: vec![
+                Some(Bytes::from_static(&[0, 0, 0, 7])),
+                None,
+                Some(Bytes::from_static(b"x")),
+            ],
             result_formats: vec![0, 1],
         };
         let mut out = BytesMut::new();
@@ -254,7 +264,10 @@ mod tests {
         assert_eq!(back.param_formats, vec![1, 1, 1]);
         let mut picked = BytesMut::new();
         bind_with(&mut picked, &parts, Some(&[2]), &[]);
-        assert_eq!(split_bind(&picked[7..]).unwrap().values, vec![Some(Bytes::from_static(b"x"))]);
+        assert_eq!(
+            split_bind(&picked[7..]).unwrap().values,
+            vec![Some(Bytes::from_static(b"x"))]
+        );
         assert!(split_bind(&[0, 0, 0, 1, 0, 0, 0, 9]).is_err());
     }
 

@@ -65,7 +65,14 @@ pub fn decode(type_oid: u32, format: i16, raw: Option<&[u8]>) -> Result<Value, S
                 None => return Err(bad(type_oid, &format!("numeric {s} is out of the mergeable range"))),
             },
             oid::BOOL => Value::Bool(s == "t"),
-            oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR | oid::UUID | oid::DATE | oid::TIMESTAMP
+            oid::TEXT
+            | oid::VARCHAR
+            | oid::BPCHAR
+            | oid::NAME
+            | oid::CHAR
+            | oid::UUID
+            | oid::DATE
+            | oid::TIMESTAMP
             | oid::TIMESTAMPTZ => Value::Text(b.to_vec()),
             _ => return Err(bad(type_oid, "no ordering known for it")),
         });
@@ -89,7 +96,9 @@ pub fn decode(type_oid: u32, format: i16, raw: Option<&[u8]>) -> Result<Value, S
         oid::FLOAT8 => Value::Float(f64::from_bits(int(8)? as u64)),
         oid::BOOL => Value::Bool(b.first() == Some(&1)),
         oid::NUMERIC => Value::Num(numeric_from_binary(b).ok_or_else(|| bad(type_oid, "numeric out of range"))?),
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR | oid::UUID | oid::BYTEA => Value::Text(b.to_vec()),
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR | oid::UUID | oid::BYTEA => {
+            Value::Text(b.to_vec())
+        }
         _ => return Err(bad(type_oid, "no ordering known for it")),
     })
 }
@@ -196,7 +205,16 @@ mod tests {
 
     #[test]
     fn numeric_binary_round_trips() {
-        for s in ["0", "1", "-1", "12345.6789", "0.00012", "100000000", "-98765.4", "2.5000000000000000"] {
+        for s in [
+            "0",
+            "1",
+            "-1",
+            "12345.6789",
+            "0.00012",
+            "100000000",
+            "-98765.4",
+            "2.5000000000000000",
+        ] {
             let d = Decimal::parse(s).unwrap();
             assert_eq!(numeric_from_binary(&numeric_to_binary(d)), Some(d), "{s}");
         }
@@ -207,10 +225,19 @@ mod tests {
         assert_eq!(decode(oid::INT4, 0, Some(b"-42")), Ok(Value::Int(-42)));
         assert_eq!(decode(oid::INT4, 1, Some(&(-42i32).to_be_bytes())), Ok(Value::Int(-42)));
         assert_eq!(decode(oid::INT8, 1, Some(&7i64.to_be_bytes())), Ok(Value::Int(7)));
-        assert_eq!(decode(oid::FLOAT8, 0, Some(b"NaN")).map(|v| matches!(v, Value::Float(f) if f.is_nan())), Ok(true));
+        assert_eq!(
+            decode(oid::FLOAT8, 0, Some(b"NaN")).map(|v| matches!(v, Value::Float(f) if f.is_nan())),
+            Ok(true)
+        );
         assert_eq!(decode(oid::TEXT, 1, None), Ok(Value::Null));
         assert!(decode(600, 0, Some(b"(1,2)")).is_err());
-        assert_eq!(encode(oid::INT8, 1, &Value::Int(5)).unwrap(), Some(5i64.to_be_bytes().to_vec()));
-        assert_eq!(encode(oid::NUMERIC, 0, &Value::Num(Decimal::parse("2.50").unwrap())).unwrap(), Some(b"2.50".to_vec()));
+        assert_eq!(
+            encode(oid::INT8, 1, &Value::Int(5)).unwrap(),
+            Some(5i64.to_be_bytes().to_vec())
+        );
+        assert_eq!(
+            encode(oid::NUMERIC, 0, &Value::Num(Decimal::parse("2.50").unwrap())).unwrap(),
+            Some(b"2.50".to_vec())
+        );
     }
 }

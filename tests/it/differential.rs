@@ -1,0 +1,502 @@
+//! The differential test: the same data loaded through shardwire into three shards and directly
+//! into one reference PostgreSQL; a corpus of queries must return the same rows both ways (in
+//! order where the ORDER BY is total), and the statements shardwire cannot answer correctly must
+//! be refused with 0A000 and a message.
+
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::harness::Proxy;
+use crate::shards::{MAP, sharded};
+
+const SCHEMA: &str = "
+DROP TABLE IF EXISTS users, orders, countries, events;
+CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, country text, score int);
+CREATE TABLE orders (id bigint NOT NULL, user_id bigint NOT NULL, amount numeric(10,2) NOT NULL, status text NOT NULL, PRIMARY KEY (user_id, id));
+CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL, region text NOT NULL);
+CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL, weight float8)";
+
+const USERS: i64 = 3000;
+const ORDERS: i64 = 9000;
+const COUNTRIES: [&str; 12] = ["ar", "br", "ca", "de", "es", "fr", "in", "it", "jp", "mx", "uk", "us"];
+
+fn load_statements() -> Vec<String> {
+    let mut out = Vec::new();
+    let countries: Vec<String> = COUNTRIES
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("('{c}', 'country {c}', '{}')", ["north", "south", "east"][i % 3]))
+        .collect();
+    out.push(format!(
+        "INSERT INTO countries (code, name, region) VALUES {}",
+        countries.join(",")
+    ));
+    for chunk in (1..=USERS).collect::<Vec<_>>().chunks(500) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|&i| {
+                let country = if i % 23 == 0 {
+                    "NULL".to_string()
+                } else {
+                    format!("'{}'", COUNTRIES[(i as usize * 7) % 12])
+                };
+                let score = if i % 17 == 0 {
+                    "NULL".to_string()
+                } else {
+                    ((i * 37) % 101).to_string()
+                };
+                format!("({i}, 'user{:05}', {country}, {score})", (i * 7919) % 10007)
+            })
+            .collect();
+        out.push(format!(
+            "INSERT INTO users (id, name, country, score) VALUES {}",
+            rows.join(",")
+        ));
+    }
+    for chunk in (1..=ORDERS).collect::<Vec<_>>().chunks(500) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|&i| {
+                let status = ["new", "paid", "shipped", "void"][(i % 4) as usize];
+                format!(
+                    "({i}, {}, {}.{:02}, '{status}')",
+                    (i * 7) % USERS + 1,
+                    (i * 13) % 500,
+                    i % 100
+                )
+            })
+            .collect();
+        out.push(format!(
+            "INSERT INTO orders (id, user_id, amount, status) VALUES {}",
+            rows.join(",")
+        ));
+    }
+    let rows: Vec<String> = (0..3000)
+        .map(|i| {
+            format!(
+                "({i}, 'kind{}', {})",
+                i % 5,
+                if i % 9 == 0 {
+                    "NULL".into()
+                } else {
+                    format!("{}.5", i % 50)
+                }
+            )
+        })
+        .collect();
+    out.push(format!(
+        "INSERT INTO events (id, kind, weight) VALUES {}",
+        rows.join(",")
+    ));
+    out
+}
+
+/// Read queries. Every ORDER BY is total, so those results compare in order.
+fn read_corpus() -> Vec<String> {
+    let mut q: Vec<String> = Vec::new();
+    // Point lookups on the key, on both tables of the group.
+    for k in [1, 2, 17, 42, 99, 500, 1234, 2999, 3000, 4000] {
+        q.push(format!("SELECT id, name, country, score FROM users WHERE id = {k}"));
+        q.push(format!(
+            "SELECT id, amount, status FROM orders WHERE user_id = {k} ORDER BY id"
+        ));
+    }
+    // IN lists, OR, AND.
+    for list in [
+        "1, 2, 3",
+        "10, 20, 30, 40, 50, 60",
+        "7",
+        "2998, 2999, 3000, 3001",
+        "5, 5, 5",
+    ] {
+        q.push(format!("SELECT id, name FROM users WHERE id IN ({list}) ORDER BY id"));
+        q.push(format!(
+            "SELECT user_id, count(*) FROM orders WHERE user_id IN ({list}) GROUP BY user_id ORDER BY user_id"
+        ));
+    }
+    q.push("SELECT id FROM users WHERE id = 3 OR id = 300 ORDER BY id".into());
+    q.push("SELECT id FROM users WHERE (id = 3 OR id = 300) AND score > 10 ORDER BY id".into());
+    q.push("SELECT id FROM users WHERE id = 3 AND id = 4".into());
+    q.push("SELECT id, score FROM users WHERE id = 8 AND score IS NOT NULL".into());
+    // Ranges (scatter).
+    for (a, b) in [(1, 50), (100, 180), (2900, 3100), (1500, 1500)] {
+        q.push(format!(
+            "SELECT id, name FROM users WHERE id BETWEEN {a} AND {b} ORDER BY id"
+        ));
+        q.push(format!(
+            "SELECT id, kind FROM events WHERE id >= {a} AND id < {b} ORDER BY id"
+        ));
+    }
+    q.push("SELECT id, kind FROM events WHERE id = 1500".into());
+    q.push("SELECT id, kind FROM events WHERE id IN (5, 1005, 2005) ORDER BY id".into());
+    // ORDER BY / LIMIT / OFFSET across shards.
+    for (order, lim) in [
+        ("id", "LIMIT 10"),
+        ("id DESC", "LIMIT 10"),
+        ("id", "LIMIT 5 OFFSET 100"),
+        ("name, id", "LIMIT 20"),
+        ("name DESC, id", "LIMIT 7 OFFSET 3"),
+        ("score, id", "LIMIT 25"),
+        ("score DESC, id", "LIMIT 25"),
+        ("score NULLS FIRST, id", "LIMIT 30"),
+        ("score DESC NULLS LAST, id DESC", "LIMIT 30"),
+        ("country, score DESC, id", "LIMIT 40 OFFSET 10"),
+        ("country NULLS FIRST, id", "LIMIT 15"),
+        ("id", "OFFSET 2990"),
+        ("id", "LIMIT 0"),
+        ("score, name", ""),
+    ] {
+        q.push(format!(
+            "SELECT id, name, country, score FROM users ORDER BY {order} {lim}"
+        ));
+    }
+    q.push("SELECT id FROM users ORDER BY score DESC NULLS LAST, id LIMIT 10".into());
+    q.push("SELECT name FROM users ORDER BY id LIMIT 10".into());
+    q.push("SELECT user_id, id, amount FROM orders ORDER BY amount DESC, user_id, id LIMIT 25".into());
+    q.push(
+        "SELECT user_id, id, amount FROM orders WHERE status = 'paid' ORDER BY amount, user_id, id LIMIT 10 OFFSET 50"
+            .into(),
+    );
+    q.push("SELECT id, weight FROM events ORDER BY weight DESC NULLS FIRST, id LIMIT 20".into());
+    q.push("SELECT id, weight FROM events ORDER BY weight, id LIMIT 20".into());
+    // Aggregates without GROUP BY.
+    for a in [
+        "count(*)",
+        "count(score)",
+        "sum(score)",
+        "min(score)",
+        "max(score)",
+        "avg(score)",
+        "min(name)",
+        "max(name)",
+        "count(*), sum(score), avg(score)",
+        "min(id), max(id), count(country)",
+    ] {
+        q.push(format!("SELECT {a} FROM users"));
+        q.push(format!("SELECT {a} FROM users WHERE id > 1000"));
+    }
+    for a in ["sum(amount)", "avg(amount)", "min(amount)", "max(amount)", "count(*)"] {
+        q.push(format!("SELECT {a} FROM orders"));
+        q.push(format!("SELECT {a} FROM orders WHERE status = 'void'"));
+    }
+    q.push("SELECT sum(weight), avg(weight), count(weight) FROM events".into());
+    q.push("SELECT count(*) FROM users WHERE id < 0".into());
+    q.push("SELECT sum(score), avg(score), max(score) FROM users WHERE id < 0".into());
+    // GROUP BY, HAVING.
+    q.push("SELECT country, count(*) FROM users GROUP BY country ORDER BY country NULLS FIRST".into());
+    q.push("SELECT country, count(*), sum(score), avg(score), min(score), max(score) FROM users GROUP BY country ORDER BY country".into());
+    q.push("SELECT country, count(*) AS n FROM users GROUP BY country ORDER BY n DESC, country LIMIT 5".into());
+    q.push("SELECT status, count(*), sum(amount), avg(amount) FROM orders GROUP BY status ORDER BY status".into());
+    q.push("SELECT status, max(amount), min(amount) FROM orders WHERE amount > 100 GROUP BY status ORDER BY 1".into());
+    q.push(
+        "SELECT country, score, count(*) FROM users WHERE score < 5 GROUP BY country, score ORDER BY country, score"
+            .into(),
+    );
+    q.push("SELECT kind, count(*), avg(weight) FROM events GROUP BY kind ORDER BY kind".into());
+    q.push("SELECT country, count(*) FROM users GROUP BY country".into());
+    q.push(
+        "SELECT user_id, count(*), sum(amount) FROM orders GROUP BY user_id HAVING count(*) > 3 ORDER BY user_id"
+            .into(),
+    );
+    q.push("SELECT user_id, sum(amount) AS total FROM orders GROUP BY user_id HAVING sum(amount) > 1200 ORDER BY total DESC, user_id LIMIT 10".into());
+    q.push("SELECT id, count(*) FROM users GROUP BY id HAVING id < 20 ORDER BY id".into());
+    q.push(
+        "SELECT user_id, max(id) FROM orders WHERE user_id BETWEEN 100 AND 200 GROUP BY user_id ORDER BY user_id"
+            .into(),
+    );
+    // DISTINCT.
+    q.push("SELECT DISTINCT country FROM users ORDER BY country".into());
+    q.push("SELECT DISTINCT status FROM orders".into());
+    q.push("SELECT DISTINCT country, score FROM users WHERE score > 95 ORDER BY country, score".into());
+    q.push("SELECT DISTINCT kind FROM events ORDER BY kind DESC".into());
+    q.push("SELECT DISTINCT score FROM users ORDER BY score NULLS FIRST LIMIT 5".into());
+    // Co-located joins.
+    q.push("SELECT u.id, u.name, o.id, o.amount FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = 42 ORDER BY o.id".into());
+    q.push(
+        "SELECT u.id, o.id FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id IN (1, 2, 3) ORDER BY u.id, o.id"
+            .into(),
+    );
+    q.push("SELECT u.id, count(o.id) FROM users u LEFT JOIN orders o ON o.user_id = u.id WHERE u.id < 40 GROUP BY u.id ORDER BY u.id".into());
+    q.push("SELECT u.country, count(*) FROM users u JOIN orders o ON o.user_id = u.id GROUP BY u.country ORDER BY u.country".into());
+    q.push("SELECT u.name, o.amount FROM users u JOIN orders o ON u.id = o.user_id ORDER BY o.amount DESC, o.user_id, o.id LIMIT 15".into());
+    q.push("SELECT count(*) FROM users u JOIN orders o ON o.user_id = u.id WHERE o.status = 'new'".into());
+    q.push("SELECT u.id, sum(o.amount) FROM users u JOIN orders o ON o.user_id = u.id GROUP BY u.id HAVING sum(o.amount) > 1500 ORDER BY u.id".into());
+    q.push("SELECT u.id, o.id FROM users u, orders o WHERE o.user_id = u.id AND u.id = 77 ORDER BY o.id".into());
+    // Reference tables, alone and joined.
+    q.push("SELECT code, name, region FROM countries ORDER BY code".into());
+    q.push("SELECT count(*) FROM countries".into());
+    q.push("SELECT u.id, c.name FROM users u JOIN countries c ON c.code = u.country WHERE u.id = 5".into());
+    q.push("SELECT c.region, count(*) FROM users u JOIN countries c ON c.code = u.country GROUP BY c.region ORDER BY c.region".into());
+    q.push("SELECT u.id, c.region FROM users u JOIN countries c ON c.code = u.country ORDER BY u.id LIMIT 12".into());
+    q.push("SELECT c.code, count(o.id) FROM orders o JOIN users u ON u.id = o.user_id JOIN countries c ON c.code = u.country WHERE u.id IN (10, 11, 12) GROUP BY c.code ORDER BY c.code".into());
+    q.push("SELECT region, count(*) FROM countries GROUP BY region ORDER BY region".into());
+    q
+}
+
+/// Statements that must be refused with 0A000.
+const REFUSED: &[&str] = &[
+    "SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id",
+    "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id",
+    "SELECT count(DISTINCT country) FROM users",
+    "SELECT id, row_number() OVER (ORDER BY id) FROM users",
+    "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",
+    "SELECT id FROM users UNION SELECT user_id FROM orders",
+    "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) > 100",
+    "UPDATE users SET id = id + 1 WHERE id = 5",
+    "INSERT INTO users (name) VALUES ('nokey')",
+    "INSERT INTO users SELECT * FROM users",
+    "SELECT sum(score) + 1 FROM users",
+    "WITH x AS (SELECT id FROM users) SELECT count(*) FROM x",
+];
+
+/// A cell of any type as text, decoded the way the merge decodes it.
+struct Cell(Option<String>);
+
+impl<'a> FromSql<'a> for Cell {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        use shardwire::merge::Value;
+        let v = shardwire::protocol::pg::values::decode(ty.oid(), 1, Some(raw)).map_err(|e| e.to_string())?;
+        Ok(Cell(Some(match v {
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => shardwire::merge::format_float(f),
+            Value::Num(d) => d.to_string(),
+            Value::Text(t) => String::from_utf8_lossy(&t).into_owned(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => return Ok(Cell(None)),
+        })))
+    }
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Cell(None))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+type Rows = Vec<Vec<Option<String>>>;
+
+async fn simple_rows(c: &Client, sql: &str) -> Result<Rows, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for m in c.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(r) = m {
+            out.push((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect());
+        }
+    }
+    Ok(out)
+}
+
+async fn extended_rows(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Rows, tokio_postgres::Error> {
+    Ok(c.query(sql, params)
+        .await?
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.get::<_, Cell>(i).0).collect())
+        .collect())
+}
+
+fn same(sql: &str, mut got: Rows, mut want: Rows) -> Result<(), String> {
+    if !sql.to_ascii_uppercase().contains("ORDER BY") {
+        got.sort();
+        want.sort();
+    }
+    if got == want {
+        Ok(())
+    } else {
+        let first = got.iter().zip(&want).position(|(a, b)| a != b);
+        Err(format!(
+            "{sql}\n  shardwire: {} rows, reference: {} rows; first difference at row {first:?}: {:?} vs {:?}",
+            got.len(),
+            want.len(),
+            first.and_then(|i| got.get(i)),
+            first.and_then(|i| want.get(i)),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_rows_as_one_database() {
+    let (topo, _guard) = sharded().await;
+    let proxy = Proxy::start(&topo.config(MAP)).await;
+    let sw = proxy.app().await;
+    let reference = topo.reference().await;
+    for s in SCHEMA.split(';') {
+        sw.batch_execute(s)
+            .await
+            .unwrap_or_else(|e| panic!("through shardwire: {s}: {e:?}"));
+        reference.batch_execute(s).await.unwrap();
+    }
+    for s in load_statements() {
+        sw.batch_execute(&s)
+            .await
+            .unwrap_or_else(|e| panic!("load through shardwire: {e:?}"));
+        reference.batch_execute(&s).await.unwrap();
+    }
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    // Simple protocol, text results.
+    for sql in read_corpus() {
+        checked += 1;
+        let want = simple_rows(&reference, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("reference: {sql}: {e}"));
+        match simple_rows(&sw, &sql).await {
+            Ok(got) => {
+                if let Err(e) = same(&sql, got, want) {
+                    failures.push(e);
+                }
+            }
+            Err(e) => failures.push(format!("{sql}\n  shardwire error: {e:?}")),
+        }
+    }
+    // Extended protocol with parameters, binary results.
+    let prepared: Vec<(&str, Vec<i64>)> = vec![
+        (
+            "SELECT id, name, country, score FROM users WHERE id = $1",
+            vec![1, 42, 2500, 9999],
+        ),
+        (
+            "SELECT id, amount FROM orders WHERE user_id = $1 ORDER BY id",
+            vec![3, 77, 1500],
+        ),
+        (
+            "SELECT count(*), sum(amount), avg(amount) FROM orders WHERE user_id = $1",
+            vec![5, 6],
+        ),
+        (
+            "SELECT id, name FROM users WHERE id > $1 ORDER BY id LIMIT 5",
+            vec![10, 2990],
+        ),
+        (
+            "SELECT id, score FROM users WHERE score > $1::bigint ORDER BY score DESC, id LIMIT 8",
+            vec![50, 99],
+        ),
+        (
+            "SELECT country, count(*), avg(score) FROM users WHERE id < $1 GROUP BY country ORDER BY country",
+            vec![500, 3000],
+        ),
+        (
+            "SELECT u.id, o.id FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = $1 ORDER BY o.id",
+            vec![8, 9],
+        ),
+        ("SELECT id FROM users ORDER BY id LIMIT $1", vec![0, 3, 12]),
+        (
+            "SELECT sum(score), min(score), max(score), count(*) FROM users WHERE id <= $1",
+            vec![1, 100, 3000],
+        ),
+        (
+            "SELECT id, kind, weight FROM events WHERE id = $1",
+            vec![999, 1000, 2001],
+        ),
+        (
+            "SELECT DISTINCT status FROM orders WHERE user_id < $1 ORDER BY status",
+            vec![10],
+        ),
+    ];
+    for (sql, values) in &prepared {
+        for v in values {
+            checked += 1;
+            let want = extended_rows(&reference, sql, &[v])
+                .await
+                .unwrap_or_else(|e| panic!("reference: {sql}: {e}"));
+            match extended_rows(&sw, sql, &[v]).await {
+                Ok(got) => {
+                    if let Err(e) = same(&format!("{sql} [$1 = {v}]"), got, want) {
+                        failures.push(e);
+                    }
+                }
+                Err(e) => failures.push(format!("{sql} [$1 = {v}]\n  shardwire error: {e:?}")),
+            }
+        }
+    }
+    let text_param = "SELECT id, name FROM users WHERE country = $1 AND id < 200 ORDER BY id";
+    for c in ["fr", "jp", "zz"] {
+        checked += 1;
+        let want = extended_rows(&reference, text_param, &[&c]).await.unwrap();
+        match extended_rows(&sw, text_param, &[&c]).await {
+            Ok(got) => {
+                if let Err(e) = same(text_param, got, want) {
+                    failures.push(e);
+                }
+            }
+            Err(e) => failures.push(format!("{text_param}\n  shardwire error: {e:?}")),
+        }
+    }
+    // Writes with RETURNING, then the tables compared in full.
+    let writes = [
+        "UPDATE users SET score = score + 1 WHERE id = 10 RETURNING id, score",
+        "UPDATE users SET score = 0 WHERE id IN (11, 12, 13, 2000) RETURNING id, score",
+        "UPDATE orders SET status = 'refunded' WHERE amount > 495 RETURNING user_id, id, status",
+        "DELETE FROM orders WHERE user_id = 14 RETURNING id",
+        "DELETE FROM orders WHERE status = 'void' AND amount < 3 RETURNING user_id, id",
+        "INSERT INTO users (id, name, country, score) VALUES (5001, 'new1', 'fr', 1), (5002, 'new2', 'jp', 2), (5003, 'new3', NULL, NULL) RETURNING id, name",
+        "INSERT INTO orders (id, user_id, amount, status) VALUES (90001, 5001, 1.50, 'new') RETURNING id, user_id, amount",
+        "INSERT INTO countries (code, name, region) VALUES ('nz', 'country nz', 'south') RETURNING code",
+        "UPDATE countries SET region = 'west' WHERE code = 'us' RETURNING code, region",
+        "UPDATE events SET kind = 'moved' WHERE id BETWEEN 990 AND 1010 RETURNING id, kind",
+    ];
+    for sql in writes {
+        checked += 1;
+        let want = simple_rows(&reference, sql).await.unwrap();
+        match simple_rows(&sw, sql).await {
+            Ok(got) => {
+                if let Err(e) = same(sql, got, want) {
+                    failures.push(e);
+                }
+            }
+            Err(e) => failures.push(format!("{sql}\n  shardwire error: {e:?}")),
+        }
+    }
+    let ins = "INSERT INTO orders (id, user_id, amount, status) VALUES ($1, $2, $3::text::numeric, 'p'), ($4, $5, $6::text::numeric, 'p') RETURNING id, user_id";
+    let p: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [&90010i64, &1i64, &"2.50", &90011i64, &2500i64, &"3.75"];
+    let want = extended_rows(&reference, ins, &p).await.unwrap();
+    match extended_rows(&sw, ins, &p).await {
+        Ok(got) => {
+            if let Err(e) = same(ins, got, want) {
+                failures.push(e);
+            }
+        }
+        Err(e) => failures.push(format!("{ins}\n  shardwire error: {e:?}")),
+    }
+    checked += 1;
+    for table in [
+        "users ORDER BY id",
+        "orders ORDER BY user_id, id",
+        "countries ORDER BY code",
+        "events ORDER BY id",
+    ] {
+        let sql = format!("SELECT * FROM {table}");
+        checked += 1;
+        let want = simple_rows(&reference, &sql).await.unwrap();
+        match simple_rows(&sw, &sql).await {
+            Ok(got) => {
+                if let Err(e) = same(&sql, got, want) {
+                    failures.push(e);
+                }
+            }
+            Err(e) => failures.push(format!("{sql}\n  shardwire error: {e:?}")),
+        }
+    }
+    // Refusals.
+    for sql in REFUSED {
+        checked += 1;
+        match sw.simple_query(sql).await {
+            Ok(_) => failures.push(format!("{sql}\n  was not refused")),
+            Err(e) => {
+                let db = e.as_db_error();
+                if db.map(|d| d.code().code()) != Some("0A000") || db.is_some_and(|d| d.message().len() < 20) {
+                    failures.push(format!("{sql}\n  refused without 0A000 and a message: {e:?}"));
+                }
+            }
+        }
+    }
+    assert!(checked >= 150, "the corpus has {checked} queries");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
