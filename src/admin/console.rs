@@ -13,6 +13,8 @@ use crate::session::client::{ClientConn, SessionError};
 /// An admin command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
+    /// SHOW SHARDS
+    Shards,
     /// SHOW REPLICAS
     Replicas,
     /// SHOW POOLS
@@ -27,15 +29,31 @@ pub enum Command {
     Help,
     /// RELOAD
     Reload,
+    /// SHOW MAP: version, groups, partitions per shard.
+    Map,
+    /// SHOW ROUTES: statements per plan kind.
+    Routes,
+    /// SHOW ROUTE FOR <sql>: the plan of a statement.
+    Route(String),
     /// An empty query.
     Empty,
 }
 
-const HELP: &str = "SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW VERSION | SHOW HELP | RELOAD";
+const HELP: &str = "SHOW SHARDS | SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW MAP | SHOW ROUTES | \
+SHOW ROUTE FOR <statement> | SHOW VERSION | SHOW HELP | RELOAD";
 
 impl Command {
     /// Parses a console query (case-insensitive, optional trailing semicolon).
     pub fn parse(sql: &str) -> Result<Command, String> {
+        let trimmed = sql.trim().trim_end_matches(';').trim();
+        let mut it = trimmed.splitn(4, char::is_whitespace);
+        if let (Some(a), Some(b), Some(c), Some(rest)) = (it.next(), it.next(), it.next(), it.next())
+            && a.eq_ignore_ascii_case("show")
+            && b.eq_ignore_ascii_case("route")
+            && c.eq_ignore_ascii_case("for")
+        {
+            return Ok(Command::Route(rest.trim().to_owned()));
+        }
         let words: Vec<String> = sql
             .trim()
             .trim_end_matches(';')
@@ -47,6 +65,9 @@ impl Command {
             [] => Command::Empty,
             ["SHOW", "REPLICAS"] | ["SHOW", "NODES"] => Command::Replicas,
             ["SHOW", "POOLS"] => Command::Pools,
+            ["SHOW", "SHARDS"] => Command::Shards,
+            ["SHOW", "MAP"] => Command::Map,
+            ["SHOW", "ROUTES"] => Command::Routes,
             ["SHOW", "CLIENTS"] => Command::Clients,
             ["SHOW", "STATS"] => Command::Stats,
             ["SHOW", "VERSION"] => Command::Version,
@@ -103,6 +124,10 @@ fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared) {
         Command::Pools => views::pools(shared),
         Command::Clients => views::clients(shared),
         Command::Stats => views::stats(shared),
+        Command::Shards => views::shards(shared),
+        Command::Map => views::map(shared),
+        Command::Routes => views::routes(shared),
+        Command::Route(sql) => views::route(shared, &sql),
         Command::Version => Table {
             columns: vec!["version"],
             rows: vec![vec![Some(format!("shardwire {}", env!("CARGO_PKG_VERSION")))]],
@@ -146,6 +171,11 @@ mod tests {
         assert_eq!(Command::parse("  SHOW   pools "), Ok(Command::Pools));
         assert_eq!(Command::parse("reload"), Ok(Command::Reload));
         assert_eq!(Command::parse(""), Ok(Command::Empty));
+        assert_eq!(
+            Command::parse("show route for SELECT * FROM t WHERE Id = 1;"),
+            Ok(Command::Route("SELECT * FROM t WHERE Id = 1".into()))
+        );
+        assert_eq!(Command::parse("SHOW MAP"), Ok(Command::Map));
         assert!(
             Command::parse("DROP TABLE x")
                 .unwrap_err()

@@ -150,3 +150,95 @@ pub fn stats(shared: &Shared) -> Table {
         rows,
     }
 }
+
+/// SHOW SHARDS: each shard with its primary and replica count.
+pub fn shards(shared: &Shared) -> Table {
+    let rt = shared.runtime.load();
+    let map = &rt.config.map;
+    let rows = rt
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            vec![
+                s(&c.name),
+                s(&format!("{}:{}", c.primary.config.host, c.primary.config.port)),
+                s(&c.replicas.len().to_string()),
+                s(if i == map.default_shard { "yes" } else { "no" }),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec!["shard", "primary", "replicas", "default"],
+        rows,
+    }
+}
+
+/// SHOW MAP: the map version and, per group, partitioning, partitions per shard and tables.
+pub fn map(shared: &Shared) -> Table {
+    let rt = shared.runtime.load();
+    let map = &rt.config.map;
+    let mut rows: Vec<Vec<Option<String>>> = crate::shardmap::describe(map)
+        .into_iter()
+        .map(|(group, kind, per_shard, tables)| {
+            vec![
+                s(&map.version.to_string()),
+                s(&group),
+                s(&kind),
+                s(&per_shard),
+                s(&tables),
+            ]
+        })
+        .collect();
+    let mut reference: Vec<&str> = map
+        .tables
+        .iter()
+        .filter(|(_, r)| **r == crate::shardmap::TableRule::Reference)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    reference.sort();
+    rows.push(vec![
+        s(&map.version.to_string()),
+        s("(reference)"),
+        s("every shard"),
+        s(&map.shards.join(" ")),
+        s(&reference.join(",")),
+    ]);
+    rows.push(vec![
+        s(&map.version.to_string()),
+        s("(unsharded)"),
+        s("default shard"),
+        s(&map.shards[map.default_shard]),
+        s("tables the map does not name"),
+    ]);
+    Table {
+        columns: vec!["version", "group", "partitioning", "partitions_per_shard", "tables"],
+        rows,
+    }
+}
+
+/// SHOW ROUTES: statements per shard plan kind.
+pub fn routes(shared: &Shared) -> Table {
+    let rows = crate::app::PLAN_KINDS
+        .iter()
+        .zip(&shared.stats.plans)
+        .map(|(k, n)| vec![s(k), s(&n.load(Ordering::Relaxed).to_string())])
+        .collect();
+    Table {
+        columns: vec!["plan", "statements"],
+        rows,
+    }
+}
+
+/// SHOW ROUTE FOR: the plan of a statement under the current map (parameters unknown).
+pub fn route(shared: &Shared, sql: &str) -> Table {
+    let rt = shared.runtime.load();
+    let map = &rt.config.map;
+    let shape = crate::analyze::shard::shape(sql, map);
+    let plan = crate::plan::shard::plan(&shape, map, &crate::plan::shard::Params::default());
+    let text = crate::plan::shard::explain(&plan, map);
+    Table {
+        columns: vec!["plan"],
+        rows: text.lines().map(|l| vec![s(l)]).collect(),
+    }
+}

@@ -78,6 +78,44 @@ async fn rows_live_on_the_shard_their_key_maps_to() {
         }
     }
     assert_eq!(total, 300, "every row exactly once across the shards");
+    // The admin console explains routes and counts them.
+    let admin = proxy.connect_db("admin", "admin", "shardwire").await.unwrap();
+    let text = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
+        msgs.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or(""))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (p, _) = map.locate("users", "7").unwrap();
+    let route = text(
+        admin
+            .simple_query("SHOW ROUTE FOR SELECT * FROM users WHERE id = 7")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(route, format!("single-shard s{}", p.shard));
+    let route = text(
+        admin
+            .simple_query("SHOW ROUTE FOR SELECT count(*) FROM users")
+            .await
+            .unwrap(),
+    );
+    assert!(route.starts_with("scatter s0,s1,s2"), "{route}");
+    let m = text(admin.simple_query("SHOW MAP").await.unwrap());
+    assert!(m.contains("users hash/64 s0=21 s1=21 s2=22 orders,users"), "{m}");
+    let routes = text(admin.simple_query("SHOW ROUTES").await.unwrap());
+    assert!(
+        routes.contains("scatter 1") && routes.contains("insert-split 1"),
+        "{routes}"
+    );
 }
 
 /// Keys of `users` on each shard, found with the map.
