@@ -162,8 +162,8 @@ pub fn shards(shared: &Shared) -> Table {
         .map(|(i, c)| {
             vec![
                 s(&c.name),
-                s(&format!("{}:{}", c.primary.config.host, c.primary.config.port)),
-                s(&c.replicas.len().to_string()),
+                s(format!("{}:{}", c.primary.config.host, c.primary.config.port)),
+                s(c.replicas.len().to_string()),
                 s(if i == map.default_shard { "yes" } else { "no" }),
             ]
         })
@@ -182,7 +182,7 @@ pub fn map(shared: &Shared) -> Table {
         .into_iter()
         .map(|(group, kind, per_shard, tables)| {
             vec![
-                s(&map.version.to_string()),
+                s(map.version.to_string()),
                 s(&group),
                 s(&kind),
                 s(&per_shard),
@@ -198,14 +198,14 @@ pub fn map(shared: &Shared) -> Table {
         .collect();
     reference.sort();
     rows.push(vec![
-        s(&map.version.to_string()),
+        s(map.version.to_string()),
         s("(reference)"),
         s("every shard"),
-        s(&map.shards.join(" ")),
-        s(&reference.join(",")),
+        s(map.shards.join(" ")),
+        s(reference.join(",")),
     ]);
     rows.push(vec![
-        s(&map.version.to_string()),
+        s(map.version.to_string()),
         s("(unsharded)"),
         s("default shard"),
         s(&map.shards[map.default_shard]),
@@ -222,7 +222,7 @@ pub fn routes(shared: &Shared) -> Table {
     let rows = crate::app::PLAN_KINDS
         .iter()
         .zip(&shared.stats.plans)
-        .map(|(k, n)| vec![s(k), s(&n.load(Ordering::Relaxed).to_string())])
+        .map(|(k, n)| vec![s(k), s(n.load(Ordering::Relaxed).to_string())])
         .collect();
     Table {
         columns: vec!["plan", "statements"],

@@ -52,6 +52,68 @@ pub fn fingerprint(sql: &str) -> String {
     out
 }
 
+/// Parameter numbers from which [`parameterize`] numbers the literals it replaces: far above any
+/// parameter a client can send (PostgreSQL allows 65535).
+pub const LITERAL_PARAM_BASE: usize = 100_000;
+
+/// The text with each plain string and numeric literal replaced by a parameter
+/// `$<LITERAL_PARAM_BASE + k + 1>`, and the literals' values in order; `None` when a literal has a
+/// form whose value is not its text (escape, bit, national and dollar-quoted strings, or a
+/// backslash). Statements that differ only in their literals share the text, so its analysis is
+/// reused; the values are bound back as parameters when routing.
+pub fn parameterize(sql: &str) -> Option<(String, Vec<String>)> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut values = Vec::new();
+    let mut i = 0;
+    let mut last = 0;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        let prev_ident = i > 0 && ident(b[i - 1]);
+        let (end, value) = match c {
+            b'\'' => {
+                let end = literal_end(b, i);
+                let body = &sql[i + 1..end.saturating_sub(1).max(i + 1)];
+                if body.contains('\\') || end > b.len() || b[end - 1] != b'\'' || end == i + 1 {
+                    return None;
+                }
+                (end, Some(body.replace("''", "'")))
+            }
+            b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N' if !prev_ident && b.get(i + 1) == Some(&b'\'') => {
+                return None;
+            }
+            b'"' => (quoted_end(b, i, b'"'), None),
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                (b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p), None)
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => (sql[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2), None),
+            b'$' if !prev_ident && dollar_end(sql, i).is_some() => return None,
+            b'0'..=b'9' if !prev_ident => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_') {
+                    j += 1;
+                }
+                (j, Some(sql[i..j].to_owned()))
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if let Some(v) = value {
+            out.push_str(&sql[last..i]);
+            out.push('$');
+            out.push_str(&(LITERAL_PARAM_BASE + values.len() + 1).to_string());
+            values.push(v);
+            last = end;
+        }
+        i = end.max(i + 1);
+    }
+    out.push_str(&sql[last.min(sql.len())..]);
+    Some((out, values))
+}
+
 /// End (exclusive) of a '...' literal starting at `start`, with '' and backslash escapes.
 fn literal_end(b: &[u8], start: usize) -> usize {
     let mut i = start + 1;
@@ -124,6 +186,18 @@ mod tests {
         for (sql, want) in table {
             assert_eq!(fingerprint(sql), want, "{sql}");
         }
+    }
+
+    #[test]
+    fn literals_become_parameters() {
+        let (text, values) = super::parameterize("SELECT * FROM t WHERE id = 42 AND name = 'o''k' -- 7\n").unwrap();
+        assert_eq!(text, "SELECT * FROM t WHERE id = $100001 AND name = $100002 -- 7\n");
+        assert_eq!(values, ["42", "o'k"]);
+        let (text, values) = super::parameterize("SELECT \"x1\" FROM t2 WHERE a = $1").unwrap();
+        assert_eq!((text.as_str(), values.len()), ("SELECT \"x1\" FROM t2 WHERE a = $1", 0));
+        assert!(super::parameterize("SELECT E'a\\nb'").is_none());
+        assert!(super::parameterize("SELECT 'a\\b'").is_none());
+        assert!(super::parameterize("SELECT $q$x$q$").is_none());
     }
 
     #[test]

@@ -127,6 +127,8 @@ impl Merge {
 /// What a statement is, against a shard map.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
+    /// Did not parse: the default shard reports the error.
+    Unparsed,
     /// Touches no table at all (transaction control, SET, `SELECT 1`): runs wherever the session is.
     Neutral,
     /// Touches only tables the map does not name: runs on the default shard.
@@ -166,7 +168,7 @@ pub enum Shape {
 /// Parses `sql` and finds its shape under `map`.
 pub fn shape(sql: &str, map: &ShardMap) -> Shape {
     let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return Shape::Unsharded;
+        return Shape::Unparsed;
     };
     let mut shapes: Vec<Shape> = stmts.iter().map(|s| statement(s, map)).collect();
     match shapes.len() {

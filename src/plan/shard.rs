@@ -7,6 +7,7 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{Expr, SetExpr, Statement, Value, VisitMut, VisitorMut};
 
+use crate::analyze::fingerprint::LITERAL_PARAM_BASE;
 use crate::analyze::shard::{KeyCond, Merge, Operand, Shape};
 use crate::shardmap::{Group, KeyType, KeyValue, ShardId, ShardMap};
 
@@ -17,6 +18,10 @@ pub struct Params<'a> {
     pub formats: Vec<i16>,
     /// Values; `None` is NULL.
     pub values: Vec<Option<&'a [u8]>>,
+    /// Literals taken out of a simple-protocol text by
+    /// [`crate::analyze::fingerprint::parameterize`], as parameters from
+    /// [`LITERAL_PARAM_BASE`](crate::analyze::fingerprint::LITERAL_PARAM_BASE) on.
+    pub literals: &'a [String],
 }
 
 /// What runs where.
@@ -85,6 +90,9 @@ fn key_value(group: &Group, op: &Operand, params: &Params) -> Option<KeyValue> {
     match op {
         Operand::Lit(s) => KeyValue::parse(group.key_type, s),
         Operand::Null => None,
+        Operand::Param(i) if *i >= LITERAL_PARAM_BASE => {
+            KeyValue::parse(group.key_type, params.literals.get(i - LITERAL_PARAM_BASE)?)
+        }
         Operand::Param(i) => {
             let raw = (*params.values.get(*i)?)?;
             let format = params.formats.get(*i).copied().unwrap_or(0);
@@ -145,7 +153,7 @@ fn shards_of(cond: &KeyCond, group: &Group, map: &ShardMap, params: &Params) -> 
 /// Plans a statement of shape `shape`.
 pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
     match shape {
-        Shape::Neutral | Shape::Unsharded | Shape::ReferenceRead => ShardPlan::One(map.default_shard),
+        Shape::Unparsed | Shape::Neutral | Shape::Unsharded | Shape::ReferenceRead => ShardPlan::One(map.default_shard),
         Shape::Several(shapes) => {
             let mut shard = None;
             for s in shapes.iter().filter(|s| **s != Shape::Neutral) {

@@ -108,6 +108,9 @@ impl Session {
             held.ops.push_back(Op::SyncVars);
             held.begin_pending = true;
         }
+        if !self.early.is_empty() {
+            held.ops.push_back(Op::Synth(self.early.split().freeze()));
+        }
         self.held = Some(held);
         Ok(())
     }

@@ -61,6 +61,9 @@ impl Session {
 
     async fn on_query(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let sql = msg::parse_query(f.body())?;
+        if self.held.is_none() {
+            self.flush_early();
+        }
         let facts = self.facts_of(sql);
         let shard = match self.route_query(&f, sql, &facts).await? {
             Routed::Done(flow) => return Ok(flow),
@@ -104,7 +107,10 @@ impl Session {
             } else {
                 self.stmts.insert(p.name.to_owned(), stmt);
             }
-            self.respond_synth(msg::empty(b'1'));
+            match self.held.as_mut() {
+                Some(h) => h.ops.push_back(Op::Synth(msg::empty(b'1'))),
+                None => self.early.extend_from_slice(&msg::empty(b'1')),
+            }
             return Ok(Flow::Continue);
         }
         let shard = self.default_shard();
@@ -271,6 +277,7 @@ impl Session {
                 h.needs_sync = false;
             }
             None => {
+                self.flush_early();
                 let status = self.local_tx_status();
                 msg::ready_for_query(&mut self.client.wbuf, status);
             }
@@ -384,7 +391,18 @@ impl Session {
     fn respond_local(&mut self, bytes: bytes::Bytes) {
         match self.held.as_mut() {
             Some(h) => h.ops.push_back(Op::Synth(bytes)),
-            None => self.client.wbuf.extend_from_slice(&bytes),
+            None => {
+                self.flush_early();
+                self.client.wbuf.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    /// Local answers held back for the next write go out now, ahead of what follows.
+    pub(super) fn flush_early(&mut self) {
+        if !self.early.is_empty() {
+            let e = self.early.split();
+            self.client.wbuf.extend_from_slice(&e);
         }
     }
 

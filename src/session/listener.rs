@@ -136,6 +136,7 @@ async fn handle(
                 pending_begin: None,
                 tx_refused: false,
                 multi_portal: None,
+                early: Default::default(),
                 shutdown,
             };
             session.run().await

@@ -125,6 +125,10 @@ pub struct Session {
     tx_refused: bool,
     /// An extended-protocol portal whose statement runs on several shards, bound but not run.
     multi_portal: Option<multi::MultiPortal>,
+    /// Answers the proxy gave itself while no backend was held, in the middle of an extended-
+    /// protocol batch (ParseComplete of a deferred Parse): sent with the backend's first answers
+    /// or at Sync, so the client gets one write, not two.
+    early: bytes::BytesMut,
     /// Fires when shardwire shuts down: the session ends as soon as it holds no backend.
     shutdown: tokio_util::sync::CancellationToken,
 }

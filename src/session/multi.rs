@@ -224,6 +224,7 @@ impl Session {
         facts: &Facts,
         describe: bool,
     ) -> Result<Outcome, SessionError> {
+        self.flush_early();
         let started = std::time::Instant::now();
         let result = match plan {
             ShardPlan::Scatter { shards, merge } => self.scatter(shards, merge, src, facts, describe).await,

@@ -79,6 +79,26 @@ impl Session {
         }
     }
 
+    /// Plans a simple-protocol text: first with its literals as parameters (one cached analysis
+    /// for every text of the same shape); anything but a single shard is planned again from the
+    /// exact text, so rewritten statements and messages carry the real literals.
+    fn plan_simple(&self, sql: &str) -> ShardPlan {
+        let map = &self.runtime.config.map;
+        if let Some((text, literals)) = crate::analyze::fingerprint::parameterize(sql) {
+            let shape = self.shared.shapes.get(&text, map);
+            if *shape != crate::analyze::shard::Shape::Unparsed {
+                let params = Params {
+                    literals: &literals,
+                    ..Params::default()
+                };
+                if let p @ ShardPlan::One(_) = shard::plan(&shape, map, &params) {
+                    return p;
+                }
+            }
+        }
+        self.plan_for(sql, &Params::default())
+    }
+
     fn plan_for(&self, sql: &str, params: &Params) -> ShardPlan {
         let map = &self.runtime.config.map;
         let shape = self.shared.shapes.get(sql, map);
@@ -131,7 +151,7 @@ impl Session {
         {
             return Ok(Routed::Shard(h.shard));
         }
-        let plan = self.plan_for(sql, &Params::default());
+        let plan = self.plan_simple(sql);
         match plan {
             ShardPlan::One(s) => {
                 self.shared.stats.record_plan("single-shard");
@@ -242,6 +262,7 @@ impl Session {
         let params = Params {
             formats: (0..parts.values.len()).map(|i| parts.param_format(i)).collect(),
             values: parts.values.iter().map(|v| v.as_deref()).collect(),
+            literals: &[],
         };
         let plan = self.plan_for(&stmt.query, &params);
         match plan {
@@ -329,6 +350,7 @@ impl Session {
                 return Ok(());
             }
         };
+        self.flush_early();
         let mut leg = super::multi::LegHandle::new(co);
         let mut out = bytes::BytesMut::new();
         self.write_prelude(&mut leg, &mut out);
@@ -373,7 +395,10 @@ impl Session {
     pub(super) fn respond_synth(&mut self, b: bytes::Bytes) {
         match self.held.as_mut() {
             Some(h) => h.ops.push_back(super::state::Op::Synth(b)),
-            None => self.client.wbuf.extend_from_slice(&b),
+            None => {
+                self.flush_early();
+                self.client.wbuf.extend_from_slice(&b);
+            }
         }
     }
 }

@@ -34,6 +34,7 @@ fn run_file(path: &std::path::Path) -> (String, String) {
             let params = Params {
                 formats: vec![0; params_text.len()],
                 values: params_text.iter().map(|s| Some(s.as_bytes())).collect(),
+                literals: &[],
             };
             out.push_str(&explain(&plan(&shape(sql, map), map, &params), map));
             out.push('\n');
