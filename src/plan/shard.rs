@@ -150,6 +150,27 @@ fn shards_of(cond: &KeyCond, group: &Group, map: &ShardMap, params: &Params) -> 
     }
 }
 
+/// The one shard a condition allows, found without building shard sets: every value of a list on
+/// one shard, or, for AND, any part that allows one shard (the rest can only narrow it to none, and
+/// that shard answers "no rows" correctly). `None` when it takes the general path.
+fn one_shard(cond: &KeyCond, group: &Group, params: &Params) -> Option<ShardId> {
+    match cond {
+        KeyCond::Values(vs) => {
+            let mut shard = None;
+            for v in vs {
+                let s = group.locate(&key_value(group, v, params)?).ok()?.shard;
+                if shard.is_some_and(|x| x != s) {
+                    return None;
+                }
+                shard = Some(s);
+            }
+            shard
+        }
+        KeyCond::And(cs) => cs.iter().find_map(|c| one_shard(c, group, params)),
+        _ => None,
+    }
+}
+
 /// Plans a statement of shape `shape`.
 pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
     match shape {
@@ -183,6 +204,9 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
             merge,
         } => {
             let g = &map.groups[*group];
+            if let Some(s) = one_shard(cond, g, params) {
+                return ShardPlan::One(s);
+            }
             let mut shards: Vec<ShardId> = shards_of(cond, g, map, params).into_iter().collect();
             if shards.is_empty() {
                 // No shard can hold a matching row; any one answers correctly (with no rows).

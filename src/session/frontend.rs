@@ -154,7 +154,7 @@ impl Session {
         let Some(stmt) = self.lookup_statement(b.statement) else {
             return Ok(Flow::Continue);
         };
-        let shard = match self.route_bind(&f, b.portal, &stmt, rows::split_bind(b.rest)?)? {
+        let shard = match self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)? {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
         };

@@ -264,7 +264,16 @@ impl Session {
             values: parts.values.iter().map(|v| v.as_deref()).collect(),
             literals: &[],
         };
-        let plan = self.plan_for(&stmt.query, &params);
+        let map = self.runtime.config.map.clone();
+        let shape = match stmt.shape.get() {
+            Some((m, s)) if Arc::ptr_eq(m, &map) => s.clone(),
+            _ => {
+                let s = self.shared.shapes.get(&stmt.query, &map);
+                let _ = stmt.shape.set((map.clone(), s.clone()));
+                s
+            }
+        };
+        let plan = shard::plan(&shape, &map, &params);
         match plan {
             ShardPlan::One(s) => {
                 self.shared.stats.record_plan("single-shard");

@@ -139,6 +139,8 @@ pub struct Stmt {
     pub hash: u64,
     /// Analysis, done once at Parse.
     pub facts: Arc<Facts>,
+    /// The shard shape, with the map it was computed for (a reload with another map recomputes it).
+    pub shape: std::sync::OnceLock<(Arc<crate::shardmap::ShardMap>, Arc<crate::analyze::shard::Shape>)>,
 }
 
 impl Stmt {
@@ -152,6 +154,7 @@ impl Stmt {
             param_types: Bytes::copy_from_slice(param_types),
             hash: h.finish(),
             facts,
+            shape: std::sync::OnceLock::new(),
         }
     }
 

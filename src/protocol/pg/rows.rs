@@ -41,7 +41,7 @@ fn i16_at(b: &[u8], at: usize) -> Result<i16, ProtocolError> {
 }
 
 /// Splits the part of a Bind after the portal and statement names.
-pub fn split_bind(rest: &[u8]) -> Result<BindParts, ProtocolError> {
+pub fn split_bind(rest: &Bytes) -> Result<BindParts, ProtocolError> {
     let bad = || ProtocolError::Malformed("Bind");
     let mut at = 0;
     let nf = i16_at(rest, at)?;
@@ -60,8 +60,10 @@ pub fn split_bind(rest: &[u8]) -> Result<BindParts, ProtocolError> {
         if len < 0 {
             values.push(None);
         } else {
-            let v = rest.get(at..at + len as usize).ok_or_else(bad)?;
-            values.push(Some(Bytes::copy_from_slice(v)));
+            if at + len as usize > rest.len() {
+                return Err(bad());
+            }
+            values.push(Some(rest.slice(at..at + len as usize)));
             at += len as usize;
         }
     }
@@ -258,17 +260,17 @@ mod tests {
         let mut out = BytesMut::new();
         bind_with(&mut out, &parts, None, &parts.result_formats);
         // Skip tag, length and the two empty names.
-        let back = split_bind(&out[7..]).unwrap();
+        let back = split_bind(&out.clone().freeze().slice(7..)).unwrap();
         assert_eq!(back.values, parts.values);
         assert_eq!(back.result_formats, parts.result_formats);
         assert_eq!(back.param_formats, vec![1, 1, 1]);
         let mut picked = BytesMut::new();
         bind_with(&mut picked, &parts, Some(&[2]), &[]);
         assert_eq!(
-            split_bind(&picked[7..]).unwrap().values,
+            split_bind(&picked.freeze().slice(7..)).unwrap().values,
             vec![Some(Bytes::from_static(b"x"))]
         );
-        assert!(split_bind(&[0, 0, 0, 1, 0, 0, 0, 9]).is_err());
+        assert!(split_bind(&Bytes::from_static(&[0, 0, 0, 1, 0, 0, 0, 9])).is_err());
     }
 
     #[test]
