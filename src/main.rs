@@ -48,9 +48,13 @@ enum Cmd {
     },
     /// Start a local sandbox: a PostgreSQL primary and replicas in a temporary folder, shardwire in front.
     Demo {
-        /// Number of streaming replicas.
+        /// Number of streaming replicas (per shard).
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// Number of shards; with more than one, a shard map (shard-maps/demo.toml's layout)
+        /// shards `users` and `orders` by user id and copies `countries` to every shard.
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
         /// Client address for shardwire (port 0 picks a free one).
         #[arg(long, default_value = DEMO_LISTEN)]
         listen: String,
@@ -116,7 +120,11 @@ fn main() -> Result<()> {
             let c = shardwire::config::load(&config)?;
             runtime(c.server.workers)?.block_on(serve(c, Some(config), |_, _| {}))
         }
-        Cmd::Demo { replicas, listen } => demo(replicas, &listen),
+        Cmd::Demo {
+            replicas,
+            listen,
+            shards,
+        } => demo(replicas, shards.max(1), &listen),
     }
 }
 
@@ -188,7 +196,7 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
     }
 }
 
-fn demo(replicas: usize, listen: &str) -> Result<()> {
+fn demo(replicas: usize, shards: usize, listen: &str) -> Result<()> {
     // The default port may be taken (a local PgBouncer, say): take a free one rather than fail.
     let listen = match std::net::TcpListener::bind(listen) {
         Ok(_) => listen.to_string(),
@@ -198,13 +206,34 @@ fn demo(replicas: usize, listen: &str) -> Result<()> {
         }
         Err(e) => anyhow::bail!("cannot listen on {listen}: {e}"),
     };
-    eprintln!("starting PostgreSQL: a primary and {replicas} replica(s) in a temporary folder...");
-    let sandbox = Sandbox::start(replicas)?;
-    let replica_urls: Vec<String> = sandbox
-        .replicas
-        .iter()
-        .map(|r| format!("\"{}\"", sandbox.url(r)))
-        .collect();
+    eprintln!(
+        "starting PostgreSQL: {shards} shard(s), each a primary and {replicas} replica(s), in temporary folders..."
+    );
+    let mut sandboxes = Vec::new();
+    for _ in 0..shards {
+        sandboxes.push(Sandbox::start(replicas)?);
+    }
+    let sandbox = &sandboxes[0];
+    let mut shard_entries = String::new();
+    for (i, sb) in sandboxes.iter().enumerate() {
+        let replica_urls: Vec<String> = sb.replicas.iter().map(|r| format!("\"{}\"", sb.url(r))).collect();
+        let name = if shards == 1 {
+            "main".to_string()
+        } else {
+            format!("s{i}")
+        };
+        shard_entries.push_str(&format!(
+            "\n[[shards]]\nname = \"{name}\"\nprimary = \"{}\"\nreplicas = [{}]\n",
+            sb.url(&sb.primary),
+            replica_urls.join(", ")
+        ));
+    }
+    let sharding = if shards > 1 {
+        std::fs::write(sandbox.dir.join("map.toml"), demo_map(shards))?;
+        "\n[sharding]\nmap = \"map.toml\"\n"
+    } else {
+        ""
+    };
     let config_text = format!(
         r#"# Written by `shardwire demo`.
 [server]
@@ -223,14 +252,7 @@ password = "app"
 name = "admin"
 password = "admin"
 admin = true
-
-[[shards]]
-name = "main"
-primary = "{}"
-replicas = [{}]
-"#,
-        sandbox.url(&sandbox.primary),
-        replica_urls.join(", ")
+{sharding}{shard_entries}"#
     );
     let path = sandbox.dir.join("shardwire.toml");
     std::fs::write(&path, &config_text)?;
@@ -244,7 +266,11 @@ replicas = [{}]
             "  psql \"postgres://app:app@127.0.0.1:{port}/{}\"",
             shardwire::sandbox::DATABASE
         );
-        println!("Admin console (SHOW REPLICAS, SHOW POOLS, SHOW STATS, RELOAD):");
+        if shards > 1 {
+            println!("Sharded tables users (id) and orders (user_id), reference table countries: create them through shardwire,");
+            println!("  e.g. CREATE TABLE users (id bigint PRIMARY KEY, name text); then SHOW ROUTE FOR <query> in the admin console.");
+        }
+        println!("Admin console (SHOW SHARDS, SHOW MAP, SHOW ROUTE FOR <query>, SHOW REPLICAS, SHOW POOLS, RELOAD):");
         println!("  psql \"postgres://admin:admin@127.0.0.1:{port}/shardwire\"");
         if let Some(h) = bound.http {
             println!("Metrics: http://{h}/metrics   Health: http://{h}/health");
@@ -259,6 +285,38 @@ replicas = [{}]
             dir.display()
         );
     }));
-    drop(sandbox);
+    drop(sandboxes);
     result
+}
+
+/// The demo's shard map: `users` and `orders` co-located by user id over 256 hash partitions
+/// spread evenly, `countries` on every shard.
+fn demo_map(shards: usize) -> String {
+    let per = 256 / shards;
+    let assignment: Vec<String> = (0..shards)
+        .map(|i| {
+            let end = if i + 1 == shards { 255 } else { (i + 1) * per - 1 };
+            format!("s{i} = \"{}-{end}\"", i * per)
+        })
+        .collect();
+    let names: Vec<String> = (0..shards).map(|i| format!("\"s{i}\"")).collect();
+    format!(
+        "# Written by `shardwire demo`. Format: docs/shard-maps.md\nversion = 1\nshards = [{}]\ndefault_shard = \"s0\"\n\n\
+         [groups.users]\nkey_type = \"bigint\"\npartitioning = {{ kind = \"hash\", partitions = 256 }}\nassignment = {{ {} }}\n\n\
+         [tables.users]\ngroup = \"users\"\nkey = \"id\"\n\n[tables.orders]\ngroup = \"users\"\nkey = \"user_id\"\n\n\
+         [tables.countries]\nreference = true\n",
+        names.join(", "),
+        assignment.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn demo_maps_are_valid() {
+        for n in 2..=7 {
+            let m = shardwire::shardmap::parse(&super::demo_map(n)).unwrap();
+            assert_eq!(m.shards.len(), n);
+        }
+    }
 }
