@@ -80,6 +80,8 @@ pub struct SortKey {
 pub struct Merge {
     /// The statement each shard runs.
     pub sql: String,
+    /// For each parameter of `sql` ($1, $2, ...), the client's parameter it carries.
+    pub params: Vec<usize>,
     /// Columns the client sees; the rest are hidden helpers. With a wildcard, the count before
     /// it expands (see [`Merge::resolve`]).
     pub visible: usize,
@@ -87,6 +89,8 @@ pub struct Merge {
     pub cols: Vec<ColKind>,
     /// Rows are combined by the Plain columns (GROUP BY, aggregates without GROUP BY, DISTINCT).
     pub grouped: bool,
+    /// HAVING, evaluated on the merged groups (the shards run without it).
+    pub having: Option<Having>,
     /// ORDER BY of the merged rows.
     pub order: Vec<SortKey>,
     /// LIMIT applied after merging.
@@ -124,6 +128,179 @@ impl Merge {
     }
 }
 
+/// Renumbers the `$n` parameters of a statement from $1 in order of first use; returns, for each
+/// new number, the index of the original parameter.
+pub fn renumber_params<T: sqlparser::ast::VisitMut>(stmt: &mut T) -> Vec<usize> {
+    struct Renumber(HashMap<usize, usize>, Vec<usize>);
+    impl sqlparser::ast::VisitorMut for Renumber {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if let Expr::Value(v) = e
+                && let Value::Placeholder(p) = &mut v.value
+                && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+                && n > 0
+            {
+                let next = self.1.len();
+                let new = *self.0.entry(n - 1).or_insert(next);
+                if new == next {
+                    self.1.push(n - 1);
+                }
+                *p = format!("${}", new + 1);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut r = Renumber(HashMap::new(), Vec::new());
+    let _ = stmt.visit(&mut r);
+    r.1
+}
+
+/// A HAVING condition over merged groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Having {
+    /// Both.
+    And(Box<Having>, Box<Having>),
+    /// Either.
+    Or(Box<Having>, Box<Having>),
+    /// Negation.
+    Not(Box<Having>),
+    /// A comparison.
+    Cmp(Term, CmpOp, Term),
+    /// IS NULL (or IS NOT NULL when `false`).
+    IsNull(Term, bool),
+}
+
+/// An operand of a HAVING comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Term {
+    /// A column of the shard result (an aggregate or a GROUP BY column).
+    Col(usize),
+    /// A literal or parameter.
+    Value(Operand),
+}
+
+/// Comparison operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    /// =
+    Eq,
+    /// <>
+    Ne,
+    /// <
+    Lt,
+    /// <=
+    Le,
+    /// >
+    Gt,
+    /// >=
+    Ge,
+}
+
+/// HAVING → [`Having`] over result columns; aggregates not selected become hidden columns.
+fn having_expr(
+    e: &Expr,
+    sel: &Select,
+    cols: &[ColKind],
+    hidden: &mut Vec<(SelectItem, ColKind)>,
+    n: usize,
+) -> Result<Having, String> {
+    Ok(match strip(e) {
+        Expr::BinaryOp { left, op, right } => {
+            let cmp = match op {
+                BinaryOperator::And => {
+                    return Ok(Having::And(
+                        Box::new(having_expr(left, sel, cols, hidden, n)?),
+                        Box::new(having_expr(right, sel, cols, hidden, n)?),
+                    ));
+                }
+                BinaryOperator::Or => {
+                    return Ok(Having::Or(
+                        Box::new(having_expr(left, sel, cols, hidden, n)?),
+                        Box::new(having_expr(right, sel, cols, hidden, n)?),
+                    ));
+                }
+                BinaryOperator::Eq => CmpOp::Eq,
+                BinaryOperator::NotEq => CmpOp::Ne,
+                BinaryOperator::Lt => CmpOp::Lt,
+                BinaryOperator::LtEq => CmpOp::Le,
+                BinaryOperator::Gt => CmpOp::Gt,
+                BinaryOperator::GtEq => CmpOp::Ge,
+                other => return Err(format!("operator {other} is not supported")),
+            };
+            Having::Cmp(
+                having_term(left, sel, cols, hidden, n)?,
+                cmp,
+                having_term(right, sel, cols, hidden, n)?,
+            )
+        }
+        Expr::UnaryOp {
+            op: UnaryOperator::Not,
+            expr,
+        } => Having::Not(Box::new(having_expr(expr, sel, cols, hidden, n)?)),
+        Expr::IsNull(t) => Having::IsNull(having_term(t, sel, cols, hidden, n)?, true),
+        Expr::IsNotNull(t) => Having::IsNull(having_term(t, sel, cols, hidden, n)?, false),
+        other => {
+            return Err(format!(
+                "the condition {other} is not supported; compare aggregates or grouped columns with values"
+            ));
+        }
+    })
+}
+
+fn having_term(
+    e: &Expr,
+    sel: &Select,
+    cols: &[ColKind],
+    hidden: &mut Vec<(SelectItem, ColKind)>,
+    n: usize,
+) -> Result<Term, String> {
+    if let Some(o) = operand(e) {
+        return Ok(Term::Value(o));
+    }
+    let target = strip(e);
+    if let Some(i) = sel.projection.iter().position(|item| match item {
+        SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => strip(x) == target,
+        _ => false,
+    }) {
+        return Ok(Term::Col(i));
+    }
+    if let Some(i) = hidden
+        .iter()
+        .position(|(item, _)| matches!(item, SelectItem::UnnamedExpr(x) if strip(x) == target))
+    {
+        return Ok(Term::Col(n + i));
+    }
+    let Expr::Function(f) = target else {
+        return Err(format!("{e} must be a selected column or an aggregate"));
+    };
+    if matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some())
+        || f.filter.is_some()
+        || f.over.is_some()
+    {
+        return Err(format!("{e} cannot be merged"));
+    }
+    let kind = match func_name(f).as_str() {
+        "count" => ColKind::Count,
+        "sum" => ColKind::Sum,
+        "min" => ColKind::Min,
+        "max" => ColKind::Max,
+        "avg" => {
+            let mut sum = f.clone();
+            sum.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("sum"))]);
+            let mut count = f.clone();
+            count.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("count"))]);
+            hidden.push((SelectItem::UnnamedExpr(Expr::Function(count)), ColKind::Count));
+            let count_col = n + hidden.len() - 1;
+            hidden.push((SelectItem::UnnamedExpr(Expr::Function(sum)), ColKind::Avg { count_col }));
+            let _ = cols;
+            return Ok(Term::Col(n + hidden.len() - 1));
+        }
+        other => return Err(format!("aggregate {other}() cannot be merged")),
+    };
+    hidden.push((SelectItem::UnnamedExpr(target.clone()), kind));
+    Ok(Term::Col(n + hidden.len() - 1))
+}
+
 /// What a statement is, against a shard map.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
@@ -150,7 +327,7 @@ pub enum Shape {
         /// UPDATE or DELETE.
         write: bool,
         /// For a SELECT: how to merge when several shards answer, or why it cannot be.
-        merge: Result<Merge, String>,
+        merge: Result<Box<Merge>, String>,
     },
     /// INSERT ... VALUES into a sharded table.
     Insert {
@@ -701,7 +878,7 @@ fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
         group,
         cond,
         write: false,
-        merge: merge_plan(q, sel, &s),
+        merge: merge_plan(q, sel, &s).map(Box::new),
     }
 }
 
@@ -781,6 +958,7 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
     };
     // A GROUP BY on the shard key puts every group on one shard: the shards' rows are final.
     let group_on_key = group_exprs.iter().any(|e| scope.key_of(e).is_some());
+    let mut having = None;
     let n = sel.projection.len();
     for (i, item) in sel.projection.iter().enumerate() {
         let (expr, alias) = match item {
@@ -868,8 +1046,12 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
                 return refuse(&format!("GROUP BY {g} across shards needs {g} in the select list"));
             }
         }
-        if sel.having.is_some() {
-            return refuse("HAVING across shards is only supported when grouping by the shard key");
+        if let Some(h) = &sel.having {
+            match having_expr(h, sel, &cols, &mut hidden, n) {
+                Ok(e) => having = Some(e),
+                Err(why) => return refuse(&format!("HAVING across shards: {why}")),
+            }
+            shard_sel.having = None;
         }
         if cols
             .iter()
@@ -989,6 +1171,15 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
     let mut shard_q = q.clone();
     *shard_q.body = SetExpr::Select(Box::new(shard_sel));
     shard_q.limit_clause = None;
+    // The shard statement may use fewer parameters than the client's (HAVING stays behind):
+    // number the ones it keeps from $1.
+    let mut params = renumber_params(&mut shard_q);
+    let mut param = |p: usize| {
+        params.iter().position(|&x| x == p).unwrap_or_else(|| {
+            params.push(p);
+            params.len() - 1
+        })
+    };
     let mut sql = shard_q.to_string();
     if !grouped_merge && !distinct {
         match (&limit, &offset) {
@@ -998,23 +1189,26 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
                     sql.push_str(&format!(" LIMIT {}", l.saturating_add(o)));
                 }
             }
-            (Some(Operand::Param(l)), None) => sql.push_str(&format!(" LIMIT ${}", l + 1)),
+            (Some(Operand::Param(l)), None) => sql.push_str(&format!(" LIMIT ${}", param(*l) + 1)),
             (Some(Operand::Param(l)), Some(o)) => {
+                let l = param(*l) + 1;
                 let o = match o {
-                    Operand::Param(p) => format!("${}", p + 1),
+                    Operand::Param(p) => format!("${}", param(*p) + 1),
                     Operand::Lit(x) => x.clone(),
                     Operand::Null => "0".into(),
                 };
-                sql.push_str(&format!(" LIMIT (${} + {o})", l + 1));
+                sql.push_str(&format!(" LIMIT (${l} + {o})"));
             }
             _ => {}
         }
     }
     Ok(Merge {
         sql,
+        params,
         visible: n,
         cols,
         grouped: grouped_merge || distinct,
+        having,
         order,
         limit,
         offset,

@@ -154,6 +154,42 @@ pub fn average(sum: &Value, count: &Value) -> Result<Value, MergeError> {
     })
 }
 
+/// A literal's text as a value comparable with `like` (the value of the other side of a
+/// comparison), or `None` when it is not of that kind.
+pub fn coerce_literal(text: &str, like: &Value) -> Option<Value> {
+    Some(match like {
+        Value::Int(_) => match text.trim().parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::Num(Decimal::parse(text)?),
+        },
+        Value::Num(_) => Value::Num(Decimal::parse(text)?),
+        Value::Float(_) => Value::Float(text.trim().parse().ok()?),
+        Value::Text(_) => Value::Text(text.as_bytes().to_vec()),
+        Value::Bool(_) => Value::Bool(matches!(
+            text.trim().to_ascii_lowercase().as_str(),
+            "t" | "true" | "1" | "yes" | "on"
+        )),
+        Value::Null => return None,
+    })
+}
+
+/// SQL comparison with three-valued logic: `None` when either side is NULL.
+pub fn compare(a: &Value, op: crate::analyze::shard::CmpOp, b: &Value) -> Result<Option<bool>, MergeError> {
+    use crate::analyze::shard::CmpOp;
+    if *a == Value::Null || *b == Value::Null {
+        return Ok(None);
+    }
+    let o = a.cmp_same(b)?;
+    Ok(Some(match op {
+        CmpOp::Eq => o == Ordering::Equal,
+        CmpOp::Ne => o != Ordering::Equal,
+        CmpOp::Lt => o == Ordering::Less,
+        CmpOp::Le => o != Ordering::Greater,
+        CmpOp::Gt => o == Ordering::Greater,
+        CmpOp::Ge => o != Ordering::Less,
+    }))
+}
+
 /// Formats a float as PostgreSQL's float8out does by default: the shortest text that reads back
 /// exactly, with an exponent outside 1e-4 .. 1e15.
 pub fn format_float(f: f64) -> String {

@@ -2,10 +2,8 @@
 //! how: one shard (bytes forwarded untouched), a scatter with a merge, the same write on several
 //! shards, an INSERT split into one statement per shard, or a refusal. Pure, no I/O.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::ControlFlow;
-
-use sqlparser::ast::{Expr, SetExpr, Statement, Value, VisitMut, VisitorMut};
+use sqlparser::ast::{SetExpr, Statement};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::analyze::fingerprint::LITERAL_PARAM_BASE;
 use crate::analyze::shard::{KeyCond, Merge, Operand, Shape};
@@ -34,7 +32,7 @@ pub enum ShardPlan {
         /// Shards, ascending.
         shards: Vec<ShardId>,
         /// How to merge.
-        merge: Merge,
+        merge: Box<Merge>,
     },
     /// The same write on several shards, committed atomically.
     Write {
@@ -279,30 +277,11 @@ fn insert_part(stmt: &Statement, shard: ShardId, rows: &[usize]) -> InsertPart {
             .collect();
     }
     // Renumber the parameters left, in order of first use.
-    struct Renumber(HashMap<usize, usize>, Vec<usize>);
-    impl VisitorMut for Renumber {
-        type Break = ();
-        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
-            if let Expr::Value(v) = e
-                && let Value::Placeholder(p) = &mut v.value
-                && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
-            {
-                let next = self.1.len();
-                let new = *self.0.entry(n - 1).or_insert(next);
-                if new == next {
-                    self.1.push(n - 1);
-                }
-                *p = format!("${}", new + 1);
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut r = Renumber(HashMap::new(), Vec::new());
-    let _ = s.visit(&mut r);
+    let params = crate::analyze::shard::renumber_params(&mut s);
     InsertPart {
         shard,
         sql: s.to_string(),
-        params: r.1,
+        params,
     }
 }
 
@@ -343,10 +322,11 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
                 Some(Operand::Null) => "null".into(),
             };
             format!(
-                "scatter {} merge cols=[{}] grouped={} order=[{}] limit={} offset={}\n  each shard runs: {}",
+                "scatter {} merge cols=[{}] grouped={}{} order=[{}] limit={} offset={}\n  each shard runs: {}",
                 names(shards),
                 cols.join(", "),
                 merge.grouped,
+                if merge.having.is_some() { " having" } else { "" },
                 order.join(", "),
                 op(&merge.limit),
                 op(&merge.offset),

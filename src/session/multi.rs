@@ -15,7 +15,7 @@ use super::Session;
 use super::client::SessionError;
 use super::state::Stmt;
 use crate::analyze::Facts;
-use crate::analyze::shard::{ColKind, Merge, Operand};
+use crate::analyze::shard::{ColKind, Having, Merge, Operand, Term};
 use crate::backend::Checkout;
 use crate::merge::{self, Value};
 use crate::plan::shard::{InsertPart, ShardPlan};
@@ -324,8 +324,13 @@ impl Session {
             match &src {
                 Source::Simple => msg::query(&mut out, &m.sql),
                 Source::Extended { param_types, bind } => {
-                    msg::parse(&mut out, "", &m.sql, param_types);
-                    rows::bind_with(&mut out, bind, None, &shard_formats);
+                    msg::parse(
+                        &mut out,
+                        "",
+                        &m.sql,
+                        &super::multi_write::pick_types(param_types, &m.params),
+                    );
+                    rows::bind_with(&mut out, bind, Some(&m.params), &shard_formats);
                     msg::describe_or_close(&mut out, b'D', b'P', "");
                     rows::execute_all(&mut out);
                     rows::sync(&mut out);
@@ -408,7 +413,7 @@ impl Session {
         let limit = limit_value(&m.limit, bind);
         let offset = limit_value(&m.offset, bind).unwrap_or(0);
         let result = if m.grouped {
-            self.merge_groups(&mut legs, m, &shard_fields, &out_fields, limit, offset)
+            self.merge_groups(&mut legs, m, &shard_fields, &out_fields, (limit, offset), bind)
                 .await
         } else {
             self.merge_stream(&mut legs, m, &shard_fields, limit, offset).await
@@ -588,8 +593,8 @@ impl Session {
         m: &Merge,
         fields: &[Field],
         out_fields: &[Field],
-        limit: Option<u64>,
-        offset: u64,
+        (limit, offset): (Option<u64>, u64),
+        bind: Option<&BindParts>,
     ) -> Result<Result<u64, String>, RowError> {
         let mut groups = Groups {
             index: HashMap::new(),
@@ -633,6 +638,18 @@ impl Session {
                     }
                 }
             }
+        }
+        // HAVING, on the merged groups.
+        if let Some(h) = &m.having {
+            let mut kept = Vec::with_capacity(groups.rows.len());
+            for (cells, acc) in groups.rows {
+                match eval_having(h, m, fields, &cells, &acc, bind) {
+                    Ok(Some(true)) => kept.push((cells, acc)),
+                    Ok(_) => {}
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            groups.rows = kept;
         }
         // Final values: sums and counts encoded for the client, averages divided.
         let mut finished: Vec<(Vec<Value>, Vec<Option<Bytes>>)> = Vec::with_capacity(groups.rows.len());
@@ -697,6 +714,107 @@ impl Session {
         }
         Ok(Ok(sent))
     }
+}
+
+/// The value of result column `i` of a merged group.
+fn group_value(m: &Merge, fields: &[Field], cells: &[Option<Bytes>], acc: &[Value], i: usize) -> Result<Value, String> {
+    match m.cols.get(i) {
+        Some(ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max) => Ok(acc[i].clone()),
+        Some(ColKind::Avg { count_col }) => merge::average(&acc[i], &acc[*count_col]).map_err(|e| e.to_string()),
+        _ => values::decode(
+            fields[i].type_oid,
+            fields[i].format,
+            cells.get(i).and_then(|c| c.as_deref()),
+        ),
+    }
+}
+
+fn term_value(
+    t: &Term,
+    like: Option<&Value>,
+    m: &Merge,
+    fields: &[Field],
+    cells: &[Option<Bytes>],
+    acc: &[Value],
+    bind: Option<&BindParts>,
+) -> Result<Value, String> {
+    let text = match t {
+        Term::Col(i) => return group_value(m, fields, cells, acc, *i),
+        Term::Value(Operand::Null) => return Ok(Value::Null),
+        Term::Value(Operand::Lit(l)) => l.clone(),
+        Term::Value(Operand::Param(p)) => {
+            let b = bind.ok_or("a parameter without values")?;
+            let Some(raw) = b.values.get(*p).and_then(|v| v.as_ref()) else {
+                return Ok(Value::Null);
+            };
+            if b.param_format(*p) == 0 {
+                String::from_utf8_lossy(raw).into_owned()
+            } else {
+                match raw.len() {
+                    2 => i16::from_be_bytes([raw[0], raw[1]]).to_string(),
+                    4 => i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]).to_string(),
+                    8 => i64::from_be_bytes(raw[..8].try_into().unwrap_or_default()).to_string(),
+                    _ => return Err("a binary HAVING parameter of unknown type".into()),
+                }
+            }
+        }
+    };
+    let like = like.ok_or("HAVING compares two values")?;
+    merge::coerce_literal(&text, like).ok_or_else(|| format!("cannot compare {text} with {like:?}"))
+}
+
+/// Three-valued evaluation of HAVING for one merged group.
+fn eval_having(
+    h: &Having,
+    m: &Merge,
+    fields: &[Field],
+    cells: &[Option<Bytes>],
+    acc: &[Value],
+    bind: Option<&BindParts>,
+) -> Result<Option<bool>, String> {
+    Ok(match h {
+        Having::And(a, b) => match (
+            eval_having(a, m, fields, cells, acc, bind)?,
+            eval_having(b, m, fields, cells, acc, bind)?,
+        ) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+        Having::Or(a, b) => match (
+            eval_having(a, m, fields, cells, acc, bind)?,
+            eval_having(b, m, fields, cells, acc, bind)?,
+        ) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        Having::Not(a) => eval_having(a, m, fields, cells, acc, bind)?.map(|v| !v),
+        Having::IsNull(t, is_null) => {
+            let v = term_value(t, None, m, fields, cells, acc, bind)?;
+            Some((v == Value::Null) == *is_null)
+        }
+        Having::Cmp(l, op, r) => {
+            // Resolve columns first so a literal can take the column's type.
+            let (lv, rv) = match (l, r) {
+                (Term::Col(_), _) => {
+                    let lv = term_value(l, None, m, fields, cells, acc, bind)?;
+                    let rv = term_value(r, Some(&lv), m, fields, cells, acc, bind)?;
+                    (lv, rv)
+                }
+                _ => {
+                    let rv = term_value(r, None, m, fields, cells, acc, bind)?;
+                    let lv = term_value(l, Some(&rv), m, fields, cells, acc, bind)?;
+                    (lv, rv)
+                }
+            };
+            if lv == Value::Null || rv == Value::Null {
+                None
+            } else {
+                merge::compare(&lv, *op, &rv).map_err(|e| e.to_string())?
+            }
+        }
+    })
 }
 
 enum Head {

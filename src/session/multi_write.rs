@@ -233,7 +233,7 @@ impl Session {
 }
 
 /// Parameter types for a subset of the client's parameters.
-fn pick_types(param_types: &[u8], pick: &[usize]) -> Vec<u8> {
+pub(super) fn pick_types(param_types: &[u8], pick: &[usize]) -> Vec<u8> {
     let n = param_types
         .get(..2)
         .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);

@@ -194,6 +194,14 @@ fn read_corpus() -> Vec<String> {
     );
     q.push("SELECT kind, count(*), avg(weight) FROM events GROUP BY kind ORDER BY kind".into());
     q.push("SELECT country, count(*) FROM users GROUP BY country".into());
+    // HAVING merged across shards (groups not on the key).
+    q.push("SELECT country, count(*) FROM users GROUP BY country HAVING count(*) > 240 ORDER BY country".into());
+    q.push("SELECT country, sum(score) FROM users GROUP BY country HAVING sum(score) >= 12000 OR country IS NULL ORDER BY country NULLS FIRST".into());
+    q.push("SELECT country FROM users GROUP BY country HAVING avg(score) > 50 ORDER BY country".into());
+    q.push("SELECT status, count(*) FROM orders GROUP BY status HAVING max(amount) > 499 AND min(amount) < 1 ORDER BY status".into());
+    q.push("SELECT country, count(*) AS n FROM users GROUP BY country HAVING NOT count(*) < 250 ORDER BY n DESC, country LIMIT 3".into());
+    q.push("SELECT count(*) FROM users HAVING count(*) > 10".into());
+    q.push("SELECT score, count(*) FROM users WHERE score < 10 GROUP BY score HAVING score <> 3 AND count(*) > 25 ORDER BY score".into());
     q.push(
         "SELECT user_id, count(*), sum(amount) FROM orders GROUP BY user_id HAVING count(*) > 3 ORDER BY user_id"
             .into(),
@@ -241,7 +249,8 @@ const REFUSED: &[&str] = &[
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
     "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",
     "SELECT id FROM users UNION SELECT user_id FROM orders",
-    "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) > 100",
+    "SELECT country, count(*) FROM users GROUP BY country HAVING count(DISTINCT score) > 1",
+    "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) + 1 > 100",
     "UPDATE users SET id = id + 1 WHERE id = 5",
     "INSERT INTO users (name) VALUES ('nokey')",
     "INSERT INTO users SELECT * FROM users",
@@ -393,6 +402,10 @@ async fn same_rows_as_one_database() {
         (
             "SELECT DISTINCT status FROM orders WHERE user_id < $1 ORDER BY status",
             vec![10],
+        ),
+        (
+            "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) > $1 ORDER BY country",
+            vec![240, 260],
         ),
     ];
     for (sql, values) in &prepared {
