@@ -173,6 +173,9 @@ impl Session {
     async fn on_describe(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let (kind, name) = msg::parse_target(f.body(), "Describe")?;
         if kind == b'P' {
+            if self.on_local_portal(b'D', name) {
+                return Ok(Flow::Continue);
+            }
             if let Some(p) = self.multi_portal.as_mut().filter(|p| p.name == name) {
                 p.describe = true;
                 return Ok(Flow::Continue);
@@ -203,6 +206,9 @@ impl Session {
         let portal = msg::parse_execute(f.body())?;
         if self.multi_portal.as_ref().is_some_and(|p| p.name == portal) {
             self.execute_multi().await?;
+            return Ok(Flow::Continue);
+        }
+        if self.on_local_portal(b'E', portal) {
             return Ok(Flow::Continue);
         }
         let facts = self.portals.get(portal).map(|s| s.facts.clone());
@@ -245,6 +251,9 @@ impl Session {
             if self.multi_portal.as_ref().is_some_and(|p| p.name == name) {
                 self.multi_portal = None;
             }
+            if self.on_local_portal(b'C', name) {
+                return Ok(Flow::Continue);
+            }
             match self.held.as_mut() {
                 Some(h) => {
                     h.wbuf.extend_from_slice(f.raw());
@@ -266,8 +275,9 @@ impl Session {
 
     fn on_sync(&mut self, f: Frame) -> Result<Flow, SessionError> {
         self.ignore_till_sync = false;
-        // An unnamed portal ends at Sync; a multi-shard one never outlives it.
+        // An unnamed portal ends at Sync; a multi-shard or local one never outlives it.
         self.multi_portal = None;
+        self.local_portal = None;
         match self.held.as_mut() {
             // The server ignores Sync during COPY FROM STDIN: nothing will answer it.
             Some(h) if h.copy_in => h.wbuf.extend_from_slice(f.raw()),

@@ -137,6 +137,7 @@ async fn handle(
                 tx_refused: false,
                 multi_portal: None,
                 early: Default::default(),
+                local_portal: None,
                 shutdown,
             };
             session.run().await

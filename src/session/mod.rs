@@ -125,6 +125,9 @@ pub struct Session {
     tx_refused: bool,
     /// An extended-protocol portal whose statement runs on several shards, bound but not run.
     multi_portal: Option<multi::MultiPortal>,
+    /// An extended-protocol portal the proxy answers itself (a deferred BEGIN, or the COMMIT or
+    /// ROLLBACK of a transaction that never reached a shard), with its command tag.
+    local_portal: Option<(String, &'static str)>,
     /// Answers the proxy gave itself while no backend was held, in the middle of an extended-
     /// protocol batch (ParseComplete of a deferred Parse): sent with the backend's first answers
     /// or at Sync, so the client gets one write, not two.

@@ -259,6 +259,27 @@ impl Session {
         {
             return Ok(Routed::Shard(h.shard));
         }
+        // A BEGIN waits for the shard of the transaction's first statement, as in the simple
+        // protocol (JDBC sends BEGIN this way); an empty transaction ends without a shard.
+        if self.held.is_none() && self.multi_portal.is_none() && !stmt.query.trim().trim_end_matches(';').contains(';')
+        {
+            let tag = match stmt.facts.tx {
+                TxEffect::Begin { .. } if self.pending_begin.is_none() => {
+                    self.pending_begin = Some(stmt.query.clone());
+                    Some("BEGIN")
+                }
+                TxEffect::End if self.pending_begin.is_some() => {
+                    self.pending_begin = None;
+                    Some(end_tag(&stmt.query))
+                }
+                _ => None,
+            };
+            if let Some(tag) = tag {
+                self.local_portal = Some((portal.to_owned(), tag));
+                self.answer_local(&msg::empty(b'2'));
+                return Ok(Routed::Done(Flow::Continue));
+            }
+        }
         let params = Params {
             formats: (0..parts.values.len()).map(|i| parts.param_format(i)).collect(),
             values: parts.values.iter().map(|v| v.as_deref()).collect(),
@@ -398,6 +419,39 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A local answer in an extended-protocol batch: queued behind what the held backend owes,
+    /// or kept for the next write when none is held.
+    pub(super) fn answer_local(&mut self, b: &[u8]) {
+        match self.held.as_mut() {
+            Some(h) => h
+                .ops
+                .push_back(super::state::Op::Synth(bytes::Bytes::copy_from_slice(b))),
+            None => self.early.extend_from_slice(b),
+        }
+    }
+
+    /// Describe, Execute or Close of the portal the proxy answers itself; `false` if `name` is
+    /// another portal.
+    pub(super) fn on_local_portal(&mut self, kind: u8, name: &str) -> bool {
+        let Some((p, tag)) = &self.local_portal else {
+            return false;
+        };
+        if p != name {
+            return false;
+        }
+        let mut b = bytes::BytesMut::new();
+        match kind {
+            b'D' => b.extend_from_slice(&msg::empty(b'n')),
+            b'E' => msg::command_complete(&mut b, tag),
+            _ => {
+                b.extend_from_slice(&msg::empty(b'3'));
+                self.local_portal = None;
+            }
+        }
+        self.answer_local(&b);
+        true
     }
 
     /// An answer in order with whatever the held backend still owes (or at once without one).

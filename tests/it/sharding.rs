@@ -191,6 +191,26 @@ async fn transactions_stay_on_one_shard_and_refuse_to_cross() {
     // The session works normally afterwards, and an empty transaction costs no backend.
     c.batch_execute("BEGIN; COMMIT").await.unwrap();
     assert_eq!(c.query("SELECT id FROM users", &[]).await.unwrap().len(), 1);
+    // BEGIN in the extended protocol (as JDBC sends it) also waits for the first statement.
+    c.execute("BEGIN", &[]).await.unwrap();
+    c.execute("INSERT INTO users (id, name) VALUES ($1, 'ext')", &[&b])
+        .await
+        .unwrap();
+    c.execute("UPDATE users SET score = 9 WHERE id = $1", &[&b])
+        .await
+        .unwrap();
+    c.execute("COMMIT", &[]).await.unwrap();
+    let n: i64 = topo
+        .shard(2)
+        .await
+        .query_one("SELECT count(*) FROM users WHERE score = 9", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the extended-protocol transaction ran on the row's shard");
+    c.execute("BEGIN", &[]).await.unwrap();
+    c.execute("ROLLBACK", &[]).await.unwrap();
+    assert_eq!(c.query("SELECT id FROM users", &[]).await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
