@@ -128,6 +128,67 @@ impl Merge {
     }
 }
 
+fn copy_format(
+    options: &[sqlparser::ast::CopyOption],
+    legacy: &[sqlparser::ast::CopyLegacyOption],
+) -> Result<crate::protocol::pg::copy::CopyFormat, String> {
+    use crate::protocol::pg::copy::CopyFormat;
+    use sqlparser::ast::{CopyLegacyCsvOption as L, CopyLegacyOption as O, CopyOption as C};
+    let csv = options
+        .iter()
+        .any(|o| matches!(o, C::Format(f) if f.value.eq_ignore_ascii_case("csv")))
+        || legacy.iter().any(|o| matches!(o, O::Csv(_)));
+    if options
+        .iter()
+        .any(|o| matches!(o, C::Format(f) if f.value.eq_ignore_ascii_case("binary")))
+        || legacy.iter().any(|o| matches!(o, O::Binary))
+    {
+        return Err("the binary format cannot be split by key; use text or CSV".into());
+    }
+    let byte = |c: char| -> Result<u8, String> {
+        u8::try_from(c)
+            .ok()
+            .filter(u8::is_ascii)
+            .ok_or_else(|| format!("the character {c:?} is not supported"))
+    };
+    let mut f = CopyFormat::new(csv);
+    for o in options {
+        match o {
+            C::Delimiter(c) => f.delimiter = byte(*c)?,
+            C::Quote(c) => {
+                f.quote = byte(*c)?;
+                f.escape = f.quote;
+            }
+            C::Escape(c) => f.escape = byte(*c)?,
+            C::Header(h) => f.header = *h,
+            C::Null(n) => f.null = n.as_bytes().to_vec(),
+            _ => {}
+        }
+    }
+    for o in legacy {
+        match o {
+            O::Delimiter(c) => f.delimiter = byte(*c)?,
+            O::Null(n) => f.null = n.as_bytes().to_vec(),
+            O::Header => f.header = true,
+            O::Csv(opts) => {
+                for c in opts {
+                    match c {
+                        L::Header => f.header = true,
+                        L::Quote(q) => f.quote = byte(*q)?,
+                        L::Escape(e) => f.escape = byte(*e)?,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if f.csv && f.escape != f.quote {
+        return Err("CSV with an ESCAPE other than the QUOTE character is not supported".into());
+    }
+    Ok(f)
+}
+
 /// Renumbers the `$n` parameters of a statement from $1 in order of first use; returns, for each
 /// new number, the index of the original parameter.
 pub fn renumber_params<T: sqlparser::ast::VisitMut>(stmt: &mut T) -> Vec<usize> {
@@ -338,6 +399,19 @@ pub enum Shape {
         /// The statement, to split by shard.
         stmt: Arc<Statement>,
     },
+    /// `COPY table FROM STDIN` into a sharded table: rows split by key.
+    CopyIn {
+        /// The group.
+        group: usize,
+        /// The table.
+        table: String,
+        /// Its key column.
+        key: String,
+        /// The COPY's column list (empty: the table's columns in order).
+        columns: Vec<String>,
+        /// Data format.
+        format: crate::protocol::pg::copy::CopyFormat,
+    },
     /// Cannot be run correctly across shards.
     Refuse(String),
 }
@@ -391,6 +465,41 @@ fn tables(stmt: &impl Visit, map: &ShardMap) -> (Vec<(String, TableRule)>, bool)
 }
 
 fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
+    if let Statement::Copy {
+        source,
+        to,
+        target,
+        options,
+        legacy_options,
+        ..
+    } = stmt
+        && let sqlparser::ast::CopySource::Table { table_name, columns } = source
+    {
+        let table = last_name(table_name);
+        return match map.table(&table) {
+            None => Shape::Unsharded,
+            Some(TableRule::Reference) => Shape::Refuse(format!(
+                "COPY of reference table {table} through shardwire is not supported; load it with INSERT (every shard gets the rows)"
+            )),
+            Some(TableRule::Sharded { group, key }) => {
+                if *to || !matches!(target, sqlparser::ast::CopyTarget::Stdin) {
+                    return Shape::Refuse(format!(
+                        "COPY {table} TO STDOUT or from a file is not supported on a sharded table; SELECT the rows, or COPY FROM STDIN to load"
+                    ));
+                }
+                match copy_format(options, legacy_options) {
+                    Ok(format) => Shape::CopyIn {
+                        group: *group,
+                        table,
+                        key: key.clone(),
+                        columns: columns.iter().map(ident).collect(),
+                        format,
+                    },
+                    Err(m) => Shape::Refuse(format!("COPY {table} FROM STDIN: {m}")),
+                }
+            }
+        };
+    }
     let (named, unsharded) = tables(stmt, map);
     if named.is_empty() {
         return if is_ddl(stmt) {

@@ -46,6 +46,11 @@ pub enum ShardPlan {
         /// One statement per shard.
         parts: Vec<InsertPart>,
     },
+    /// `COPY ... FROM STDIN`: rows split by key over every shard.
+    CopySplit {
+        /// Shards, ascending.
+        shards: Vec<ShardId>,
+    },
     /// Not run; the reason.
     Refuse(String),
 }
@@ -66,7 +71,9 @@ impl ShardPlan {
     pub fn shards(&self) -> Vec<ShardId> {
         match self {
             ShardPlan::One(s) => vec![*s],
-            ShardPlan::Scatter { shards, .. } | ShardPlan::Write { shards, .. } => shards.clone(),
+            ShardPlan::Scatter { shards, .. } | ShardPlan::Write { shards, .. } | ShardPlan::CopySplit { shards } => {
+                shards.clone()
+            }
             ShardPlan::InsertSplit { parts } => parts.iter().map(|p| p.shard).collect(),
             ShardPlan::Refuse(_) => Vec::new(),
         }
@@ -78,7 +85,7 @@ impl ShardPlan {
             ShardPlan::One(_) => "single-shard",
             ShardPlan::Scatter { .. } => "scatter",
             ShardPlan::Write { .. } => "broadcast",
-            ShardPlan::InsertSplit { .. } => "insert-split",
+            ShardPlan::InsertSplit { .. } | ShardPlan::CopySplit { .. } => "insert-split",
             ShardPlan::Refuse(_) => "refused",
         }
     }
@@ -195,6 +202,9 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
             replicated: true,
         },
         Shape::Refuse(m) => ShardPlan::Refuse(m.clone()),
+        Shape::CopyIn { .. } => ShardPlan::CopySplit {
+            shards: map.all_shards(),
+        },
         Shape::Group {
             group,
             cond,
@@ -351,6 +361,9 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
                 }
             }
             s
+        }
+        ShardPlan::CopySplit { shards } => {
+            format!("copy-split {} (rows routed by key, two-phase commit)", names(shards))
         }
         ShardPlan::Refuse(m) => format!("refused (0A000): {m}"),
     }

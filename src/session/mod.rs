@@ -9,6 +9,7 @@ mod checkout;
 pub mod client;
 mod frontend;
 mod multi;
+mod multi_copy;
 mod multi_write;
 pub use multi_write::DECISION_TABLE_DDL as TWO_PHASE_DECISION_DDL;
 pub mod listener;

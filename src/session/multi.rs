@@ -114,6 +114,93 @@ impl LegHandle {
         }
     }
 
+    /// The first column of a query's rows.
+    pub(super) async fn rows(&mut self, sql: &str) -> Result<Vec<String>, String> {
+        let mut out = BytesMut::new();
+        msg::query(&mut out, sql);
+        let r = async {
+            self.send(&out).await?;
+            let mut rows = Vec::new();
+            let mut err = None;
+            loop {
+                let f = self.frame().await?;
+                match f.tag() {
+                    b'D' => {
+                        if let Ok(cells) = rows::parse_data_row(&f.raw().slice(5..)) {
+                            rows.push(
+                                cells
+                                    .first()
+                                    .cloned()
+                                    .flatten()
+                                    .map(|c| String::from_utf8_lossy(&c).into_owned())
+                                    .unwrap_or_default(),
+                            );
+                        }
+                    }
+                    b'E' => err = Some(msg::error_message(f.body())),
+                    b'Z' => return Ok::<_, std::io::Error>((rows, err)),
+                    _ => {}
+                }
+            }
+        }
+        .await;
+        match r {
+            Ok((rows, None)) => Ok(rows),
+            Ok((_, Some(e))) => Err(e),
+            Err(e) => {
+                self.mark_broken();
+                Err(format!("shard connection failed: {e}"))
+            }
+        }
+    }
+
+    /// Sends a replay, BEGIN and a COPY FROM STDIN; returns the CopyInResponse, or the error.
+    pub(super) async fn start_copy(&mut self, out: &[u8]) -> std::io::Result<Result<Frame, Frame>> {
+        self.send(out).await?;
+        if let Some(e) = self.skip_replay().await? {
+            return Ok(Err(e));
+        }
+        if let Some(e) = self.until_ready().await? {
+            return Ok(Err(e));
+        }
+        loop {
+            let f = self.frame().await?;
+            match f.tag() {
+                b'G' => return Ok(Ok(f)),
+                b'E' => {
+                    self.until_ready().await?;
+                    return Ok(Err(f));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Abandons a COPY or transaction in progress: the connection is closed, so the server rolls
+    /// back whatever it held.
+    pub(super) async fn abort_copy(&mut self) {
+        self.mark_broken();
+    }
+
+    /// After CopyDone: the command tag or the error, through ReadyForQuery.
+    pub(super) async fn collect_tail(&mut self) -> std::io::Result<(Option<String>, Option<Frame>)> {
+        let mut tag = None;
+        let mut err = None;
+        loop {
+            let f = self.frame().await?;
+            match f.tag() {
+                b'C' => {
+                    tag = Some(String::from_utf8_lossy(f.body().strip_suffix(&[0]).unwrap_or(f.body())).into_owned())
+                }
+                b'E' => {
+                    err.get_or_insert(f);
+                }
+                b'Z' => return Ok((tag, err)),
+                _ => {}
+            }
+        }
+    }
+
     /// Reads a write's answers: the replay and BEGIN, then the statement through ReadyForQuery.
     pub(super) async fn collect(&mut self) -> std::io::Result<Collected> {
         let mut c = Collected {
@@ -240,6 +327,7 @@ impl Session {
                 self.write_all_shards(&parts, false, *replicated, src, describe).await
             }
             ShardPlan::InsertSplit { parts } => self.write_all_shards(parts, true, false, src, describe).await,
+            ShardPlan::CopySplit { shards } => self.copy_split(sql, shards).await,
             ShardPlan::One(_) | ShardPlan::Refuse(_) => Ok(Outcome::Failed),
         };
         self.shared.stats.record_plan(plan.kind());

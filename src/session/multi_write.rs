@@ -24,9 +24,10 @@ pub const DECISION_TABLE_DDL: &str =
 /// Prefix of the transaction ids shardwire prepares: `sw:<coordinator shard>:<random>`.
 pub const GID_PREFIX: &str = "sw:";
 
-struct Part {
-    leg: super::multi::LegHandle,
-    shard: usize,
+/// One shard's connection in a multi-shard write.
+pub(super) struct Part {
+    pub(super) leg: super::multi::LegHandle,
+    pub(super) shard: usize,
 }
 
 impl Session {
@@ -133,7 +134,7 @@ impl Session {
                 ),
             });
         }
-        if let Err(m) = self.commit_all(&mut ps).await {
+        if let Err(m) = self.commit_parts(&mut ps).await {
             return Ok(self.report_error(SqlState::TRANSACTION_ROLLBACK, &m));
         }
         let simple = matches!(src, Source::Simple);
@@ -150,7 +151,7 @@ impl Session {
     }
 
     /// Commits every part: directly for one, with two-phase commit for several.
-    async fn commit_all(&mut self, ps: &mut [Part]) -> Result<(), String> {
+    pub(super) async fn commit_parts(&mut self, ps: &mut [Part]) -> Result<(), String> {
         if let [p] = ps {
             return match p.leg.simple("COMMIT").await {
                 Some(None) => Ok(()),

@@ -337,3 +337,82 @@ async fn recovery_finishes_prepared_transactions_by_the_decision_record() {
         .collect();
     assert_eq!(names, ["decided"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_stdin_splits_rows_by_key() {
+    use futures_util::SinkExt;
+    let (topo, _guard) = sharded().await;
+    let proxy = Proxy::start(&topo.config(MAP)).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    // Text format through psql, chunked however psql likes; no column list (the table's order).
+    let mut data = String::new();
+    for i in 1..=500 {
+        data.push_str(&format!("{i}\tname\\t{i}\t\\N\t{}\n", i % 10));
+    }
+    let dir = tempfile_path("copy-text");
+    std::fs::write(&dir, &data).unwrap();
+    let bin = shardwire::sandbox::pg_bin_dir().unwrap();
+    let out = std::process::Command::new(bin.join("psql"))
+        .arg(proxy.url("app", "app"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("\\copy users from '{}'", dir.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_file(&dir);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "COPY 500");
+    // CSV with a header and quoted fields through tokio-postgres (extended protocol).
+    let sink = c
+        .copy_in("COPY users (name, id, country) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    let mut csv = String::from("name,id,country\n");
+    for i in 501..=800 {
+        csv.push_str(&format!("\"multi\nline, {i}\",{i},\"fr\"\n"));
+    }
+    for chunk in csv.as_bytes().chunks(37) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 300);
+    let keys: Vec<i64> = (1..=800).collect();
+    assert_eq!(count_on_shards(topo, &keys).await, 800);
+    // Each row is on its key's shard.
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    for s in 0..SHARDS {
+        let ids: Vec<i64> = topo
+            .shard(s)
+            .await
+            .query("SELECT id FROM users", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            ids.iter()
+                .all(|k| map.locate("users", &k.to_string()).unwrap().0.shard == s)
+        );
+    }
+    let name: String = c
+        .query_one("SELECT name FROM users WHERE id = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "name\t7");
+    // A row without a valid key fails the whole COPY: nothing is copied.
+    let sink = c.copy_in("COPY users (id, name) FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"900\tok\n901\tok\nnot-a-number\tbad\n"))
+        .await
+        .unwrap();
+    let e = sink.finish().await.unwrap_err();
+    assert_eq!(code(&e), Some("22P04"), "{e:?}");
+    assert_eq!(count_on_shards(topo, &[900, 901]).await, 0);
+    c.execute("SELECT 1", &[]).await.unwrap();
+}
+
+fn tempfile_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shardwire-{name}-{}", crate::harness::rand_suffix()))
+}

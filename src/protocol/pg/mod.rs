@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod copy;
 pub mod messages;
 pub mod rows;
 pub mod sqlstate;

@@ -32,6 +32,8 @@ impl SqlState {
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     /// 0A000 feature_not_supported: refused because it cannot be done correctly.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// 22P04 bad_copy_file_format: COPY data that cannot be routed.
+    pub const BAD_COPY_FILE_FORMAT: SqlState = SqlState("22P04");
     /// 40000 transaction_rollback: a multi-shard write was rolled back.
     pub const TRANSACTION_ROLLBACK: SqlState = SqlState("40000");
     /// 25P02 in_failed_sql_transaction: the transaction failed; only ROLLBACK is accepted.
