@@ -35,7 +35,12 @@ impl AnalysisCache {
         if sql.len() > MAX_CACHED_LEN {
             return Arc::new(analyze(sql, primary_functions));
         }
-        let key = fingerprint(sql);
+        self.get_keyed(fingerprint(sql), sql, primary_functions)
+    }
+
+    /// The facts of `sql` under a literal-free `key` the caller already has (the fingerprint, or
+    /// the text with its literals as parameters, which identifies the same statements).
+    pub fn get_keyed(&self, key: String, sql: &str, primary_functions: &HashSet<String>) -> Arc<Facts> {
         if let Some(f) = self.lock().get(&key) {
             return f.clone();
         }

@@ -64,8 +64,24 @@ impl Session {
         if self.held.is_none() {
             self.flush_early();
         }
-        let facts = self.facts_of(sql);
-        let shard = match self.route_query(&f, sql, &facts).await? {
+        // With a shard map, the text with its literals as parameters keys both analyses.
+        let literal_free = if self.sharded() && sql.len() <= 4096 {
+            crate::analyze::fingerprint::parameterize(sql)
+        } else {
+            None
+        };
+        let facts = match &literal_free {
+            Some((key, _)) if self.last_facts.as_ref().is_none_or(|(t, _)| t != sql) => {
+                let facts =
+                    self.shared
+                        .cache
+                        .get_keyed(key.clone(), sql, &self.runtime.config.routing.primary_functions);
+                self.last_facts = Some((sql.to_owned(), facts.clone()));
+                facts
+            }
+            _ => self.facts_of(sql),
+        };
+        let shard = match self.route_query(&f, sql, &facts, literal_free).await? {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
         };

@@ -82,9 +82,9 @@ impl Session {
     /// Plans a simple-protocol text: first with its literals as parameters (one cached analysis
     /// for every text of the same shape); anything but a single shard is planned again from the
     /// exact text, so rewritten statements and messages carry the real literals.
-    fn plan_simple(&self, sql: &str) -> ShardPlan {
+    fn plan_simple(&self, sql: &str, literal_free: Option<(String, Vec<String>)>) -> ShardPlan {
         let map = &self.runtime.config.map;
-        if let Some((text, literals)) = crate::analyze::fingerprint::parameterize(sql) {
+        if let Some((text, literals)) = literal_free.or_else(|| crate::analyze::fingerprint::parameterize(sql)) {
             let shape = self.shared.shapes.get(&text, map);
             if *shape != crate::analyze::shard::Shape::Unparsed {
                 let params = Params {
@@ -111,6 +111,7 @@ impl Session {
         f: &Frame,
         sql: &str,
         facts: &Arc<Facts>,
+        literal_free: Option<(String, Vec<String>)>,
     ) -> Result<Routed, SessionError> {
         if self.held.is_none() {
             self.runtime = self.shared.runtime.load_full();
@@ -151,7 +152,7 @@ impl Session {
         {
             return Ok(Routed::Shard(h.shard));
         }
-        let plan = self.plan_simple(sql);
+        let plan = self.plan_simple(sql, literal_free);
         match plan {
             ShardPlan::One(s) => {
                 self.shared.stats.record_plan("single-shard");
