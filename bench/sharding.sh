@@ -92,6 +92,18 @@ cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "$ROWS" > "$WORK/point.sql"
 printf '\\set aid random(1, %s)\nSELECT aid, abalance FROM pgbench_accounts WHERE aid > :aid ORDER BY aid LIMIT 10;\n' "$ROWS" > "$WORK/scatter.sql"
 
+# PROFILE=1: record both proxies with perf during one simple-protocol point run each, then stop.
+if [ -n "${PROFILE:-}" ]; then
+    for t in plain:$PLAIN_PORT:$PLAIN_PID sharded:$SHARD_PORT:$SHARD_PID; do
+        IFS=: read -r name port pid <<<"$t"
+        perf record -F 2000 -g -p "$pid" -o "/tmp/shardwire-$name.perf" -- sleep "$SECS" >/dev/null 2>&1 &
+        perf_pid=$!
+        "$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -f "$WORK/point.sql" -M simple -c "$CLIENTS" -j 2 -T "$SECS" bench 2>&1 | grep '^tps'
+        wait "$perf_pid" || true
+        echo "perf data: /tmp/shardwire-$name.perf" >&2
+    done
+    exit 0
+fi
 RESULTS=$WORK/results.tsv
 echo -e "target\tmode\tclients\tround\ttps\tlatency_ms\tcpu_us_per_tx" > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
