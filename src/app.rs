@@ -118,12 +118,24 @@ pub struct Shared {
     pub stats: Stats,
     /// File RELOAD reads, if serving from a file.
     pub config_path: Option<PathBuf>,
+    /// The ID generator, when `[ids]` is configured (changes take effect on restart).
+    pub ids: Option<Arc<crate::ids::Generator>>,
 }
 
 impl Shared {
     /// Builds the handles and starts the monitor. Must run inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
+        let ids = config.ids.as_ref().map(|i| {
+            Arc::new(crate::ids::Generator::new(
+                i.epoch_ms,
+                i.worker_id,
+                i.clock_tolerance.as_millis() as u64,
+                Box::new(crate::ids::SystemClock),
+                0,
+            ))
+        });
         Arc::new(Shared {
+            ids,
             runtime: ArcSwap::new(Runtime::new(config, None)),
             cache: AnalysisCache::new(NonZeroUsize::new(10_000).expect("non-zero")),
             shapes: crate::analyze::cache::ShapeCache::new(NonZeroUsize::new(10_000).expect("non-zero")),

@@ -22,6 +22,7 @@ pub mod app;
 pub mod backend;
 pub mod config;
 pub mod health;
+pub mod ids;
 pub mod merge;
 pub mod net;
 pub mod plan;

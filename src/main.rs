@@ -36,6 +36,11 @@ enum Cmd {
         /// The TOML configuration file or shard map.
         file: PathBuf,
     },
+    /// Globally unique IDs: decode one, or measure the generator.
+    Id {
+        #[command(subcommand)]
+        command: IdCmd,
+    },
     /// Print the partition and shard of a key of a sharded table.
     Locate {
         /// A shard map file, or a configuration file whose [sharding] map is used.
@@ -58,6 +63,24 @@ enum Cmd {
         /// Client address for shardwire (port 0 picks a free one).
         #[arg(long, default_value = DEMO_LISTEN)]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdCmd {
+    /// Print an ID's time, worker and sequence.
+    Decode {
+        /// The ID.
+        id: u64,
+        /// The epoch in Unix milliseconds, if not the default.
+        #[arg(long, default_value_t = shardwire::ids::DEFAULT_EPOCH_MS)]
+        epoch_ms: u64,
+    },
+    /// Issue IDs from one generator for a while and print the rate.
+    Bench {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
     },
 }
 
@@ -103,6 +126,56 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Id {
+            command: IdCmd::Decode { id, epoch_ms },
+        } => {
+            let d = shardwire::ids::decode(id, epoch_ms);
+            let secs = (d.unix_ms / 1000) as i64;
+            let t = time_text(secs, d.unix_ms % 1000);
+            println!(
+                "id {id}: time {t} (unix ms {}), worker {}, sequence {}",
+                d.unix_ms, d.worker, d.sequence
+            );
+            Ok(())
+        }
+        Cmd::Id {
+            command: IdCmd::Bench { seconds },
+        } => {
+            let g = shardwire::ids::Generator::new(
+                shardwire::ids::DEFAULT_EPOCH_MS,
+                1,
+                5,
+                Box::new(shardwire::ids::SystemClock),
+                0,
+            );
+            let start = std::time::Instant::now();
+            let mut n = 0u64;
+            let mut last = 0u64;
+            while start.elapsed().as_secs_f64() < seconds {
+                for _ in 0..1000 {
+                    let id = g.next()?;
+                    anyhow::ensure!(id > last, "IDs must increase");
+                    last = id;
+                }
+                n += 1000;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{n} IDs in {secs:.2} s: {:.0} IDs/s from one generator (one at a time)",
+                n as f64 / secs
+            );
+            let start = std::time::Instant::now();
+            let mut m = 0u64;
+            while start.elapsed().as_secs_f64() < seconds {
+                m += g.next_n(1000)?.len() as u64;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{m} IDs in {secs:.2} s: {:.0} IDs/s in batches of 1000",
+                m as f64 / secs
+            );
+            Ok(())
+        }
         Cmd::Locate { map, table, key } => {
             let m = match load_any(&map)? {
                 Loaded::Config(c) => c.map.clone(),
@@ -126,6 +199,27 @@ fn main() -> Result<()> {
             shards,
         } => demo(replicas, shards.max(1), &listen),
     }
+}
+
+/// UTC time of Unix seconds, as `YYYY-MM-DD HH:MM:SS.mmm UTC` (civil-from-days, no time crate).
+fn time_text(secs: i64, ms: u64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{ms:03} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 enum Loaded {
@@ -312,6 +406,16 @@ fn demo_map(shards: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn times_print_in_utc() {
+        assert_eq!(super::time_text(0, 0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::time_text(1_704_067_200, 5), "2024-01-01 00:00:00.005 UTC");
+        assert_eq!(
+            super::time_text(951_782_400 + 86_399, 999),
+            "2000-02-29 23:59:59.999 UTC"
+        );
+    }
+
     #[test]
     fn demo_maps_are_valid() {
         for n in 2..=7 {

@@ -31,6 +31,8 @@ pub enum Command {
     Reload,
     /// SHOW MAP: version, groups, partitions per shard.
     Map,
+    /// SHOW IDS: the ID generator.
+    Ids,
     /// SHOW ROUTES: statements per plan kind.
     Routes,
     /// SHOW ROUTE FOR <sql>: the plan of a statement.
@@ -40,7 +42,7 @@ pub enum Command {
 }
 
 const HELP: &str = "SHOW SHARDS | SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW MAP | SHOW ROUTES | \
-SHOW ROUTE FOR <statement> | SHOW VERSION | SHOW HELP | RELOAD";
+SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD";
 
 impl Command {
     /// Parses a console query (case-insensitive, optional trailing semicolon).
@@ -67,6 +69,7 @@ impl Command {
             ["SHOW", "POOLS"] => Command::Pools,
             ["SHOW", "SHARDS"] => Command::Shards,
             ["SHOW", "MAP"] => Command::Map,
+            ["SHOW", "IDS"] => Command::Ids,
             ["SHOW", "ROUTES"] => Command::Routes,
             ["SHOW", "CLIENTS"] => Command::Clients,
             ["SHOW", "STATS"] => Command::Stats,
@@ -126,6 +129,7 @@ fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared) {
         Command::Stats => views::stats(shared),
         Command::Shards => views::shards(shared),
         Command::Map => views::map(shared),
+        Command::Ids => views::ids(shared),
         Command::Routes => views::routes(shared),
         Command::Route(sql) => views::route(shared, &sql),
         Command::Version => Table {

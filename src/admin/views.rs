@@ -242,3 +242,32 @@ pub fn route(shared: &Shared, sql: &str) -> Table {
         rows: text.lines().map(|l| vec![s(l)]).collect(),
     }
 }
+
+/// SHOW IDS: worker id, lease, issued, clock-backwards events, refusals, state.
+pub fn ids(shared: &Shared) -> Table {
+    let rows = match &shared.ids {
+        None => vec![vec![
+            s("-"),
+            s("-"),
+            s("0"),
+            s("0"),
+            s("0"),
+            s("not configured: add [ids] worker_id"),
+        ]],
+        Some(g) => vec![vec![
+            s(g.worker()),
+            s("fixed in config"),
+            s(g.stats.issued.load(Ordering::Relaxed)),
+            s(g.stats.clock_backwards.load(Ordering::Relaxed)),
+            s(g.stats.refused.load(Ordering::Relaxed)),
+            s(match g.status() {
+                Ok(()) => "issuing".to_string(),
+                Err(why) => format!("not issuing: {why}"),
+            }),
+        ]],
+    };
+    Table {
+        columns: vec!["worker_id", "lease", "issued", "clock_backwards", "refused", "state"],
+        rows,
+    }
+}

@@ -49,7 +49,11 @@ impl AnalysisCache {
         }
         let facts = Arc::new(analyze(sql, primary_functions));
         // SET statements are replayed by their text: the values matter.
-        let key = if facts.set_ops.is_empty() { key } else { sql.to_owned() };
+        let key = if facts.set_ops.is_empty() && !matches!(facts.proxy_call, Some(super::ProxyCall::NextIds(_))) {
+            key
+        } else {
+            sql.to_owned()
+        };
         self.lock().put(key, facts.clone());
         facts
     }

@@ -58,6 +58,26 @@ pub struct Facts {
     pub parsed: bool,
     /// A `/* shardwire: primary */` hint was given.
     pub hint_primary: bool,
+    /// A call the proxy answers itself (`SELECT shardwire.next_id()`).
+    pub proxy_call: Option<ProxyCall>,
+}
+
+/// Statements shardwire answers without a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyCall {
+    /// `SELECT shardwire.next_id()`: one ID.
+    NextId,
+    /// `SELECT shardwire.next_ids(n)`: n IDs, one per row; the count as written or a parameter.
+    NextIds(Count),
+}
+
+/// The count of `next_ids`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// A literal.
+    Lit(u64),
+    /// `$n`, as index n-1.
+    Param(usize),
 }
 
 impl Facts {
@@ -70,6 +90,7 @@ impl Facts {
             pins_session: None,
             parsed: false,
             hint_primary: false,
+            proxy_call: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use cache::AnalysisCache;
-pub use facts::{Facts, Need, SetOp, TxEffect};
+pub use facts::{Count, Facts, Need, ProxyCall, SetOp, TxEffect};
 
 /// Analyzes a statement text. `primary_functions` are lower-case function names that force the primary.
 pub fn analyze(sql: &str, primary_functions: &HashSet<String>) -> Facts {
@@ -39,6 +39,7 @@ pub fn analyze(sql: &str, primary_functions: &HashSet<String>) -> Facts {
         pins_session: None,
         parsed: true,
         hint_primary,
+        proxy_call: None,
     };
     for stmt in &statements {
         let f = statement(stmt, primary_functions);
@@ -54,7 +55,61 @@ pub fn analyze(sql: &str, primary_functions: &HashSet<String>) -> Facts {
     if hint_primary {
         facts.need = Need::Primary;
     }
+    if let [Statement::Query(q)] = &statements[..] {
+        facts.proxy_call = proxy_call(q);
+    }
     facts
+}
+
+/// `SELECT shardwire.next_id()` or `SELECT shardwire.next_ids(n)`, alone.
+fn proxy_call(q: &Query) -> Option<ProxyCall> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, ObjectNamePart, SelectItem, Value};
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return None;
+    };
+    if !sel.from.is_empty() || sel.selection.is_some() || q.order_by.is_some() || q.limit_clause.is_some() {
+        return None;
+    }
+    let [SelectItem::UnnamedExpr(Expr::Function(f))] = &sel.projection[..] else {
+        return None;
+    };
+    let names: Vec<String> = f
+        .name
+        .0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => i.value.to_ascii_lowercase(),
+            _ => String::new(),
+        })
+        .collect();
+    let args: Vec<&FunctionArg> = match &f.args {
+        FunctionArguments::List(l) => l.args.iter().collect(),
+        FunctionArguments::None => Vec::new(),
+        FunctionArguments::Subquery(_) => return None,
+    };
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    match (&names[..], &args[..]) {
+        (["shardwire", "next_id"], []) => Some(ProxyCall::NextId),
+        (["shardwire", "next_ids"], [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))]) => {
+            let e = match e {
+                Expr::Cast { expr, .. } => expr.as_ref(),
+                e => e,
+            };
+            match e {
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) => n.parse().ok().map(|n| ProxyCall::NextIds(Count::Lit(n))),
+                    Value::Placeholder(p) => p
+                        .strip_prefix('$')
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .filter(|&n| n > 0)
+                        .map(|n| ProxyCall::NextIds(Count::Param(n - 1))),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// `/* shardwire: primary */` anywhere in a block comment.
@@ -83,6 +138,7 @@ fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
         pins_session: None,
         parsed: true,
         hint_primary: false,
+        proxy_call: None,
     };
     match stmt {
         Statement::Query(q) => f.need = query_need(q, primary_functions),

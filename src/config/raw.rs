@@ -24,6 +24,21 @@ pub struct RawConfig {
     pub shards: Vec<RawShard>,
     /// The shard map; without one, a single shard serves every table.
     pub sharding: Option<RawSharding>,
+    /// Globally unique IDs.
+    pub ids: Option<RawIds>,
+}
+
+/// `[ids]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIds {
+    /// This instance's worker id, 0..=1023; unique among running instances.
+    pub worker_id: Option<u16>,
+    /// The epoch, Unix milliseconds (default 2024-01-01T00:00:00Z).
+    pub epoch_ms: Option<u64>,
+    /// A backward clock step up to this long is waited out; longer ones refuse IDs.
+    #[serde(default, with = "humantime_serde")]
+    pub clock_tolerance: Option<Duration>,
 }
 
 /// `[sharding]`

@@ -27,6 +27,19 @@ pub struct Config {
     pub shards: Vec<ShardConfig>,
     /// Which shard holds which rows; one shard and no sharded tables when no map is configured.
     pub map: Arc<crate::shardmap::ShardMap>,
+    /// Globally unique IDs, when configured.
+    pub ids: Option<IdsConfig>,
+}
+
+/// `[ids]`, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdsConfig {
+    /// Worker id, 0..=1023.
+    pub worker_id: u16,
+    /// Epoch in Unix milliseconds.
+    pub epoch_ms: u64,
+    /// Largest backward clock step waited out.
+    pub clock_tolerance: Duration,
 }
 
 /// How long a backend connection stays with one client.
@@ -341,6 +354,32 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
     if users.is_empty() {
         return Err(err("users", "at least one [[users]] entry is needed"));
     }
+    let ids = match &raw.ids {
+        None => None,
+        Some(i) => {
+            let worker_id = i.worker_id.ok_or_else(|| {
+                err(
+                    "ids.worker_id",
+                    "give this instance a worker id, 0..=1023, unique among running instances",
+                )
+            })?;
+            if worker_id > crate::ids::MAX_WORKER {
+                return Err(err("ids.worker_id", format!("{worker_id} is out of range 0..=1023")));
+            }
+            let epoch_ms = i.epoch_ms.unwrap_or(crate::ids::DEFAULT_EPOCH_MS);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if epoch_ms > now {
+                return Err(err("ids.epoch_ms", "the epoch is in the future"));
+            }
+            Some(IdsConfig {
+                worker_id,
+                epoch_ms,
+                clock_tolerance: i.clock_tolerance.unwrap_or(Duration::from_millis(5)),
+            })
+        }
+    };
     Ok(Config {
         server,
         pool,
@@ -348,6 +387,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         users,
         shards,
         map: Arc::new(map),
+        ids,
     })
 }
 

@@ -81,6 +81,10 @@ impl Session {
             }
             _ => self.facts_of(sql),
         };
+        if let Some(call) = &facts.proxy_call {
+            self.answer_ids_query(call);
+            return Ok(Flow::Continue);
+        }
         let shard = match self.route_query(&f, sql, &facts, literal_free).await? {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
@@ -111,9 +115,9 @@ impl Session {
         if self.held.is_none() {
             self.runtime = self.shared.runtime.load_full();
         }
-        if self.sharded() {
+        if self.sharded() || facts.proxy_call.is_some() {
             // The shard is known only at Bind, from the parameters: the Parse goes to whichever
-            // backend then needs it.
+            // backend then needs it. A proxy call never reaches a backend.
             let stmt = match &self.unnamed {
                 Some(u) if p.name.is_empty() && u.query == p.query && u.param_types[..] == *p.param_types => u.clone(),
                 _ => Arc::new(Stmt::new(p.query, p.param_types, facts)),
@@ -170,6 +174,11 @@ impl Session {
         let Some(stmt) = self.lookup_statement(b.statement) else {
             return Ok(Flow::Continue);
         };
+        if let Some(call) = &stmt.facts.proxy_call {
+            let parts = rows::split_bind(&f.raw().slice_ref(b.rest))?;
+            self.bind_ids(b.portal, call, &parts);
+            return Ok(Flow::Continue);
+        }
         let shard = match self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)? {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
@@ -201,6 +210,10 @@ impl Session {
         let Some(stmt) = self.lookup_statement(name) else {
             return Ok(Flow::Continue);
         };
+        if let Some(call) = &stmt.facts.proxy_call {
+            self.describe_ids_statement(call);
+            return Ok(Flow::Continue);
+        }
         if self.pending_begin.is_some() && self.held.is_none() {
             self.describe_aside(&stmt).await?;
             return Ok(Flow::Continue);

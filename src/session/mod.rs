@@ -8,6 +8,7 @@ pub mod auth;
 mod checkout;
 pub mod client;
 mod frontend;
+mod ids;
 mod multi;
 mod multi_copy;
 mod multi_write;
@@ -128,7 +129,7 @@ pub struct Session {
     multi_portal: Option<multi::MultiPortal>,
     /// An extended-protocol portal the proxy answers itself (a deferred BEGIN, or the COMMIT or
     /// ROLLBACK of a transaction that never reached a shard), with its command tag.
-    local_portal: Option<(String, &'static str)>,
+    local_portal: Option<(String, ids::LocalPortal)>,
     /// Answers the proxy gave itself while no backend was held, in the middle of an extended-
     /// protocol batch (ParseComplete of a deferred Parse): sent with the backend's first answers
     /// or at Sync, so the client gets one write, not two.

@@ -276,7 +276,7 @@ impl Session {
                 _ => None,
             };
             if let Some(tag) = tag {
-                self.local_portal = Some((portal.to_owned(), tag));
+                self.local_portal = Some((portal.to_owned(), super::ids::LocalPortal::Tag(tag)));
                 self.answer_local(&msg::empty(b'2'));
                 return Ok(Routed::Done(Flow::Continue));
             }
@@ -436,16 +436,22 @@ impl Session {
     /// Describe, Execute or Close of the portal the proxy answers itself; `false` if `name` is
     /// another portal.
     pub(super) fn on_local_portal(&mut self, kind: u8, name: &str) -> bool {
-        let Some((p, tag)) = &self.local_portal else {
+        use super::ids::LocalPortal;
+        let Some((p, local)) = &mut self.local_portal else {
             return false;
         };
         if p != name {
             return false;
         }
         let mut b = bytes::BytesMut::new();
-        match kind {
-            b'D' => b.extend_from_slice(&msg::empty(b'n')),
-            b'E' => msg::command_complete(&mut b, tag),
+        match (kind, local) {
+            (b'D', LocalPortal::Tag(_)) => b.extend_from_slice(&msg::empty(b'n')),
+            (b'D', LocalPortal::Ids { column, format, .. }) => super::ids::describe(&mut b, column, *format),
+            (b'E', LocalPortal::Tag(tag)) => msg::command_complete(&mut b, tag),
+            // A portal runs once: executing it again gives no rows, never the same IDs twice.
+            (b'E', LocalPortal::Ids { ids, format, .. }) => {
+                super::ids::write_rows(&mut b, &std::mem::take(ids), *format)
+            }
             _ => {
                 b.extend_from_slice(&msg::empty(b'3'));
                 self.local_portal = None;
@@ -458,7 +464,10 @@ impl Session {
     /// An answer in order with whatever the held backend still owes (or at once without one).
     pub(super) fn respond_synth(&mut self, b: bytes::Bytes) {
         match self.held.as_mut() {
-            Some(h) => h.ops.push_back(super::state::Op::Synth(b)),
+            // Queued answers go out when the backend answers what precedes them; with nothing
+            // owed, nothing would come to carry them.
+            Some(h) if !h.ops.is_empty() => h.ops.push_back(super::state::Op::Synth(b)),
+            Some(_) => self.client.wbuf.extend_from_slice(&b),
             None => {
                 self.flush_early();
                 self.client.wbuf.extend_from_slice(&b);

@@ -7,6 +7,7 @@ mod bad_input;
 mod clients;
 mod differential;
 mod harness;
+mod ids;
 mod lag;
 mod protocol;
 mod routing;

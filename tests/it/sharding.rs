@@ -188,6 +188,20 @@ async fn transactions_stay_on_one_shard_and_refuse_to_cross() {
         0,
         "nothing of the failed transaction stays"
     );
+    // The same in the simple protocol (psql's way).
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("INSERT INTO users (id, name) VALUES ({}, 'x')", a[1]))
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute(&format!("INSERT INTO users (id, name) VALUES ({b}, 'y')"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("0A000"), "{e:?}");
+    let e = c.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e), Some("25P02"), "{e:?}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(count_on_shards(topo, &[a[1], b]).await, 0);
     // The session works normally afterwards, and an empty transaction costs no backend.
     c.batch_execute("BEGIN; COMMIT").await.unwrap();
     assert_eq!(c.query("SELECT id FROM users", &[]).await.unwrap().len(), 1);

@@ -16,6 +16,11 @@ fn put_msg(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// A message with a raw body.
+pub fn put_raw(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    put_msg(out, tag, |b| b.put_slice(body));
+}
+
 fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
     out.put_u8(0);

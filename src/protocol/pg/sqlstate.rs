@@ -34,6 +34,10 @@ impl SqlState {
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     /// 22P04 bad_copy_file_format: COPY data that cannot be routed.
     pub const BAD_COPY_FILE_FORMAT: SqlState = SqlState("22P04");
+    /// 22023 invalid_parameter_value.
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// 55000 object_not_in_prerequisite_state: IDs refused (clock stepped back, lease lost).
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
     /// 40000 transaction_rollback: a multi-shard write was rolled back.
     pub const TRANSACTION_ROLLBACK: SqlState = SqlState("40000");
     /// 25P02 in_failed_sql_transaction: the transaction failed; only ROLLBACK is accepted.
