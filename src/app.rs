@@ -126,13 +126,21 @@ impl Shared {
     /// Builds the handles and starts the monitor. Must run inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
         let ids = config.ids.as_ref().map(|i| {
-            Arc::new(crate::ids::Generator::new(
+            let fixed = match &i.worker {
+                crate::config::WorkerId::Fixed(w) => Some(*w),
+                crate::config::WorkerId::Leased { .. } => None,
+            };
+            let g = crate::ids::Generator::new(
                 i.epoch_ms,
-                i.worker_id,
+                fixed.unwrap_or(0),
                 i.clock_tolerance.as_millis() as u64,
                 Box::new(crate::ids::SystemClock),
                 0,
-            ))
+            );
+            if fixed.is_none() {
+                g.disable("waiting for a worker id lease");
+            }
+            Arc::new(g)
         });
         Arc::new(Shared {
             ids,
@@ -215,7 +223,18 @@ pub async fn run(
         Some(a) => Some(TcpListener::bind(a).await?),
         None => None,
     };
+    let lease = match config.ids.as_ref().map(|i| &i.worker) {
+        Some(crate::config::WorkerId::Leased { store, ttl }) => Some(crate::ids::lease::LeaseSettings {
+            store: store.pg_config(*ttl / 3),
+            ttl: *ttl,
+            holder: format!("{}:{:016x}", std::process::id(), rand::random::<u64>()),
+        }),
+        _ => None,
+    };
     let shared = Shared::new(config, config_path);
+    if let (Some(settings), Some(g)) = (lease, &shared.ids) {
+        tokio::spawn(crate::ids::lease::run(g.clone(), settings, shutdown.clone()));
+    }
     let bound = Bound {
         pg: listener.local_addr()?,
         http: http.as_ref().map(|l| l.local_addr()).transpose()?,

@@ -256,7 +256,11 @@ pub fn ids(shared: &Shared) -> Table {
         ]],
         Some(g) => vec![vec![
             s(g.worker()),
-            s("fixed in config"),
+            s(match g.lease_left() {
+                None if g.status().is_err() => "waiting for a lease".to_string(),
+                None => "fixed in config".to_string(),
+                Some(left) => format!("leased, {} ms left without renewal", left.as_millis()),
+            }),
             s(g.stats.issued.load(Ordering::Relaxed)),
             s(g.stats.clock_backwards.load(Ordering::Relaxed)),
             s(g.stats.refused.load(Ordering::Relaxed)),

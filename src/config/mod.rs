@@ -8,8 +8,8 @@ pub mod validate;
 use std::path::Path;
 
 pub use validate::{
-    Auth, Balance, Config, NodeConfig, PoolConfig, PoolMode, RoutingConfig, ScramVerifier, ServerConfig, ShardConfig,
-    User, WhenNoReplica,
+    Auth, Balance, Config, IdsConfig, NodeConfig, PoolConfig, PoolMode, RoutingConfig, ScramVerifier, ServerConfig,
+    ShardConfig, User, WhenNoReplica, WorkerId,
 };
 
 /// Why a configuration was rejected.

@@ -34,6 +34,11 @@ pub struct RawConfig {
 pub struct RawIds {
     /// This instance's worker id, 0..=1023; unique among running instances.
     pub worker_id: Option<u16>,
+    /// Lease the worker id from this PostgreSQL database instead (connection URL).
+    pub lease: Option<String>,
+    /// Lease length (renewed every third of it).
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
     /// The epoch, Unix milliseconds (default 2024-01-01T00:00:00Z).
     pub epoch_ms: Option<u64>,
     /// A backward clock step up to this long is waited out; longer ones refuse IDs.

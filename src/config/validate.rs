@@ -31,11 +31,25 @@ pub struct Config {
     pub ids: Option<IdsConfig>,
 }
 
+/// Where the worker id comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerId {
+    /// Fixed in the configuration.
+    Fixed(u16),
+    /// Leased from a PostgreSQL database.
+    Leased {
+        /// The lease store.
+        store: NodeConfig,
+        /// Lease length.
+        ttl: Duration,
+    },
+}
+
 /// `[ids]`, typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdsConfig {
-    /// Worker id, 0..=1023.
-    pub worker_id: u16,
+    /// Worker id source.
+    pub worker: WorkerId,
     /// Epoch in Unix milliseconds.
     pub epoch_ms: u64,
     /// Largest backward clock step waited out.
@@ -357,15 +371,29 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
     let ids = match &raw.ids {
         None => None,
         Some(i) => {
-            let worker_id = i.worker_id.ok_or_else(|| {
-                err(
-                    "ids.worker_id",
-                    "give this instance a worker id, 0..=1023, unique among running instances",
-                )
-            })?;
-            if worker_id > crate::ids::MAX_WORKER {
-                return Err(err("ids.worker_id", format!("{worker_id} is out of range 0..=1023")));
-            }
+            let worker = match (i.worker_id, &i.lease) {
+                (Some(_), Some(_)) => return Err(err("ids", "give worker_id or lease, not both")),
+                (None, None) => {
+                    return Err(err(
+                        "ids.worker_id",
+                        "give this instance a worker id, 0..=1023, unique among running instances, or a lease store (ids.lease)",
+                    ));
+                }
+                (Some(w), None) if w > crate::ids::MAX_WORKER => {
+                    return Err(err("ids.worker_id", format!("{w} is out of range 0..=1023")));
+                }
+                (Some(w), None) => WorkerId::Fixed(w),
+                (None, Some(url)) => {
+                    let ttl = i.lease_ttl.unwrap_or(Duration::from_secs(10));
+                    if ttl < Duration::from_millis(300) {
+                        return Err(err("ids.lease_ttl", "must be at least 300ms"));
+                    }
+                    WorkerId::Leased {
+                        store: node("ids-lease", "ids.lease", url)?,
+                        ttl,
+                    }
+                }
+            };
             let epoch_ms = i.epoch_ms.unwrap_or(crate::ids::DEFAULT_EPOCH_MS);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -374,7 +402,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
                 return Err(err("ids.epoch_ms", "the epoch is in the future"));
             }
             Some(IdsConfig {
-                worker_id,
+                worker,
                 epoch_ms,
                 clock_tolerance: i.clock_tolerance.unwrap_or(Duration::from_millis(5)),
             })

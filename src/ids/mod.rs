@@ -10,6 +10,8 @@
 //! at sequence 0 (which skews the low bits). The clock is a trait so tests drive time by hand.
 #![warn(missing_docs)]
 
+pub mod lease;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -124,6 +126,9 @@ pub struct Generator {
     state: Mutex<State>,
     /// Off while the worker id is not safely held (a lease that could not be renewed).
     enabled: AtomicBool,
+    /// With a lease: IDs are issued only before this moment (the last renewal plus two thirds
+    /// of the TTL), even if the renewal task is late.
+    valid_until: Mutex<Option<std::time::Instant>>,
     disabled_reason: Mutex<String>,
     /// Counters.
     pub stats: IdStats,
@@ -146,6 +151,7 @@ impl Generator {
                 rng: seed | 1,
             }),
             enabled: AtomicBool::new(true),
+            valid_until: Mutex::new(None),
             disabled_reason: Mutex::new(String::new()),
             stats: IdStats::default(),
         }
@@ -186,8 +192,24 @@ impl Generator {
         self.enabled.store(true, Ordering::SeqCst);
     }
 
+    /// Whether a lease limits issuing, and how long IDs may still be issued without a renewal.
+    pub fn lease_left(&self) -> Option<Duration> {
+        (*self.valid_until.lock().unwrap_or_else(|e| e.into_inner()))
+            .map(|u| u.saturating_duration_since(std::time::Instant::now()))
+    }
+
+    /// Limits issuing to before `until` (a lease's safe end), or lifts the limit.
+    pub fn set_valid_until(&self, until: Option<std::time::Instant>) {
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
     /// Whether IDs are issued, and why not.
     pub fn status(&self) -> Result<(), String> {
+        if let Some(until) = *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+            && std::time::Instant::now() >= until
+        {
+            return Err("the worker id lease could not be renewed in time; no ID is issued until it is".into());
+        }
         if self.enabled.load(Ordering::SeqCst) {
             Ok(())
         } else {
