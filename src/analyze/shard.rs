@@ -189,6 +189,58 @@ fn copy_format(
     Ok(f)
 }
 
+/// How generated IDs enter a statement.
+#[derive(Debug, Clone, Copy)]
+pub enum IdValues<'a> {
+    /// As literals (simple protocol).
+    Literals(&'a [u64]),
+    /// As parameters from `$first+1` on (extended protocol; the values are bound).
+    Params {
+        /// Index of the first new parameter.
+        first: usize,
+    },
+}
+
+/// An INSERT with the ID column added and filled: the statement and each row's key.
+pub fn fill_ids(shape: &Shape, ids: IdValues) -> Option<(Statement, Vec<Operand>)> {
+    let Shape::InsertFill {
+        id_column,
+        key_pos,
+        stmt,
+        ..
+    } = shape
+    else {
+        return None;
+    };
+    let mut s = stmt.as_ref().clone();
+    let Statement::Insert(ins) = &mut s else { return None };
+    ins.columns.push(ObjectName(vec![ObjectNamePart::Identifier(Ident::new(
+        id_column.clone(),
+    ))]));
+    let SetExpr::Values(values) = ins.source.as_mut()?.body.as_mut() else {
+        return None;
+    };
+    let mut keys = Vec::with_capacity(values.rows.len());
+    for (i, row) in values.rows.iter_mut().enumerate() {
+        let (value, operand_of_id) = match ids {
+            IdValues::Literals(v) => {
+                let id = *v.get(i)?;
+                (Value::Number(id.to_string(), false), Operand::Lit(id.to_string()))
+            }
+            IdValues::Params { first } => (
+                Value::Placeholder(format!("${}", first + i + 1)),
+                Operand::Param(first + i),
+            ),
+        };
+        keys.push(match key_pos {
+            None => operand_of_id,
+            Some(p) => operand(row.content.get(*p)?)?,
+        });
+        row.content.push(Expr::Value(value.into()));
+    }
+    Some((s, keys))
+}
+
 /// Renumbers the `$n` parameters of a statement from $1 in order of first use; returns, for each
 /// new number, the index of the original parameter.
 pub fn renumber_params<T: sqlparser::ast::VisitMut>(stmt: &mut T) -> Vec<usize> {
@@ -397,6 +449,22 @@ pub enum Shape {
         /// The key of each row.
         keys: Vec<Operand>,
         /// The statement, to split by shard.
+        stmt: Arc<Statement>,
+    },
+    /// INSERT ... VALUES into a sharded table that leaves out its ID column: shardwire generates
+    /// one ID per row, adds the column, and routes on the result.
+    InsertFill {
+        /// The group.
+        group: usize,
+        /// The ID column.
+        id_column: String,
+        /// Position of the shard key among the INSERT's columns; `None`: the key is the ID column.
+        key_pos: Option<usize>,
+        /// Rows.
+        rows: usize,
+        /// Highest `$n` the statement uses.
+        params: usize,
+        /// The statement as written.
         stmt: Arc<Statement>,
     },
     /// `COPY table FROM STDIN` into a sharded table: rows split by key.
@@ -941,6 +1009,58 @@ fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: &ShardMap, 
             "INSERT ... SELECT into sharded table {table}: rows cannot be routed by key before they exist; insert VALUES"
         ));
     };
+    if let Some(idc) = map.id_columns.get(&table) {
+        let supplied = ins.columns.iter().any(|c| last_name(c) == idc.column);
+        if supplied && idc.refuse_supplied {
+            return Shape::Refuse(format!(
+                "INSERT into {table} gives {}, which shardwire generates (supplied_ids = \"refuse\"); leave the column out",
+                idc.column
+            ));
+        }
+        if !supplied {
+            if ins.columns.is_empty() {
+                return Shape::Refuse(format!(
+                    "INSERT into {table} must name its columns (shardwire adds {})",
+                    idc.column
+                ));
+            }
+            let key_pos = if *key == idc.column {
+                None
+            } else {
+                match ins.columns.iter().position(|c| last_name(c) == *key) {
+                    Some(p) => Some(p),
+                    None => {
+                        return Shape::Refuse(format!(
+                            "INSERT into sharded table {table} must give shard key {key} in every row"
+                        ));
+                    }
+                }
+            };
+            if let Some(p) = key_pos
+                && values
+                    .rows
+                    .iter()
+                    .any(|r| matches!(r.content.get(p).and_then(operand), None | Some(Operand::Null)))
+            {
+                return Shape::Refuse(format!(
+                    "every row inserted into {table} needs its shard key {key} as a literal or parameter"
+                ));
+            }
+            let mut max_param = 0;
+            let mut probe = stmt.clone();
+            for p in renumber_params(&mut probe) {
+                max_param = max_param.max(p + 1);
+            }
+            return Shape::InsertFill {
+                group,
+                id_column: idc.column.clone(),
+                key_pos,
+                rows: values.rows.len(),
+                params: max_param,
+                stmt: Arc::new(stmt.clone()),
+            };
+        }
+    }
     let Some(pos) = ins.columns.iter().position(|c| last_name(c) == *key) else {
         return Shape::Refuse(format!(
             "INSERT into sharded table {table} must name its columns and give shard key {key} in every row"

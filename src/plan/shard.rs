@@ -51,6 +51,13 @@ pub enum ShardPlan {
         /// Shards, ascending.
         shards: Vec<ShardId>,
     },
+    /// An INSERT that needs generated IDs first (the session fills them, then plans again).
+    GenerateIds {
+        /// The ID column.
+        column: String,
+        /// Rows.
+        rows: usize,
+    },
     /// Not run; the reason.
     Refuse(String),
 }
@@ -75,7 +82,7 @@ impl ShardPlan {
                 shards.clone()
             }
             ShardPlan::InsertSplit { parts } => parts.iter().map(|p| p.shard).collect(),
-            ShardPlan::Refuse(_) => Vec::new(),
+            ShardPlan::Refuse(_) | ShardPlan::GenerateIds { .. } => Vec::new(),
         }
     }
 
@@ -87,6 +94,7 @@ impl ShardPlan {
             ShardPlan::Write { .. } => "broadcast",
             ShardPlan::InsertSplit { .. } | ShardPlan::CopySplit { .. } => "insert-split",
             ShardPlan::Refuse(_) => "refused",
+            ShardPlan::GenerateIds { .. } => "insert-split",
         }
     }
 }
@@ -204,6 +212,10 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
         Shape::Refuse(m) => ShardPlan::Refuse(m.clone()),
         Shape::CopyIn { .. } => ShardPlan::CopySplit {
             shards: map.all_shards(),
+        },
+        Shape::InsertFill { id_column, rows, .. } => ShardPlan::GenerateIds {
+            column: id_column.clone(),
+            rows: *rows,
         },
         Shape::Group {
             group,
@@ -364,6 +376,9 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
         }
         ShardPlan::CopySplit { shards } => {
             format!("copy-split {} (rows routed by key, two-phase commit)", names(shards))
+        }
+        ShardPlan::GenerateIds { column, rows } => {
+            format!("generate {rows} id(s) for column {column}, then route each row by its shard key")
         }
         ShardPlan::Refuse(m) => format!("refused (0A000): {m}"),
     }

@@ -85,15 +85,20 @@ impl Session {
             self.answer_ids_query(call);
             return Ok(Flow::Continue);
         }
-        let shard = match self.route_query(&f, sql, &facts, literal_free).await? {
+        let (shard, rewritten) = match self.route_query(&f, sql, &facts, literal_free).await? {
             Routed::Done(flow) => return Ok(flow),
-            Routed::Shard(s) => s,
+            Routed::Shard(s) => (s, None),
+            Routed::Rewrite(s, text) => (s, Some(text)),
+            Routed::BindFilled(..) => unreachable!("only Binds are filled"),
         };
         if let Some(flow) = self.hold_for(&facts, false, &f, shard).await? {
             return Ok(flow);
         }
         let held = self.held.as_mut().expect("ensure_backend holds one");
-        held.wbuf.extend_from_slice(f.raw());
+        match &rewritten {
+            Some(text) => msg::query(&mut held.wbuf, text),
+            None => held.wbuf.extend_from_slice(f.raw()),
+        }
         // A simple Query destroys the backend's unnamed statement.
         held.checkout.conn.unnamed = None;
         held.ops.push_back(Op::Query {
@@ -182,6 +187,21 @@ impl Session {
         let shard = match self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)? {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
+            Routed::Rewrite(..) => unreachable!("only Queries are rewritten"),
+            Routed::BindFilled(s, filled, parts) => {
+                // The statement with generated IDs: prepared under its own name, bound with the
+                // client's parameters plus one per ID.
+                if let Some(flow) = self.hold_for(&filled.facts, true, &f, s).await? {
+                    return Ok(flow);
+                }
+                let name = self.ensure_prepared(&filled, !b.statement.is_empty());
+                let held = self.held.as_mut().expect("ensure_backend holds one");
+                held.needs_sync = true;
+                rows::bind_named(&mut held.wbuf, b.portal, &name, &parts, None, &parts.result_formats);
+                held.ops.push_back(Op::Ext(ExtKind::Bind));
+                self.portals.insert(b.portal.to_owned(), filled);
+                return Ok(Flow::Continue);
+            }
         };
         if let Some(flow) = self.hold_for(&stmt.facts, true, &f, shard).await? {
             return Ok(flow);

@@ -100,6 +100,21 @@ impl Session {
             .map_err(|e| (SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string()))
     }
 
+    /// `n` IDs for the rows of an INSERT.
+    pub(super) fn issue_count(&self, n: u64) -> Result<Vec<u64>, (SqlState, String)> {
+        match &self.shared.ids {
+            None => Err((
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "the shard map gives this table an id_column, but shardwire has no [ids] section with a worker id; \
+                 configure one or give the column's values"
+                    .into(),
+            )),
+            Some(g) => g
+                .next_n(n as usize)
+                .map_err(|e| (SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string())),
+        }
+    }
+
     /// A simple Query that is a proxy call: answered here, in order with anything owed.
     pub(super) fn answer_ids_query(&mut self, call: &ProxyCall) {
         let mut b = BytesMut::new();

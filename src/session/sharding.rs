@@ -9,6 +9,7 @@ use super::client::SessionError;
 use super::multi::{MultiPortal, Outcome, Source};
 use super::state::Stmt;
 use super::{Flow, Session};
+use crate::analyze::shard::Shape;
 use crate::analyze::{Facts, TxEffect};
 use crate::plan::shard::{self, Params, ShardPlan};
 use crate::protocol::pg::Frame;
@@ -23,6 +24,10 @@ pub(super) enum Routed {
     Done(Flow),
     /// Forward to this shard.
     Shard(ShardId),
+    /// Send this text instead of the client's (generated IDs added) to this shard.
+    Rewrite(ShardId, String),
+    /// Bind this statement (generated IDs added) with these parameters on this shard.
+    BindFilled(ShardId, Arc<Stmt>, BindParts),
 }
 
 impl Session {
@@ -152,11 +157,47 @@ impl Session {
         {
             return Ok(Routed::Shard(h.shard));
         }
-        let plan = self.plan_simple(sql, literal_free);
+        let mut plan = self.plan_simple(sql, literal_free);
+        let mut rewritten: Option<String> = None;
+        if let ShardPlan::GenerateIds { rows, .. } = plan {
+            // Generate the IDs, add them to the statement, and route the result.
+            let map = self.runtime.config.map.clone();
+            let shape = self.shared.shapes.get(sql, &map);
+            let ids = match self.issue_count(rows as u64) {
+                Ok(ids) => ids,
+                Err((code, m)) => {
+                    let mut b = bytes::BytesMut::new();
+                    msg::error_response(&mut b, Severity::Error, code, &m);
+                    msg::ready_for_query(&mut b, self.local_tx_status());
+                    self.respond_synth(b.freeze());
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+            };
+            let Some((stmt, keys)) =
+                crate::analyze::shard::fill_ids(&shape, crate::analyze::shard::IdValues::Literals(&ids))
+            else {
+                self.refuse(false, "internal error: the INSERT could not be given IDs");
+                return Ok(Routed::Done(Flow::Continue));
+            };
+            let Shape::InsertFill { group, .. } = shape.as_ref() else {
+                return Ok(Routed::Done(Flow::Continue));
+            };
+            rewritten = Some(stmt.to_string());
+            let filled = Shape::Insert {
+                group: *group,
+                keys,
+                stmt: Arc::new(stmt),
+            };
+            plan = shard::plan(&filled, &map, &Params::default());
+        }
+        let sql = rewritten.as_deref().unwrap_or(sql);
         match plan {
             ShardPlan::One(s) => {
                 self.shared.stats.record_plan("single-shard");
-                Ok(Routed::Shard(s))
+                Ok(match rewritten {
+                    Some(text) => Routed::Rewrite(s, text),
+                    None => Routed::Shard(s),
+                })
             }
             ShardPlan::Refuse(m) => {
                 self.refuse(false, &m);
@@ -295,10 +336,88 @@ impl Session {
                 s
             }
         };
-        let plan = shard::plan(&shape, &map, &params);
+        let mut plan = shard::plan(&shape, &map, &params);
+        let mut stmt = stmt.clone();
+        let mut parts = parts;
+        let mut filled_bind = false;
+        if let ShardPlan::GenerateIds { rows, .. } = plan {
+            let Shape::InsertFill {
+                group, params: used, ..
+            } = shape.as_ref()
+            else {
+                return Ok(Routed::Done(Flow::Continue));
+            };
+            let first = (*used).max(parts.values.len());
+            let ids = match self.issue_count(rows as u64) {
+                Ok(ids) => ids,
+                Err((code, m)) => {
+                    self.local_error(code, &m);
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+            };
+            let (filled_ast, filled_stmt) = stmt
+                .filled
+                .get_or_init(|| {
+                    let (ast, _) =
+                        crate::analyze::shard::fill_ids(&shape, crate::analyze::shard::IdValues::Params { first })
+                            .expect("an InsertFill shape fills");
+                    let given = stmt
+                        .param_types
+                        .get(..2)
+                        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+                    let mut types = ((first + rows) as i16).to_be_bytes().to_vec();
+                    for i in 0..first {
+                        match stmt.param_types.get(2 + 4 * i..6 + 4 * i) {
+                            Some(t) if i < given => types.extend_from_slice(t),
+                            _ => types.extend_from_slice(&0u32.to_be_bytes()),
+                        }
+                    }
+                    for _ in 0..rows {
+                        types.extend_from_slice(&crate::protocol::pg::values::oid::INT8.to_be_bytes());
+                    }
+                    let text = ast.to_string();
+                    (Arc::new(ast), Arc::new(Stmt::new(&text, &types, stmt.facts.clone())))
+                })
+                .clone();
+            let Some((_, keys)) =
+                crate::analyze::shard::fill_ids(&shape, crate::analyze::shard::IdValues::Params { first })
+            else {
+                return Ok(Routed::Done(Flow::Continue));
+            };
+            let mut formats: Vec<i16> = (0..first).map(|i| parts.param_format(i)).collect();
+            formats.extend(std::iter::repeat_n(1, rows));
+            let mut values = parts.values.clone();
+            values.resize(first, None);
+            values.extend(
+                ids.iter()
+                    .map(|id| Some(bytes::Bytes::copy_from_slice(&(*id as i64).to_be_bytes()))),
+            );
+            parts = BindParts {
+                param_formats: formats,
+                values,
+                result_formats: parts.result_formats.clone(),
+            };
+            let params = Params {
+                formats: parts.param_formats.clone(),
+                values: parts.values.iter().map(|v| v.as_deref()).collect(),
+                literals: &[],
+            };
+            let insert = Shape::Insert {
+                group: *group,
+                keys,
+                stmt: filled_ast,
+            };
+            plan = shard::plan(&insert, &map, &params);
+            stmt = filled_stmt;
+            filled_bind = true;
+        }
+        let stmt = &stmt;
         match plan {
             ShardPlan::One(s) => {
                 self.shared.stats.record_plan("single-shard");
+                if filled_bind {
+                    return Ok(Routed::BindFilled(s, stmt.clone(), parts));
+                }
                 Ok(Routed::Shard(s))
             }
             ShardPlan::Refuse(m) => {

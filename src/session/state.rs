@@ -141,6 +141,9 @@ pub struct Stmt {
     pub facts: Arc<Facts>,
     /// The shard shape, with the map it was computed for (a reload with another map recomputes it).
     pub shape: std::sync::OnceLock<(Arc<crate::shardmap::ShardMap>, Arc<crate::analyze::shard::Shape>)>,
+    /// For an INSERT that gets generated IDs: the statement with the ID column and one parameter
+    /// per row added, as parsed and as prepared on backends.
+    pub filled: std::sync::OnceLock<(Arc<sqlparser::ast::Statement>, Arc<Stmt>)>,
 }
 
 impl Stmt {
@@ -155,6 +158,7 @@ impl Stmt {
             hash: h.finish(),
             facts,
             shape: std::sync::OnceLock::new(),
+            filled: std::sync::OnceLock::new(),
         }
     }
 

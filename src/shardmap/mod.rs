@@ -51,6 +51,17 @@ pub struct ShardMap {
     pub groups: Vec<Group>,
     /// Sharded and reference tables by lower-case name (without schema).
     pub tables: HashMap<String, TableRule>,
+    /// Tables whose ID column shardwire fills, by table name.
+    pub id_columns: HashMap<String, IdColumn>,
+}
+
+/// A column filled with generated IDs when an INSERT leaves it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdColumn {
+    /// Column name, lower case.
+    pub column: String,
+    /// An INSERT that supplies the column is refused (else its values are kept).
+    pub refuse_supplied: bool,
 }
 
 /// Key type of a group.
@@ -261,6 +272,7 @@ impl ShardMap {
             refuse_scatter_writes: false,
             groups: Vec::new(),
             tables: HashMap::new(),
+            id_columns: HashMap::new(),
         }
     }
 
@@ -336,8 +348,50 @@ pub fn validate(raw: RawMap) -> Result<ShardMap, MapError> {
         groups.push(group(name, g, &shard)?);
     }
     let mut tables = HashMap::new();
+    let mut id_columns = HashMap::new();
     for (name, t) in &raw.tables {
         let rule = table(name, t, &group_ids)?;
+        let path = format!("tables.{name}");
+        let refuse_supplied = match t.supplied_ids.as_deref() {
+            None | Some("keep") => false,
+            Some("refuse") => true,
+            Some(o) => {
+                return Err(err(
+                    format!("{path}.supplied_ids"),
+                    format!("`{o}` is not one of keep, refuse"),
+                ));
+            }
+        };
+        match &t.id_column {
+            Some(c) if c.is_empty() => return Err(err(format!("{path}.id_column"), "must not be empty")),
+            Some(c) => {
+                match &rule {
+                    TableRule::Reference => {
+                        return Err(err(format!("{path}.id_column"), "ID columns are for sharded tables"));
+                    }
+                    TableRule::Sharded { group, key }
+                        if key.eq_ignore_ascii_case(c) && groups[*group].key_type != KeyType::Int =>
+                    {
+                        return Err(err(
+                            format!("{path}.id_column"),
+                            "a generated ID as shard key needs an integer key_type",
+                        ));
+                    }
+                    _ => {}
+                }
+                id_columns.insert(
+                    name.to_ascii_lowercase(),
+                    IdColumn {
+                        column: c.to_ascii_lowercase(),
+                        refuse_supplied,
+                    },
+                );
+            }
+            None if t.supplied_ids.is_some() => {
+                return Err(err(format!("{path}.supplied_ids"), "only meaningful with id_column"));
+            }
+            None => {}
+        }
         if tables.insert(name.to_ascii_lowercase(), rule).is_some() {
             return Err(err(
                 format!("tables.{name}"),
@@ -352,6 +406,7 @@ pub fn validate(raw: RawMap) -> Result<ShardMap, MapError> {
         refuse_scatter_writes,
         groups,
         tables,
+        id_columns,
     })
 }
 

@@ -76,4 +76,8 @@ pub struct RawTable {
     /// A reference table: a copy on every shard.
     #[serde(default)]
     pub reference: bool,
+    /// A column shardwire fills with a generated ID when an INSERT leaves it out.
+    pub id_column: Option<String>,
+    /// "keep" (default): an INSERT that gives the ID column keeps its value; "refuse": refused.
+    pub supplied_ids: Option<String>,
 }

@@ -430,3 +430,119 @@ async fn copy_from_stdin_splits_rows_by_key() {
 fn tempfile_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("shardwire-{name}-{}", crate::harness::rand_suffix()))
 }
+
+/// Two instances (worker ids 1 and 2) in front of the same shards, 8 clients inserting 20,000
+/// rows each without IDs: single- and multi-row INSERTs, simple and extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_ids_are_unique_across_instances_and_route_rows() {
+    const ROWS: usize = 20_000;
+    let (topo, _guard) = sharded().await;
+    let map = MAP.replace(
+        "[tables.users]\ngroup = \"users\"\nkey = \"id\"",
+        "[tables.users]\ngroup = \"users\"\nkey = \"id\"\nid_column = \"id\"",
+    );
+    assert_ne!(map, MAP);
+    let a = Proxy::start(&format!("{}\n[ids]\nworker_id = 1\n", topo.config(&map))).await;
+    let b = Proxy::start(&format!("{}\n[ids]\nworker_id = 2\n", topo.config(&map))).await;
+    let setup = a.app().await;
+    each(&setup, SCHEMA).await;
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let c = if client % 2 == 0 { a.app().await } else { b.app().await };
+        tasks.push(tokio::spawn(async move {
+            let mut returned = Vec::new();
+            let single = c
+                .prepare("INSERT INTO users (name, score) VALUES ($1, $2) RETURNING id")
+                .await
+                .unwrap();
+            let multi_sql = (0..10)
+                .map(|i| format!("($ {0}, ${1})", 2 * i + 1, 2 * i + 2).replace("$ ", "$"))
+                .collect::<Vec<_>>();
+            let multi = c
+                .prepare(&format!(
+                    "INSERT INTO users (name, score) VALUES {} RETURNING id",
+                    multi_sql.join(", ")
+                ))
+                .await
+                .unwrap();
+            let mut n = 0;
+            while n < ROWS {
+                let name = format!("c{client}-{n}");
+                match (n / 10) % 4 {
+                    0 => {
+                        for r in c
+                            .simple_query(&format!(
+                                "INSERT INTO users (name, score) VALUES ('{name}', 1) RETURNING id"
+                            ))
+                            .await
+                            .unwrap()
+                        {
+                            if let tokio_postgres::SimpleQueryMessage::Row(r) = r {
+                                returned.push(r.get(0).unwrap().parse::<i64>().unwrap());
+                            }
+                        }
+                        n += 1;
+                    }
+                    1 => {
+                        let row = c.query_one(&single, &[&name, &2i32]).await.unwrap();
+                        returned.push(row.get(0));
+                        n += 1;
+                    }
+                    2 => {
+                        let values: Vec<String> = (0..10).map(|i| format!("('{name}-{i}', 3)")).collect();
+                        for r in c
+                            .simple_query(&format!(
+                                "INSERT INTO users (name, score) VALUES {} RETURNING id",
+                                values.join(",")
+                            ))
+                            .await
+                            .unwrap()
+                        {
+                            if let tokio_postgres::SimpleQueryMessage::Row(r) = r {
+                                returned.push(r.get(0).unwrap().parse::<i64>().unwrap());
+                            }
+                        }
+                        n += 10;
+                    }
+                    _ => {
+                        let names: Vec<String> = (0..10).map(|i| format!("{name}-{i}")).collect();
+                        let score = 4i32;
+                        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+                        for nm in &names {
+                            params.push(nm);
+                            params.push(&score);
+                        }
+                        for r in c.query(&multi, &params).await.unwrap() {
+                            returned.push(r.get(0));
+                        }
+                        n += 10;
+                    }
+                }
+            }
+            returned
+        }));
+    }
+    let mut returned: Vec<i64> = Vec::new();
+    for t in tasks {
+        returned.extend(t.await.unwrap());
+    }
+    assert_eq!(returned.len(), 8 * ROWS);
+    let distinct: std::collections::HashSet<i64> = returned.iter().copied().collect();
+    assert_eq!(distinct.len(), returned.len(), "every ID distinct");
+    // Every row exactly once, on the shard its generated id maps to, with the id RETURNING gave.
+    let parsed = shardwire::shardmap::parse(&map).unwrap();
+    let mut stored = std::collections::HashSet::new();
+    for s in 0..SHARDS {
+        for r in topo.shard(s).await.query("SELECT id FROM users", &[]).await.unwrap() {
+            let id: i64 = r.get(0);
+            assert_eq!(parsed.locate("users", &id.to_string()).unwrap().0.shard, s);
+            assert!(stored.insert(id), "id {id} stored twice");
+        }
+    }
+    assert_eq!(stored, distinct, "RETURNING gives the IDs stored");
+    let workers: std::collections::HashSet<u16> = distinct
+        .iter()
+        .map(|id| shardwire::ids::decode(*id as u64, shardwire::ids::DEFAULT_EPOCH_MS).worker)
+        .collect();
+    assert_eq!(workers, [1u16, 2].into_iter().collect());
+}

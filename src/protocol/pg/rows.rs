@@ -87,13 +87,27 @@ pub fn split_bind(rest: &Bytes) -> Result<BindParts, ProtocolError> {
 /// A Bind of the unnamed portal and statement with the given parameters (`pick` selects and
 /// orders the client's parameters) and per-column result formats.
 pub fn bind_with(out: &mut BytesMut, parts: &BindParts, pick: Option<&[usize]>, result_formats: &[i16]) {
+    bind_named(out, "", "", parts, pick, result_formats)
+}
+
+/// A Bind of `portal` from `statement`, otherwise as [`bind_with`].
+pub fn bind_named(
+    out: &mut BytesMut,
+    portal: &str,
+    statement: &str,
+    parts: &BindParts,
+    pick: Option<&[usize]>,
+    result_formats: &[i16],
+) {
     let all: Vec<usize> = (0..parts.values.len()).collect();
     let idx = pick.unwrap_or(&all);
     let body_start = out.len();
     out.put_u8(b'B');
     out.put_i32(0);
-    out.put_u8(0); // portal ""
-    out.put_u8(0); // statement ""
+    out.put_slice(portal.as_bytes());
+    out.put_u8(0);
+    out.put_slice(statement.as_bytes());
+    out.put_u8(0);
     out.put_i16(idx.len() as i16);
     for &i in idx {
         out.put_i16(parts.param_format(i));
