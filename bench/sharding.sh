@@ -42,12 +42,14 @@ trap "exit 130" INT TERM
     -o "-p $PG_PORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c shared_buffers=128MB -c max_prepared_transactions=20" start >/dev/null
 psql() { "$BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 TABLE="CREATE TABLE pgbench_accounts (aid bigint PRIMARY KEY, bid int, abalance int, filler char(84))"
+EVENTS="CREATE TABLE bench_events (id bigint, v int)"
 # The partition of a key as shardwire computes it (PostgreSQL's hash partitioning, modulus 64).
 PART="((hashint8extended(aid, 8816678312871386365)::numeric + 5305509591434766563 + 18446744073709551616) % 18446744073709551616 % 64)"
 psql -c "CREATE DATABASE plain"
 psql -d plain -c "$TABLE" -c "INSERT INTO pgbench_accounts SELECT aid, 1, aid % 1000, '' FROM generate_series(1, $ROWS) aid" -c "VACUUM ANALYZE pgbench_accounts"
 for s in 0 1 2 3; do
     psql -c "CREATE DATABASE s$s"
+    psql -d "s$s" -c "$EVENTS"
     psql -d "s$s" -c "$TABLE" \
         -c "INSERT INTO pgbench_accounts SELECT aid, 1, aid % 1000, '' FROM generate_series(1, $ROWS) aid WHERE $PART BETWEEN $((s * 16)) AND $((s * 16 + 15))" \
         -c "VACUUM ANALYZE pgbench_accounts"
@@ -64,6 +66,10 @@ assignment = { s0 = "0-15", s1 = "16-31", s2 = "32-47", s3 = "48-63" }
 [tables.pgbench_accounts]
 group = "accounts"
 key = "aid"
+[tables.bench_events]
+group = "accounts"
+key = "id"
+id_column = "id"
 TOML
 common() {
     cat <<TOML
@@ -79,7 +85,7 @@ auth = "trust"
 TOML
 }
 { common "$PLAIN_PORT"; printf '[[shards]]\nname = "main"\nprimary = "postgres://postgres@127.0.0.1:%s/plain"\n' "$PG_PORT"; } > "$WORK/plain.toml"
-{ common "$SHARD_PORT"; printf '[sharding]\nmap = "map.toml"\n'; for s in 0 1 2 3; do
+{ common "$SHARD_PORT"; printf '[sharding]\nmap = "map.toml"\n[ids]\nworker_id = 1\n'; for s in 0 1 2 3; do
     printf '[[shards]]\nname = "s%s"\nprimary = "postgres://postgres@127.0.0.1:%s/s%s"\n' "$s" "$PG_PORT" "$s"; done; } > "$WORK/sharded.toml"
 "$SW" check "$WORK/sharded.toml" >/dev/null
 RUST_LOG=warn "$SW" serve --config "$WORK/plain.toml" 2>"$WORK/plain.log" & PIDS+=($!)
@@ -91,6 +97,9 @@ cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 
 printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "$ROWS" > "$WORK/point.sql"
 printf '\\set aid random(1, %s)\nSELECT aid, abalance FROM pgbench_accounts WHERE aid > :aid ORDER BY aid LIMIT 10;\n' "$ROWS" > "$WORK/scatter.sql"
+# INSERT with the ID given by the client vs left out (shardwire generates it, then routes).
+printf '\\set id random(1, 1000000000)\nINSERT INTO bench_events (id, v) VALUES (:id, 1);\n' > "$WORK/insert-given.sql"
+printf 'INSERT INTO bench_events (v) VALUES (1);\n' > "$WORK/insert-filled.sql"
 
 # PROFILE=1: record both proxies with perf during one simple-protocol point run each, then stop.
 if [ -n "${PROFILE:-}" ]; then
@@ -108,13 +117,15 @@ RESULTS=$WORK/results.tsv
 echo -e "target\tmode\tclients\tround\ttps\tlatency_ms\tcpu_us_per_tx" > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
     for mode in simple extended; do
-        for target in direct-point plain-point sharded-point direct-scatter sharded-scatter; do
+        for target in direct-point plain-point sharded-point direct-scatter sharded-scatter insert-given insert-filled; do
             case $target in
                 direct-point) port=$PG_PORT; db=plain; pid=""; script=point ;;
                 plain-point) port=$PLAIN_PORT; db=bench; pid=$PLAIN_PID; script=point ;;
                 sharded-point) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=point ;;
                 direct-scatter) port=$PG_PORT; db=plain; pid=""; script=scatter ;;
                 sharded-scatter) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=scatter ;;
+                insert-given) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=insert-given ;;
+                insert-filled) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=insert-filled ;;
             esac
             before=$(cpu_ticks "$pid")
             out=$("$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -f "$WORK/$script.sql" -M "$mode" -c "$CLIENTS" -j 2 -T "$SECS" "$db" 2>&1)
@@ -141,11 +152,14 @@ def med(rs, k):
 print("| protocol | target | tps (median) | latency ms | proxy CPU µs/stmt |")
 print("|---|---|---|---|---|")
 for mode in ["simple", "extended"]:
-    for t in ["direct-point", "plain-point", "sharded-point", "direct-scatter", "sharded-scatter"]:
+    for t in ["direct-point", "plain-point", "sharded-point", "direct-scatter", "sharded-scatter", "insert-given", "insert-filled"]:
         rs = g[(mode, t)]
         tps, lat, cpu = med(rs, "tps"), med(rs, "latency_ms"), med(rs, "cpu_us_per_tx")
         print(f"| {mode} | {t} | {tps:.0f} | {lat:.3f} | {'' if cpu is None else f'{cpu:.1f}'} |")
     p, s = med(g[(mode, "plain-point")], "cpu_us_per_tx"), med(g[(mode, "sharded-point")], "cpu_us_per_tx")
     if p and s:
-        print(f"\n{mode}: single-shard routing CPU per statement vs the unsharded proxy path: {s / p:.2f}x\n")
+        print(f"\n{mode}: single-shard routing CPU per statement vs the unsharded proxy path: {s / p:.2f}x")
+    gv, fl = med(g[(mode, "insert-given")], "cpu_us_per_tx"), med(g[(mode, "insert-filled")], "cpu_us_per_tx")
+    if gv and fl:
+        print(f"{mode}: INSERT with a generated ID vs the ID given: {fl:.1f} vs {gv:.1f} µs proxy CPU per statement ({fl / gv:.2f}x)\n")
 PY

@@ -198,3 +198,41 @@ fn tables_name_groups_and_keys() {
         "unknown field",
     );
 }
+
+#[test]
+fn id_columns_are_validated() {
+    let with = |extra: &str| {
+        BASE.replace(
+            "    [tables.users]\n    group = \"g\"\n    key = \"id\"",
+            &format!("    [tables.users]\n    group = \"g\"\n    key = \"id\"\n    {extra}"),
+        )
+    };
+    let m = parse(&with("id_column = \"ID\"\n    supplied_ids = \"refuse\"")).unwrap();
+    assert_eq!(
+        m.id_columns["users"],
+        IdColumn {
+            column: "id".into(),
+            refuse_supplied: true
+        }
+    );
+    rejects(
+        &with("supplied_ids = \"refuse\""),
+        "tables.users.supplied_ids",
+        "only meaningful with id_column",
+    );
+    rejects(
+        &with("id_column = \"id\"\n    supplied_ids = \"maybe\""),
+        "tables.users.supplied_ids",
+        "not one of",
+    );
+    rejects(
+        &BASE.replace("reference = true", "reference = true\n    id_column = \"id\""),
+        "tables.countries.id_column",
+        "sharded tables",
+    );
+    rejects(
+        &with("id_column = \"id\"").replace("key_type = \"bigint\"", "key_type = \"text\""),
+        "tables.users.id_column",
+        "integer key_type",
+    );
+}
