@@ -152,6 +152,39 @@ pub fn metrics(shared: &Shared) -> String {
     let reloads = Counter::<u64>::default();
     reloads.inc_by(shared.stats.reloads.load(Ordering::Relaxed));
     reg.register("config_reloads", "Successful configuration reloads", reloads);
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct PlanLabels {
+        plan: String,
+    }
+    let plans = Family::<PlanLabels, Counter>::default();
+    for (kind, n) in crate::app::PLAN_KINDS.iter().zip(&shared.stats.plans) {
+        plans
+            .get_or_create(&PlanLabels { plan: kind.to_string() })
+            .inc_by(n.load(Ordering::Relaxed));
+    }
+    reg.register("shard_plans", "Statements by shard plan kind", plans);
+    if let Some(g) = &shared.ids {
+        for (name, help, v) in [
+            ("ids_issued", "Globally unique IDs issued", &g.stats.issued),
+            (
+                "ids_clock_backwards",
+                "Backward clock steps seen by the ID generator",
+                &g.stats.clock_backwards,
+            ),
+            (
+                "ids_refused",
+                "ID requests refused (clock stepped back, lease lost)",
+                &g.stats.refused,
+            ),
+        ] {
+            let c = Counter::<u64>::default();
+            c.inc_by(v.load(Ordering::Relaxed));
+            reg.register(name, help, c);
+        }
+        let issuing = Gauge::<i64>::default();
+        issuing.set(i64::from(g.status().is_ok()));
+        reg.register("ids_issuing", "1 while the ID generator issues IDs", issuing);
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
     out

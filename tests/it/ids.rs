@@ -70,6 +70,14 @@ async fn next_id_is_answered_by_the_proxy() {
         })
         .unwrap();
     assert_eq!(row, ("5".to_string(), (all.len() + 3).to_string()));
+    // And /metrics, with the refusal counted.
+    let http = proxy.bound.http.expect("admin_http configured");
+    let body = crate::admin::http_get(http, "/metrics").await;
+    assert!(
+        body.contains(&format!("shardwire_ids_issued_total {}", all.len() + 3)),
+        "{body}"
+    );
+    assert!(body.contains("shardwire_ids_issuing 1"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
