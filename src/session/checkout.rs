@@ -42,12 +42,28 @@ impl Session {
                     self.refuse(extended, &m);
                     return Ok(Ensure::Failed);
                 }
+                if h.needs_sync {
+                    // One pipeline is one implicit transaction in PostgreSQL: it cannot span shards.
+                    self.local_error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        "statements for different shards in one pipeline (no Sync between them) would not commit together; send Sync between them",
+                    );
+                    return Ok(Ensure::Failed);
+                }
                 return Ok(Ensure::Stall);
             }
             let suitable = h.checkout.node.role == Role::Primary
                 || h.in_transaction()
                 || self.pinned.is_some()
                 || matches!(plan::route(facts, &self.route_context()), Target::Replica { .. });
+            if !suitable && h.needs_sync && !h.copy_in {
+                // A read on a replica, then a write, in one pipeline: end the pipeline's part on
+                // the replica with a Sync of our own (it only read), then move to the primary.
+                let h = self.held.as_mut().expect("checked above");
+                crate::protocol::pg::rows::sync(&mut h.wbuf);
+                h.ops.push_back(Op::PipelineSync { failed: false });
+                h.needs_sync = false;
+            }
             return Ok(if suitable { Ensure::Ready } else { Ensure::Stall });
         }
         self.runtime = self.shared.runtime.load_full();

@@ -239,6 +239,7 @@ impl Session {
         };
         let mut done = false;
         let mut error_skip = false;
+        let mut pipeline_failed = false;
         match op {
             Op::Query { failed, .. } => {
                 *failed |= tag == b'E';
@@ -273,6 +274,12 @@ impl Session {
                 b'Z' => done = true,
                 _ => {}
             },
+            Op::PipelineSync { failed } => {
+                if tag == b'Z' {
+                    done = true;
+                    pipeline_failed = *failed;
+                }
+            }
             Op::CaptureLsn { lsn } => match tag {
                 b'D' => *lsn = parse_single_int(f.body()),
                 b'Z' => done = true,
@@ -296,6 +303,9 @@ impl Session {
         }
         if tag == b'Z' {
             self.on_ready();
+        }
+        if pipeline_failed {
+            self.ignore_till_sync = true;
         }
         if let Some(h) = self.held.as_mut() {
             if h.ops.is_empty() {
@@ -327,6 +337,12 @@ impl Session {
             let Some(h) = self.held.as_mut() else { return };
             match h.ops.front() {
                 None | Some(Op::Sync) | Some(Op::Query { .. }) | Some(Op::SyncVars) | Some(Op::CaptureLsn { .. }) => {
+                    return;
+                }
+                Some(Op::PipelineSync { .. }) => {
+                    if let Some(Op::PipelineSync { failed }) = h.ops.front_mut() {
+                        *failed = true;
+                    }
                     return;
                 }
                 Some(_) => {

@@ -219,6 +219,14 @@ pub enum Op {
     CopyEnd,
     /// The replay of session parameters: swallowed through ReadyForQuery.
     SyncVars,
+    /// A Sync the proxy added to end a pipeline on this backend so the rest of the client's
+    /// pipeline can go to another node: its ReadyForQuery is swallowed. `failed`: an error came
+    /// before it, so the client's remaining messages are skipped until its own Sync, as the
+    /// server would have.
+    PipelineSync {
+        /// An error preceded it.
+        failed: bool,
+    },
     /// `pg_current_wal_lsn()` after a write, for read-your-writes: swallowed, value kept.
     CaptureLsn {
         /// The position read.

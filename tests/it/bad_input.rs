@@ -259,3 +259,69 @@ async fn recoverable_extended_protocol_errors_keep_the_connection() {
     s.send(&message(b'X', b"")).await;
     assert!(s.closed().await);
 }
+
+/// Parse, Bind and Execute of one statement (unnamed), without Sync.
+fn extended(sql: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    let mut p = BytesMut::new();
+    p.put_u8(0);
+    p.put_slice(sql.as_bytes());
+    p.put_u8(0);
+    p.put_i16(0);
+    out.extend_from_slice(&message(b'P', &p));
+    out.extend_from_slice(&message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend_from_slice(&message(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_reads_then_writes_moves_to_the_primary() {
+    let topo = shared();
+    let t = crate::harness::table("pipe");
+    topo.primary()
+        .await
+        .batch_execute(&format!("CREATE TABLE {t} (v int)"))
+        .await
+        .unwrap();
+    crate::harness::replica_caught_up(topo).await;
+    let proxy = Proxy::start(&topo.config("", "")).await;
+    proxy.wait_replicas_in_rotation().await;
+    let mut s = logged_in(&proxy).await;
+    let mut batch = extended("SELECT pg_is_in_recovery()");
+    batch.extend_from_slice(&extended(&format!("INSERT INTO {t} VALUES (1)")));
+    batch.extend_from_slice(&extended("SELECT 2"));
+    batch.extend_from_slice(&message(b'S', &[]));
+    s.send(&batch).await;
+    let (tags, code) = s.read_until(b"Z").await;
+    assert_eq!(code, None, "{tags:?}");
+    assert_eq!(tags, b"12DC12C12DCZ".to_vec(), "every answer once, in order");
+    let n: i64 = topo
+        .primary()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the write ran on the primary");
+    // An error before the switch skips the rest of the pipeline, as PostgreSQL would.
+    let mut batch = extended("SELECT 1/0");
+    batch.extend_from_slice(&extended(&format!("INSERT INTO {t} VALUES (2)")));
+    batch.extend_from_slice(&message(b'S', &[]));
+    s.send(&batch).await;
+    let (tags, code) = s.read_until(b"Z").await;
+    assert_eq!(code.as_deref(), Some("22012"), "{tags:?}");
+    assert_eq!(tags.last(), Some(&b'Z'));
+    let n: i64 = topo
+        .primary()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the INSERT after the error did not run");
+    // The connection is still good.
+    s.send(&extended("SELECT 3")).await;
+    s.send(&message(b'S', &[])).await;
+    let (tags, code) = s.read_until(b"Z").await;
+    assert_eq!((tags, code), (b"12DCZ".to_vec(), None));
+}
