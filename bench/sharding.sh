@@ -71,6 +71,8 @@ group = "accounts"
 key = "id"
 id_column = "id"
 TOML
+# SHARD_POOL: backend connections per shard in the sharded proxy (default 20, as the unsharded
+# one); 4 gives both proxies the same total of 16 for 16 clients.
 common() {
     cat <<TOML
 [server]
@@ -78,14 +80,14 @@ listen = "127.0.0.1:$1"
 database = "bench"
 workers = 1
 [pool]
-max_size = 20
+max_size = ${2:-20}
 [[users]]
 name = "postgres"
 auth = "trust"
 TOML
 }
 { common "$PLAIN_PORT"; printf '[[shards]]\nname = "main"\nprimary = "postgres://postgres@127.0.0.1:%s/plain"\n' "$PG_PORT"; } > "$WORK/plain.toml"
-{ common "$SHARD_PORT"; printf '[sharding]\nmap = "map.toml"\n[ids]\nworker_id = 1\n'; for s in 0 1 2 3; do
+{ common "$SHARD_PORT" "${SHARD_POOL:-20}"; printf '[sharding]\nmap = "map.toml"\n[ids]\nworker_id = 1\n'; for s in 0 1 2 3; do
     printf '[[shards]]\nname = "s%s"\nprimary = "postgres://postgres@127.0.0.1:%s/s%s"\n' "$s" "$PG_PORT" "$s"; done; } > "$WORK/sharded.toml"
 "$SW" check "$WORK/sharded.toml" >/dev/null
 RUST_LOG=warn "$SW" serve --config "$WORK/plain.toml" 2>"$WORK/plain.log" & PIDS+=($!)
