@@ -310,26 +310,20 @@ pub enum CmpOp {
 }
 
 /// HAVING → [`Having`] over result columns; aggregates not selected become hidden columns.
-fn having_expr(
-    e: &Expr,
-    sel: &Select,
-    cols: &[ColKind],
-    hidden: &mut Vec<(SelectItem, ColKind)>,
-    n: usize,
-) -> Result<Having, String> {
+fn having_expr(e: &Expr, sel: &Select, hidden: &mut Vec<(SelectItem, ColKind)>, n: usize) -> Result<Having, String> {
     Ok(match strip(e) {
         Expr::BinaryOp { left, op, right } => {
             let cmp = match op {
                 BinaryOperator::And => {
                     return Ok(Having::And(
-                        Box::new(having_expr(left, sel, cols, hidden, n)?),
-                        Box::new(having_expr(right, sel, cols, hidden, n)?),
+                        Box::new(having_expr(left, sel, hidden, n)?),
+                        Box::new(having_expr(right, sel, hidden, n)?),
                     ));
                 }
                 BinaryOperator::Or => {
                     return Ok(Having::Or(
-                        Box::new(having_expr(left, sel, cols, hidden, n)?),
-                        Box::new(having_expr(right, sel, cols, hidden, n)?),
+                        Box::new(having_expr(left, sel, hidden, n)?),
+                        Box::new(having_expr(right, sel, hidden, n)?),
                     ));
                 }
                 BinaryOperator::Eq => CmpOp::Eq,
@@ -341,17 +335,17 @@ fn having_expr(
                 other => return Err(format!("operator {other} is not supported")),
             };
             Having::Cmp(
-                having_term(left, sel, cols, hidden, n)?,
+                having_term(left, sel, hidden, n)?,
                 cmp,
-                having_term(right, sel, cols, hidden, n)?,
+                having_term(right, sel, hidden, n)?,
             )
         }
         Expr::UnaryOp {
             op: UnaryOperator::Not,
             expr,
-        } => Having::Not(Box::new(having_expr(expr, sel, cols, hidden, n)?)),
-        Expr::IsNull(t) => Having::IsNull(having_term(t, sel, cols, hidden, n)?, true),
-        Expr::IsNotNull(t) => Having::IsNull(having_term(t, sel, cols, hidden, n)?, false),
+        } => Having::Not(Box::new(having_expr(expr, sel, hidden, n)?)),
+        Expr::IsNull(t) => Having::IsNull(having_term(t, sel, hidden, n)?, true),
+        Expr::IsNotNull(t) => Having::IsNull(having_term(t, sel, hidden, n)?, false),
         other => {
             return Err(format!(
                 "the condition {other} is not supported; compare aggregates or grouped columns with values"
@@ -360,13 +354,7 @@ fn having_expr(
     })
 }
 
-fn having_term(
-    e: &Expr,
-    sel: &Select,
-    cols: &[ColKind],
-    hidden: &mut Vec<(SelectItem, ColKind)>,
-    n: usize,
-) -> Result<Term, String> {
+fn having_term(e: &Expr, sel: &Select, hidden: &mut Vec<(SelectItem, ColKind)>, n: usize) -> Result<Term, String> {
     if let Some(o) = operand(e) {
         return Ok(Term::Value(o));
     }
@@ -392,26 +380,49 @@ fn having_term(
     {
         return Err(format!("{e} cannot be merged"));
     }
-    let kind = match func_name(f).as_str() {
+    match mergeable(f)? {
+        Mergeable::Kind(kind) => hidden.push((SelectItem::UnnamedExpr(target.clone()), kind)),
+        Mergeable::Avg { sum, count } => {
+            hidden.push((SelectItem::UnnamedExpr(*count), ColKind::Count));
+            let count_col = n + hidden.len() - 1;
+            hidden.push((SelectItem::UnnamedExpr(*sum), ColKind::Avg { count_col }));
+        }
+    }
+    Ok(Term::Col(n + hidden.len() - 1))
+}
+
+/// How an aggregate call merges across shards.
+enum Mergeable {
+    /// Shards run it as is; the partial results combine by this kind.
+    Kind(ColKind),
+    /// AVG: shards run `sum` and `count` of the same argument; the merge divides.
+    Avg {
+        /// The call renamed to sum.
+        sum: Box<Expr>,
+        /// The call renamed to count.
+        count: Box<Expr>,
+    },
+}
+
+fn mergeable(f: &Function) -> Result<Mergeable, String> {
+    let renamed = |name: &str| {
+        let mut g = f.clone();
+        g.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]);
+        Expr::Function(g)
+    };
+    Ok(Mergeable::Kind(match func_name(f).as_str() {
         "count" => ColKind::Count,
         "sum" => ColKind::Sum,
         "min" => ColKind::Min,
         "max" => ColKind::Max,
         "avg" => {
-            let mut sum = f.clone();
-            sum.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("sum"))]);
-            let mut count = f.clone();
-            count.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("count"))]);
-            hidden.push((SelectItem::UnnamedExpr(Expr::Function(count)), ColKind::Count));
-            let count_col = n + hidden.len() - 1;
-            hidden.push((SelectItem::UnnamedExpr(Expr::Function(sum)), ColKind::Avg { count_col }));
-            let _ = cols;
-            return Ok(Term::Col(n + hidden.len() - 1));
+            return Ok(Mergeable::Avg {
+                sum: Box::new(renamed("sum")),
+                count: Box::new(renamed("count")),
+            });
         }
-        other => return Err(format!("aggregate {other}() cannot be merged")),
-    };
-    hidden.push((SelectItem::UnnamedExpr(target.clone()), kind));
-    Ok(Term::Col(n + hidden.len() - 1))
+        other => return Err(format!("aggregate {other}() cannot be merged across shards")),
+    }))
 }
 
 /// What a statement is, against a shard map.
@@ -1233,23 +1244,16 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
                 "aggregates with DISTINCT or FILTER across shards are not supported unless grouped by the shard key",
             );
         }
-        let kind = match func_name(f).as_str() {
-            "count" => ColKind::Count,
-            "sum" => ColKind::Sum,
-            "min" => ColKind::Min,
-            "max" => ColKind::Max,
-            "avg" => {
-                let mut sum = f.clone();
-                sum.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("sum"))]);
-                let mut count = f.clone();
-                count.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("count"))]);
-                shard_sel.projection[i] = SelectItem::UnnamedExpr(Expr::Function(sum));
-                hidden.push((SelectItem::UnnamedExpr(Expr::Function(count)), ColKind::Count));
+        let kind = match mergeable(f) {
+            Ok(Mergeable::Kind(kind)) => kind,
+            Ok(Mergeable::Avg { sum, count }) => {
+                shard_sel.projection[i] = SelectItem::UnnamedExpr(*sum);
+                hidden.push((SelectItem::UnnamedExpr(*count), ColKind::Count));
                 ColKind::Avg {
                     count_col: n + hidden.len() - 1,
                 }
             }
-            other => return refuse(&format!("aggregate {other}() across shards is not supported")),
+            Err(why) => return refuse(&why),
         };
         if let FunctionArguments::List(l) = &f.args
             && l.args.len() != 1
@@ -1276,7 +1280,7 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
             }
         }
         if let Some(h) = &sel.having {
-            match having_expr(h, sel, &cols, &mut hidden, n) {
+            match having_expr(h, sel, &mut hidden, n) {
                 Ok(e) => having = Some(e),
                 Err(why) => return refuse(&format!("HAVING across shards: {why}")),
             }

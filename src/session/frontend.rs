@@ -70,17 +70,7 @@ impl Session {
         } else {
             None
         };
-        let facts = match &literal_free {
-            Some((key, _)) if self.last_facts.as_ref().is_none_or(|(t, _)| t != sql) => {
-                let facts =
-                    self.shared
-                        .cache
-                        .get_keyed(key.clone(), sql, &self.runtime.config.routing.primary_functions);
-                self.last_facts = Some((sql.to_owned(), facts.clone()));
-                facts
-            }
-            _ => self.facts_of(sql),
-        };
+        let facts = self.facts_keyed(sql, literal_free.as_ref().map(|(key, _)| key.as_str()));
         if let Some(call) = &facts.proxy_call {
             self.answer_ids_query(call);
             return Ok(Flow::Continue);
@@ -184,7 +174,13 @@ impl Session {
             self.bind_ids(b.portal, call, &parts);
             return Ok(Flow::Continue);
         }
-        let shard = match self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)? {
+        // Without a shard map the Bind goes to the default shard as it came: no need to look inside.
+        let routed = if self.route_start() {
+            self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)?
+        } else {
+            Routed::Shard(self.default_shard())
+        };
+        let shard = match routed {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
             Routed::Rewrite(..) => unreachable!("only Queries are rewritten"),
@@ -360,15 +356,21 @@ impl Session {
     }
 
     fn facts_of(&mut self, sql: &str) -> Arc<Facts> {
+        self.facts_keyed(sql, None)
+    }
+
+    /// The facts of `sql`; `key` is its literal-free cache key when the caller already has one.
+    fn facts_keyed(&mut self, sql: &str, key: Option<&str>) -> Arc<Facts> {
         if let Some((text, facts)) = &self.last_facts
             && text == sql
         {
             return facts.clone();
         }
-        let facts = self
-            .shared
-            .cache
-            .get(sql, &self.runtime.config.routing.primary_functions);
+        let functions = &self.runtime.config.routing.primary_functions;
+        let facts = match key {
+            Some(k) => self.shared.cache.get_keyed(k.to_owned(), sql, functions),
+            None => self.shared.cache.get(sql, functions),
+        };
         if sql.len() > 4096 {
             // Idle sessions should not keep a large text alive.
             return facts;

@@ -110,6 +110,14 @@ impl Session {
         shard::plan(&shape, map, params)
     }
 
+    /// Takes a fresh configuration snapshot when no backend is held; whether shard routing applies.
+    pub(super) fn route_start(&mut self) -> bool {
+        if self.held.is_none() {
+            self.runtime = self.shared.runtime.load_full();
+        }
+        self.sharded()
+    }
+
     /// Routes a simple Query.
     pub(super) async fn route_query(
         &mut self,
@@ -118,10 +126,7 @@ impl Session {
         facts: &Arc<Facts>,
         literal_free: Option<(String, Vec<String>)>,
     ) -> Result<Routed, SessionError> {
-        if self.held.is_none() {
-            self.runtime = self.shared.runtime.load_full();
-        }
-        if !self.sharded() {
+        if !self.route_start() {
             return Ok(Routed::Shard(self.default_shard()));
         }
         if self.tx_refused {
@@ -274,7 +279,8 @@ impl Session {
         Flow::Continue
     }
 
-    /// Routes a Bind: by its parameters. `Done` when it was answered here.
+    /// Routes a Bind (the caller checked [`Session::route_start`]): by its parameters. `Done`
+    /// when it was answered here.
     pub(super) fn route_bind(
         &mut self,
         f: &Frame,
@@ -282,12 +288,6 @@ impl Session {
         stmt: &Arc<Stmt>,
         parts: BindParts,
     ) -> Result<Routed, SessionError> {
-        if self.held.is_none() {
-            self.runtime = self.shared.runtime.load_full();
-        }
-        if !self.sharded() {
-            return Ok(Routed::Shard(self.default_shard()));
-        }
         if self.tx_refused {
             self.local_error(
                 SqlState::IN_FAILED_SQL_TRANSACTION,
