@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compares PostgreSQL direct, PgBouncer and shardwire in one run, alternating, with pgbench -S
-# (select-only) at 1, 16 and 64 clients in the simple and extended protocol. Reports median
+# (select-only) at 1, 16 and 64 clients in the simple and extended protocol, the targets' order
+# turning each round. Reports median
 # throughput and latency per target and the proxies' CPU microseconds per transaction
 # (utime+stime from /proc). All servers listen on 127.0.0.1 and are stopped at the end.
 #
@@ -85,7 +86,10 @@ for round in $(seq 1 "$ROUNDS"); do
     for mode in $MODES; do
         for c in $CLIENTS; do
             j=$(( c < 2 ? 1 : 2 ))
-            for target in direct pgbouncer shardwire; do
+            # The order turns each round, so neither proxy always runs right after the other.
+            order=(direct pgbouncer shardwire)
+            k=$(( (round - 1) % 3 ))
+            for target in "${order[@]:k}" "${order[@]:0:k}"; do
                 case $target in
                     direct) port=$PG_PORT; pid="" ;;
                     pgbouncer) port=$BOUNCER_PORT; pid=$BOUNCER_PID ;;

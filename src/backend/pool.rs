@@ -184,16 +184,18 @@ impl Node {
 
     /// Checks out a connection, failing fast when the node cannot be reached.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+        // A Notified sees `notify_waiters` calls made after it was created even before it is
+        // polled, so it needs no registration up front; and with `biased` it is never polled
+        // (never joins the waiter list) when an idle connection is there at once.
         let failed = self.failures.notify.notified();
-        tokio::pin!(failed);
-        failed.as_mut().enable();
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         let result = tokio::select! {
+            biased;
             r = self.pool.get_owned() => r.map_err(|e| match e {
                 bb8::RunError::User(e) => CheckoutError::Connect(e.to_string()),
                 bb8::RunError::TimedOut => self.timeout_error(),
             }),
-            () = &mut failed => Err(CheckoutError::Connect(
+            () = failed => Err(CheckoutError::Connect(
                 self.failures.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
                     .unwrap_or_else(|| format!("could not connect to {}", self.config.name)),
             )),

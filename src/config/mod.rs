@@ -3,10 +3,12 @@
 
 pub mod raw;
 mod shards;
+pub mod tls;
 pub mod validate;
 
 use std::path::Path;
 
+pub use tls::{TlsConfig, TlsMode};
 pub use validate::{
     Auth, Balance, Config, IdsConfig, NodeConfig, PoolConfig, PoolMode, RoutingConfig, ScramVerifier, ServerConfig,
     ShardConfig, User, WhenNoReplica, WorkerId,

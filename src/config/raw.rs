@@ -75,6 +75,23 @@ pub struct RawServer {
     /// How long shutdown waits for clients before closing them.
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// TLS for clients; without it, SSLRequest is answered 'N'.
+    pub tls: Option<RawTls>,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificate chain in PEM, the server's own certificate first; relative to the
+    /// configuration file.
+    pub cert_file: String,
+    /// The certificate's private key in PEM (PKCS#8, PKCS#1 or SEC1); relative to the
+    /// configuration file.
+    pub key_file: String,
+    /// "prefer" (default): clients that ask for TLS get it; "require": clients that do not are
+    /// refused at login.
+    pub mode: Option<String>,
 }
 
 /// `[pool]`

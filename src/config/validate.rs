@@ -85,6 +85,8 @@ pub struct ServerConfig {
     /// Worker threads. Fewer threads than cores keeps a client's wake-ups on one thread, which
     /// matters more for latency than parallelism when the database shares the machine.
     pub workers: usize,
+    /// TLS for clients, when configured.
+    pub tls: Option<super::tls::TlsConfig>,
 }
 
 /// `[pool]`, typed.
@@ -296,7 +298,12 @@ fn addr(path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| err(path, format!("`{s}` is not an address like 127.0.0.1:6432")))
 }
 
-fn one_of<T: Copy>(path: &str, value: Option<&str>, default: T, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+pub(super) fn one_of<T: Copy>(
+    path: &str,
+    value: Option<&str>,
+    default: T,
+    choices: &[(&str, T)],
+) -> Result<T, ConfigError> {
     let Some(v) = value else { return Ok(default) };
     choices
         .iter()
@@ -335,6 +342,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         },
+        tls: s.tls.as_ref().map(|t| super::tls::load(t, base)).transpose()?,
     };
     if server.database == "shardwire" {
         return Err(err("server.database", "`shardwire` is the admin console's name"));

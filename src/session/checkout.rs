@@ -1,8 +1,6 @@
 //! Holding a backend: the route for a statement, the node for the route (replica choice,
 //! fallbacks), the checkout, and replaying the client's session parameters on it.
 
-use bytes::BytesMut;
-
 use super::client::SessionError;
 use super::state::Op;
 use super::{Ensure, Flow, Held, Session};
@@ -98,11 +96,12 @@ impl Session {
         let checkout = self.checkout_on(target, shard).await?;
         self.handle
             .set_backend(Some((checkout.node.clone(), checkout.conn.pid, checkout.conn.secret)));
+        let (ops, wbuf) = self.spare.take().unwrap_or_default();
         let mut held = Held {
             checkout,
             shard,
-            ops: Default::default(),
-            wbuf: BytesMut::new(),
+            ops,
+            wbuf,
             tx_status: b'I',
             begin_pending: false,
             wrote: false,

@@ -39,8 +39,8 @@ impl SessionError {
 /// A client connection after the startup packet: login, the admin console and the session relay
 /// all use it.
 pub struct ClientConn {
-    /// The socket (readiness-driven: see [`crate::net`]).
-    pub sock: crate::net::Socket,
+    /// The socket, plain or TLS (readiness-driven: see [`crate::net`]).
+    pub sock: crate::net::Stream,
     /// Received and not yet handled.
     pub rbuf: BytesMut,
     /// To be sent.
@@ -53,10 +53,22 @@ impl ClientConn {
     /// Wraps a socket, keeping bytes already read past the startup packet.
     pub fn new(stream: TcpStream, rbuf: BytesMut, max_message: usize) -> std::io::Result<ClientConn> {
         Ok(ClientConn {
-            sock: crate::net::Socket::from_tokio(stream)?,
+            sock: crate::net::Stream::Plain(crate::net::Socket::from_tokio(stream)?),
             rbuf,
             wbuf: BytesMut::with_capacity(8192),
             max_message,
+        })
+    }
+
+    /// Runs the TLS handshake (the client's SSLRequest was answered 'S') and goes on encrypted.
+    pub async fn into_tls(self, config: std::sync::Arc<rustls::ServerConfig>) -> std::io::Result<ClientConn> {
+        let crate::net::Stream::Plain(sock) = self.sock else {
+            return Err(std::io::Error::other("the connection is encrypted already"));
+        };
+        let tls = crate::net::tls::TlsSocket::accept(sock, config).await?;
+        Ok(ClientConn {
+            sock: crate::net::Stream::Tls(Box::new(tls)),
+            ..self
         })
     }
 

@@ -195,7 +195,7 @@ impl Session {
                 held.needs_sync = true;
                 rows::bind_named(&mut held.wbuf, b.portal, &name, &parts, None, &parts.result_formats);
                 held.ops.push_back(Op::Ext(ExtKind::Bind));
-                self.portals.insert(b.portal.to_owned(), filled);
+                self.portals.insert(b.portal, filled);
                 return Ok(Flow::Continue);
             }
         };
@@ -205,9 +205,14 @@ impl Session {
         let name = self.ensure_prepared(&stmt, !b.statement.is_empty());
         let held = self.held.as_mut().expect("ensure_backend holds one");
         held.needs_sync = true;
-        msg::bind(&mut held.wbuf, b.portal, &name, b.rest);
+        if b.statement.is_empty() {
+            // The unnamed statement keeps its name on the backend: the message goes as it came.
+            held.wbuf.extend_from_slice(f.raw());
+        } else {
+            msg::bind(&mut held.wbuf, b.portal, &name, b.rest);
+        }
         held.ops.push_back(Op::Ext(ExtKind::Bind));
-        self.portals.insert(b.portal.to_owned(), stmt);
+        self.portals.insert(b.portal, stmt);
         Ok(Flow::Continue)
     }
 

@@ -1,4 +1,4 @@
-//! Accepting clients: the startup packet (SSL and GSS encryption requests are declined, cancel
+//! Accepting clients: the startup packet (TLS when configured, GSS encryption declined, cancel
 //! requests forwarded), login, the greeting (ParameterStatus, BackendKeyData, ReadyForQuery),
 //! then the data-path session or the admin console.
 
@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -14,10 +13,11 @@ use super::Session;
 use super::client::{ClientConn, SessionError};
 use super::state::{SessionVars, parse_options};
 use crate::app::Shared;
-use crate::protocol::pg::StartupPacket;
+use crate::config::{TlsConfig, TlsMode};
 use crate::protocol::pg::codec::decode_startup;
 use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::sqlstate::SqlState;
+use crate::protocol::pg::{ProtocolError, StartupPacket};
 
 /// A client must finish its startup and login within this time.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -29,9 +29,11 @@ pub const ADMIN_DATABASE: &str = "shardwire";
 /// (57P01), the others finish their transaction first; whatever is left when
 /// `server.shutdown_timeout` runs out is cut off.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let tracker = tokio_util::task::TaskTracker::new();
-    let hard_stop = CancellationToken::new();
+    // A JoinSet rather than a cancellation future beside each session: the hard stop aborts the
+    // tasks, so a session's wake-ups poll nothing but the session itself.
+    let mut sessions = tokio::task::JoinSet::new();
     loop {
+        while sessions.try_join_next().is_some() {}
         let (stream, addr) = tokio::select! {
             () = shutdown.cancelled() => break,
             r = listener.accept() => match r {
@@ -45,55 +47,76 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             },
         };
         let shared = shared.clone();
-        let (soft, hard) = (shutdown.clone(), hard_stop.clone());
-        tracker.spawn(async move {
+        let soft = shutdown.clone();
+        sessions.spawn(async move {
             let _ = stream.set_nodelay(true);
-            tokio::select! {
-                r = handle(stream, addr, shared, soft) => {
-                    if let Err(e) = r {
-                        tracing::debug!(%addr, error = %e, "client session ended with an error");
-                    }
-                }
-                () = hard.cancelled() => {}
+            if let Err(e) = handle(stream, addr, shared, soft).await {
+                tracing::debug!(%addr, error = %e, "client session ended with an error");
             }
         });
     }
     // New connections are refused from here on, not left waiting in the backlog.
     drop(listener);
-    tracker.close();
     let grace = shared.runtime.load().config.server.shutdown_timeout;
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
         tracing::warn!("shutdown: sessions still open after {grace:?}; closing them");
-        hard_stop.cancel();
-        tracker.wait().await;
+        sessions.abort_all();
+        while sessions.join_next().await.is_some() {}
     }
 }
 
 async fn handle(
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: std::net::SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Result<(), SessionError> {
-    let mut buf = BytesMut::with_capacity(1024);
-    let startup = tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut stream, &mut buf)).await;
-    let params = match startup {
-        Err(_) => return Ok(()),
-        Ok(Err(SessionError::Protocol(e))) => {
-            let mut client = ClientConn::new(stream, buf, 0)?;
-            client.fatal(SqlState::PROTOCOL_VIOLATION, &e.to_string()).await;
-            return Ok(());
-        }
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Ok(Some(Startup::Cancel { pid, secret }))) => {
-            shared.clients.cancel(pid, secret).await;
-            return Ok(());
-        }
-        Ok(Ok(Some(Startup::Params(p)))) => p,
+    let (max_message, tls) = {
+        let runtime = shared.runtime.load();
+        (
+            runtime.config.server.max_message_size,
+            runtime.config.server.tls.clone(),
+        )
     };
-    let max_message = shared.runtime.load().config.server.max_message_size;
-    let mut client = ClientConn::new(stream, buf, max_message)?;
+    let mut client = ClientConn::new(stream, BytesMut::with_capacity(1024), max_message)?;
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let params = loop {
+        match tokio::time::timeout_at(deadline, read_startup(&mut client, tls.as_ref())).await {
+            Err(_) => return Ok(()),
+            Ok(Err(e @ SessionError::Protocol(_))) => {
+                if let Some((code, m)) = e.fatal_message() {
+                    client.fatal(code, &m).await;
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(Startup::Cancel { pid, secret }))) => {
+                shared.clients.cancel(pid, secret).await;
+                return Ok(());
+            }
+            Ok(Ok(Some(Startup::Tls(config)))) => {
+                client = match tokio::time::timeout_at(deadline, client.into_tls(config)).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                        return Ok(());
+                    }
+                    Err(_) => return Ok(()),
+                };
+            }
+            Ok(Ok(Some(Startup::Params(p)))) => break p,
+        }
+    };
+    if tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) && !client.sock.is_tls() {
+        let m = format!(
+            "connection from {} without TLS refused: server.tls.mode is \"require\" (connect with sslmode=require)",
+            addr.ip()
+        );
+        client.fatal(SqlState::INVALID_AUTHORIZATION, &m).await;
+        return Ok(());
+    }
     match tokio::time::timeout(STARTUP_TIMEOUT, login(&mut client, &params, addr, &shared)).await {
         Err(_) => {
             client.fatal(SqlState::PROTOCOL_VIOLATION, "login took too long").await;
@@ -127,6 +150,7 @@ async fn handle(
                 unnamed: None,
                 portals: Default::default(),
                 held: None,
+                spare: None,
                 pinned: None,
                 ryw_lsn: None,
                 ignore_till_sync: false,
@@ -138,7 +162,7 @@ async fn handle(
                 multi_portal: None,
                 early: Default::default(),
                 local_portal: None,
-                shutdown,
+                shutdown: Box::pin(shutdown.cancelled_owned()),
             };
             session.run().await
         }
@@ -146,21 +170,40 @@ async fn handle(
 }
 
 enum Startup {
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    /// The client asked for TLS and was told yes ('S'): the handshake comes next.
+    Tls(Arc<rustls::ServerConfig>),
     Params(Vec<(String, String)>),
 }
 
-async fn read_startup(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<Startup>, SessionError> {
+async fn read_startup(client: &mut ClientConn, tls: Option<&TlsConfig>) -> Result<Option<Startup>, SessionError> {
     loop {
-        match decode_startup(buf)? {
-            Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
-                // Not offered: the client goes on unencrypted or gives up, as it chooses.
-                stream.write_all(b"N").await?;
+        match decode_startup(&mut client.rbuf)? {
+            Some(StartupPacket::SslRequest) if client.sock.is_tls() => {
+                return Err(ProtocolError::OutOfOrder("SSLRequest on a connection that is already encrypted").into());
             }
+            Some(StartupPacket::SslRequest) => match tls {
+                Some(t) => {
+                    // Bytes sent before the handshake would be read as if they had been encrypted
+                    // (CVE-2021-23214): refuse them, as PostgreSQL does.
+                    if !client.rbuf.is_empty() {
+                        return Err(ProtocolError::OutOfOrder("received unencrypted data after SSL request").into());
+                    }
+                    client.sock.write_all(b"S").await?;
+                    return Ok(Some(Startup::Tls(t.server.clone())));
+                }
+                // Not offered: the client goes on unencrypted or gives up, as it chooses.
+                None => client.sock.write_all(b"N").await?,
+            },
+            // GSSAPI encryption is not offered.
+            Some(StartupPacket::GssEncRequest) => client.sock.write_all(b"N").await?,
             Some(StartupPacket::Cancel { pid, secret }) => return Ok(Some(Startup::Cancel { pid, secret })),
             Some(StartupPacket::Startup { params }) => return Ok(Some(Startup::Params(params))),
             None => {
-                if stream.read_buf(buf).await? == 0 {
+                if client.sock.read_some(&mut client.rbuf, 1024).await? == 0 {
                     return Ok(None);
                 }
             }

@@ -30,7 +30,7 @@ use crate::config::User;
 use crate::protocol::pg::Frame;
 use client::ClientConn;
 use registry::ClientHandle;
-use state::{Ops, SessionVars, Stmt};
+use state::{Ops, Portals, SessionVars, Stmt};
 
 /// The backend connection a session holds, with the responses it still owes.
 struct Held {
@@ -103,8 +103,11 @@ pub struct Session {
     /// The unnamed prepared statement.
     unnamed: Option<Arc<Stmt>>,
     /// Portals by name, with the statement they were bound from.
-    portals: HashMap<String, Arc<Stmt>>,
+    portals: Portals,
     held: Option<Held>,
+    /// The response queue and send buffer of the last backend held, emptied, kept for the next
+    /// checkout so a transaction does not allocate and grow them again.
+    spare: Option<(Ops, BytesMut)>,
     /// Why the session keeps its backend for good, if it does.
     pinned: Option<&'static str>,
     /// Read-your-writes: the commit position of the session's last write.
@@ -134,6 +137,7 @@ pub struct Session {
     /// protocol batch (ParseComplete of a deferred Parse): sent with the backend's first answers
     /// or at Sync, so the client gets one write, not two.
     early: bytes::BytesMut,
-    /// Fires when shardwire shuts down: the session ends as soon as it holds no backend.
-    shutdown: tokio_util::sync::CancellationToken,
+    /// Fires when shardwire shuts down: the session ends as soon as it holds no backend. Made
+    /// once per session and polled in place, so waiting on it costs no registration per wait.
+    shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }

@@ -3,14 +3,16 @@
 //! backend responses to the queue of expected ones, and giving the backend back to its pool when
 //! the transaction is over.
 
-use bytes::BytesMut;
+use std::future::Future;
+use std::task::Poll;
+
+use bytes::{Buf, BytesMut};
 
 use super::client::SessionError;
 use super::state::{ExtKind, Op};
 use super::{Flow, Held, Session};
 use crate::config::PoolMode;
-use crate::protocol::pg::Frame;
-use crate::protocol::pg::codec::decode_frame;
+use crate::protocol::pg::codec::frame_len;
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::sqlstate::SqlState;
 
@@ -103,43 +105,52 @@ impl Session {
     }
 
     /// Waits for the first socket that can make progress and does that read or write.
+    ///
+    /// The sockets are polled in place, in priority order (writes first, so output never piles
+    /// up behind input): no future is built per wait and no waiter list joined and left.
     async fn step(&mut self) -> Result<(), SessionError> {
         let shutting_down = self.held.is_none() && self.stalled.is_none();
         let want_client_read = self.stalled.is_none() && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
         let want_backend_read = self.client.wbuf.len() <= HIGH_WATER;
+        let want_client_write = !self.client.wbuf.is_empty() || self.client.sock.wants_write();
         let client = &mut self.client;
-        let (backend, backend_rbuf, backend_wbuf) = match self.held.as_mut() {
-            Some(h) => {
-                let conn: &mut crate::backend::BackendConn = &mut h.checkout.conn;
-                (Some(&conn.stream), Some(&mut conn.rbuf), Some(&h.wbuf))
+        let mut backend = self.held.as_mut().map(|h| {
+            let conn: &mut crate::backend::BackendConn = &mut h.checkout.conn;
+            (&conn.stream, &mut conn.rbuf, &h.wbuf)
+        });
+        let shutdown = &mut self.shutdown;
+        let event = std::future::poll_fn(|cx| {
+            if want_client_write && let Poll::Ready(r) = client.sock.poll_write(cx, &client.wbuf) {
+                return Poll::Ready(r.map(Event::ClientWrote).map_err(SessionError::from));
             }
-            None => (None, None, None),
-        };
-        let want_client_write = !client.wbuf.is_empty();
-        let want_backend_write = backend_wbuf.is_some_and(|b| !b.is_empty());
-        let backend_write = async {
-            match (backend, backend_wbuf) {
-                (Some(s), Some(b)) => s.write_some(b).await,
-                _ => std::future::pending().await,
+            if let Some((stream, rbuf, wbuf)) = backend.as_mut() {
+                if !wbuf.is_empty()
+                    && let Poll::Ready(r) = stream.poll_write(cx, wbuf)
+                {
+                    return Poll::Ready(Ok(Event::BackendWrote(r)));
+                }
+                if want_backend_read && let Poll::Ready(r) = stream.poll_read(cx, rbuf, READ_CHUNK) {
+                    return Poll::Ready(Ok(Event::BackendRead(r)));
+                }
             }
-        };
-        let backend_read = async {
-            match (backend, backend_rbuf) {
-                (Some(s), Some(b)) => s.read_some(b, READ_CHUNK).await,
-                _ => std::future::pending().await,
+            if want_client_read && let Poll::Ready(r) = client.sock.poll_read(cx, &mut client.rbuf, READ_CHUNK) {
+                return Poll::Ready(r.map(Event::ClientRead).map_err(SessionError::from));
             }
-        };
-        let event = tokio::select! {
-            biased;
-            r = client.sock.write_some(&client.wbuf), if want_client_write => Event::ClientWrote(r?),
-            r = backend_write, if want_backend_write => Event::BackendWrote(r),
-            r = backend_read, if backend.is_some() && want_backend_read => Event::BackendRead(r),
-            r = client.sock.read_some(&mut client.rbuf, READ_CHUNK), if want_client_read => Event::ClientRead(r?),
-            () = self.shutdown.cancelled(), if shutting_down => {
-                return Err(SessionError::Fatal(SqlState::ADMIN_SHUTDOWN, "shardwire is shutting down".into()));
+            if shutting_down && shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(SessionError::Fatal(
+                    SqlState::ADMIN_SHUTDOWN,
+                    "shardwire is shutting down".into(),
+                )));
             }
-            else => return Err(SessionError::Fatal(SqlState::SYSTEM_ERROR, "internal error: session stalled with nothing to wait for".into())),
-        };
+            if !(want_client_write || want_client_read || backend.is_some() || shutting_down) {
+                return Poll::Ready(Err(SessionError::Fatal(
+                    SqlState::SYSTEM_ERROR,
+                    "internal error: session stalled with nothing to wait for".into(),
+                )));
+            }
+            Poll::Pending
+        })
+        .await?;
         match event {
             Event::ClientRead(0) => return Err(SessionError::Gone),
             Event::ClientRead(_) => {}
@@ -202,21 +213,47 @@ impl Session {
         }
     }
 
+    /// Handles every whole message the backend sent. They are read in place (no message is split
+    /// off the buffer), then the buffer advances past them at once.
     fn drain_backend(&mut self) {
-        loop {
-            let Some(h) = self.held.as_mut() else { return };
-            match decode_frame(&mut h.checkout.conn.rbuf, MAX_BACKEND_MESSAGE) {
-                Ok(Some(f)) => self.on_backend(f),
-                Ok(None) => return,
-                Err(e) => return self.backend_lost(&format!("invalid message from server: {e}")),
+        let Some(h) = self.held.as_mut() else { return };
+        let mut rbuf = std::mem::take(&mut h.checkout.conn.rbuf);
+        let mut pos = 0;
+        let mut missing = 0;
+        let failed = loop {
+            match frame_len(&rbuf[pos..], MAX_BACKEND_MESSAGE) {
+                Ok(Some(n)) if rbuf.len() - pos >= n => {
+                    self.on_backend(&rbuf[pos..pos + n]);
+                    pos += n;
+                    if self.held.is_none() {
+                        return;
+                    }
+                }
+                Ok(Some(n)) => {
+                    missing = n - (rbuf.len() - pos);
+                    break None;
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
             }
+        };
+        rbuf.advance(pos);
+        // Room for the rest of a large message, so it arrives in few reads.
+        rbuf.reserve(missing);
+        if let Some(h) = self.held.as_mut() {
+            h.checkout.conn.rbuf = rbuf;
+        }
+        if let Some(e) = failed {
+            self.backend_lost(&format!("invalid message from server: {e}"));
         }
     }
 
-    fn on_backend(&mut self, f: Frame) {
+    /// One whole backend message (`raw`: type byte, length, body).
+    fn on_backend(&mut self, raw: &[u8]) {
         let Some(h) = self.held.as_mut() else { return };
         let out = &mut self.client.wbuf;
-        let tag = f.tag();
+        let tag = raw[0];
+        let body = &raw[5..];
         tracing::trace!(client = self.handle.pid, tag = %(tag as char), front = ?h.ops.front(), "backend message");
         if matches!(tag, b'N' | b'A' | b'S') {
             let swallowing = matches!(
@@ -224,7 +261,7 @@ impl Session {
                 Some(Op::SyncVars | Op::CaptureLsn { .. } | Op::Inject { .. })
             );
             if tag != b'S' || !swallowing {
-                out.extend_from_slice(f.raw());
+                out.extend_from_slice(raw);
             }
             return;
         }
@@ -234,7 +271,7 @@ impl Session {
         }
         let Some(op) = h.ops.front_mut() else {
             // Nothing was asked: a FATAL before the server closes, most likely. Pass it on.
-            out.extend_from_slice(f.raw());
+            out.extend_from_slice(raw);
             return;
         };
         let mut done = false;
@@ -243,15 +280,15 @@ impl Session {
         match op {
             Op::Query { failed, .. } => {
                 *failed |= tag == b'E';
-                out.extend_from_slice(f.raw());
+                out.extend_from_slice(raw);
                 done = tag == b'Z';
             }
             Op::Sync => {
-                out.extend_from_slice(f.raw());
+                out.extend_from_slice(raw);
                 done = tag == b'Z';
             }
             Op::Ext(kind) => {
-                out.extend_from_slice(f.raw());
+                out.extend_from_slice(raw);
                 if tag == b'E' {
                     error_skip = true;
                 } else {
@@ -261,14 +298,14 @@ impl Session {
             Op::Inject { .. } => match tag {
                 b'1' => done = true,
                 b'E' => {
-                    out.extend_from_slice(f.raw());
+                    out.extend_from_slice(raw);
                     error_skip = true;
                 }
-                _ => out.extend_from_slice(f.raw()),
+                _ => out.extend_from_slice(raw),
             },
             Op::SyncVars => match tag {
                 b'E' => {
-                    let m = format!("could not restore session settings: {}", msg::error_message(f.body()));
+                    let m = format!("could not restore session settings: {}", msg::error_message(body));
                     msg::error_response(out, Severity::Warning, SqlState::WARNING, &m);
                 }
                 b'Z' => done = true,
@@ -281,17 +318,17 @@ impl Session {
                 }
             }
             Op::CaptureLsn { lsn } => match tag {
-                b'D' => *lsn = parse_single_int(f.body()),
+                b'D' => *lsn = parse_single_int(body),
                 b'Z' => done = true,
                 _ => {}
             },
             Op::Synth(_) | Op::CopyEnd => unreachable!("flush_synth emptied the front"),
         }
-        if tag == b'C' && f.body().starts_with(b"ROLLBACK") {
+        if tag == b'C' && body.starts_with(b"ROLLBACK") {
             h.rolled_back = true;
         }
         if tag == b'Z' {
-            h.tx_status = f.body().first().copied().unwrap_or(b'I');
+            h.tx_status = body.first().copied().unwrap_or(b'I');
         }
         if error_skip {
             let failed = h.ops.pop_front();
@@ -421,7 +458,11 @@ impl Session {
             h.ops.push_back(Op::CaptureLsn { lsn: None });
             return;
         }
-        self.held = None;
+        if let Some(h) = self.held.take()
+            && h.wbuf.capacity() <= KEEP_CAPACITY
+        {
+            self.spare = Some((h.ops, h.wbuf));
+        }
         self.handle.set_backend(None);
         if self.client.wbuf.is_empty() && self.client.wbuf.capacity() > KEEP_CAPACITY {
             self.client.wbuf = BytesMut::new();

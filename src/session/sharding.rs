@@ -453,7 +453,7 @@ impl Session {
                     bind: parts,
                     describe: false,
                 });
-                self.portals.insert(portal.to_owned(), stmt.clone());
+                self.portals.insert(portal, stmt.clone());
                 self.respond_synth(msg::empty(b'2'));
                 Ok(Routed::Done(Flow::Continue))
             }

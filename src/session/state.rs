@@ -1,7 +1,7 @@
 //! Per-client state that must survive moving between backend connections: session parameters,
 //! prepared statements, and the queue of responses expected from the backend in use.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -236,6 +236,43 @@ pub enum Op {
 
 /// The queue of expected responses of the backend connection in use.
 pub type Ops = VecDeque<Op>;
+
+/// The client's portals and the statements they were bound from. The unnamed portal, the one
+/// almost every client uses, has its own slot: no string key or hash per Bind.
+#[derive(Default)]
+pub struct Portals {
+    unnamed: Option<Arc<Stmt>>,
+    named: HashMap<String, Arc<Stmt>>,
+}
+
+impl Portals {
+    /// Binds `name` (empty: the unnamed portal) to `stmt`, replacing what it held.
+    pub fn insert(&mut self, name: &str, stmt: Arc<Stmt>) {
+        if name.is_empty() {
+            self.unnamed = Some(stmt);
+        } else {
+            self.named.insert(name.to_owned(), stmt);
+        }
+    }
+
+    /// The statement behind a portal.
+    pub fn get(&self, name: &str) -> Option<&Arc<Stmt>> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    /// Forgets a portal.
+    pub fn remove(&mut self, name: &str) {
+        if name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.named.remove(name);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,3 +14,4 @@ mod routing;
 mod session_state;
 mod sharding;
 mod shards;
+mod tls;

@@ -34,6 +34,9 @@ pub enum ProtocolError {
     /// A startup packet with an unknown protocol version or request code.
     #[error("unsupported frontend protocol {0}.{1}")]
     UnsupportedProtocol(i32, i32),
+    /// A well-formed message where the protocol does not allow it.
+    #[error("{0}")]
+    OutOfOrder(&'static str),
 }
 
 /// One whole regular message: type byte, length and body, kept as received.
@@ -65,8 +68,9 @@ impl Frame {
     }
 }
 
-/// Splits one regular message off the front of `buf`.
-pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, ProtocolError> {
+/// The length (type byte included) of the regular message at the front of `buf`, once its header
+/// is there; `Ok(None)` before that. The message itself may not be complete yet.
+pub fn frame_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, ProtocolError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -81,6 +85,14 @@ pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>,
             max: max_len,
         });
     }
+    Ok(Some(total))
+}
+
+/// Splits one regular message off the front of `buf`.
+pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, ProtocolError> {
+    let Some(total) = frame_len(buf, max_len)? else {
+        return Ok(None);
+    };
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
