@@ -2,7 +2,6 @@
 //! md5, cleartext via postgres-protocol), then bytes. After startup the session relays messages
 //! without decoding rows.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -58,14 +57,72 @@ pub struct BackendConn {
     pub secret: i32,
     /// ParameterStatus values sent at startup.
     pub params: Vec<(String, String)>,
-    /// Hashes of the named statements prepared on this connection by the proxy (`sw_<hash>`).
-    pub prepared: HashSet<u64>,
+    /// The named statements prepared on this connection by the proxy (`sw_<hash>`).
+    pub prepared: Prepared,
     /// Hash of the statement the unnamed statement slot holds, if known.
     pub unnamed: Option<u64>,
     /// Signature of the session parameters applied (see `session::state::SessionVars`).
     pub vars_sig: u64,
     /// Set when the connection must not go back to the pool.
     pub broken: bool,
+}
+
+/// Most statements the proxy keeps prepared on one backend connection. Past it, the least
+/// recently used is closed on the server before another is prepared, so a client that prepares
+/// ever new texts cannot grow every backend's memory without bound (PgBouncer, PgCat and PgDog
+/// cap theirs the same way).
+pub const MAX_PREPARED: usize = 500;
+
+/// The statements prepared on a backend connection, by hash, least recently used first out.
+pub struct Prepared {
+    lru: lru::LruCache<u64, ()>,
+}
+
+impl Default for Prepared {
+    fn default() -> Prepared {
+        // Unbounded: eviction is the caller's, since each one costs a Close on the server.
+        Prepared {
+            lru: lru::LruCache::unbounded(),
+        }
+    }
+}
+
+impl Prepared {
+    /// Whether `hash` is prepared; marks it as just used.
+    pub fn touch(&mut self, hash: u64) -> bool {
+        self.lru.get(&hash).is_some()
+    }
+
+    /// Records `hash` as prepared. Returns the statement to close first when that takes the
+    /// connection past [`MAX_PREPARED`].
+    pub fn insert(&mut self, hash: u64) -> Option<u64> {
+        self.lru.put(hash, ());
+        if self.lru.len() > MAX_PREPARED {
+            self.lru.pop_lru().map(|(h, ())| h)
+        } else {
+            None
+        }
+    }
+
+    /// Forgets `hash` (its Parse failed or was skipped).
+    pub fn remove(&mut self, hash: u64) {
+        self.lru.pop(&hash);
+    }
+
+    /// Takes back a statement whose Close was skipped: it is still on the server.
+    pub fn restore(&mut self, hash: u64) {
+        self.lru.push(hash, ());
+    }
+
+    /// How many statements are prepared.
+    pub fn len(&self) -> usize {
+        self.lru.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.lru.is_empty()
+    }
 }
 
 /// Startup parameters every backend connection is opened with. Client parameters are replayed
@@ -170,7 +227,7 @@ impl BackendConn {
                         pid: conn.pid,
                         secret: conn.secret,
                         params: conn.params,
-                        prepared: HashSet::new(),
+                        prepared: Prepared::default(),
                         unnamed: None,
                         vars_sig: crate::session::state::SessionVars::EMPTY_SIG,
                         broken: false,

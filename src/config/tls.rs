@@ -63,3 +63,60 @@ pub fn load(raw: &RawTls, base: Option<&Path>) -> Result<TlsConfig, ConfigError>
         server: Arc::new(server),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+
+    fn raw(cert: &str, key: &str, mode: Option<&str>) -> RawTls {
+        RawTls {
+            cert_file: cert.into(),
+            key_file: key.into(),
+            mode: mode.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn loads_relative_paths_and_rejects_bad_files_with_the_field() {
+        let dir = std::env::temp_dir().join(format!("shardwire-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_pair(&dir, "a");
+        write_pair(&dir, "b");
+        std::fs::write(dir.join("empty.crt"), "not a certificate\n").unwrap();
+        let base = Some(dir.as_path());
+
+        let ok = load(&raw("a.crt", "a.key", None), base).unwrap();
+        assert_eq!(ok.mode, TlsMode::Prefer);
+        let ok = load(&raw("a.crt", "a.key", Some("require")), base).unwrap();
+        assert_eq!(ok.mode, TlsMode::Require);
+
+        let cases = [
+            (raw("a.crt", "a.key", Some("always")), "server.tls.mode"),
+            (raw("missing.crt", "a.key", None), "server.tls.cert_file"),
+            (raw("empty.crt", "a.key", None), "server.tls.cert_file"),
+            (raw("a.crt", "missing.key", None), "server.tls.key_file"),
+            // b's key does not belong to a's certificate.
+            (raw("a.crt", "b.key", None), "server.tls"),
+        ];
+        for (r, field) in cases {
+            match load(&r, base) {
+                Err(ConfigError::Invalid { path, message }) => assert_eq!(path, field, "{message}"),
+                other => panic!(
+                    "{} / {}: expected an error on {field}, got {other:?}",
+                    r.cert_file, r.key_file
+                ),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -149,10 +149,10 @@ impl Session {
             }));
         } else {
             self.stmts.insert(p.name.to_owned(), stmt.clone());
-            if held.checkout.conn.prepared.contains(&stmt.hash) {
+            if held.checkout.conn.prepared.touch(stmt.hash) {
                 held.ops.push_back(Op::Synth(msg::empty(b'1')));
             } else {
-                held.checkout.conn.prepared.insert(stmt.hash);
+                make_room(held, stmt.hash);
                 msg::parse(&mut held.wbuf, &stmt.backend_name(), &stmt.query, &stmt.param_types);
                 let client_name = Some(p.name.to_owned());
                 held.ops.push_back(Op::Ext(ExtKind::Parse {
@@ -415,7 +415,8 @@ impl Session {
         let conn = &mut held.checkout.conn;
         if named {
             let name = stmt.backend_name();
-            if conn.prepared.insert(stmt.hash) {
+            if !conn.prepared.touch(stmt.hash) {
+                make_room(held, stmt.hash);
                 msg::parse(&mut held.wbuf, &name, &stmt.query, &stmt.param_types);
                 held.ops.push_back(Op::Inject {
                     forget: Some(stmt.hash),
@@ -479,5 +480,14 @@ impl Session {
         msg::error_response(&mut b, Severity::Error, code, message);
         self.respond_local(b.freeze());
         self.ignore_till_sync = true;
+    }
+}
+
+/// Records `hash` as prepared on the held backend, closing there first the least recently used
+/// statement when the connection is at its limit.
+fn make_room(held: &mut super::Held, hash: u64) {
+    if let Some(old) = held.checkout.conn.prepared.insert(hash) {
+        msg::describe_or_close(&mut held.wbuf, b'C', b'S', &super::state::backend_name(old));
+        held.ops.push_back(Op::Evict { hash: old });
     }
 }

@@ -303,6 +303,14 @@ impl Session {
                 }
                 _ => out.extend_from_slice(raw),
             },
+            Op::Evict { .. } => match tag {
+                b'3' => done = true,
+                b'E' => {
+                    out.extend_from_slice(raw);
+                    error_skip = true;
+                }
+                _ => {}
+            },
             Op::SyncVars => match tag {
                 b'E' => {
                     let m = format!("could not restore session settings: {}", msg::error_message(body));
@@ -397,9 +405,7 @@ impl Session {
         match op {
             Some(Op::Ext(ExtKind::Parse { forget, client_name })) => {
                 match forget {
-                    Some(hash) => {
-                        conn.prepared.remove(&hash);
-                    }
+                    Some(hash) => conn.prepared.remove(hash),
                     None => {
                         conn.unnamed = None;
                         self.unnamed = None;
@@ -409,9 +415,8 @@ impl Session {
                     self.stmts.remove(&name);
                 }
             }
-            Some(Op::Inject { forget: Some(hash) }) => {
-                conn.prepared.remove(&hash);
-            }
+            Some(Op::Inject { forget: Some(hash) }) => conn.prepared.remove(hash),
+            Some(Op::Evict { hash }) => conn.prepared.restore(hash),
             Some(Op::Inject { forget: None }) => conn.unnamed = None,
             _ => {}
         }

@@ -164,8 +164,13 @@ impl Stmt {
 
     /// Name of the statement on backend connections.
     pub fn backend_name(&self) -> String {
-        format!("sw_{:016x}", self.hash)
+        backend_name(self.hash)
     }
+}
+
+/// The name under which the proxy prepares a statement on backends.
+pub fn backend_name(hash: u64) -> String {
+    format!("sw_{hash:016x}")
 }
 
 /// The extended-protocol message an [`Op::Ext`] answers.
@@ -213,6 +218,12 @@ pub enum Op {
     Inject {
         /// Named statement hash to forget if it fails or is skipped.
         forget: Option<u64>,
+    },
+    /// A Close of a statement the proxy prepared, to stay under `backend::conn::MAX_PREPARED`:
+    /// its CloseComplete is swallowed.
+    Evict {
+        /// The statement's hash, taken back if the Close is skipped after an error.
+        hash: u64,
     },
     /// Where the client ended a COPY FROM STDIN before the server said it started one: Syncs queued
     /// before it are ignored by the server. Answers nothing.

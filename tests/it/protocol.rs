@@ -54,6 +54,48 @@ async fn prepared_statements_follow_clients_across_backend_connections() {
 }
 
 #[tokio::test]
+async fn backends_keep_a_bounded_number_of_prepared_statements() {
+    // One connection per node, so every statement lands on the same backend.
+    let proxy = Proxy::start(&shared().config("", "").replace("max_size = 10", "max_size = 1")).await;
+    proxy.wait_replicas_in_rotation().await;
+    let c = proxy.app().await;
+    let cap = shardwire::backend::conn::MAX_PREPARED;
+    let mut stmts = Vec::new();
+    for i in 0..cap + 120 {
+        let s = c.prepare(&format!("SELECT {i}::int + $1::int")).await.unwrap();
+        assert_eq!(c.query_one(&s, &[&1i32]).await.unwrap().get::<_, i32>(0), i as i32 + 1);
+        stmts.push(s);
+    }
+    let count = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> usize {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let held = count(
+        c.simple_query("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'sw_%'")
+            .await
+            .unwrap(),
+    );
+    assert!(
+        held <= cap && held >= cap - 1,
+        "{held} statements prepared on the backend"
+    );
+    // The oldest were closed on the server; they still run, prepared again where needed.
+    for (i, s) in stmts.iter().enumerate().take(150) {
+        assert_eq!(c.query_one(s, &[&2i32]).await.unwrap().get::<_, i32>(0), i as i32 + 2);
+    }
+    let held = count(
+        c.simple_query("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'sw_%'")
+            .await
+            .unwrap(),
+    );
+    assert!(held <= cap, "{held} statements prepared on the backend");
+}
+
+#[tokio::test]
 async fn binary_parameters_and_results_round_trip() {
     let proxy = Proxy::start(&shared().config("", "")).await;
     let c = proxy.app().await;
