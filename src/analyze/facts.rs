@@ -40,6 +40,21 @@ pub enum SetOp {
     },
     /// `RESET ALL` or `DISCARD ALL`.
     ResetAll,
+    /// `SAVEPOINT name`: the parameters as they are now can be gone back to.
+    Savepoint {
+        /// Savepoint name, as the server folds it.
+        name: String,
+    },
+    /// `ROLLBACK TO [SAVEPOINT] name`: the parameters go back to what they were at the savepoint.
+    RollbackTo {
+        /// Savepoint name.
+        name: String,
+    },
+    /// `RELEASE [SAVEPOINT] name`: that savepoint and later ones go; the parameters stand.
+    Release {
+        /// Savepoint name.
+        name: String,
+    },
 }
 
 /// The facts of one statement text (which may hold several statements).

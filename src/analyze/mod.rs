@@ -167,7 +167,19 @@ fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
                 f.need = Need::Read;
             }
         }
+        // ROLLBACK TO SAVEPOINT keeps the transaction open; what it undoes of SETs is tracked.
+        Statement::Rollback {
+            savepoint: Some(name), ..
+        } => f.set_ops.push(SetOp::RollbackTo {
+            name: savepoint_name(name),
+        }),
         Statement::Commit { .. } | Statement::Rollback { .. } => f.tx = TxEffect::End,
+        Statement::Savepoint { name } => f.set_ops.push(SetOp::Savepoint {
+            name: savepoint_name(name),
+        }),
+        Statement::ReleaseSavepoint { name } => f.set_ops.push(SetOp::Release {
+            name: savepoint_name(name),
+        }),
         Statement::Set(set) => set_op(set, stmt, &mut f),
         Statement::Reset(r) => f.set_ops.push(match &r.reset {
             Reset::ALL => SetOp::ResetAll,
@@ -193,6 +205,14 @@ fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
         f.pins_session = Some("session-level advisory lock");
     }
     f
+}
+
+/// A savepoint name as the server knows it: unquoted names are folded to lower case.
+fn savepoint_name(name: &sqlparser::ast::Ident) -> String {
+    match name.quote_style {
+        Some(_) => name.value.clone(),
+        None => name.value.to_lowercase(),
+    }
 }
 
 fn set_op(set: &sqlparser::ast::Set, stmt: &Statement, f: &mut Facts) {

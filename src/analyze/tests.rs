@@ -67,6 +67,23 @@ fn transactions() {
     assert_eq!(analyze("COMMIT", &f).tx, TxEffect::End);
     assert_eq!(analyze("ROLLBACK", &f).tx, TxEffect::End);
     assert_eq!(analyze("SELECT 1", &f).tx, TxEffect::None);
+    // ROLLBACK TO SAVEPOINT does not end the transaction; savepoints are tracked for SET.
+    let r = analyze("ROLLBACK TO SAVEPOINT Before_Update", &f);
+    assert_eq!(r.tx, TxEffect::None);
+    assert_eq!(
+        r.set_ops,
+        vec![SetOp::RollbackTo {
+            name: "before_update".into()
+        }]
+    );
+    assert_eq!(
+        analyze("SAVEPOINT \"Quoted\"", &f).set_ops,
+        vec![SetOp::Savepoint { name: "Quoted".into() }]
+    );
+    assert_eq!(
+        analyze("RELEASE SAVEPOINT a", &f).set_ops,
+        vec![SetOp::Release { name: "a".into() }]
+    );
 }
 
 #[test]

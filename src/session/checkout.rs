@@ -154,7 +154,9 @@ impl Session {
                 }
             },
         };
-        let checkout = match node.checkout().await {
+        // Boxed: bb8's checkout future is over a kilobyte, and unboxed it would be part of, and
+        // copied along with, every message handler's future on the way here.
+        let checkout = match Box::pin(node.checkout()).await {
             Ok(c) => c,
             Err(e) if node.role == Role::Replica => {
                 crate::health::mark_down(&node, &e.to_string());
@@ -164,7 +166,7 @@ impl Session {
                         format!("replica {} unavailable: {e}", node.config.name),
                     ));
                 }
-                cluster.primary.checkout().await.map_err(checkout_error)?
+                Box::pin(cluster.primary.checkout()).await.map_err(checkout_error)?
             }
             Err(e) => return Err(checkout_error(e)),
         };

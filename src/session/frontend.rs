@@ -236,7 +236,7 @@ impl Session {
             return Ok(Flow::Continue);
         }
         if self.pending_begin.is_some() && self.held.is_none() {
-            self.describe_aside(&stmt).await?;
+            Box::pin(self.describe_aside(&stmt)).await?;
             return Ok(Flow::Continue);
         }
         // Every shard has the same tables: the held one, or the default, can describe it.
@@ -255,7 +255,7 @@ impl Session {
     async fn on_execute(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let portal = msg::parse_execute(f.body())?;
         if self.multi_portal.as_ref().is_some_and(|p| p.name == portal) {
-            self.execute_multi().await?;
+            Box::pin(self.execute_multi()).await?;
             return Ok(Flow::Continue);
         }
         if self.on_local_portal(b'E', portal) {

@@ -332,7 +332,8 @@ impl Session {
             },
             Op::Synth(_) | Op::CopyEnd => unreachable!("flush_synth emptied the front"),
         }
-        if tag == b'C' && body.starts_with(b"ROLLBACK") {
+        // ROLLBACK TO SAVEPOINT completes with the same tag but leaves the transaction open.
+        if tag == b'C' && body.starts_with(b"ROLLBACK") && !rolls_back_to_savepoint(h.ops.front()) {
             h.rolled_back = true;
         }
         if tag == b'Z' {
@@ -374,6 +375,7 @@ impl Session {
             self.vars = before;
             h.checkout.conn.vars_sig = self.vars.sig();
         }
+        self.vars.end_transaction();
     }
 
     /// After an error in the extended protocol the server skips everything until Sync.
@@ -476,6 +478,17 @@ impl Session {
             self.client.rbuf = BytesMut::new();
         }
     }
+}
+
+/// Whether the statement being answered is (or holds) a ROLLBACK TO SAVEPOINT.
+fn rolls_back_to_savepoint(op: Option<&Op>) -> bool {
+    let set_ops = match op {
+        Some(Op::Query { set_ops, .. }) | Some(Op::Ext(ExtKind::Execute { set_ops })) => set_ops,
+        _ => return false,
+    };
+    set_ops
+        .iter()
+        .any(|o| matches!(o, crate::analyze::SetOp::RollbackTo { .. }))
 }
 
 fn flush_synth(h: &mut Held, out: &mut BytesMut) {

@@ -227,7 +227,9 @@ impl Session {
                     );
                     return Ok(Routed::Done(Flow::Continue));
                 }
-                let outcome = self.run_multi(&multi, sql, Source::Simple, facts, true).await?;
+                // Boxed, as every multi-shard path: its future is large and rare, and would otherwise be
+                // part of (and moved with) every message's future.
+                let outcome = Box::pin(self.run_multi(&multi, sql, Source::Simple, facts, true)).await?;
                 if outcome == Outcome::Failed && self.pending_begin.is_some() {
                     self.tx_refused = true;
                 }
@@ -477,7 +479,7 @@ impl Session {
             bind: &p.bind,
         };
         let facts = p.stmt.facts.clone();
-        let outcome = self.run_multi(&p.plan, &p.stmt.query, src, &facts, p.describe).await?;
+        let outcome = Box::pin(self.run_multi(&p.plan, &p.stmt.query, src, &facts, p.describe)).await?;
         if outcome == Outcome::Failed {
             self.ignore_till_sync = true;
             if self.pending_begin.is_some() {

@@ -15,6 +15,9 @@ use crate::analyze::{Facts, SetOp};
 pub struct SessionVars {
     vars: BTreeMap<String, String>,
     sig: u64,
+    /// The settings at each savepoint of the open transaction, oldest first: ROLLBACK TO
+    /// returns to them, as the server does.
+    savepoints: Vec<(String, BTreeMap<String, String>)>,
 }
 
 impl SessionVars {
@@ -37,6 +40,19 @@ impl SessionVars {
                 self.vars.remove(name);
             }
             SetOp::ResetAll => self.vars.clear(),
+            SetOp::Savepoint { name } => self.savepoints.push((name.clone(), self.vars.clone())),
+            SetOp::RollbackTo { name } => {
+                // The savepoint stays (it can be rolled back to again); later ones go.
+                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+                    self.savepoints.truncate(i + 1);
+                    self.vars = self.savepoints[i].1.clone();
+                }
+            }
+            SetOp::Release { name } => {
+                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+                    self.savepoints.truncate(i);
+                }
+            }
         }
         self.sig = if self.vars.is_empty() {
             Self::EMPTY_SIG
@@ -45,6 +61,11 @@ impl SessionVars {
             self.vars.hash(&mut h);
             h.finish() | 1
         };
+    }
+
+    /// The transaction ended: its savepoints are gone.
+    pub fn end_transaction(&mut self) {
+        self.savepoints.clear();
     }
 
     /// Records a startup parameter (`application_name`, `DateStyle`, `-c name=value` options, ...).
@@ -287,6 +308,56 @@ impl Portals {
 
 #[cfg(test)]
 mod tests {
+
+    use crate::analyze::SetOp;
+
+    fn set(v: &mut super::SessionVars, name: &str, value: &str) {
+        v.apply(&SetOp::Set {
+            name: name.into(),
+            sql: format!("SET {name} TO {value}"),
+        });
+    }
+
+    fn sp(op: fn(String) -> SetOp, name: &str) -> SetOp {
+        op(name.into())
+    }
+
+    #[test]
+    fn savepoints_restore_settings_as_the_server_does() {
+        let mut v = super::SessionVars::default();
+        set(&mut v, "search_path", "a");
+        let at_a = v.sig();
+        v.apply(&sp(|name| SetOp::Savepoint { name }, "s1"));
+        set(&mut v, "search_path", "b");
+        let at_b = v.sig();
+        v.apply(&sp(|name| SetOp::Savepoint { name }, "s2"));
+        set(&mut v, "search_path", "c");
+        v.apply(&sp(|name| SetOp::RollbackTo { name }, "s2"));
+        assert_eq!(v.sig(), at_b);
+        // s2 survives its rollback: rolling back to it again works.
+        set(&mut v, "search_path", "d");
+        v.apply(&sp(|name| SetOp::RollbackTo { name }, "s2"));
+        assert_eq!(v.sig(), at_b);
+        // Rolling back to s1 drops s2.
+        v.apply(&sp(|name| SetOp::RollbackTo { name }, "s1"));
+        assert_eq!(v.sig(), at_a);
+        v.apply(&sp(|name| SetOp::RollbackTo { name }, "s2"));
+        assert_eq!(v.sig(), at_a, "s2 is gone");
+        // RELEASE keeps what was set.
+        set(&mut v, "search_path", "e");
+        let at_e = v.sig();
+        v.apply(&sp(|name| SetOp::Release { name }, "s1"));
+        assert_eq!(v.sig(), at_e);
+        v.apply(&sp(|name| SetOp::RollbackTo { name }, "s1"));
+        assert_eq!(v.sig(), at_e, "s1 was released");
+        // A savepoint from an ended transaction is not rolled back to.
+        v.apply(&sp(|name| SetOp::Savepoint { name }, "s3"));
+        v.end_transaction();
+        set(&mut v, "search_path", "f");
+        let at_f = v.sig();
+        v.apply(&sp(|name| SetOp::RollbackTo { name }, "s3"));
+        assert_eq!(v.sig(), at_f);
+    }
     use super::*;
 
     #[test]

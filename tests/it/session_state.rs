@@ -68,6 +68,33 @@ async fn set_is_carried_across_routes_and_not_leaked_to_other_clients() {
         "a failed transaction's COMMIT rolls back"
     );
     a.batch_execute("RESET search_path").await.unwrap();
+    // ROLLBACK TO SAVEPOINT undoes only the SETs made after the savepoint; the transaction goes
+    // on and its COMMIT keeps the rest.
+    for sql in [
+        "BEGIN",
+        "SET search_path TO pg_catalog",
+        "SAVEPOINT before_tz",
+        "SET TIME ZONE 'Asia/Tokyo'",
+        "ROLLBACK TO SAVEPOINT before_tz",
+        "COMMIT",
+    ] {
+        a.batch_execute(sql).await.unwrap();
+    }
+    assert_eq!(
+        setting(&a, "search_path").await,
+        ("pg_catalog".into(), true),
+        "committed, on the replica too"
+    );
+    assert_ne!(setting(&a, "TimeZone").await.0, "Asia/Tokyo");
+    // b, on the same primary connection, sees none of it.
+    b.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        setting(&b, "search_path").await,
+        ("\"$user\", public".into(), false),
+        "b on the primary"
+    );
+    b.batch_execute("COMMIT").await.unwrap();
+    a.batch_execute("RESET search_path").await.unwrap();
     // A SET that fails is not recorded.
     assert!(a.batch_execute("SET no_such_parameter_x = 1").await.is_err());
     assert_eq!(setting(&a, "search_path").await.0, "\"$user\", public");
