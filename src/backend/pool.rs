@@ -167,6 +167,9 @@ impl Node {
             .connection_timeout(pool.checkout_timeout)
             .idle_timeout(Some(pool.idle_timeout))
             .retry_connection(false)
+            // The most recently used connection first, as PgBouncer does by default: the database
+            // keeps fewer, warmer backends busy, and the ones left idle can time out.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             .error_sink(Box::new(FailureSink(failures.clone())))
             .build_unchecked(manager);
         Arc::new(Node {

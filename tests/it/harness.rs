@@ -194,6 +194,8 @@ pub struct Proxy {
     pub bound: Bound,
     pub shared: Arc<Shared>,
     pub config_path: std::path::PathBuf,
+    /// A shard map file the test wrote for this proxy (`shards::ShardTopology::config`).
+    map_path: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
 }
 
@@ -201,6 +203,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
         let _ = std::fs::remove_file(&self.config_path);
+        if let Some(map) = &self.map_path {
+            let _ = std::fs::remove_file(map);
+        }
     }
 }
 
@@ -230,10 +235,16 @@ impl Proxy {
             .unwrap();
         });
         let (bound, shared) = rx.await.unwrap();
+        let map_path = config_text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("map = \""))
+            .map(|rest| std::path::PathBuf::from(rest.trim_end_matches('"')))
+            .filter(|p| p.starts_with(std::env::temp_dir()));
         Proxy {
             bound,
             shared,
             config_path: path,
+            map_path,
             shutdown,
         }
     }
