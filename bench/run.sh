@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Compares PostgreSQL direct, PgBouncer and shardwire in one run, alternating, with pgbench -S
 # (select-only) at 1, 16 and 64 clients in the simple and extended protocol, the targets' order
-# turning each round. Reports median
-# throughput and latency per target and the proxies' CPU microseconds per transaction
-# (utime+stime from /proc). All servers listen on 127.0.0.1 and are stopped at the end.
+# turning each round. Reports median throughput and latency per target, the proxies' CPU
+# microseconds per transaction (utime+stime from /proc), and shardwire/PgBouncer per round.
+# All servers listen on 127.0.0.1 and are stopped at the end.
 #
 #   bench/run.sh [seconds-per-run] [rounds]        (defaults: 5 s, 3 rounds)
+#   CLIENTS="16" MODES="extended" TARGETS="pgbouncer shardwire" narrow the matrix.
 #
 # Needs: the PostgreSQL server packages (initdb, pgbench), pgbouncer, python3, cargo.
 set -euo pipefail
@@ -14,6 +15,7 @@ SECS=${1:-5}
 ROUNDS=${2:-3}
 CLIENTS=${CLIENTS:-"1 16 64"}
 MODES=${MODES:-"simple extended"}
+TARGETS=${TARGETS:-"direct pgbouncer shardwire"}
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 cargo build --release --quiet
@@ -87,8 +89,8 @@ for round in $(seq 1 "$ROUNDS"); do
         for c in $CLIENTS; do
             j=$(( c < 2 ? 1 : 2 ))
             # The order turns each round, so neither proxy always runs right after the other.
-            order=(direct pgbouncer shardwire)
-            k=$(( (round - 1) % 3 ))
+            read -ra order <<< "$TARGETS"
+            k=$(( (round - 1) % ${#order[@]} ))
             for target in "${order[@]:k}" "${order[@]:0:k}"; do
                 case $target in
                     direct) port=$PG_PORT; pid="" ;;

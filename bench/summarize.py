@@ -22,6 +22,8 @@ for mode, clients in sorted({(m, c) for m, c, _ in groups}):
     bouncer = med(groups[(mode, clients, "pgbouncer")], "tps")
     for target in ["direct", "pgbouncer", "shardwire"]:
         rs = groups[(mode, clients, target)]
+        if not rs:
+            continue
         tps, lat, cpu = med(rs, "tps"), med(rs, "latency_ms"), med(rs, "cpu_us_per_tx")
         vs_d = f"{tps / direct:.2f}" if tps and direct else ""
         vs_b = f"{tps / bouncer:.2f}" if tps and bouncer and target != "direct" else ""
