@@ -174,7 +174,8 @@ fn parse_startup_params(mut body: &[u8]) -> Result<Vec<(String, String)>, Protoc
 
 /// Reads a NUL-terminated UTF-8 string and advances past it.
 pub fn read_cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
-    let end = buf.iter().position(|&b| b == 0)?;
+    // CStr's search for the NUL goes a word at a time; statement texts are read on every Parse.
+    let end = std::ffi::CStr::from_bytes_until_nul(buf).ok()?.to_bytes().len();
     let s = std::str::from_utf8(&buf[..end]).ok()?;
     *buf = &buf[end + 1..];
     Some(s)
