@@ -113,6 +113,7 @@ pub fn clients(shared: &Shared) -> Table {
                 s(c.addr),
                 s(age),
                 c.backend().map(|(n, _, _)| n.config.name.clone()),
+                c.tls.clone(),
             ]
         })
         .collect();
@@ -125,6 +126,7 @@ pub fn clients(shared: &Shared) -> Table {
             "address",
             "connected_secs",
             "backend",
+            "tls",
         ],
         rows,
     }

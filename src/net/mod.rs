@@ -186,6 +186,14 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
+
+    /// The TLS version and cipher suite in use, for SHOW CLIENTS; none for a plain connection.
+    pub fn tls_description(&self) -> Option<String> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => Some(t.description()),
+        }
+    }
 }
 
 /// One `recv` into the spare capacity of `buf`.

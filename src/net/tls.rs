@@ -98,6 +98,16 @@ impl TlsSocket {
         Poll::Ready(Ok(n))
     }
 
+    /// Protocol version and cipher suite, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
+    pub fn description(&self) -> String {
+        let c = self.lock();
+        let version = c.protocol_version().map_or_else(|| "?".into(), |v| format!("{v:?}"));
+        let suite = c
+            .negotiated_cipher_suite()
+            .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite()));
+        format!("{version} {suite}")
+    }
+
     /// Whether encrypted records are waiting for the socket.
     pub fn wants_write(&self) -> bool {
         self.lock().wants_write()

@@ -319,7 +319,9 @@ async fn login(
         msg::parameter_status(&mut client.wbuf, name, own.unwrap_or(value));
     }
     let app = get("application_name").unwrap_or("");
-    let handle = shared.clients.register(user_name, database, app, addr);
+    let handle = shared
+        .clients
+        .register(user_name, database, app, addr, client.sock.tls_description());
     msg::backend_key_data(&mut client.wbuf, handle.pid, handle.secret);
     msg::ready_for_query(&mut client.wbuf, b'I');
     client.flush().await?;

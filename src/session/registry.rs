@@ -26,6 +26,8 @@ pub struct ClientHandle {
     pub addr: SocketAddr,
     /// Connection time.
     pub since: SystemTime,
+    /// TLS protocol version and cipher suite, when the client uses TLS.
+    pub tls: Option<String>,
     // std Mutex: set and cleared on checkout and release, read by cancel; never held across an await.
     backend: Mutex<Option<(Arc<Node>, i32, i32)>>,
 }
@@ -51,7 +53,14 @@ pub struct ClientRegistry {
 
 impl ClientRegistry {
     /// Registers a client under a fresh random key.
-    pub fn register(&self, user: &str, database: &str, application_name: &str, addr: SocketAddr) -> Arc<ClientHandle> {
+    pub fn register(
+        &self,
+        user: &str,
+        database: &str,
+        application_name: &str,
+        addr: SocketAddr,
+        tls: Option<String>,
+    ) -> Arc<ClientHandle> {
         let mut rng = rand::rng();
         let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let pid = loop {
@@ -68,6 +77,7 @@ impl ClientRegistry {
             application_name: application_name.to_owned(),
             addr,
             since: SystemTime::now(),
+            tls,
             backend: Mutex::new(None),
         });
         map.insert(pid, handle.clone());

@@ -78,13 +78,24 @@ async fn connect_tls(
     certs: &Certs,
     sslmode: tokio_postgres::config::SslMode,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_tls_as(proxy, certs, sslmode, "app", "app", "app").await
+}
+
+async fn connect_tls_as(
+    proxy: &Proxy,
+    certs: &Certs,
+    sslmode: tokio_postgres::config::SslMode,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (c, conn) = tokio_postgres::Config::new()
         .host("localhost")
         .hostaddr(std::net::IpAddr::from([127, 0, 0, 1]))
         .port(proxy.port())
-        .user("app")
-        .password("app")
-        .dbname("app")
+        .user(user)
+        .password(password)
+        .dbname(db)
         .ssl_mode(sslmode)
         .connect(certs.connector())
         .await?;
@@ -235,6 +246,35 @@ async fn require_mode_refuses_plaintext_logins() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     canceller.await.unwrap().unwrap();
     assert_eq!(c.query_one("SELECT 8", &[]).await.unwrap().get::<_, i32>(0), 8);
+
+    // The admin console works over TLS too, and SHOW CLIENTS says how each client is encrypted.
+    let admin = connect_tls_as(
+        &proxy,
+        &certs,
+        tokio_postgres::config::SslMode::Require,
+        "admin",
+        "admin",
+        "shardwire",
+    )
+    .await
+    .unwrap();
+    let rows: Vec<Vec<Option<String>>> = admin
+        .simple_query("SHOW CLIENTS")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        let tls = r.last().unwrap().as_deref().unwrap_or("");
+        assert!(tls.starts_with("TLSv1_"), "client without TLS details: {r:?}");
+    }
 }
 
 #[tokio::test]
