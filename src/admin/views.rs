@@ -69,12 +69,11 @@ pub fn pools(shared: &Shared) -> Table {
     let rows = rt
         .nodes()
         .map(|n| {
-            let st = n.pool.state();
             vec![
                 s(&n.config.name),
                 s(n.role.as_str()),
-                s(st.connections),
-                s(st.idle_connections),
+                s(n.pool.state().connections),
+                s(n.idle_connections()),
                 s(n.outstanding.load(Ordering::Relaxed)),
                 s(n.max_size),
                 s(n.stats.checkouts.load(Ordering::Relaxed)),

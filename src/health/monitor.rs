@@ -42,6 +42,8 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             () = token.cancelled() => return,
             _ = tick.tick() => {}
         }
+        cluster.primary.cool_down();
+        cluster.replicas.iter().for_each(|r| r.cool_down());
         let query_timeout = settings.interval.max(Duration::from_millis(500));
         let primary_lsn = match query(
             &cluster.primary,

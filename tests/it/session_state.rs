@@ -171,6 +171,56 @@ async fn a_busy_pool_gives_a_clear_error_after_the_checkout_timeout() {
 }
 
 #[tokio::test]
+async fn a_released_connection_goes_to_a_waiting_client() {
+    // Checks every 10 s: the monitor's return of idle connections to the pool cannot be what
+    // unblocks the waiter within the 3 s checkout timeout.
+    let config = shared()
+        .config("", "")
+        .replace("max_size = 10", "max_size = 1")
+        .replace("lag_check_interval = \"100ms\"", "lag_check_interval = \"10s\"");
+    let proxy = Proxy::start(&config).await;
+    let holder = proxy.app().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    // The waiter's checkout waits inside the pool; the holder's COMMIT must hand the one
+    // connection to it, not keep it for the next checkout of its own.
+    let waiter = proxy.app().await;
+    let waiting = tokio::spawn(async move {
+        waiter
+            .query_one("/* shardwire: primary */ SELECT 41 + 1", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), 42);
+    assert_eq!(
+        holder
+            .query_one("/* shardwire: primary */ SELECT 7", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
+}
+
+#[tokio::test]
+async fn released_connections_go_back_to_the_pool_after_a_check_interval() {
+    let proxy = Proxy::start(&shared().config("", "")).await;
+    let c = proxy.app().await;
+    c.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+    // Released connections sit ready for the next checkout, then go back to the pool (and its
+    // idle timeout) after a check interval (100 ms here).
+    let primary = proxy.shared.runtime.load().clusters[0].primary.clone();
+    proxy
+        .wait_for("released connections back in the pool", |_| {
+            let in_pool = primary.pool.state().idle_connections;
+            in_pool >= 1 && primary.idle_connections() == in_pool
+        })
+        .await;
+    c.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+}
+
+#[tokio::test]
 async fn shutdown_closes_idle_sessions_and_lets_transactions_finish() {
     let topo = shared();
     let proxy = Proxy::start(&topo.config("shutdown_timeout = \"5s\"", "")).await;
