@@ -290,9 +290,6 @@ impl Node {
 
     /// Checks out a connection, failing fast when the node cannot be reached.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
-        // A Notified sees `notify_waiters` calls made after it was created even before it is
-        // polled, so it needs no registration up front; and with `biased` it is never polled
-        // (never joins the waiter list) when an idle connection is there at once.
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         if let Some(conn) = self.take_hot() {
             self.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -302,6 +299,9 @@ impl Node {
             });
         }
         let _waiting = Waiting(self);
+        // A Notified sees `notify_waiters` calls made after it was created even before it is
+        // polled, so it needs no registration up front; and with `biased` it is never polled
+        // (never joins the waiter list) when bb8 has an idle connection at once.
         let failed = self.failures.notify.notified();
         let result = tokio::select! {
             biased;
