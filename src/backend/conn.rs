@@ -67,15 +67,16 @@ pub struct BackendConn {
     pub broken: bool,
 }
 
-/// Most statements the proxy keeps prepared on one backend connection. Past it, the least
-/// recently used is closed on the server before another is prepared, so a client that prepares
-/// ever new texts cannot grow every backend's memory without bound (PgBouncer, PgCat and PgDog
-/// cap theirs the same way).
-pub const MAX_PREPARED: usize = 500;
+/// Most statements the proxy keeps prepared on one backend connection unless
+/// `pool.max_prepared_statements` says otherwise. Past it, the least recently used is closed on
+/// the server before another is prepared, so a client that prepares ever new texts cannot grow
+/// every backend's memory without bound (PgBouncer, PgCat and PgDog cap theirs the same way).
+pub const DEFAULT_MAX_PREPARED: usize = 500;
 
 /// The statements prepared on a backend connection, by hash, least recently used first out.
 pub struct Prepared {
     lru: lru::LruCache<u64, ()>,
+    limit: usize,
 }
 
 impl Default for Prepared {
@@ -83,6 +84,7 @@ impl Default for Prepared {
         // Unbounded: eviction is the caller's, since each one costs a Close on the server.
         Prepared {
             lru: lru::LruCache::unbounded(),
+            limit: DEFAULT_MAX_PREPARED,
         }
     }
 }
@@ -93,11 +95,16 @@ impl Prepared {
         self.lru.get(&hash).is_some()
     }
 
+    /// Sets how many statements the connection keeps.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(1);
+    }
+
     /// Records `hash` as prepared. Returns the statement to close first when that takes the
-    /// connection past [`MAX_PREPARED`].
+    /// connection past its limit.
     pub fn insert(&mut self, hash: u64) -> Option<u64> {
         self.lru.put(hash, ());
-        if self.lru.len() > MAX_PREPARED {
+        if self.lru.len() > self.limit {
             self.lru.pop_lru().map(|(h, ())| h)
         } else {
             None

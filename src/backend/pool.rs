@@ -122,6 +122,7 @@ impl bb8::ErrorSink<BackendError> for FailureSink {
 pub struct BackendManager {
     node: NodeConfig,
     connect_timeout: std::time::Duration,
+    max_prepared: usize,
 }
 
 impl bb8::ManageConnection for BackendManager {
@@ -129,7 +130,9 @@ impl bb8::ManageConnection for BackendManager {
     type Error = BackendError;
 
     async fn connect(&self) -> Result<BackendConn, BackendError> {
-        BackendConn::connect(&self.node, self.connect_timeout).await
+        let mut conn = BackendConn::connect(&self.node, self.connect_timeout).await?;
+        conn.prepared.set_limit(self.max_prepared);
+        Ok(conn)
     }
 
     async fn is_valid(&self, conn: &mut BackendConn) -> Result<(), BackendError> {
@@ -221,6 +224,7 @@ impl Node {
         let manager = BackendManager {
             node: config.clone(),
             connect_timeout: pool.connect_timeout,
+            max_prepared: pool.max_prepared,
         };
         let (max_size, checkout_timeout) = (pool.max_size.get(), pool.checkout_timeout);
         let pool = bb8::Pool::builder()

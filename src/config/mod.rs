@@ -100,6 +100,9 @@ mod tests {
         let bad_url = MINIMAL.replace("postgres://postgres@127.0.0.1:5433/app", "nonsense://");
         let e = parse(&bad_url).unwrap_err().to_string();
         assert!(e.contains("shards[0].replicas[0]"), "{e}");
+        let no_statements = MINIMAL.replace("[[users]]", "[pool]\nmax_prepared_statements = 0\n[[users]]");
+        let e = parse(&no_statements).unwrap_err().to_string();
+        assert!(e.contains("pool.max_prepared_statements"), "{e}");
         let md5_for_scram = MINIMAL.replace("\"secret\"", "\"md5a3556571e93b0d20722ba62be61e8c2d\"");
         assert!(parse(&md5_for_scram).is_err());
     }

@@ -111,6 +111,8 @@ pub struct RawPool {
     /// Idle backend connections older than this are closed.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+    /// Most statements the proxy keeps prepared on one backend connection.
+    pub max_prepared_statements: Option<usize>,
 }
 
 /// `[routing]`

@@ -102,6 +102,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Idle connections older than this close.
     pub idle_timeout: Duration,
+    /// Most statements the proxy keeps prepared on one backend connection.
+    pub max_prepared: usize,
 }
 
 /// What reads do when no replica is usable.
@@ -358,6 +360,11 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         checkout_timeout: p.checkout_timeout.unwrap_or(Duration::from_secs(5)),
         connect_timeout: p.connect_timeout.unwrap_or(Duration::from_secs(5)),
         idle_timeout: p.idle_timeout.unwrap_or(Duration::from_secs(600)),
+        max_prepared: match p.max_prepared_statements {
+            Some(0) => return Err(err("pool.max_prepared_statements", "must be at least 1")),
+            Some(n) => n,
+            None => crate::backend::conn::DEFAULT_MAX_PREPARED,
+        },
     };
     if pool.min_size > pool.max_size.get() {
         return Err(err("pool.min_size", "must not exceed pool.max_size"));

@@ -240,7 +240,7 @@ pub enum Op {
         /// Named statement hash to forget if it fails or is skipped.
         forget: Option<u64>,
     },
-    /// A Close of a statement the proxy prepared, to stay under `backend::conn::MAX_PREPARED`:
+    /// A Close of a statement the proxy prepared, to stay under `pool.max_prepared_statements`:
     /// its CloseComplete is swallowed.
     Evict {
         /// The statement's hash, taken back if the Close is skipped after an error.

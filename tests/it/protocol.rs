@@ -56,10 +56,14 @@ async fn prepared_statements_follow_clients_across_backend_connections() {
 #[tokio::test]
 async fn backends_keep_a_bounded_number_of_prepared_statements() {
     // One connection per node, so every statement lands on the same backend.
-    let proxy = Proxy::start(&shared().config("", "").replace("max_size = 10", "max_size = 1")).await;
+    let cap = 60;
+    let config = shared().config("", "").replace(
+        "max_size = 10",
+        &format!("max_size = 1\nmax_prepared_statements = {cap}"),
+    );
+    let proxy = Proxy::start(&config).await;
     proxy.wait_replicas_in_rotation().await;
     let c = proxy.app().await;
-    let cap = shardwire::backend::conn::MAX_PREPARED;
     let mut stmts = Vec::new();
     for i in 0..cap + 120 {
         let s = c.prepare(&format!("SELECT {i}::int + $1::int")).await.unwrap();
@@ -84,7 +88,7 @@ async fn backends_keep_a_bounded_number_of_prepared_statements() {
         "{held} statements prepared on the backend"
     );
     // The oldest were closed on the server; they still run, prepared again where needed.
-    for (i, s) in stmts.iter().enumerate().take(150) {
+    for (i, s) in stmts.iter().enumerate().take(cap + 30) {
         assert_eq!(c.query_one(s, &[&2i32]).await.unwrap().get::<_, i32>(0), i as i32 + 2);
     }
     let held = count(
