@@ -1,8 +1,8 @@
 //! Client sessions: the listener and startup (`listener`), authentication (`auth`), and the
 //! per-client relay that turns client messages into routed backend traffic (`frontend` handles
-//! client messages, `checkout` holds a backend for them, `relay` runs the I/O loop and handles
-//! backend responses). Session state that must follow the client across backend connections is
-//! in `state`.
+//! client messages, `checkout` holds a backend for them, `relay` runs the I/O loop, `responses`
+//! matches backend responses to what was asked). Session state that must follow the client
+//! across backend connections is in `state`.
 
 pub mod auth;
 mod checkout;
@@ -16,6 +16,7 @@ pub use multi_write::DECISION_TABLE_DDL as TWO_PHASE_DECISION_DDL;
 pub mod listener;
 pub mod registry;
 mod relay;
+mod responses;
 mod sharding;
 pub mod state;
 
