@@ -252,13 +252,13 @@ impl Node {
         })
     }
 
-    /// The most recently released connection that is still open and silent, if any; otherwise
-    /// the caller is counted as waiting in bb8 (see the module doc).
-    fn take_hot(&self) -> Option<bb8::PooledConnection<'static, BackendManager>> {
+    /// The most recently released connection that is still open and silent, if any; otherwise,
+    /// with `or_wait`, the caller is counted as waiting in bb8 (see the module doc).
+    fn take_hot(&self, or_wait: bool) -> Option<bb8::PooledConnection<'static, BackendManager>> {
         loop {
             let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
             let Some((mut conn, _)) = hot.conns.pop() else {
-                hot.waiting += 1;
+                hot.waiting += usize::from(or_wait);
                 return None;
             };
             drop(hot);
@@ -292,15 +292,26 @@ impl Node {
         self.pool.state().idle_connections + hot
     }
 
+    /// A just-released connection, without waiting or allocating; `None` when there is none and
+    /// [`Node::checkout`] must go to bb8.
+    pub fn checkout_now(self: &Arc<Self>) -> Option<Checkout> {
+        let conn = self.take_hot(false)?;
+        Some(self.checked_out(conn))
+    }
+
+    fn checked_out(self: &Arc<Self>, conn: bb8::PooledConnection<'static, BackendManager>) -> Checkout {
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        Checkout {
+            conn: Pooled(Some(conn)),
+            node: self.clone(),
+        }
+    }
+
     /// Checks out a connection, failing fast when the node cannot be reached.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
-        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        if let Some(conn) = self.take_hot() {
-            self.outstanding.fetch_add(1, Ordering::Relaxed);
-            return Ok(Checkout {
-                conn: Pooled(Some(conn)),
-                node: self.clone(),
-            });
+        if let Some(conn) = self.take_hot(true) {
+            return Ok(self.checked_out(conn));
         }
         let _waiting = Waiting(self);
         // A Notified sees `notify_waiters` calls made after it was created even before it is
@@ -319,14 +330,9 @@ impl Node {
             )),
         };
         match result {
-            Ok(conn) => {
-                self.outstanding.fetch_add(1, Ordering::Relaxed);
-                Ok(Checkout {
-                    conn: Pooled(Some(conn)),
-                    node: self.clone(),
-                })
-            }
+            Ok(conn) => Ok(self.checked_out(conn)),
             Err(e) => {
+                self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
                 self.stats.checkout_errors.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }

@@ -154,9 +154,14 @@ impl Session {
                 }
             },
         };
-        // Boxed: bb8's checkout future is over a kilobyte, and unboxed it would be part of, and
-        // copied along with, every message handler's future on the way here.
-        let checkout = match Box::pin(node.checkout()).await {
+        // A just-released connection needs no future at all; bb8's checkout future is boxed: it is
+        // over a kilobyte, and unboxed it would be part of, and copied along with, every message
+        // handler's future on the way here.
+        let got = match node.checkout_now() {
+            Some(c) => Ok(c),
+            None => Box::pin(node.checkout()).await,
+        };
+        let checkout = match got {
             Ok(c) => c,
             Err(e) if node.role == Role::Replica => {
                 crate::health::mark_down(&node, &e.to_string());
