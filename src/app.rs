@@ -120,6 +120,9 @@ pub struct Shared {
     pub config_path: Option<PathBuf>,
     /// The ID generator, when `[ids]` is configured (changes take effect on restart).
     pub ids: Option<Arc<crate::ids::Generator>>,
+    /// Long statement texts analyzed at once off the runtime's threads (`session::heavy`): a
+    /// flood of them waits here instead of taking every core.
+    pub analysis_slots: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -150,6 +153,7 @@ impl Shared {
             clients: ClientRegistry::default(),
             stats: Stats::default(),
             config_path,
+            analysis_slots: tokio::sync::Semaphore::new(2),
         })
     }
 
@@ -178,7 +182,9 @@ impl Shared {
             );
             notes.push("shard map swapped in");
         }
-        if config.routing.primary_functions != old.config.routing.primary_functions {
+        if config.routing.primary_functions != old.config.routing.primary_functions
+            || config.server.limits != old.config.server.limits
+        {
             self.cache.clear();
         }
         let map_changed = config.map != old.config.map;
@@ -199,6 +205,40 @@ impl Shared {
             format!("{what} ({})", notes.join("; "))
         })
     }
+}
+
+/// A tokio runtime whose threads, the blocking pool's included, have the stack statement
+/// analysis needs ([`crate::analyze::limits::STACK_SIZE`]). One worker runs on a current-thread
+/// runtime: no work stealing and no cross-thread wake-ups, which is what a proxy sharing two cores
+/// with its database needs most.
+pub fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    b.thread_stack_size(crate::analyze::limits::STACK_SIZE)
+        .enable_all()
+        .build()
+}
+
+/// Runs `fut` to completion on [`build_runtime`], from a thread of its own with the same stack
+/// (a current-thread runtime runs its tasks on the thread that blocks on it, whose stack the
+/// process's caller chose).
+pub fn block_on<F>(workers: usize, fut: F) -> std::io::Result<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let runtime = build_runtime(workers)?;
+    std::thread::Builder::new()
+        .name("shardwire-main".into())
+        .stack_size(crate::analyze::limits::STACK_SIZE)
+        .spawn(move || runtime.block_on(fut))?
+        .join()
+        .map_err(|_| std::io::Error::other("the runtime thread panicked"))
 }
 
 /// Addresses a running server listens on.

@@ -191,7 +191,7 @@ fn main() -> Result<()> {
         }
         Cmd::Serve { config } => {
             let c = shardwire::config::load(&config)?;
-            runtime(c.server.workers)?.block_on(serve(c, Some(config), |_, _| {}))
+            shardwire::app::block_on(c.server.workers, serve(c, Some(config), |_, _| {}))?
         }
         Cmd::Demo {
             replicas,
@@ -236,19 +236,6 @@ fn load_any(file: &std::path::Path) -> Result<Loaded> {
     } else {
         Loaded::Map(Arc::new(shardwire::shardmap::load(file)?))
     })
-}
-
-/// One worker runs on a current-thread runtime: no work stealing and no cross-thread wake-ups,
-/// which is what a proxy sharing two cores with its database needs most.
-fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
-    let mut b = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    Ok(b.enable_all().build()?)
 }
 
 /// Serves until Ctrl-C or SIGTERM; SIGHUP reloads.
@@ -352,35 +339,45 @@ admin = true
     std::fs::write(&path, &config_text)?;
     let config = shardwire::config::load(&path)?;
     let dir = sandbox.dir.clone();
-    let result = runtime(config.server.workers)?.block_on(serve(config, Some(path.clone()), move |bound, _| {
-        let port = bound.pg.port();
-        println!();
-        println!("shardwire is up. Connect with:");
-        println!(
-            "  psql \"postgres://app:app@127.0.0.1:{port}/{}\"",
-            shardwire::sandbox::DATABASE
-        );
-        if shards > 1 {
-            println!("Sharded tables users (id) and orders (user_id), reference table countries: create them through shardwire,");
-            println!("  e.g. CREATE TABLE users (id bigint PRIMARY KEY, name text); then SHOW ROUTE FOR <query> in the admin console.");
-        }
-        println!("Admin console (SHOW SHARDS, SHOW MAP, SHOW ROUTE FOR <query>, SHOW REPLICAS, SHOW POOLS, RELOAD):");
-        println!("  psql \"postgres://admin:admin@127.0.0.1:{port}/shardwire\"");
-        if let Some(h) = bound.http {
-            println!("Metrics: http://{h}/metrics   Health: http://{h}/health");
-        }
-        println!(
-            "Config: {} (edit, then kill -HUP {} to reload)",
-            path.display(),
-            std::process::id()
-        );
-        println!(
-            "Sandbox folder: {} — Ctrl-C stops everything and removes it.",
-            dir.display()
-        );
-    }));
+    let workers = config.server.workers;
+    let result = shardwire::app::block_on(
+        workers,
+        serve(config, Some(path.clone()), move |bound, _| {
+            let port = bound.pg.port();
+            println!();
+            println!("shardwire is up. Connect with:");
+            println!(
+                "  psql \"postgres://app:app@127.0.0.1:{port}/{}\"",
+                shardwire::sandbox::DATABASE
+            );
+            if shards > 1 {
+                println!(
+                    "Sharded tables users (id) and orders (user_id), reference table countries: create them through shardwire,"
+                );
+                println!(
+                    "  e.g. CREATE TABLE users (id bigint PRIMARY KEY, name text); then SHOW ROUTE FOR <query> in the admin console."
+                );
+            }
+            println!(
+                "Admin console (SHOW SHARDS, SHOW MAP, SHOW ROUTE FOR <query>, SHOW REPLICAS, SHOW POOLS, RELOAD):"
+            );
+            println!("  psql \"postgres://admin:admin@127.0.0.1:{port}/shardwire\"");
+            if let Some(h) = bound.http {
+                println!("Metrics: http://{h}/metrics   Health: http://{h}/health");
+            }
+            println!(
+                "Config: {} (edit, then kill -HUP {} to reload)",
+                path.display(),
+                std::process::id()
+            );
+            println!(
+                "Sandbox folder: {} — Ctrl-C stops everything and removes it.",
+                dir.display()
+            );
+        }),
+    );
     drop(sandboxes);
-    result
+    result?
 }
 
 /// The demo's shard map: `users` and `orders` co-located by user id over 256 hash partitions

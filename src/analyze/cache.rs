@@ -2,6 +2,10 @@
 //! fingerprint (literals replaced), so simple-protocol queries that differ only in their values
 //! share an entry; statements whose facts carry literal values (SET) are keyed by their exact
 //! text instead. Prepared statements are analyzed once at Parse and keep their facts themselves.
+//!
+//! Both caches bound the total length of the texts they hold, not only their number, so a long
+//! statement analyzed off the runtime's threads stays cached for the session that sent it (which
+//! looks it up again on its own thread) without letting a few huge texts fill the memory.
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -10,44 +14,90 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use super::fingerprint::fingerprint;
-use super::{Facts, analyze};
+use super::{Facts, Limits, analyze_within};
+
+/// Total length of the texts one cache keeps; a text over a quarter of it is never kept.
+const TEXT_BUDGET: usize = 64 << 20;
+
+/// An LRU map from texts whose total key length stays under [`TEXT_BUDGET`].
+struct Bounded<V> {
+    map: LruCache<String, V>,
+    bytes: usize,
+}
+
+impl<V: Clone> Bounded<V> {
+    fn new(capacity: NonZeroUsize) -> Bounded<V> {
+        Bounded {
+            map: LruCache::new(capacity),
+            bytes: 0,
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<V> {
+        self.map.get(key).cloned()
+    }
+
+    fn put(&mut self, key: String, value: V) {
+        if key.len() > TEXT_BUDGET / 4 {
+            return;
+        }
+        self.bytes += key.len();
+        if let Some((old, _)) = self.map.push(key, value) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > TEXT_BUDGET {
+            match self.map.pop_lru() {
+                Some((old, _)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
 
 /// Shared by all sessions. The lock is a std Mutex held only for a map lookup or insert, never
 /// across an await or a parse.
 pub struct AnalysisCache {
-    entries: Mutex<LruCache<String, Arc<Facts>>>,
+    entries: Mutex<Bounded<Arc<Facts>>>,
 }
-
-/// Texts longer than this are analyzed every time: long texts are rarely repeated verbatim and
-/// would crowd the cache.
-const MAX_CACHED_LEN: usize = 16 * 1024;
 
 impl AnalysisCache {
     /// A cache holding at most `capacity` texts.
     pub fn new(capacity: NonZeroUsize) -> AnalysisCache {
         AnalysisCache {
-            entries: Mutex::new(LruCache::new(capacity)),
+            entries: Mutex::new(Bounded::new(capacity)),
         }
     }
 
-    /// The facts of `sql`, from the cache or freshly analyzed.
-    pub fn get(&self, sql: &str, primary_functions: &HashSet<String>) -> Arc<Facts> {
-        if sql.len() > MAX_CACHED_LEN {
-            return Arc::new(analyze(sql, primary_functions));
-        }
-        self.get_keyed(fingerprint(sql), sql, primary_functions)
+    /// The facts of `sql`, from the cache or freshly analyzed within `limits`.
+    pub fn get(&self, sql: &str, primary_functions: &HashSet<String>, limits: &Limits) -> Arc<Facts> {
+        self.get_keyed(fingerprint(sql), sql, primary_functions, limits)
     }
 
     /// The facts of `sql` under a literal-free `key` the caller already has (the fingerprint, or
     /// the text with its literals as parameters, which identifies the same statements).
-    pub fn get_keyed(&self, key: String, sql: &str, primary_functions: &HashSet<String>) -> Arc<Facts> {
+    pub fn get_keyed(
+        &self,
+        key: String,
+        sql: &str,
+        primary_functions: &HashSet<String>,
+        limits: &Limits,
+    ) -> Arc<Facts> {
+        if sql.len() > limits.max_bytes {
+            // Checked before the lookup: texts of one fingerprint differ in their literals' length.
+            return Arc::new(analyze_within(sql, primary_functions, limits));
+        }
         if let Some(f) = self.lock().get(&key) {
-            return f.clone();
+            return f;
         }
         if let Some(f) = self.lock().get(sql) {
-            return f.clone();
+            return f;
         }
-        let facts = Arc::new(analyze(sql, primary_functions));
+        let facts = Arc::new(analyze_within(sql, primary_functions, limits));
         // SET statements are replayed by their text: the values matter.
         let key = if facts.set_ops.is_empty() && !matches!(facts.proxy_call, Some(super::ProxyCall::NextIds(_))) {
             key
@@ -65,7 +115,7 @@ impl AnalysisCache {
 
     /// Number of cached texts.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     /// No cached texts.
@@ -73,7 +123,7 @@ impl AnalysisCache {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Arc<Facts>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bounded<Arc<Facts>>> {
         // A poisoned lock only means another thread panicked mid-lookup; the map is still valid.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -82,29 +132,27 @@ impl AnalysisCache {
 /// Shard shapes by exact statement text (key values differ between texts, so no fingerprint).
 /// Cleared when the shard map changes.
 pub struct ShapeCache {
-    inner: Mutex<LruCache<String, Arc<crate::analyze::shard::Shape>>>,
+    inner: Mutex<Bounded<Arc<crate::analyze::shard::Shape>>>,
 }
 
 impl ShapeCache {
     /// An empty cache holding up to `capacity` shapes.
     pub fn new(capacity: NonZeroUsize) -> ShapeCache {
         ShapeCache {
-            inner: Mutex::new(LruCache::new(capacity)),
+            inner: Mutex::new(Bounded::new(capacity)),
         }
     }
 
     /// The shape of `sql` under `map`, computed on a miss.
     pub fn get(&self, sql: &str, map: &crate::shardmap::ShardMap) -> Arc<crate::analyze::shard::Shape> {
         if let Some(s) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
-            return s.clone();
+            return s;
         }
         let shape = Arc::new(crate::analyze::shard::shape(sql, map));
-        if sql.len() <= 64 * 1024 {
-            self.inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .put(sql.to_owned(), shape.clone());
-        }
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(sql.to_owned(), shape.clone());
         shape
     }
 
@@ -122,14 +170,14 @@ mod tests {
     fn caches_and_bounds() {
         let c = AnalysisCache::new(NonZeroUsize::new(2).unwrap());
         let f = HashSet::new();
-        let a = c.get("SELECT 1", &f);
-        let b = c.get("SELECT 1", &f);
+        let a = c.get("SELECT 1", &f, &Limits::default());
+        let b = c.get("SELECT 1", &f, &Limits::default());
         assert!(Arc::ptr_eq(&a, &b));
-        let other = c.get("SELECT 2", &f);
+        let other = c.get("SELECT 2", &f, &Limits::default());
         assert!(Arc::ptr_eq(&a, &other), "literals do not matter");
-        c.get("SELECT x FROM t", &f);
-        c.get("SELECT y FROM t", &f);
-        c.get("SELECT z FROM t", &f);
+        c.get("SELECT x FROM t", &f, &Limits::default());
+        c.get("SELECT y FROM t", &f, &Limits::default());
+        c.get("SELECT z FROM t", &f, &Limits::default());
         assert_eq!(c.len(), 2);
     }
 
@@ -137,11 +185,11 @@ mod tests {
     fn set_statements_keep_their_values() {
         let c = AnalysisCache::new(NonZeroUsize::new(10).unwrap());
         let f = HashSet::new();
-        let a = c.get("SET search_path TO a", &f);
-        let b = c.get("SET search_path TO b", &f);
+        let a = c.get("SET search_path TO a", &f, &Limits::default());
+        let b = c.get("SET search_path TO b", &f, &Limits::default());
         assert_ne!(a.set_ops, b.set_ops);
-        let a2 = c.get("SET work_mem = '64MB'", &f);
-        let b2 = c.get("SET work_mem = '1MB'", &f);
+        let a2 = c.get("SET work_mem = '64MB'", &f, &Limits::default());
+        let b2 = c.get("SET work_mem = '1MB'", &f, &Limits::default());
         assert_ne!(a2.set_ops, b2.set_ops);
     }
 }

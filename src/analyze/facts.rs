@@ -75,6 +75,8 @@ pub struct Facts {
     pub hint_primary: bool,
     /// A call the proxy answers itself (`SELECT shardwire.next_id()`).
     pub proxy_call: Option<ProxyCall>,
+    /// Not analyzed: over the size or depth limits. The client gets an error, no backend sees it.
+    pub too_complex: Option<super::TooComplex>,
 }
 
 /// Statements shardwire answers without a backend.
@@ -106,6 +108,7 @@ impl Facts {
             parsed: false,
             hint_primary: false,
             proxy_call: None,
+            too_complex: None,
         }
     }
 }

@@ -115,7 +115,7 @@ pub fn parameterize(sql: &str) -> Option<(String, Vec<String>)> {
 }
 
 /// End (exclusive) of a '...' literal starting at `start`, with '' and backslash escapes.
-fn literal_end(b: &[u8], start: usize) -> usize {
+pub(super) fn literal_end(b: &[u8], start: usize) -> usize {
     let mut i = start + 1;
     while i < b.len() {
         match b[i] {
@@ -128,7 +128,7 @@ fn literal_end(b: &[u8], start: usize) -> usize {
     b.len()
 }
 
-fn quoted_end(b: &[u8], start: usize, q: u8) -> usize {
+pub(super) fn quoted_end(b: &[u8], start: usize, q: u8) -> usize {
     let mut i = start + 1;
     while i < b.len() {
         if b[i] == q {
@@ -144,7 +144,7 @@ fn quoted_end(b: &[u8], start: usize, q: u8) -> usize {
 }
 
 /// End of a `$tag$ ... $tag$` string starting at `start`, if one starts there (`$1` is a parameter).
-fn dollar_end(sql: &str, start: usize) -> Option<usize> {
+pub(super) fn dollar_end(sql: &str, start: usize) -> Option<usize> {
     let rest = &sql[start + 1..];
     let tag_len = rest.find('$')?;
     let tag = &rest[..tag_len];

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod facts;
 pub mod fingerprint;
+pub mod limits;
 pub mod shard;
 
 use std::collections::HashSet;
@@ -19,9 +20,23 @@ use sqlparser::parser::Parser;
 
 pub use cache::AnalysisCache;
 pub use facts::{Count, Facts, Need, ProxyCall, SetOp, TxEffect};
+pub use limits::{Limits, TooComplex};
 
-/// Analyzes a statement text. `primary_functions` are lower-case function names that force the primary.
+/// Analyzes a statement text under the default [`Limits`]. `primary_functions` are lower-case
+/// function names that force the primary.
 pub fn analyze(sql: &str, primary_functions: &HashSet<String>) -> Facts {
+    analyze_within(sql, primary_functions, &Limits::default())
+}
+
+/// Analyzes a statement text that passes `limits`; one that does not is not parsed and its
+/// facts say why ([`Facts::too_complex`]).
+pub fn analyze_within(sql: &str, primary_functions: &HashSet<String>, limits: &Limits) -> Facts {
+    if let Err(e) = limits::check(sql, limits) {
+        return Facts {
+            too_complex: Some(e),
+            ..Facts::unparsed()
+        };
+    }
     let hint_primary = has_primary_hint(sql);
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(s) => s,
@@ -40,6 +55,7 @@ pub fn analyze(sql: &str, primary_functions: &HashSet<String>) -> Facts {
         parsed: true,
         hint_primary,
         proxy_call: None,
+        too_complex: None,
     };
     for stmt in &statements {
         let f = statement(stmt, primary_functions);
@@ -139,6 +155,7 @@ fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
         parsed: true,
         hint_primary: false,
         proxy_call: None,
+        too_complex: None,
     };
     match stmt {
         Statement::Query(q) => f.need = query_need(q, primary_functions),
@@ -308,5 +325,7 @@ fn session_lock(stmt: &Statement) -> bool {
     found
 }
 
+#[cfg(test)]
+mod deep_tests;
 #[cfg(test)]
 mod tests;

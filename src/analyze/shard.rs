@@ -309,6 +309,37 @@ pub enum CmpOp {
     Ge,
 }
 
+/// Most AND/OR terms of a HAVING merged across shards: its tree is evaluated by recursion.
+const MAX_HAVING_TERMS: usize = 256;
+
+/// AND, OR and NOT nodes of a condition, counted without recursion.
+fn logical_terms(e: &Expr) -> usize {
+    let mut count = 0;
+    let mut todo = vec![e];
+    while let Some(e) = todo.pop() {
+        match strip(e) {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And | BinaryOperator::Or,
+                right,
+            } => {
+                count += 1;
+                todo.push(left);
+                todo.push(right);
+            }
+            Expr::UnaryOp {
+                op: UnaryOperator::Not,
+                expr,
+            } => {
+                count += 1;
+                todo.push(expr);
+            }
+            _ => {}
+        }
+    }
+    count
+}
+
 /// HAVING → [`Having`] over result columns; aggregates not selected become hidden columns.
 fn having_expr(e: &Expr, sel: &Select, hidden: &mut Vec<(SelectItem, ColKind)>, n: usize) -> Result<Having, String> {
     Ok(match strip(e) {
@@ -495,8 +526,16 @@ pub enum Shape {
     Refuse(String),
 }
 
-/// Parses `sql` and finds its shape under `map`.
+/// Parses `sql` and finds its shape under `map`. Texts deeper than any configurable limit are
+/// refused unparsed (sessions check their own limits first, through the facts).
 pub fn shape(sql: &str, map: &ShardMap) -> Shape {
+    let safe = super::Limits {
+        max_bytes: usize::MAX,
+        max_depth: super::limits::MAX_DEPTH,
+    };
+    if let Err(e) = super::limits::check(sql, &safe) {
+        return Shape::Refuse(e.to_string());
+    }
     let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Shape::Unparsed;
     };
@@ -793,11 +832,33 @@ impl Scope {
     }
 }
 
-fn strip(e: &Expr) -> &Expr {
-    match e {
-        Expr::Nested(inner) => strip(inner),
-        Expr::Cast { expr, .. } => strip(expr),
-        other => other,
+fn strip(mut e: &Expr) -> &Expr {
+    // A loop: cast chains (`x::int::text...`) are as deep as they are long.
+    loop {
+        match e {
+            Expr::Nested(inner) => e = inner,
+            Expr::Cast { expr, .. } => e = expr,
+            other => return other,
+        }
+    }
+}
+
+/// The operands of a chain of `op` (`a OR b OR c`, which the parser nests to the left), in
+/// order, without recursion: such chains are as deep as they are long.
+fn chain<'a>(mut e: &'a Expr, op: &BinaryOperator) -> Vec<&'a Expr> {
+    let mut rights = Vec::new();
+    loop {
+        match strip(e) {
+            Expr::BinaryOp { left, op: o, right } if o == op => {
+                rights.push(right.as_ref());
+                e = left;
+            }
+            other => {
+                rights.push(other);
+                rights.reverse();
+                return rights;
+            }
+        }
     }
 }
 
@@ -834,21 +895,25 @@ fn operand(e: &Expr) -> Option<Operand> {
 fn key_cond(e: &Expr, scope: &Scope, joins: &mut Vec<(String, String)>) -> KeyCond {
     match strip(e) {
         Expr::BinaryOp {
-            left,
             op: BinaryOperator::And,
-            right,
-        } => KeyCond::And(vec![key_cond(left, scope, joins), key_cond(right, scope, joins)]),
+            ..
+        } => KeyCond::And(
+            chain(e, &BinaryOperator::And)
+                .into_iter()
+                .map(|t| key_cond(t, scope, joins))
+                .collect(),
+        ),
         Expr::BinaryOp {
-            left,
-            op: BinaryOperator::Or,
-            right,
+            op: BinaryOperator::Or, ..
         } => {
             // Join equalities under OR do not hold for every row.
             let mut ignore = Vec::new();
-            KeyCond::Or(vec![
-                key_cond(left, scope, &mut ignore),
-                key_cond(right, scope, &mut ignore),
-            ])
+            KeyCond::Or(
+                chain(e, &BinaryOperator::Or)
+                    .into_iter()
+                    .map(|t| key_cond(t, scope, &mut ignore))
+                    .collect(),
+            )
         }
         Expr::BinaryOp {
             left,
@@ -1280,6 +1345,11 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
             }
         }
         if let Some(h) = &sel.having {
+            if logical_terms(h) > MAX_HAVING_TERMS {
+                return refuse(&format!(
+                    "HAVING across shards: more than {MAX_HAVING_TERMS} conditions joined by AND/OR are not supported"
+                ));
+            }
             match having_expr(h, sel, &mut hidden, n) {
                 Ok(e) => having = Some(e),
                 Err(why) => return refuse(&format!("HAVING across shards: {why}")),

@@ -70,6 +70,11 @@ pub struct RawServer {
     pub max_client_connections: Option<usize>,
     /// Largest message accepted from a client, in bytes.
     pub max_message_size: Option<usize>,
+    /// Longest statement text analyzed, in bytes; longer ones are refused (54000).
+    pub max_statement_size: Option<usize>,
+    /// Most terms in one expression or operator chain (see docs); deeper statements are refused
+    /// (54001) before they are parsed. At most 4000, the default.
+    pub max_expression_depth: Option<usize>,
     /// Worker threads serving clients; default half the cores (at least 1).
     pub workers: Option<usize>,
     /// How long shutdown waits for clients before closing them.

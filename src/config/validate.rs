@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub max_client_connections: usize,
     /// Largest client message in bytes.
     pub max_message_size: usize,
+    /// What one statement text may cost to analyze.
+    pub limits: crate::analyze::Limits,
     /// How long shutdown waits for clients.
     pub shutdown_timeout: Duration,
     /// Worker threads. Fewer threads than cores keeps a client's wake-ups on one thread, which
@@ -338,6 +340,10 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         database: s.database.clone().unwrap_or(default_db),
         max_client_connections: s.max_client_connections.unwrap_or(10_000),
         max_message_size: s.max_message_size.unwrap_or(64 << 20),
+        limits: crate::analyze::Limits {
+            max_bytes: s.max_statement_size.unwrap_or(8 << 20),
+            max_depth: s.max_expression_depth.unwrap_or(crate::analyze::limits::MAX_DEPTH),
+        },
         shutdown_timeout: s.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
         workers: match s.workers {
             Some(0) => return Err(err("server.workers", "must be at least 1")),
@@ -351,6 +357,15 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
     }
     if server.max_message_size < 1024 {
         return Err(err("server.max_message_size", "must be at least 1024 bytes"));
+    }
+    if server.limits.max_bytes < 1024 {
+        return Err(err("server.max_statement_size", "must be at least 1024 bytes"));
+    }
+    if !(16..=crate::analyze::limits::MAX_DEPTH).contains(&server.limits.max_depth) {
+        return Err(err(
+            "server.max_expression_depth",
+            format!("must be between 16 and {}", crate::analyze::limits::MAX_DEPTH),
+        ));
     }
     let p = &raw.pool;
     let pool = PoolConfig {

@@ -70,7 +70,14 @@ impl Session {
         } else {
             None
         };
-        let facts = self.facts_keyed(sql, literal_free.as_ref().map(|(key, _)| key.as_str()));
+        let facts = if sql.len() > super::heavy::INLINE_LEN {
+            self.facts_off_runtime(sql).await
+        } else {
+            self.facts_keyed(sql, literal_free.as_ref().map(|(key, _)| key.as_str()))
+        };
+        if let Some(e) = &facts.too_complex {
+            return Ok(self.refuse_too_complex(e, false));
+        }
         if let Some(call) = &facts.proxy_call {
             self.answer_ids_query(call);
             return Ok(Flow::Continue);
@@ -106,7 +113,14 @@ impl Session {
             self.local_error(SqlState::DUPLICATE_PREPARED_STATEMENT, &m);
             return Ok(Flow::Continue);
         }
-        let facts = self.facts_of(p.query);
+        let facts = if p.query.len() > super::heavy::INLINE_LEN {
+            self.facts_off_runtime(p.query).await
+        } else {
+            self.facts_of(p.query)
+        };
+        if let Some(e) = &facts.too_complex {
+            return Ok(self.refuse_too_complex(e, true));
+        }
         if self.held.is_none() {
             self.runtime = self.shared.runtime.load_full();
         }
@@ -365,16 +379,17 @@ impl Session {
     }
 
     /// The facts of `sql`; `key` is its literal-free cache key when the caller already has one.
-    fn facts_keyed(&mut self, sql: &str, key: Option<&str>) -> Arc<Facts> {
+    pub(super) fn facts_keyed(&mut self, sql: &str, key: Option<&str>) -> Arc<Facts> {
         if let Some((text, facts)) = &self.last_facts
             && text == sql
         {
             return facts.clone();
         }
         let functions = &self.runtime.config.routing.primary_functions;
+        let limits = &self.runtime.config.server.limits;
         let facts = match key {
-            Some(k) => self.shared.cache.get_keyed(k.to_owned(), sql, functions),
-            None => self.shared.cache.get(sql, functions),
+            Some(k) => self.shared.cache.get_keyed(k.to_owned(), sql, functions, limits),
+            None => self.shared.cache.get(sql, functions, limits),
         };
         if sql.len() > 4096 {
             // Idle sessions should not keep a large text alive.

@@ -8,6 +8,7 @@ pub mod auth;
 mod checkout;
 pub mod client;
 mod frontend;
+mod heavy;
 mod ids;
 mod multi;
 mod multi_copy;

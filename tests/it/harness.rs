@@ -227,11 +227,16 @@ impl Proxy {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let token = shutdown.clone();
         let p = path.clone();
-        tokio::spawn(async move {
-            shardwire::app::run(config, Some(p), token, move |b, s| {
-                let _ = tx.send((b, s));
+        // On a runtime of its own, as `shardwire serve` runs it: threads with the stack that
+        // statement analysis needs.
+        std::thread::spawn(move || {
+            shardwire::app::block_on(1, async move {
+                shardwire::app::run(config, Some(p), token, move |b, s| {
+                    let _ = tx.send((b, s));
+                })
+                .await
+                .unwrap();
             })
-            .await
             .unwrap();
         });
         let (bound, shared) = rx.await.unwrap();

@@ -9,6 +9,7 @@ mod differential;
 mod harness;
 mod ids;
 mod lag;
+mod limits;
 mod protocol;
 mod routing;
 mod session_state;

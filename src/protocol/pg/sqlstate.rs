@@ -30,6 +30,10 @@ impl SqlState {
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     /// 42P05 duplicate_prepared_statement.
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
+    /// 54000 program_limit_exceeded: a statement longer than the proxy analyzes.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    /// 54001 statement_too_complex: an expression deeper than the proxy analyzes.
+    pub const STATEMENT_TOO_COMPLEX: SqlState = SqlState("54001");
     /// 0A000 feature_not_supported: refused because it cannot be done correctly.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     /// 22P04 bad_copy_file_format: COPY data that cannot be routed.
