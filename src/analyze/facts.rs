@@ -75,8 +75,19 @@ pub struct Facts {
     pub hint_primary: bool,
     /// A call the proxy answers itself (`SELECT shardwire.next_id()`).
     pub proxy_call: Option<ProxyCall>,
+    /// `DEALLOCATE` or `DISCARD ALL`: protocol-level prepared statements go away.
+    pub dealloc: Option<Dealloc>,
     /// Not analyzed: over the size or depth limits. The client gets an error, no backend sees it.
     pub too_complex: Option<super::TooComplex>,
+}
+
+/// Prepared statements a statement deallocates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dealloc {
+    /// `DEALLOCATE ALL`, `DISCARD ALL`: every one on the connection.
+    All,
+    /// `DEALLOCATE name`.
+    Named(String),
 }
 
 /// Statements shardwire answers without a backend.
@@ -108,6 +119,7 @@ impl Facts {
             parsed: false,
             hint_primary: false,
             proxy_call: None,
+            dealloc: None,
             too_complex: None,
         }
     }

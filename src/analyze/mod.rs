@@ -19,7 +19,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use cache::AnalysisCache;
-pub use facts::{Count, Facts, Need, ProxyCall, SetOp, TxEffect};
+pub use facts::{Count, Dealloc, Facts, Need, ProxyCall, SetOp, TxEffect};
 pub use limits::{Limits, TooComplex};
 
 /// Analyzes a statement text under the default [`Limits`]. `primary_functions` are lower-case
@@ -55,6 +55,7 @@ pub fn analyze_within(sql: &str, primary_functions: &HashSet<String>, limits: &L
         parsed: true,
         hint_primary,
         proxy_call: None,
+        dealloc: None,
         too_complex: None,
     };
     for stmt in &statements {
@@ -67,6 +68,9 @@ pub fn analyze_within(sql: &str, primary_functions: &HashSet<String>, limits: &L
         }
         facts.set_ops.extend(f.set_ops);
         facts.pins_session = facts.pins_session.or(f.pins_session);
+        if facts.dealloc != Some(Dealloc::All) && f.dealloc.is_some() {
+            facts.dealloc = f.dealloc;
+        }
     }
     if hint_primary {
         facts.need = Need::Primary;
@@ -155,6 +159,7 @@ fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
         parsed: true,
         hint_primary: false,
         proxy_call: None,
+        dealloc: None,
         too_complex: None,
     };
     match stmt {
@@ -209,7 +214,19 @@ fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
         }),
         Statement::Discard {
             object_type: sqlparser::ast::DiscardObject::ALL,
-        } => f.set_ops.push(SetOp::ResetAll),
+        } => {
+            f.set_ops.push(SetOp::ResetAll);
+            f.dealloc = Some(Dealloc::All);
+        }
+        Statement::Deallocate { name, .. } => {
+            f.dealloc = Some(
+                if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                    Dealloc::All
+                } else {
+                    Dealloc::Named(savepoint_name(name))
+                },
+            );
+        }
         Statement::Prepare { .. } => f.pins_session = Some("PREPARE (SQL-level prepared statement)"),
         Statement::LISTEN { .. } => f.pins_session = Some("LISTEN"),
         Statement::Declare { stmts } if stmts.iter().any(|d| d.hold == Some(true)) => {

@@ -111,6 +111,11 @@ impl Prepared {
         }
     }
 
+    /// Forgets every statement (`DEALLOCATE ALL` or `DISCARD ALL` ran on the connection).
+    pub fn clear(&mut self) {
+        self.lru.clear();
+    }
+
     /// Forgets `hash` (its Parse failed or was skipped).
     pub fn remove(&mut self, hash: u64) {
         self.lru.pop(&hash);

@@ -82,6 +82,9 @@ impl Session {
             self.answer_ids_query(call);
             return Ok(Flow::Continue);
         }
+        if let Some(flow) = self.on_dealloc(&facts) {
+            return Ok(flow);
+        }
         let (shard, rewritten) = match self.route_query(&f, sql, &facts, literal_free).await? {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => (s, None),
@@ -98,6 +101,11 @@ impl Session {
         }
         // A simple Query destroys the backend's unnamed statement.
         held.checkout.conn.unnamed = None;
+        if facts.dealloc == Some(crate::analyze::Dealloc::All) {
+            // The server forgets every statement, those other clients' statements left there too:
+            // whoever uses this connection next prepares again.
+            held.checkout.conn.prepared.clear();
+        }
         held.ops.push_back(Op::Query {
             set_ops: facts.set_ops.clone(),
             failed: false,

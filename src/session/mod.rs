@@ -7,6 +7,7 @@
 pub mod auth;
 mod checkout;
 pub mod client;
+mod dealloc;
 mod frontend;
 mod heavy;
 mod ids;

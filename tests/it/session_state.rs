@@ -242,3 +242,49 @@ async fn shutdown_closes_idle_sessions_and_lets_transactions_finish() {
     assert!(busy.simple_query("SELECT 3").await.is_err(), "then the session closes");
     assert!(proxy.connect("app", "app").await.is_err(), "no new clients");
 }
+
+/// DEALLOCATE ALL / DISCARD ALL drop every statement on the server connection, those shardwire
+/// prepared there for other clients too: the next user of that connection must prepare again,
+/// and the client's own names are free again. `DEALLOCATE name` of a protocol-level statement
+/// is answered by the proxy (the server knows it under another name).
+#[tokio::test]
+async fn deallocate_all_and_discard_all_keep_prepared_statements_in_step() {
+    let topo = shared();
+    // One connection per node: every client below shares the primary's.
+    let proxy = Proxy::start(&topo.config("", "").replace("max_size = 10", "max_size = 1")).await;
+    let a = proxy.app().await;
+    let b = proxy.app().await;
+    for reset in ["DEALLOCATE ALL", "DISCARD ALL", "DEALLOCATE PREPARE ALL"] {
+        // Inside transactions, so everything runs on the primary's one connection.
+        a.batch_execute("BEGIN").await.unwrap();
+        let s = a.prepare("SELECT $1::int + 1").await.unwrap();
+        assert_eq!(a.query_one(&s, &[&1i32]).await.unwrap().get::<_, i32>(0), 2);
+        a.batch_execute("COMMIT").await.unwrap();
+        if reset == "DISCARD ALL" {
+            a.batch_execute(reset).await.unwrap();
+        } else {
+            a.batch_execute(&format!("BEGIN; {reset}; COMMIT")).await.unwrap();
+        }
+        // Another client, same server connection, same text: shardwire must prepare it again.
+        b.batch_execute("BEGIN").await.unwrap();
+        let s = b.prepare("SELECT $1::int + 1").await.unwrap();
+        assert_eq!(
+            b.query_one(&s, &[&41i32]).await.unwrap().get::<_, i32>(0),
+            42,
+            "after {reset}"
+        );
+        b.batch_execute("COMMIT").await.unwrap();
+    }
+    // DEALLOCATE of a protocol-level name (tokio-postgres shows its statements' names in Debug).
+    let c = proxy.app().await;
+    let s = c.prepare("SELECT 7").await.unwrap();
+    let debug = format!("{s:?}");
+    let name = debug.split('"').nth(1).expect("a quoted name in the Debug output");
+    assert!(name.starts_with('s'), "{debug}");
+    c.batch_execute(&format!("DEALLOCATE {name}")).await.unwrap();
+    let e = c.query(&s, &[]).await.expect_err("deallocated");
+    assert_eq!(e.code().map(|c| c.code()), Some("26000"));
+    // The server-side statement still serves others.
+    let s = b.prepare("SELECT 7").await.unwrap();
+    assert_eq!(b.query_one(&s, &[]).await.unwrap().get::<_, i32>(0), 7);
+}
