@@ -77,6 +77,16 @@ impl ClientConn {
         decode_frame(&mut self.rbuf, self.max_message)
     }
 
+    /// A whole message (or a malformed header, which [`ClientConn::try_frame`] reports) waits in
+    /// the read buffer.
+    pub fn has_frame(&self) -> bool {
+        match crate::protocol::pg::codec::frame_len(&self.rbuf, self.max_message) {
+            Ok(Some(len)) => self.rbuf.len() >= len,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Reads until a whole message is here. EOF is [`SessionError::Gone`].
     pub async fn read_frame(&mut self) -> Result<Frame, SessionError> {
         loop {

@@ -69,10 +69,20 @@ impl Session {
             if !self.client.wbuf.is_empty() {
                 self.write_client()?;
             }
-            self.step().await?;
+            // Messages left behind when the backend's send buffer passed the high-water mark
+            // bring no socket event of their own: with the buffer drained, handle them first.
+            if !self.client_frames_waiting() {
+                self.step().await?;
+            }
             self.drain_backend();
             self.maybe_release();
         }
+    }
+
+    fn client_frames_waiting(&self) -> bool {
+        self.stalled.is_none()
+            && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER)
+            && self.client.has_frame()
     }
 
     /// Handles every whole client message buffered, unless one is stalled or the backend is
