@@ -106,6 +106,12 @@ impl Session {
             let failed = h.ops.pop_front();
             self.forget(failed);
             self.skip_to_sync();
+            if self.held.as_ref().is_some_and(|h| h.ops.is_empty()) {
+                // The client's Sync has not come yet: what it sends until then is discarded, as
+                // the server discards it (a Bind of the statement whose Parse just failed must
+                // not get an error of its own).
+                self.ignore_till_sync = true;
+            }
         } else if done {
             let op = h.ops.pop_front();
             self.complete(op);
