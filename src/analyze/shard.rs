@@ -1312,7 +1312,13 @@ fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
         let kind = match mergeable(f) {
             Ok(Mergeable::Kind(kind)) => kind,
             Ok(Mergeable::Avg { sum, count }) => {
-                shard_sel.projection[i] = SelectItem::UnnamedExpr(*sum);
+                // The shards return the sum under the name the average has on one database: its
+                // alias, or the function's name.
+                let alias = match &sel.projection[i] {
+                    SelectItem::ExprWithAlias { alias, .. } => alias.clone(),
+                    _ => Ident::with_quote('"', func_name(f)),
+                };
+                shard_sel.projection[i] = SelectItem::ExprWithAlias { expr: *sum, alias };
                 hidden.push((SelectItem::UnnamedExpr(*count), ColKind::Count));
                 ColKind::Avg {
                     count_col: n + hidden.len() - 1,
