@@ -279,6 +279,19 @@ fn set_op(set: &sqlparser::ast::Set, stmt: &Statement, f: &mut Facts) {
 
 /// Reads and locks: `FOR UPDATE/SHARE`, `SELECT INTO`, data-modifying CTEs and side-effect functions
 /// all need the primary.
+/// System views whose answer only the primary has: on a hot standby they are empty or describe
+/// the standby itself (a driver's `tpc_recover()` reads `pg_prepared_xacts`).
+const PRIMARY_RELATIONS: &[&str] = &[
+    "pg_prepared_xacts",
+    "pg_stat_replication",
+    "pg_replication_slots",
+    "pg_stat_replication_slots",
+    "pg_stat_activity",
+    "pg_locks",
+    "pg_stat_subscription",
+    "pg_stat_progress_basebackup",
+];
+
 fn query_need(q: &Query, primary_functions: &HashSet<String>) -> Need {
     struct V<'a> {
         functions: &'a HashSet<String>,
@@ -302,6 +315,13 @@ fn query_need(q: &Query, primary_functions: &HashSet<String>) -> Need {
                 Statement::Query(_) => ControlFlow::Continue(()),
                 _ => ControlFlow::Break(()),
             }
+        }
+        fn pre_visit_relation(&mut self, r: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
+            let name = function_name(r);
+            if PRIMARY_RELATIONS.contains(&name.as_str()) {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
         }
         fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
             if let Expr::Function(func) = e

@@ -30,6 +30,18 @@ fn reads_and_writes() {
         ("SELECT * FROM t FOR UPDATE", Need::Primary),
         ("SELECT * FROM t FOR SHARE", Need::Primary),
         ("SELECT nextval('s')", Need::Primary),
+        ("SELECT gid FROM pg_prepared_xacts", Need::Primary),
+        ("SELECT * FROM pg_catalog.pg_stat_replication", Need::Primary),
+        (
+            "SELECT count(*) FROM PG_LOCKS WHERE locktype = 'advisory'",
+            Need::Primary,
+        ),
+        (
+            "SELECT x FROM t WHERE EXISTS (SELECT 1 FROM pg_stat_activity)",
+            Need::Primary,
+        ),
+        ("SELECT txid_status(1234)", Need::Primary),
+        ("SELECT * FROM pg_class", Need::Read),
         ("SELECT public.setval('s', 1)", Need::Primary),
         ("SELECT pg_advisory_xact_lock(1)", Need::Primary),
         ("SELECT * INTO t2 FROM t", Need::Primary),

@@ -283,6 +283,11 @@ pub const DEFAULT_PRIMARY_FUNCTIONS: &[&str] = &[
     "txid_current",
     "pg_current_xact_id",
     "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn",
+    // The fate of a transaction is known where it ran: a standby may not have replayed it yet.
+    "txid_status",
+    "pg_xact_status",
     "set_config",
     "dblink_exec",
     "lo_import",

@@ -36,6 +36,35 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
     c.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }
 
+/// Views only the primary can answer: on the standby `pg_stat_replication` is empty and
+/// `pg_prepared_xacts` misses what the primary prepared (a driver's `tpc_recover()` found
+/// nothing, and prepared transactions stayed behind holding locks).
+#[tokio::test]
+async fn primary_only_views_are_read_on_the_primary() {
+    let topo = shared();
+    let proxy = Proxy::start(&topo.config("", "")).await;
+    proxy.wait_replicas_in_rotation().await;
+    let c = proxy.app().await;
+    assert!(on_replica(&c).await, "plain reads still use the replica");
+    let streaming = c
+        .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(streaming, 1, "the primary streams to its replica");
+    let slots = c
+        .simple_query("SELECT pg_is_in_recovery() FROM pg_locks LIMIT 1")
+        .await
+        .unwrap();
+    let on_primary = slots
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("f")));
+    assert!(on_primary, "pg_locks is read on the primary");
+    let xid: i64 = c.query_one("SELECT txid_current()", &[]).await.unwrap().get(0);
+    let status: Option<String> = c.query_one("SELECT txid_status($1)", &[&xid]).await.unwrap().get(0);
+    assert_eq!(status.as_deref(), Some("committed"));
+}
+
 #[tokio::test]
 async fn transactions_stay_on_the_primary_and_read_only_ones_use_a_replica() {
     let topo = shared();
