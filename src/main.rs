@@ -90,6 +90,15 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Serve { .. } | Cmd::Demo { .. }) {
+        // A command whose output is piped into `head` ends quietly when the reader goes, as
+        // command-line tools do (Rust ignores SIGPIPE, and println! then panics). Not for the
+        // server: its sockets' peers may leave at any time.
+        // SAFETY: restoring a signal's default disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Cmd::Check { file } => {
             let map = match load_any(&file)? {

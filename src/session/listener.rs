@@ -311,14 +311,24 @@ async fn login(
             _ => vars.apply_startup(k, v),
         }
     }
+    let app = get("application_name").unwrap_or("");
+    if get("application_name").is_none() {
+        // The server connections shardwire opens are named after it; a client that names
+        // itself nothing sees an empty name, as on the server.
+        vars.apply_startup("application_name", "");
+    }
     for (name, value) in server_params.iter() {
         let own = params
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str());
-        msg::parameter_status(&mut client.wbuf, name, own.unwrap_or(value));
+        let shown = match (name.as_str(), own) {
+            ("client_encoding", Some(v)) => super::state::canonical_encoding(v),
+            ("application_name", None) => String::new(),
+            (_, own) => own.unwrap_or(value).to_owned(),
+        };
+        msg::parameter_status(&mut client.wbuf, name, &shown);
     }
-    let app = get("application_name").unwrap_or("");
     let handle = shared
         .clients
         .register(user_name, database, app, addr, client.sock.tls_description());

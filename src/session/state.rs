@@ -94,6 +94,57 @@ impl SessionVars {
     }
 }
 
+/// An encoding name as the server reports it (`utf8`, `utf-8`, `Unicode` → `UTF8`; `latin9`,
+/// `iso-8859-15` → `LATIN9`), following PostgreSQL's own alias table for the common names: the
+/// server ignores case and punctuation in the name and reports its canonical spelling.
+pub fn canonical_encoding(name: &str) -> String {
+    let key: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let canonical = match key.as_str() {
+        "utf8" | "unicode" => "UTF8",
+        "sqlascii" => "SQL_ASCII",
+        "latin1" | "iso88591" => "LATIN1",
+        "latin2" | "iso88592" => "LATIN2",
+        "latin3" | "iso88593" => "LATIN3",
+        "latin4" | "iso88594" => "LATIN4",
+        "latin5" | "iso88599" => "LATIN5",
+        "latin6" | "iso885910" => "LATIN6",
+        "latin7" | "iso885913" => "LATIN7",
+        "latin8" | "iso885914" => "LATIN8",
+        "latin9" | "iso885915" => "LATIN9",
+        "latin10" | "iso885916" => "LATIN10",
+        "iso88595" => "ISO_8859_5",
+        "iso88596" => "ISO_8859_6",
+        "iso88597" => "ISO_8859_7",
+        "iso88598" => "ISO_8859_8",
+        "eucjp" => "EUC_JP",
+        "euccn" => "EUC_CN",
+        "euckr" => "EUC_KR",
+        "euctw" => "EUC_TW",
+        "eucjis2004" => "EUC_JIS_2004",
+        "sjis" | "shiftjis" | "mskanji" | "win932" | "windows932" => "SJIS",
+        "shiftjis2004" => "SHIFT_JIS_2004",
+        "big5" | "win950" | "windows950" => "BIG5",
+        "gbk" | "win936" | "windows936" => "GBK",
+        "gb18030" => "GB18030",
+        "uhc" | "win949" | "windows949" => "UHC",
+        "johab" => "JOHAB",
+        "koi8" | "koi8r" => "KOI8R",
+        "koi8u" => "KOI8U",
+        "mulecode" => "MULE_INTERNAL",
+        k => {
+            if let Some(n) = k.strip_prefix("windows").or_else(|| k.strip_prefix("win")) {
+                return format!("WIN{n}");
+            }
+            return name.to_ascii_uppercase();
+        }
+    };
+    canonical.to_string()
+}
+
 /// Parses a startup `options` value: `-c name=value` and `--name=value`, whitespace separated,
 /// with backslash escaping a space.
 pub fn parse_options(options: &str) -> Vec<(String, String)> {
@@ -364,6 +415,11 @@ mod tests {
     fn vars_signature_and_replay() {
         let mut v = SessionVars::default();
         assert_eq!(v.sig(), SessionVars::EMPTY_SIG);
+        assert_eq!(canonical_encoding("utf8"), "UTF8");
+        assert_eq!(canonical_encoding("Utf-8"), "UTF8");
+        assert_eq!(canonical_encoding("iso-8859-15"), "LATIN9");
+        assert_eq!(canonical_encoding("euc_jp"), "EUC_JP");
+        assert_eq!(canonical_encoding("windows-1252"), "WIN1252");
         v.apply_startup("application_name", "it's");
         let s1 = v.sig();
         assert_ne!(s1, SessionVars::EMPTY_SIG);

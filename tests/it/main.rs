@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod bad_input;
+mod cli;
 mod clients;
 mod differential;
 mod harness;
