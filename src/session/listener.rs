@@ -152,6 +152,7 @@ async fn handle(
                 held: None,
                 spare: None,
                 pinned: None,
+                closing: None,
                 ryw_lsn: None,
                 ignore_till_sync: false,
                 stalled: None,

@@ -113,6 +113,9 @@ pub struct Session {
     spare: Option<(Ops, BytesMut)>,
     /// Why the session keeps its backend for good, if it does.
     pinned: Option<&'static str>,
+    /// The session must end with this FATAL error: the backend that held its state (pinned, or
+    /// session pooling) is gone, and going on silently on a fresh one would lose that state.
+    closing: Option<(crate::protocol::pg::sqlstate::SqlState, String)>,
     /// Read-your-writes: the commit position of the session's last write.
     ryw_lsn: Option<u64>,
     /// After an error the proxy raised in the extended protocol, skip messages until Sync.

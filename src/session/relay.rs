@@ -42,6 +42,17 @@ impl Session {
             && (!h.is_free() || self.pinned.is_some())
         {
             h.checkout.conn.broken = true;
+            if h.ops.iter().any(|o| !matches!(o, Op::Synth(_))) {
+                // A statement is still running for a client that is gone: closing the connection
+                // alone would leave it running (holding its locks) until it next writes.
+                let node = h.checkout.node.clone();
+                let (pid, secret) = (h.checkout.conn.pid, h.checkout.conn.secret);
+                tokio::spawn(async move {
+                    if let Err(e) = crate::backend::conn::send_cancel(&node.config, pid, secret).await {
+                        tracing::warn!(node = %node.config.name, error = %e, "could not cancel a left client's statement");
+                    }
+                });
+            }
         }
         if let Err(e) = &result
             && let Some((code, m)) = e.fatal_message()
@@ -57,6 +68,9 @@ impl Session {
 
     async fn relay(&mut self) -> Result<(), SessionError> {
         loop {
+            if let Some((code, m)) = self.closing.take() {
+                return Err(SessionError::Fatal(code, m));
+            }
             if let Flow::Terminate = self.drain_client().await? {
                 let _ = self.client.flush().await;
                 return Ok(());
@@ -210,6 +224,16 @@ impl Session {
         self.handle.set_backend(None);
         let node = h.checkout.node.config.name.clone();
         tracing::warn!(client = self.handle.pid, %node, why, "backend connection lost");
+        let session_state = self
+            .pinned
+            .or((self.runtime.config.server.pool_mode == PoolMode::Session).then_some("session pooling"));
+        if let Some(reason) = session_state {
+            // As PostgreSQL and PgBouncer do: the client's session was that connection.
+            let m =
+                format!("lost the connection to {node} that held this session's state ({reason}): {why}; reconnect");
+            self.closing = Some((SqlState::CONNECTION_FAILURE, m));
+            return;
+        }
         let owed_ready = h.ops.iter().any(|o| matches!(o, Op::Query { .. } | Op::Sync));
         let owed_any = h.ops.iter().any(|o| !matches!(o, Op::SyncVars | Op::CaptureLsn { .. }));
         if owed_any || h.in_transaction() {

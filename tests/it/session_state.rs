@@ -288,3 +288,49 @@ async fn deallocate_all_and_discard_all_keep_prepared_statements_in_step() {
     let s = b.prepare("SELECT 7").await.unwrap();
     assert_eq!(b.query_one(&s, &[]).await.unwrap().get::<_, i32>(0), 7);
 }
+
+/// A client that disconnects while its statement runs gets that statement cancelled: it would
+/// otherwise run on, holding its locks, until it next wrote to the closed connection.
+#[tokio::test]
+async fn a_client_that_leaves_mid_statement_has_its_statement_cancelled() {
+    let topo = shared();
+    let proxy = Proxy::start(&topo.config("", "")).await;
+    let (c, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.port())
+        .user("app")
+        .password("app")
+        .dbname("app")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let sleeper = tokio::spawn(async move {
+        // On the primary (the advisory lock), holding lock 4242 for a minute.
+        let _ = c
+            .simple_query("SELECT pg_sleep(60) FROM (SELECT pg_advisory_xact_lock(4242)) l")
+            .await;
+    });
+    let primary = topo.primary().await;
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND state = 'active' AND pid <> pg_backend_pid()";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while primary.query_one(running, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the statement never started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The client goes away without a word.
+    sleeper.abort();
+    conn.abort();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while primary.query_one(running, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the statement still runs");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let free: bool = primary
+        .query_one("SELECT pg_try_advisory_lock(4242)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(free, "the lock was released");
+    primary.execute("SELECT pg_advisory_unlock(4242)", &[]).await.unwrap();
+}
