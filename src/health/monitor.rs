@@ -35,6 +35,7 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
     let mut primary_client: Option<Client> = None;
     let mut replica_clients: Vec<Option<Client>> = cluster.replicas.iter().map(|_| None).collect();
     let mut prev_primary_lsn: Option<u64> = None;
+    let mut last_primary_lsn: Option<u64> = None;
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -64,6 +65,18 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             }
         };
         publish_primary(&cluster.primary, primary_lsn);
+        // With the primary unreachable, replicas are judged against the last position it was
+        // seen at: one that has replayed up to it has everything the primary had then, and goes
+        // on serving reads (no write can be acknowledged while the primary is down); one behind it
+        // is judged by its replay time as usual. Without this, a primary outage took every read
+        // down with it.
+        if primary_lsn.is_some() {
+            last_primary_lsn = primary_lsn;
+        }
+        let (judge_lsn, judge_prev) = match primary_lsn {
+            Some(_) => (primary_lsn, prev_primary_lsn),
+            None => (last_primary_lsn, last_primary_lsn),
+        };
         let checks = cluster
             .replicas
             .iter()
@@ -79,8 +92,8 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             let prev = node.health.load();
             let next = next_replica_health(
                 &prev,
-                primary_lsn,
-                prev_primary_lsn,
+                judge_lsn,
+                judge_prev,
                 obs,
                 settings.bounds,
                 settings.healthy_after,

@@ -205,7 +205,26 @@ async fn a_primary_that_goes_away_gives_a_connection_error_then_works_again() {
             .get::<_, i32>(0),
         1
     );
+    proxy.wait_replicas_in_rotation().await;
+    replica_caught_up(topo).await;
+    tokio::time::sleep(Duration::from_millis(3 * INTERVAL_MS)).await;
     tokio::task::spawn_blocking(|| topo.stop_primary()).await.unwrap();
+    // Reads go on on the replica, which has replayed all the primary had: for several checks.
+    for _ in 0..20 {
+        let r = c.query_one("SELECT pg_is_in_recovery()", &[]).await;
+        assert!(
+            r.expect("a read while the primary is down").get::<_, bool>(0),
+            "on the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(INTERVAL_MS)).await;
+    }
+    assert!(
+        proxy.shared.runtime.load().clusters[0].replicas[0]
+            .health
+            .load()
+            .in_rotation,
+        "the replica stayed in rotation"
+    );
     let e = c.simple_query("/* shardwire: primary */ SELECT 1").await.unwrap_err();
     assert!(
         e.code().map(|c| c.code().starts_with("08")).unwrap_or(false),
