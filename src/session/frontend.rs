@@ -60,6 +60,7 @@ impl Session {
     }
 
     async fn on_query(&mut self, f: Frame) -> Result<Flow, SessionError> {
+        let first_try = !std::mem::take(&mut self.retrying);
         let sql = msg::parse_query(f.body())?;
         if self.held.is_none() {
             self.flush_early();
@@ -95,6 +96,14 @@ impl Session {
             return Ok(flow);
         }
         let held = self.held.as_mut().expect("ensure_backend holds one");
+        if first_try
+            && rewritten.is_none()
+            && held.checkout.node.role == crate::backend::Role::Replica
+            && !held.in_transaction()
+            && held.ops.iter().all(|o| matches!(o, Op::SyncVars))
+        {
+            self.retry = Some(f.clone());
+        }
         match &rewritten {
             Some(text) => msg::query(&mut held.wbuf, text),
             None => held.wbuf.extend_from_slice(f.raw()),

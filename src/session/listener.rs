@@ -153,6 +153,8 @@ async fn handle(
                 spare: None,
                 pinned: None,
                 closing: None,
+                retry: None,
+                retrying: false,
                 ryw_lsn: None,
                 ignore_till_sync: false,
                 stalled: None,

@@ -113,6 +113,12 @@ pub struct Session {
     spare: Option<(Ops, BytesMut)>,
     /// Why the session keeps its backend for good, if it does.
     pinned: Option<&'static str>,
+    /// The simple Query being read on a replica outside a transaction, while nothing of its
+    /// answer has reached the client: if the replica fails now, the read is tried once more on
+    /// another node instead of failing.
+    retry: Option<Frame>,
+    /// The Query being handled is that second try.
+    retrying: bool,
     /// The session must end with this FATAL error: the backend that held its state (pinned, or
     /// session pooling) is gone, and going on silently on a fresh one would lose that state.
     closing: Option<(crate::protocol::pg::sqlstate::SqlState, String)>,

@@ -218,10 +218,21 @@ impl Session {
 
     /// The backend connection died: the client gets a connection error for what was in flight
     /// and the session goes on; its next statement gets a fresh connection.
-    fn backend_lost(&mut self, why: &str) {
+    pub(super) fn backend_lost(&mut self, why: &str) {
         let Some(mut h) = self.held.take() else { return };
         h.checkout.conn.broken = true;
         self.handle.set_backend(None);
+        if let Some(query) = self.retry.take()
+            && h.checkout.node.role == crate::backend::Role::Replica
+            && h.ops.iter().all(|o| matches!(o, Op::Query { .. } | Op::SyncVars))
+        {
+            // A read whose answer has not begun: the replica leaves the rotation now (not at
+            // the next check) and the Query is handled again, on another node.
+            crate::health::mark_down(&h.checkout.node, why);
+            self.stalled = Some(query);
+            self.retrying = true;
+            return;
+        }
         let node = h.checkout.node.config.name.clone();
         tracing::warn!(client = self.handle.pid, %node, why, "backend connection lost");
         let session_state = self

@@ -10,6 +10,12 @@ use super::{Held, Session};
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::sqlstate::SqlState;
 
+/// An error that says the server is going away (shutdown, crash, terminated connection), not
+/// that the statement failed: class 57P (operator intervention) or 08 (connection exception).
+fn node_going_away(body: &[u8]) -> bool {
+    msg::error_field(body, b'C').is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+}
+
 impl Session {
     /// One whole backend message (`raw`: type byte, length, body).
     pub(super) fn on_backend(&mut self, raw: &[u8]) {
@@ -25,6 +31,7 @@ impl Session {
             );
             if tag != b'S' || !swallowing {
                 out.extend_from_slice(raw);
+                self.retry = None;
             }
             return;
         }
@@ -33,18 +40,33 @@ impl Session {
             enter_copy_in(h);
         }
         let Some(op) = h.ops.front_mut() else {
-            // Nothing was asked: a FATAL before the server closes, most likely. Pass it on.
-            out.extend_from_slice(raw);
+            // Nothing was asked: a FATAL before the server closes, most likely. It concerns the
+            // client only if the connection held its session state (or its open transaction);
+            // otherwise the connection is just dropped and the client goes on elsewhere.
+            let own_state = self.pinned.is_some()
+                || h.in_transaction()
+                || self.runtime.config.server.pool_mode == crate::config::PoolMode::Session;
+            if tag == b'E' && !own_state {
+                self.backend_lost(&msg::error_message(body));
+            } else {
+                out.extend_from_slice(raw);
+            }
             return;
         };
         let mut done = false;
         let mut error_skip = false;
         let mut pipeline_failed = false;
         match op {
+            Op::Query { .. } if self.retry.is_some() && tag == b'E' && node_going_away(body) => {
+                // Nothing reached the client yet: the read is tried again elsewhere.
+                self.backend_lost(&msg::error_message(body));
+                return;
+            }
             Op::Query { failed, .. } => {
                 *failed |= tag == b'E';
                 out.extend_from_slice(raw);
                 done = tag == b'Z';
+                self.retry = None;
             }
             Op::Sync => {
                 out.extend_from_slice(raw);

@@ -12,6 +12,7 @@ mod ids;
 mod lag;
 mod limits;
 mod protocol;
+mod replica_loss;
 mod routing;
 mod session_state;
 mod sharding;

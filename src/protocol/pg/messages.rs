@@ -269,18 +269,23 @@ pub fn parse_execute(body: &[u8]) -> Result<&str, ProtocolError> {
 
 /// The message text of a backend ErrorResponse, for logs and admin views.
 pub fn error_message(body: &[u8]) -> String {
+    error_field(body, b'M').unwrap_or("unknown error").to_owned()
+}
+
+/// One field of an ErrorResponse or NoticeResponse body (`b'C'`: the SQLSTATE).
+pub fn error_field(body: &[u8], want: u8) -> Option<&str> {
     let mut b = body;
     while let Some((&field, rest)) = b.split_first() {
         if field == 0 {
             break;
         }
         b = rest;
-        let Some(value) = read_cstr(&mut b) else { break };
-        if field == b'M' {
-            return value.to_owned();
+        let value = read_cstr(&mut b)?;
+        if field == want {
+            return Some(value);
         }
     }
-    String::from("unknown error")
+    None
 }
 
 #[cfg(test)]
