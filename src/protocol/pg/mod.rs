@@ -8,6 +8,8 @@
 
 pub mod codec;
 pub mod copy;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod messages;
 pub mod rows;
 pub mod sqlstate;
