@@ -21,6 +21,7 @@ pub mod analyze;
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod copy_format;
 pub mod health;
 pub mod ids;
 pub mod merge;

@@ -131,8 +131,8 @@ impl Merge {
 fn copy_format(
     options: &[sqlparser::ast::CopyOption],
     legacy: &[sqlparser::ast::CopyLegacyOption],
-) -> Result<crate::protocol::pg::copy::CopyFormat, String> {
-    use crate::protocol::pg::copy::CopyFormat;
+) -> Result<crate::copy_format::CopyFormat, String> {
+    use crate::copy_format::CopyFormat;
     use sqlparser::ast::{CopyLegacyCsvOption as L, CopyLegacyOption as O, CopyOption as C};
     let csv = options
         .iter()
@@ -520,7 +520,7 @@ pub enum Shape {
         /// The COPY's column list (empty: the table's columns in order).
         columns: Vec<String>,
         /// Data format.
-        format: crate::protocol::pg::copy::CopyFormat,
+        format: crate::copy_format::CopyFormat,
     },
     /// Cannot be run correctly across shards.
     Refuse(String),

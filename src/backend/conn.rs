@@ -241,7 +241,7 @@ impl BackendConn {
                         params: conn.params,
                         prepared: Prepared::default(),
                         unnamed: None,
-                        vars_sig: crate::session::state::SessionVars::EMPTY_SIG,
+                        vars_sig: EMPTY_VARS_SIG,
                         broken: false,
                     });
                 }
@@ -309,6 +309,10 @@ impl Handshake {
         }
     }
 }
+
+/// Signature of a connection with no session parameters set (the session layer's record of
+/// parameters hashes to it when empty).
+pub const EMPTY_VARS_SIG: u64 = 0;
 
 /// Sends a CancelRequest for `pid`/`secret` to a node.
 pub async fn send_cancel(node: &NodeConfig, pid: i32, secret: i32) -> std::io::Result<()> {

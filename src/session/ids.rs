@@ -6,9 +6,9 @@ use bytes::{Bytes, BytesMut};
 use super::Session;
 use crate::analyze::{Count, ProxyCall};
 use crate::protocol::pg::messages as msg;
+use crate::protocol::pg::oid;
 use crate::protocol::pg::rows::{self, BindParts, Field};
 use crate::protocol::pg::sqlstate::SqlState;
-use crate::protocol::pg::values::oid;
 
 /// Most IDs one `next_ids` call hands out.
 pub const MAX_IDS_PER_CALL: u64 = 100_000;

@@ -129,7 +129,7 @@ async fn handle(
             Err(e)
         }
         Ok(Ok(Login::Admin(user))) => tokio::select! {
-            r = crate::admin::console::run(client, user, shared) => r,
+            r = super::admin::run(client, user, shared) => r,
             () = shutdown.cancelled() => Ok(()),
         },
         Ok(Ok(Login::Session(ok))) => {

@@ -4,6 +4,7 @@
 //! matches backend responses to what was asked). Session state that must follow the client
 //! across backend connections is in `state`.
 
+pub mod admin;
 pub mod auth;
 mod checkout;
 pub mod client;
@@ -21,6 +22,7 @@ mod relay;
 mod responses;
 mod sharding;
 pub mod state;
+pub mod values;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use super::Session;
 use super::client::SessionError;
 use super::state::Stmt;
+use super::values;
 use crate::analyze::Facts;
 use crate::analyze::shard::{ColKind, Having, Merge, Operand, Term};
 use crate::backend::Checkout;
@@ -23,9 +24,9 @@ use crate::plan::{self, Target};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::codec::decode_frame;
 use crate::protocol::pg::messages as msg;
+use crate::protocol::pg::oid;
 use crate::protocol::pg::rows::{self, BindParts, Field, format_at};
 use crate::protocol::pg::sqlstate::SqlState;
-use crate::protocol::pg::values::{self, oid};
 use crate::shardmap::ShardId;
 
 /// Flush to the client once this much output is waiting.

@@ -375,7 +375,7 @@ impl Session {
                         }
                     }
                     for _ in 0..rows {
-                        types.extend_from_slice(&crate::protocol::pg::values::oid::INT8.to_be_bytes());
+                        types.extend_from_slice(&crate::protocol::pg::oid::INT8.to_be_bytes());
                     }
                     let text = ast.to_string();
                     (Arc::new(ast), Arc::new(Stmt::new(&text, &types, stmt.facts.clone())))

@@ -22,7 +22,7 @@ pub struct SessionVars {
 
 impl SessionVars {
     /// The signature of a connection with nothing set.
-    pub const EMPTY_SIG: u64 = 0;
+    pub const EMPTY_SIG: u64 = crate::backend::conn::EMPTY_VARS_SIG;
 
     /// A signature that differs whenever the settings differ, so a backend connection whose
     /// signature matches needs no replay.

@@ -267,7 +267,7 @@ struct Cell(Option<String>);
 impl<'a> FromSql<'a> for Cell {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         use shardwire::merge::Value;
-        let v = shardwire::protocol::pg::values::decode(ty.oid(), 1, Some(raw)).map_err(|e| e.to_string())?;
+        let v = shardwire::session::values::decode(ty.oid(), 1, Some(raw)).map_err(|e| e.to_string())?;
         Ok(Cell(Some(match v {
             Value::Int(i) => i.to_string(),
             Value::Float(f) => shardwire::merge::format_float(f),

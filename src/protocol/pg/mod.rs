@@ -7,12 +7,11 @@
 #![warn(missing_docs)]
 
 pub mod codec;
-pub mod copy;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod messages;
+pub mod oid;
 pub mod rows;
 pub mod sqlstate;
-pub mod values;
 
 pub use codec::{Frame, ProtocolError, StartupPacket};

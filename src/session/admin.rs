@@ -1,14 +1,14 @@
-//! The admin console: `psql -d shardwire` as an admin user. Simple queries only; commands parse
-//! into [`Command`] values.
+//! The admin console's session: `psql -d shardwire` as an admin user. Simple queries only;
+//! commands parse into [`Command`] values, answered with the tables of `admin::views`.
 
 use std::sync::Arc;
 
-use super::views::{self, Table};
+use super::client::{ClientConn, SessionError};
+use crate::admin::views::{self, Table};
 use crate::app::Shared;
 use crate::config::User;
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::sqlstate::SqlState;
-use crate::session::client::{ClientConn, SessionError};
 
 /// An admin command.
 #[derive(Debug, PartialEq, Eq)]

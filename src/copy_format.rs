@@ -1,5 +1,6 @@
-//! COPY FROM STDIN data in PostgreSQL's text and CSV formats, as far as routing needs it: where
-//! each row ends (however the client chunked its CopyData) and the value of one column of a row.
+//! COPY data in PostgreSQL's text and CSV formats (no wire protocol: the options are SQL, the
+//! rows are data), as far as routing needs it: where each row ends (however the client chunked its
+//! CopyData) and the value of one column of a row.
 
 /// The format of the data.
 #[derive(Debug, Clone, PartialEq, Eq)]
