@@ -12,9 +12,10 @@
 //! 5. [`backend`]: pools per node (bb8), raw backend connections, replica choice.
 //!
 //! Beside it, the control plane: [`health`] (lag and liveness monitor publishing snapshots the
-//! data path reads), [`admin`] (console and `/metrics`), [`config`] (load and validate), and
-//! [`app`] (shared handles, reload, serve). [`sandbox`] starts real PostgreSQL topologies for the
-//! demo and the tests.
+//! data path reads), [`admin`] (the console's tables and `/metrics`), [`config`] (load and
+//! validate), and [`app`] (shared handles, reload, serve). Neutral data modules any layer may use:
+//! [`merge`] (typed values and merging), [`copy_format`] (COPY text and CSV), [`shardmap`],
+//! [`ids`]. [`sandbox`] starts real PostgreSQL topologies for the demo and the tests.
 
 pub mod admin;
 pub mod analyze;
