@@ -1,6 +1,7 @@
 //! Backends: raw connections (`conn`), pools per node (`pool`), and the cluster of one primary
 //! with its replicas, including the choice of a replica for a read.
 
+pub mod breaker;
 pub mod conn;
 pub mod pool;
 pub mod twophase;

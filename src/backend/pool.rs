@@ -73,6 +73,8 @@ pub struct Node {
     failures: Arc<ConnectFailures>,
     // std Mutex: a push or a pop, never held across an await.
     hot: Mutex<Hot>,
+    // std Mutex: a few field updates, never held across an await.
+    breaker: Mutex<super::breaker::Breaker>,
 }
 
 /// Connections just released, most recent last, checked out out of bb8's sight.
@@ -249,6 +251,7 @@ impl Node {
             checkout_timeout,
             failures,
             hot: Mutex::new(Hot::default()),
+            breaker: Mutex::new(super::breaker::Breaker::default()),
         })
     }
 
@@ -313,6 +316,15 @@ impl Node {
         if let Some(conn) = self.take_hot(true) {
             return Ok(self.checked_out(conn));
         }
+        if let Err(last) = self.lock_breaker().admit(std::time::Instant::now()) {
+            self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+            self.stats.checkout_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(CheckoutError::Connect(format!(
+                "{} is not reachable (not tried again for up to {:?}): {last}",
+                self.config.name,
+                super::breaker::OPEN_FOR
+            )));
+        }
         let _waiting = Waiting(self);
         // A Notified sees `notify_waiters` calls made after it was created even before it is
         // polled, so it needs no registration up front; and with `biased` it is never polled
@@ -329,6 +341,11 @@ impl Node {
                     .unwrap_or_else(|| format!("could not connect to {}", self.config.name)),
             )),
         };
+        match &result {
+            Ok(_) => self.lock_breaker().success(),
+            Err(CheckoutError::Connect(m)) => self.lock_breaker().failure(std::time::Instant::now(), m),
+            Err(CheckoutError::Timeout { .. }) => {}
+        }
         match result {
             Ok(conn) => Ok(self.checked_out(conn)),
             Err(e) => {
@@ -337,6 +354,16 @@ impl Node {
                 Err(e)
             }
         }
+    }
+
+    fn lock_breaker(&self) -> std::sync::MutexGuard<'_, super::breaker::Breaker> {
+        // A poisoned lock only means a panic elsewhere mid-update; the counts are still usable.
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The circuit breaker is open: checkouts fail without trying the node.
+    pub fn breaker_open(&self) -> bool {
+        self.lock_breaker().is_open(std::time::Instant::now())
     }
 
     fn timeout_error(&self) -> CheckoutError {

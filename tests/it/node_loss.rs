@@ -1,0 +1,170 @@
+//! Nodes that fail under load. A replica that dies: reads that it was serving, and whose answer
+//! had not begun, are tried again on another node, and the replica leaves the rotation at once;
+//! clients see no error. A node that does not answer at all: after a few failures, statements
+//! for it fail at once instead of each waiting out a connect timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use shardwire::sandbox::Sandbox;
+
+use crate::harness::Proxy;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_under_load_costs_no_client_an_error() {
+    let sb = tokio::task::spawn_blocking(|| Sandbox::start(2))
+        .await
+        .unwrap()
+        .expect("sandbox with two replicas");
+    let url = |port: u16| format!("postgres://postgres@127.0.0.1:{port}/app");
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[pool]
+max_size = 10
+connect_timeout = "2s"
+[routing]
+lag_check_interval = "100ms"
+[[users]]
+name = "app"
+password = "app"
+[[shards]]
+name = "main"
+primary = "{}"
+replicas = ["{}", "{}"]
+"#,
+        url(sb.primary.port),
+        url(sb.replicas[0].port),
+        url(sb.replicas[1].port)
+    );
+    let proxy = Proxy::start(&config).await;
+    proxy.wait_replicas_in_rotation().await;
+    let sb = Arc::new(std::sync::Mutex::new(sb));
+
+    let errors = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let c = proxy.app().await;
+        let (errors, reads, stop) = (errors.clone(), reads.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match c.simple_query("SELECT pg_is_in_recovery()").await {
+                    Ok(_) => reads.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("read failed: {e:?}");
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        // A closed connection would fail every later read at once.
+                        break;
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = reads.load(Ordering::Relaxed);
+    let victim = sb.clone();
+    tokio::task::spawn_blocking(move || victim.lock().unwrap().replicas[1].stop())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let total = reads.load(Ordering::Relaxed);
+    eprintln!("reads: {before} before the stop, {total} in all");
+    assert!(
+        before > 50 && total > before + 50,
+        "the load ran on both sides of the stop"
+    );
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "client-visible errors");
+    let health = proxy.shared.runtime.load().clusters[0].replicas[1].health.load_full();
+    assert!(!health.in_rotation, "the stopped replica left the rotation");
+    drop(proxy);
+    tokio::task::spawn_blocking(move || drop(sb)).await.unwrap();
+}
+
+/// A primary that accepts TCP connections but never answers (a hung host): the first writes wait
+/// out `connect_timeout`, then the circuit breaker opens and writes fail at once with 08006
+/// naming the node, until a probe finds it back.
+#[tokio::test]
+async fn writes_to_an_unresponsive_primary_fail_fast_once_the_breaker_opens() {
+    // Never accepted: the kernel completes the handshake, nobody ever answers. It is the primary
+    // of shard `hung`, which holds the rows with keys from 1000; logins use shard `main`.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hung.local_addr().unwrap().port();
+    let topo = crate::harness::shared();
+    let map = std::env::temp_dir().join(format!("shardwire-test-hung-{}.toml", crate::harness::rand_suffix()));
+    std::fs::write(
+        &map,
+        r#"
+version = 1
+shards = ["main", "hung"]
+default_shard = "main"
+[groups.g]
+key_type = "bigint"
+partitioning = { kind = "range" }
+ranges = [{ to = 1000, shard = "main" }, { from = 1000, shard = "hung" }]
+[tables.hung_t]
+group = "g"
+key = "id"
+"#,
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+database = "app"
+[pool]
+connect_timeout = "300ms"
+checkout_timeout = "2s"
+[sharding]
+map = "{}"
+[[users]]
+name = "app"
+password = "app"
+[[shards]]
+name = "main"
+primary = "postgres://postgres@127.0.0.1:{}/app"
+[[shards]]
+name = "hung"
+primary = "postgres://postgres@127.0.0.1:{port}/app"
+"#,
+        map.display(),
+        topo.primary_port
+    );
+    let proxy = Proxy::start(&config).await;
+    let c = proxy.app().await;
+    let mut took = Vec::new();
+    for _ in 0..8 {
+        let t = Instant::now();
+        let e = c
+            .simple_query("INSERT INTO hung_t (id) VALUES (1234)")
+            .await
+            .expect_err("no primary");
+        took.push(t.elapsed());
+        let db = e.as_db_error().expect("an error from the proxy");
+        assert_eq!(db.code().code(), "08006", "{db:?}");
+        assert!(db.message().contains("hung/primary"), "{}", db.message());
+    }
+    eprintln!("write failures took {took:?}");
+    assert!(
+        took[0] >= Duration::from_millis(250),
+        "the first waits out connect_timeout"
+    );
+    let fast = &took[shardwire::backend::breaker::OPEN_AFTER as usize..];
+    assert!(
+        fast.iter().all(|t| *t < Duration::from_millis(100)),
+        "once open, failures are immediate: {took:?}"
+    );
+    assert!(proxy.shared.runtime.load().clusters[1].primary.breaker_open());
+    // Shard `main` is unaffected.
+    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    drop(hung);
+}
