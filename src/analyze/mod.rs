@@ -72,6 +72,10 @@ pub fn analyze_within(sql: &str, primary_functions: &HashSet<String>, limits: &L
             facts.dealloc = f.dealloc;
         }
     }
+    if statements.len() > 1 && matches!(facts.dealloc, Some(Dealloc::Named(_))) {
+        // Answered by the proxy only alone: with other statements the text goes to the server.
+        facts.dealloc = None;
+    }
     if hint_primary {
         facts.need = Need::Primary;
     }

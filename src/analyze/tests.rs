@@ -150,3 +150,16 @@ fn pinning() {
         assert!(analyze(sql, &f).pins_session.is_none(), "{sql}");
     }
 }
+
+#[test]
+fn deallocate_facts() {
+    use super::Dealloc;
+    let f = |sql: &str| super::analyze(sql, &std::collections::HashSet::new()).dealloc;
+    assert_eq!(f("DEALLOCATE ALL"), Some(Dealloc::All));
+    assert_eq!(f("DEALLOCATE PREPARE all"), Some(Dealloc::All));
+    assert_eq!(f("DISCARD ALL"), Some(Dealloc::All));
+    assert_eq!(f("DEALLOCATE _pg3_0"), Some(Dealloc::Named("_pg3_0".into())));
+    assert_eq!(f("DEALLOCATE \"All\""), Some(Dealloc::Named("All".into())));
+    assert_eq!(f("DEALLOCATE s1; SELECT 1"), None, "not answered alone");
+    assert_eq!(f("DISCARD PLANS"), None);
+}
