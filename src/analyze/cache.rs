@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use super::fingerprint::fingerprint;
+use super::shard::Shape;
 use super::{Facts, Limits, analyze_within};
+use crate::shardmap::ShardMap;
 
 /// Total length of the texts one cache keeps; a text over a quarter of it is never kept.
 const TEXT_BUDGET: usize = 64 << 20;
@@ -129,10 +131,11 @@ impl AnalysisCache {
     }
 }
 
-/// Shard shapes by exact statement text (key values differ between texts, so no fingerprint).
-/// Cleared when the shard map changes.
+/// Shard shapes by exact statement text (key values differ between texts, so no fingerprint),
+/// each with the map snapshot it was computed under: a session still on an older snapshot during
+/// a reload neither gets a shape of the new map nor leaves one of its own for the others.
 pub struct ShapeCache {
-    inner: Mutex<Bounded<Arc<crate::analyze::shard::Shape>>>,
+    inner: Mutex<Bounded<(Arc<ShardMap>, Arc<Shape>)>>,
 }
 
 impl ShapeCache {
@@ -143,22 +146,26 @@ impl ShapeCache {
         }
     }
 
-    /// The shape of `sql` under `map`, computed on a miss.
-    pub fn get(&self, sql: &str, map: &crate::shardmap::ShardMap) -> Arc<crate::analyze::shard::Shape> {
-        if let Some(s) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
+    /// The shape of `sql` under `map`, computed on a miss or when the cached one is of another map.
+    pub fn get(&self, sql: &str, map: &Arc<ShardMap>) -> Arc<Shape> {
+        if let Some((m, s)) = self.lock().get(sql)
+            && Arc::ptr_eq(&m, map)
+        {
             return s;
         }
         let shape = Arc::new(crate::analyze::shard::shape(sql, map));
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(sql.to_owned(), shape.clone());
+        self.lock().put(sql.to_owned(), (map.clone(), shape.clone()));
         shape
     }
 
-    /// Forgets every shape.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bounded<(Arc<ShardMap>, Arc<Shape>)>> {
+        // A poisoned lock only means another thread panicked mid-lookup; the map is still valid.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets every shape (and with them the maps they hold).
     pub fn clear(&self) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.lock().clear();
     }
 }
 
@@ -179,6 +186,20 @@ mod tests {
         c.get("SELECT y FROM t", &f, &Limits::default());
         c.get("SELECT z FROM t", &f, &Limits::default());
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn shapes_are_of_the_map_they_were_computed_under() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shard-maps/example.toml");
+        let old = Arc::new(crate::shardmap::load(&path).unwrap());
+        let new = Arc::new(crate::shardmap::load(&path).unwrap());
+        let c = ShapeCache::new(NonZeroUsize::new(10).unwrap());
+        let sql = "SELECT * FROM customers WHERE id = 7";
+        let a = c.get(sql, &old);
+        assert!(Arc::ptr_eq(&a, &c.get(sql, &old)), "cached for the same map");
+        let b = c.get(sql, &new);
+        assert!(!Arc::ptr_eq(&a, &b), "another map's shape is not used");
+        assert!(!Arc::ptr_eq(&b, &c.get(sql, &old)), "nor the other way round");
     }
 
     #[test]
