@@ -72,7 +72,8 @@ impl Session {
             None
         };
         let facts = if sql.len() > super::heavy::INLINE_LEN {
-            self.facts_off_runtime(sql).await
+            // Boxed: rare, and its future would otherwise be part of every Query's.
+            Box::pin(self.facts_off_runtime(sql)).await
         } else {
             self.facts_keyed(sql, literal_free.as_ref().map(|(key, _)| key.as_str()))
         };
@@ -131,7 +132,7 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let facts = if p.query.len() > super::heavy::INLINE_LEN {
-            self.facts_off_runtime(p.query).await
+            Box::pin(self.facts_off_runtime(p.query)).await
         } else {
             self.facts_of(p.query)
         };
