@@ -20,7 +20,7 @@ MODES=${MODES:-"simple extended prepared"}
 CLIENTS=4
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 cargo build --release --quiet
-SW=$PWD/target/release/shardwire
+SW=${CARGO_TARGET_DIR:-$PWD/target}/release/shardwire
 
 WORK=$(mktemp -d /tmp/shardwire-instr.XXXXXX)
 chmod 755 "$WORK"
