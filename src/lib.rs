@@ -14,7 +14,7 @@
 //! Beside it, the control plane: [`health`] (lag and liveness monitor publishing snapshots the
 //! data path reads), [`admin`] (the console's tables and `/metrics`), [`config`] (load and
 //! validate), and [`app`] (shared handles, reload, serve). Neutral data modules any layer may use:
-//! [`merge`] (typed values and merging), [`copy_format`] (COPY text and CSV), [`shardmap`],
+//! [`copy_format`] (COPY text and CSV), [`shardmap`],
 //! [`ids`]. [`sandbox`] starts real PostgreSQL topologies for the demo and the tests.
 
 pub mod admin;
@@ -23,9 +23,9 @@ pub mod app;
 pub mod backend;
 pub mod config;
 pub mod copy_format;
+pub mod exec;
 pub mod health;
 pub mod ids;
-pub mod merge;
 pub mod net;
 pub mod plan;
 pub mod protocol;

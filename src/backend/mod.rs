@@ -3,6 +3,7 @@
 
 pub mod breaker;
 pub mod conn;
+pub mod leg;
 pub mod pool;
 pub mod twophase;
 

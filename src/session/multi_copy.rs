@@ -7,9 +7,10 @@ use bytes::{BufMut, BytesMut};
 
 use super::Session;
 use super::client::SessionError;
-use super::multi::{LegHandle, Outcome};
+use super::multi::Outcome;
 use super::multi_write::Part;
 use crate::analyze::shard::Shape;
+use crate::backend::leg::Leg;
 use crate::copy_format::{self as copy, RowSplitter};
 use crate::plan::Target;
 use crate::protocol::pg::messages as msg;
@@ -43,7 +44,7 @@ impl Session {
         for &s in shards {
             match self.checkout_on(Target::Primary, s).await {
                 Ok(co) => parts.push(Part {
-                    leg: LegHandle::new(co),
+                    leg: Leg::new(co),
                     shard: s,
                 }),
                 Err((code, m)) => return Ok(self.report_error(code, &m)),

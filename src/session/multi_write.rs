@@ -26,7 +26,7 @@ pub const GID_PREFIX: &str = "sw:";
 
 /// One shard's connection in a multi-shard write.
 pub(super) struct Part {
-    pub(super) leg: super::multi::LegHandle,
+    pub(super) leg: crate::backend::leg::Leg,
     pub(super) shard: usize,
 }
 
@@ -222,10 +222,10 @@ impl Session {
         Outcome::Failed
     }
 
-    async fn legs_for_write(&mut self, shards: &[usize]) -> Result<Vec<super::multi::LegHandle>, (SqlState, String)> {
+    async fn legs_for_write(&mut self, shards: &[usize]) -> Result<Vec<crate::backend::leg::Leg>, (SqlState, String)> {
         let mut out = Vec::new();
         for &s in shards {
-            out.push(super::multi::LegHandle::new(
+            out.push(crate::backend::leg::Leg::new(
                 self.checkout_on(Target::Primary, s).await?,
             ));
         }

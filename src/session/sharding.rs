@@ -503,7 +503,7 @@ impl Session {
             }
         };
         self.flush_early();
-        let mut leg = super::multi::LegHandle::new(co);
+        let mut leg = crate::backend::leg::Leg::new(co);
         let mut out = bytes::BytesMut::new();
         self.write_prelude(&mut leg, &mut out);
         msg::parse(&mut out, "", &stmt.query, &stmt.param_types);

@@ -1,8 +1,53 @@
 //! PostgreSQL cells ↔ merge [`Value`]s (the PostgreSQL front end's codec for merged rows), by type OID and format code (0 text, 1 binary). Only the
 //! types merging needs to compare or add; anything else is reported as not mergeable.
 
-use crate::merge::{Decimal, Value, format_float};
+use bytes::Bytes;
+
+use crate::exec::merge::{Decimal, Value, format_float};
+use crate::exec::{Cells, Params};
 use crate::protocol::pg::oid;
+use crate::protocol::pg::rows::{BindParts, Field};
+
+/// The cells of a merged PostgreSQL result: the shards' columns in, the client's out (the same
+/// but for aggregates, whose type and format the merge sets).
+pub struct PgCells<'a> {
+    /// The shards' RowDescription.
+    pub input: &'a [Field],
+    /// What the client is told.
+    pub output: &'a [Field],
+}
+
+impl Cells for PgCells<'_> {
+    fn decode(&self, col: usize, cell: Option<&[u8]>) -> Result<Value, String> {
+        let f = &self.input[col];
+        decode(f.type_oid, f.format, cell)
+    }
+
+    fn encode(&self, col: usize, value: &Value) -> Result<Option<Bytes>, String> {
+        let f = &self.output[col];
+        Ok(encode(f.type_oid, f.format, value)?.map(Bytes::from))
+    }
+}
+
+/// A Bind's parameters as text, for HAVING comparisons made by the merge.
+pub struct BindParams<'a>(pub &'a BindParts);
+
+impl Params for BindParams<'_> {
+    fn text(&self, i: usize) -> Result<Option<String>, String> {
+        let Some(raw) = self.0.values.get(i).and_then(|v| v.as_ref()) else {
+            return Ok(None);
+        };
+        if self.0.param_format(i) == 0 {
+            return Ok(Some(String::from_utf8_lossy(raw).into_owned()));
+        }
+        Ok(Some(match raw.len() {
+            2 => i16::from_be_bytes([raw[0], raw[1]]).to_string(),
+            4 => i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]).to_string(),
+            8 => i64::from_be_bytes(raw[..8].try_into().unwrap_or_default()).to_string(),
+            _ => return Err("a binary HAVING parameter of unknown type".into()),
+        }))
+    }
+}
 
 fn bad(oid: u32, why: &str) -> String {
     format!("cannot merge a value of type oid {oid} across shards: {why}")

@@ -266,11 +266,11 @@ struct Cell(Option<String>);
 
 impl<'a> FromSql<'a> for Cell {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        use shardwire::merge::Value;
+        use shardwire::exec::merge::Value;
         let v = shardwire::session::values::decode(ty.oid(), 1, Some(raw)).map_err(|e| e.to_string())?;
         Ok(Cell(Some(match v {
             Value::Int(i) => i.to_string(),
-            Value::Float(f) => shardwire::merge::format_float(f),
+            Value::Float(f) => shardwire::exec::merge::format_float(f),
             Value::Num(d) => d.to_string(),
             Value::Text(t) => String::from_utf8_lossy(&t).into_owned(),
             Value::Bool(b) => b.to_string(),

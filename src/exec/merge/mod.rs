@@ -1,15 +1,40 @@
 //! Merging the rows of a statement that ran on several shards: typed values, ordering as the
 //! databases order them, and combining partial aggregates (COUNT and SUM add up, MIN and MAX
 //! pick, AVG divides the summed SUM by the summed COUNT). Protocol-agnostic: a front end decodes
-//! its backends' cells into [`Value`]s and encodes the results back; the plan of what to merge is
-//! [`crate::analyze::shard::Merge`].
+//! its backends' cells into [`Value`]s and encodes the results back ([`crate::exec::Cells`]); the
+//! plan of what to merge is [`crate::analyze::shard::Merge`]; [`run`] merges shard streams.
 
 pub mod decimal;
+mod groups;
+mod having;
+#[cfg(test)]
+mod run_tests;
+mod stream;
 
 use std::cmp::Ordering;
 
 use crate::analyze::shard::{ColKind, SortKey};
 pub use decimal::Decimal;
+
+use crate::analyze::shard::Merge;
+use crate::exec::{Cells, Failure, Params, RowSink, RowSource, Window};
+
+/// Merges the shards' results of `m` into `sink`: grouped when `m` combines rows by group,
+/// streamed otherwise. Returns the number of rows delivered.
+pub async fn run<S: RowSource, K: RowSink>(
+    sources: &mut [S],
+    m: &Merge,
+    cells: &impl Cells,
+    params: &impl Params,
+    window: Window,
+    sink: &mut K,
+) -> Result<u64, Failure<S::Error, K::Error>> {
+    if m.grouped {
+        groups::grouped(sources, m, cells, params, window, sink).await
+    } else {
+        stream::stream(sources, m, cells, window, sink).await
+    }
+}
 
 /// A decoded cell.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,140 @@
+//! Rows combined by group (GROUP BY, aggregates without GROUP BY, DISTINCT): every shard's rows
+//! are read, partial aggregates combined per group, HAVING applied to the merged groups, then
+//! the groups sorted and windowed. Memory grows with the number of groups, not of rows.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::having::eval_having;
+use super::{Value, average, cmp_keys, combine};
+use crate::analyze::shard::{ColKind, Merge};
+use crate::exec::{Cells, Failure, Params, Row, RowSink, RowSource, Window};
+
+/// A merged group: the cells of its first row (MIN/MAX cells replaced by the winners') and the
+/// accumulated values of its aggregate columns.
+pub(super) struct Group {
+    pub cells: Row,
+    pub acc: Vec<Value>,
+}
+
+/// Key cells → index into `rows`.
+struct Groups {
+    index: HashMap<Row, usize>,
+    rows: Vec<Group>,
+}
+
+/// Decodes a row's aggregate columns (plain ones stay bytes and make the group key).
+fn aggregates(m: &Merge, cells: &impl Cells, row: &[Option<Bytes>]) -> Result<Vec<Value>, String> {
+    m.cols
+        .iter()
+        .enumerate()
+        .map(|(i, k)| match k {
+            ColKind::Plain => Ok(Value::Null),
+            _ => cells.decode(i, row[i].as_deref()),
+        })
+        .collect()
+}
+
+impl Groups {
+    fn add(&mut self, m: &Merge, key_cols: &[usize], row: Row, vals: Vec<Value>) -> Result<(), String> {
+        let key: Row = key_cols.iter().map(|&i| row[i].clone()).collect();
+        let Some(&g) = self.index.get(&key) else {
+            self.index.insert(key, self.rows.len());
+            self.rows.push(Group { cells: row, acc: vals });
+            return Ok(());
+        };
+        let group = &mut self.rows[g];
+        for (i, k) in m.cols.iter().enumerate() {
+            if *k == ColKind::Plain {
+                continue;
+            }
+            let (v, replaced) = combine(*k, &group.acc[i], &vals[i]).map_err(|e| e.to_string())?;
+            group.acc[i] = v;
+            if replaced {
+                group.cells[i] = row[i].clone();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value of result column `i` of a merged group.
+pub(super) fn group_value(m: &Merge, cells: &impl Cells, g: &Group, i: usize) -> Result<Value, String> {
+    match m.cols.get(i) {
+        Some(ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max) => Ok(g.acc[i].clone()),
+        Some(ColKind::Avg { count_col }) => average(&g.acc[i], &g.acc[*count_col]).map_err(|e| e.to_string()),
+        _ => cells.decode(i, g.cells.get(i).and_then(|c| c.as_deref())),
+    }
+}
+
+/// Combines rows by group, then sorts and windows; returns the number of rows delivered.
+pub async fn grouped<S: RowSource, K: RowSink>(
+    sources: &mut [S],
+    m: &Merge,
+    cells: &impl Cells,
+    params: &impl Params,
+    window: Window,
+    sink: &mut K,
+) -> Result<u64, Failure<S::Error, K::Error>> {
+    let unmergeable = Failure::Unmergeable;
+    let mut groups = Groups {
+        index: HashMap::new(),
+        rows: Vec::new(),
+    };
+    let key_cols: Vec<usize> = (0..m.visible).filter(|&i| m.cols[i] == ColKind::Plain).collect();
+    for source in sources.iter_mut() {
+        while let Some(row) = source.next_row().await.map_err(Failure::Source)? {
+            let vals = aggregates(m, cells, &row).map_err(unmergeable)?;
+            groups.add(m, &key_cols, row, vals).map_err(unmergeable)?;
+        }
+    }
+    let mut rows = groups.rows;
+    if let Some(h) = &m.having {
+        let mut kept = Vec::with_capacity(rows.len());
+        for g in rows {
+            if eval_having(h, m, cells, &g, params).map_err(unmergeable)? == Some(true) {
+                kept.push(g);
+            }
+        }
+        rows = kept;
+    }
+    // Final cells: sums and counts encoded for the client, averages divided; then sort keys.
+    let mut finished: Vec<(Vec<Value>, Row)> = Vec::with_capacity(rows.len());
+    for mut g in rows {
+        for i in 0..m.visible {
+            if matches!(m.cols[i], ColKind::Count | ColKind::Sum | ColKind::Avg { .. }) {
+                let v = group_value(m, cells, &g, i).map_err(unmergeable)?;
+                g.cells[i] = cells.encode(i, &v).map_err(unmergeable)?;
+            }
+        }
+        let keys = m
+            .order
+            .iter()
+            .map(|k| group_value(m, cells, &g, k.col))
+            .collect::<Result<Vec<Value>, String>>()
+            .map_err(unmergeable)?;
+        finished.push((keys, g.cells));
+    }
+    if !m.order.is_empty() {
+        let mut err = None;
+        finished.sort_by(|a, b| {
+            cmp_keys(&a.0, &b.0, &m.order).unwrap_or_else(|e| {
+                err.get_or_insert(e.to_string());
+                std::cmp::Ordering::Equal
+            })
+        });
+        if let Some(e) = err {
+            return Err(unmergeable(e));
+        }
+    }
+    let mut sent = 0;
+    for (_, cells) in finished.into_iter().skip(window.offset as usize) {
+        if window.limit.is_some_and(|l| sent >= l) {
+            break;
+        }
+        sink.row(&cells, m.visible).await.map_err(Failure::Sink)?;
+        sent += 1;
+    }
+    Ok(sent)
+}
