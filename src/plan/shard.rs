@@ -127,10 +127,11 @@ fn key_value(group: &Group, op: &Operand, params: &Params) -> Option<KeyValue> {
 }
 
 /// The shards rows satisfying `cond` can be on. A value that is not a valid key (or a NULL,
-/// which matches no row) narrows to no shard; one the plan cannot read widens to all.
-fn shards_of(cond: &KeyCond, group: &Group, map: &ShardMap, params: &Params) -> BTreeSet<ShardId> {
+/// which matches no row) narrows to no shard; one the plan cannot read widens to every shard
+/// holding part of the group.
+fn shards_of(cond: &KeyCond, group: &Group, params: &Params) -> BTreeSet<ShardId> {
     match cond {
-        KeyCond::All => map.all_shards().into_iter().collect(),
+        KeyCond::All => group.holders(),
         KeyCond::Values(vs) => {
             let mut out = BTreeSet::new();
             for v in vs {
@@ -142,7 +143,7 @@ fn shards_of(cond: &KeyCond, group: &Group, map: &ShardMap, params: &Params) -> 
                         }
                         // A list value no shard holds: no row can have it.
                         Some(Err(_)) => {}
-                        None => return map.all_shards().into_iter().collect(),
+                        None => return group.holders(),
                     },
                 }
             }
@@ -151,15 +152,15 @@ fn shards_of(cond: &KeyCond, group: &Group, map: &ShardMap, params: &Params) -> 
         KeyCond::And(cs) => {
             let mut acc: Option<BTreeSet<ShardId>> = None;
             for c in cs {
-                let s = shards_of(c, group, map, params);
+                let s = shards_of(c, group, params);
                 acc = Some(match acc {
                     None => s,
                     Some(a) => a.intersection(&s).copied().collect(),
                 });
             }
-            acc.unwrap_or_else(|| map.all_shards().into_iter().collect())
+            acc.unwrap_or_else(|| group.holders())
         }
-        KeyCond::Or(cs) => cs.iter().flat_map(|c| shards_of(c, group, map, params)).collect(),
+        KeyCond::Or(cs) => cs.iter().flat_map(|c| shards_of(c, group, params)).collect(),
     }
 }
 
@@ -227,7 +228,7 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
             if let Some(s) = one_shard(cond, g, params) {
                 return ShardPlan::One(s);
             }
-            let mut shards: Vec<ShardId> = shards_of(cond, g, map, params).into_iter().collect();
+            let mut shards: Vec<ShardId> = shards_of(cond, g, params).into_iter().collect();
             if shards.is_empty() {
                 // No shard can hold a matching row; any one answers correctly (with no rows).
                 shards.push(map.default_shard);

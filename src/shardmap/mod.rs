@@ -10,7 +10,7 @@
 pub mod hash;
 pub mod raw;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 
@@ -228,6 +228,17 @@ impl Group {
                 .get(k)
                 .map(|&shard| Placement { partition: None, shard })
                 .ok_or_else(|| format!("no shard holds key {k} of list-partitioned group {}", self.name)),
+        }
+    }
+
+    /// The shards that hold some of the group's keys: where a statement over every row of the
+    /// group runs. A shard the group has no partition on may still hold stale rows (left behind
+    /// by a move), which must not be read.
+    pub fn holders(&self) -> BTreeSet<ShardId> {
+        match &self.partitioning {
+            Partitioning::Hash { owner } => owner.iter().copied().collect(),
+            Partitioning::Range { starts } => starts.iter().map(|&(_, s)| s).collect(),
+            Partitioning::List { values } => values.values().copied().collect(),
         }
     }
 

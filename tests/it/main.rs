@@ -11,6 +11,7 @@ mod harness;
 mod ids;
 mod lag;
 mod limits;
+mod map_swap;
 mod node_loss;
 mod protocol;
 mod routing;
