@@ -124,7 +124,8 @@ mod tests {
         let c = parse(include_str!("../../examples/shardwire.toml")).unwrap();
         assert_eq!(c.shards[0].replicas.len(), 2);
         assert!(c.routing.primary_functions.contains("audit_event"));
-        assert!(c.users["reports"].read_your_writes);
+        assert!(c.users["app"].read_your_writes);
+        assert!(!c.users["reports"].read_your_writes);
         assert_eq!(
             c.users["reports"].auth,
             Auth::Md5 {

@@ -484,7 +484,7 @@ fn routing(raw: &RawConfig) -> Result<RoutingConfig, ConfigError> {
         healthy_after: NonZeroU32::new(r.healthy_after.unwrap_or(3))
             .ok_or_else(|| err("routing.healthy_after", "must be at least 1"))?,
         primary_functions,
-        read_your_writes: r.read_your_writes.unwrap_or(false),
+        read_your_writes: r.read_your_writes.unwrap_or(true),
     })
 }
 

@@ -53,7 +53,7 @@ impl Session {
             let suitable = h.checkout.node.role == Role::Primary
                 || h.in_transaction()
                 || self.pinned.is_some()
-                || matches!(plan::route(facts, &self.route_context()), Target::Replica { .. });
+                || matches!(plan::route(facts, &self.route_context(shard)), Target::Replica { .. });
             if !suitable && h.needs_sync && !h.copy_in {
                 // A read on a replica, then a write, in one pipeline: end the pipeline's part on
                 // the replica with a Sync of our own (it only read), then move to the primary.
@@ -69,7 +69,7 @@ impl Session {
         let target = if session_mode {
             Target::Primary
         } else {
-            plan::route(facts, &self.route_context())
+            plan::route(facts, &self.route_context(shard))
         };
         match self.checkout(target, shard).await {
             Ok(()) => Ok(Ensure::Ready),
@@ -85,10 +85,11 @@ impl Session {
         }
     }
 
-    pub(super) fn route_context(&self) -> RouteContext {
+    /// What routing needs to know of the session, for a statement on `shard`.
+    pub(super) fn route_context(&self, shard: ShardId) -> RouteContext {
         RouteContext {
             pinned: self.pinned.is_some(),
-            ryw_lsn: self.ryw_lsn,
+            ryw_lsn: self.ryw_position(shard),
         }
     }
 

@@ -155,7 +155,7 @@ async fn handle(
                 closing: None,
                 retry: None,
                 retrying: false,
-                ryw_lsn: None,
+                ryw: Default::default(),
                 ignore_till_sync: false,
                 stalled: None,
                 last_facts: None,

@@ -19,7 +19,9 @@ pub use multi_write::DECISION_TABLE_DDL as TWO_PHASE_DECISION_DDL;
 pub mod listener;
 pub mod registry;
 mod relay;
+
 mod responses;
+mod ryw;
 mod sharding;
 pub mod state;
 pub mod values;
@@ -124,8 +126,8 @@ pub struct Session {
     /// The session must end with this FATAL error: the backend that held its state (pinned, or
     /// session pooling) is gone, and going on silently on a fresh one would lose that state.
     closing: Option<(crate::protocol::pg::sqlstate::SqlState, String)>,
-    /// Read-your-writes: the commit position of the session's last write.
-    ryw_lsn: Option<u64>,
+    /// Read-your-writes: the commit position of the session's last write on each shard.
+    ryw: ryw::Positions,
     /// After an error the proxy raised in the extended protocol, skip messages until Sync.
     ignore_till_sync: bool,
     /// A message waiting for the held backend to be released.

@@ -124,9 +124,15 @@ impl Session {
         self.report_error(code, message)
     }
 
-    async fn legs(&mut self, shards: &[ShardId], target: Target) -> Result<Vec<Leg>, (SqlState, String)> {
+    /// Connections for a read on `shards`, each on the node routing picks for that shard (its
+    /// read-your-writes position is its own).
+    async fn legs(&mut self, shards: &[ShardId], facts: &Facts) -> Result<Vec<Leg>, (SqlState, String)> {
         let mut legs = Vec::with_capacity(shards.len());
         for &s in shards {
+            let target = match self.runtime.config.server.pool_mode {
+                crate::config::PoolMode::Session => Target::Primary,
+                _ => plan::route(facts, &self.route_context(s)),
+            };
             legs.push(Leg::new(self.checkout_on(target, s).await?));
         }
         Ok(legs)
@@ -155,11 +161,7 @@ impl Session {
         facts: &Facts,
         describe: bool,
     ) -> Result<Outcome, SessionError> {
-        let target = match self.runtime.config.server.pool_mode {
-            crate::config::PoolMode::Session => Target::Primary,
-            _ => plan::route(facts, &self.route_context()),
-        };
-        let mut legs = match self.legs(shards, target).await {
+        let mut legs = match self.legs(shards, facts).await {
             Ok(l) => l,
             Err((code, message)) => return Ok(self.report(code, &message)),
         };

@@ -150,8 +150,34 @@ impl Session {
         Ok(Outcome::Ok)
     }
 
-    /// Commits every part: directly for one, with two-phase commit for several.
+    /// Commits every part: directly for one, with two-phase commit for several; then, for
+    /// read-your-writes, reads each shard's commit position.
     pub(super) async fn commit_parts(&mut self, ps: &mut [Part]) -> Result<(), String> {
+        self.commit_parts_only(ps).await?;
+        if self.user.read_your_writes {
+            let runtime = self.runtime.clone();
+            for p in ps.iter_mut().filter(|p| !runtime.clusters[p.shard].replicas.is_empty()) {
+                // A shard that cannot say keeps the old position: its replicas may then serve a
+                // read that misses this write, so say so in the log.
+                match p
+                    .leg
+                    .rows(super::ryw::POSITION_SQL)
+                    .await
+                    .map(|r| r.first().and_then(|v| v.parse().ok()))
+                {
+                    Ok(Some(lsn)) => self.record_position(p.shard, lsn),
+                    other => tracing::warn!(
+                        shard = p.shard,
+                        ?other,
+                        "commit position of a multi-shard write unknown"
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_parts_only(&mut self, ps: &mut [Part]) -> Result<(), String> {
         if let [p] = ps {
             return match p.leg.simple("COMMIT").await {
                 Some(None) => Ok(()),

@@ -300,11 +300,15 @@ impl Session {
         if !h.is_free() || self.pinned.is_some() || self.runtime.config.server.pool_mode == PoolMode::Session {
             return;
         }
-        if h.wrote && self.user.read_your_writes {
+        // Without replicas every read is on the primary already: no position to wait for.
+        if h.wrote && self.user.read_your_writes && !self.runtime.clusters[h.shard].replicas.is_empty() {
             h.wrote = false;
-            msg::query(&mut h.wbuf, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint");
+            msg::query(&mut h.wbuf, super::ryw::POSITION_SQL);
             h.checkout.conn.unnamed = None;
-            h.ops.push_back(Op::CaptureLsn { lsn: None });
+            h.ops.push_back(Op::CaptureLsn {
+                lsn: None,
+                shard: h.shard,
+            });
             return;
         }
         if let Some(h) = self.held.take()

@@ -110,7 +110,7 @@ impl Session {
                     pipeline_failed = *failed;
                 }
             }
-            Op::CaptureLsn { lsn } => match tag {
+            Op::CaptureLsn { lsn, .. } => match tag {
                 b'D' => *lsn = parse_single_int(body),
                 b'Z' => done = true,
                 _ => {}
@@ -219,9 +219,9 @@ impl Session {
         let set_ops = match op {
             Some(Op::Query { set_ops, failed: false }) => set_ops,
             Some(Op::Ext(ExtKind::Execute { set_ops })) => set_ops,
-            Some(Op::CaptureLsn { lsn }) => {
-                if lsn.is_some() {
-                    self.ryw_lsn = lsn;
+            Some(Op::CaptureLsn { lsn, shard }) => {
+                if let Some(lsn) = lsn {
+                    self.record_position(shard, lsn);
                 }
                 return;
             }

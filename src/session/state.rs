@@ -314,6 +314,8 @@ pub enum Op {
     CaptureLsn {
         /// The position read.
         lsn: Option<u64>,
+        /// The shard written.
+        shard: crate::shardmap::ShardId,
     },
 }
 

@@ -127,9 +127,9 @@ auth = "md5"
 name = "trusted"
 auth = "trust"
 [[users]]
-name = "ryw"
-password = "ryw"
-read_your_writes = true
+name = "noryw"
+password = "noryw"
+read_your_writes = false
 [[users]]
 name = "admin"
 password = "admin"

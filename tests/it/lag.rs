@@ -159,8 +159,10 @@ async fn read_your_writes_waits_for_the_replica_to_replay_the_session_s_write() 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ryw = proxy.connect("ryw", "ryw").await.unwrap();
+    // Read-your-writes is on by default: the `app` user does not set it.
+    let ryw = proxy.app().await;
     let plain = proxy.app().await;
+    let opted_out = proxy.connect("noryw", "noryw").await.unwrap();
     ryw.batch_execute(&format!("INSERT INTO {t} VALUES (1)")).await.unwrap();
     assert_eq!(
         count(&ryw, &t).await,
@@ -171,6 +173,15 @@ async fn read_your_writes_waits_for_the_replica_to_replay_the_session_s_write() 
         count(&plain, &t).await,
         (0, true),
         "another session reads the (stale) replica"
+    );
+    opted_out
+        .batch_execute(&format!("INSERT INTO {t} VALUES (2)"))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&opted_out, &t).await,
+        (0, true),
+        "a user with read_your_writes = false reads the replica at once, stale"
     );
     assert!(
         proxy.shared.runtime.load().clusters[0].replicas[0]
@@ -187,7 +198,7 @@ async fn read_your_writes_waits_for_the_replica_to_replay_the_session_s_write() 
     tokio::time::sleep(Duration::from_millis(3 * INTERVAL_MS)).await;
     assert_eq!(
         count(&ryw, &t).await,
-        (1, true),
+        (2, true),
         "once replayed, the writer reads from the replica again"
     );
     primary.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
