@@ -1,0 +1,141 @@
+//! Shapes of SELECT, INSERT, UPDATE and DELETE on a table group.
+
+use super::*;
+
+pub(super) fn write_shape(from: &[TableWithJoins], selection: Option<&Expr>, map: &ShardMap, group: usize) -> Shape {
+    let result = scope(from, map).and_then(|s| {
+        if let Some(w) = selection {
+            no_sharded_subqueries(w, map, 0)?;
+        }
+        joined_cond(from, selection, &s)
+    });
+    match result {
+        Ok(cond) => Shape::Group {
+            group,
+            cond,
+            write: true,
+            merge: Err("not a query".into()),
+        },
+        Err(m) => Shape::Refuse(m),
+    }
+}
+
+pub(super) fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: &ShardMap, group: usize) -> Shape {
+    let TableObject::TableName(n) = &ins.table else {
+        return Shape::Refuse("INSERT into a table function".into());
+    };
+    let table = last_name(n);
+    let Some(TableRule::Sharded { key, .. }) = map.table(&table) else {
+        return Shape::Refuse(format!(
+            "INSERT into {table} reads sharded tables: rows would come from several shards"
+        ));
+    };
+    let Some(source) = &ins.source else {
+        return Shape::Refuse(format!("INSERT into sharded table {table} without VALUES"));
+    };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return Shape::Refuse(format!(
+            "INSERT ... SELECT into sharded table {table}: rows cannot be routed by key before they exist; insert VALUES"
+        ));
+    };
+    if let Some(idc) = map.id_columns.get(&table) {
+        let supplied = ins.columns.iter().any(|c| last_name(c) == idc.column);
+        if supplied && idc.refuse_supplied {
+            return Shape::Refuse(format!(
+                "INSERT into {table} gives {}, which shardwire generates (supplied_ids = \"refuse\"); leave the column out",
+                idc.column
+            ));
+        }
+        if !supplied {
+            if ins.columns.is_empty() {
+                return Shape::Refuse(format!(
+                    "INSERT into {table} must name its columns (shardwire adds {})",
+                    idc.column
+                ));
+            }
+            let key_pos = if *key == idc.column {
+                None
+            } else {
+                match ins.columns.iter().position(|c| last_name(c) == *key) {
+                    Some(p) => Some(p),
+                    None => {
+                        return Shape::Refuse(format!(
+                            "INSERT into sharded table {table} must give shard key {key} in every row"
+                        ));
+                    }
+                }
+            };
+            if let Some(p) = key_pos
+                && values
+                    .rows
+                    .iter()
+                    .any(|r| matches!(r.content.get(p).and_then(operand), None | Some(Operand::Null)))
+            {
+                return Shape::Refuse(format!(
+                    "every row inserted into {table} needs its shard key {key} as a literal or parameter"
+                ));
+            }
+            let mut max_param = 0;
+            let mut probe = stmt.clone();
+            for p in renumber_params(&mut probe) {
+                max_param = max_param.max(p + 1);
+            }
+            return Shape::InsertFill {
+                group,
+                id_column: idc.column.clone(),
+                key_pos,
+                rows: values.rows.len(),
+                params: max_param,
+                stmt: Arc::new(stmt.clone()),
+            };
+        }
+    }
+    let Some(pos) = ins.columns.iter().position(|c| last_name(c) == *key) else {
+        return Shape::Refuse(format!(
+            "INSERT into sharded table {table} must name its columns and give shard key {key} in every row"
+        ));
+    };
+    let mut keys = Vec::new();
+    for row in &values.rows {
+        match row.content.get(pos).and_then(operand) {
+            Some(Operand::Null) | None => {
+                return Shape::Refuse(format!(
+                    "every row inserted into {table} needs its shard key {key} as a literal or parameter"
+                ));
+            }
+            Some(o) => keys.push(o),
+        }
+    }
+    Shape::Insert {
+        group,
+        keys,
+        stmt: Arc::new(stmt.clone()),
+    }
+}
+
+pub(super) fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
+    if q.with.is_some() {
+        return Shape::Refuse("WITH queries over sharded tables are not supported across shards".into());
+    }
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return Shape::Refuse("UNION, INTERSECT and EXCEPT over sharded tables are not supported across shards".into());
+    };
+    let s = match scope(&sel.from, map) {
+        Ok(s) => s,
+        Err(m) => return Shape::Refuse(m),
+    };
+    let outer = s.keys.len();
+    if let Err(m) = no_sharded_subqueries(q, map, outer) {
+        return Shape::Refuse(m);
+    }
+    let cond = match joined_cond(&sel.from, sel.selection.as_ref(), &s) {
+        Ok(c) => c,
+        Err(m) => return Shape::Refuse(m),
+    };
+    Shape::Group {
+        group,
+        cond,
+        write: false,
+        merge: merge_plan(q, sel, &s).map(Box::new),
+    }
+}

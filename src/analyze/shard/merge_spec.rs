@@ -1,0 +1,499 @@
+//! The merge spec of a SELECT that may run on several shards: the statement each shard runs (LIMIT
+//! pushed down, AVG split into SUM and COUNT, hidden columns for ORDER BY and HAVING) and how
+//! rows combine ([`Merge`]). Whatever cannot be merged as one database would answer is refused.
+
+use super::*;
+
+/// How one column of a shard's result combines across shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColKind {
+    /// A plain value: grouped by (when aggregating) or passed through.
+    Plain,
+    /// COUNT: summed.
+    Count,
+    /// SUM: summed.
+    Sum,
+    /// MIN.
+    Min,
+    /// MAX.
+    Max,
+    /// AVG, sent as SUM: divided by the COUNT in column `count_col`.
+    Avg {
+        /// Hidden column holding the count.
+        count_col: usize,
+    },
+}
+
+/// One ORDER BY key over the merged result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    /// Column index in the shard result.
+    pub col: usize,
+    /// DESC.
+    pub desc: bool,
+    /// NULLS FIRST (PostgreSQL's default: first for DESC, last for ASC).
+    pub nulls_first: bool,
+}
+
+/// How a SELECT run on several shards is merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The statement each shard runs.
+    pub sql: String,
+    /// For each parameter of `sql` ($1, $2, ...), the client's parameter it carries.
+    pub params: Vec<usize>,
+    /// Columns the client sees; the rest are hidden helpers. With a wildcard, the count before
+    /// it expands (see [`Merge::resolve`]).
+    pub visible: usize,
+    /// How each column of the shard result combines.
+    pub cols: Vec<ColKind>,
+    /// Rows are combined by the Plain columns (GROUP BY, aggregates without GROUP BY, DISTINCT).
+    pub grouped: bool,
+    /// HAVING, evaluated on the merged groups (the shards run without it).
+    pub having: Option<Having>,
+    /// ORDER BY of the merged rows.
+    pub order: Vec<SortKey>,
+    /// LIMIT applied after merging.
+    pub limit: Option<Operand>,
+    /// OFFSET applied after merging.
+    pub offset: Option<Operand>,
+}
+
+impl Merge {
+    /// The merge for a result of `total` columns: a wildcard expanded to more columns than the
+    /// select list has items, which shifts the hidden columns (always the last ones, and plain).
+    pub fn resolve(&self, total: usize) -> Result<Merge, String> {
+        if total == self.cols.len() {
+            return Ok(self.clone());
+        }
+        if total < self.cols.len() {
+            return Err(format!(
+                "expected {} columns from each shard, got {total}",
+                self.cols.len()
+            ));
+        }
+        let extra = total - self.cols.len();
+        let mut m = self.clone();
+        m.visible += extra;
+        m.cols = vec![ColKind::Plain; total];
+        for k in &mut m.order {
+            if k.col >= self.visible {
+                k.col += extra;
+            }
+        }
+        if m.order.iter().any(|k| k.col >= total) {
+            return Err("ORDER BY position is not in the select list".into());
+        }
+        Ok(m)
+    }
+}
+
+/// Renumbers the `$n` parameters of a statement from $1 in order of first use; returns, for each
+/// new number, the index of the original parameter.
+pub fn renumber_params<T: sqlparser::ast::VisitMut>(stmt: &mut T) -> Vec<usize> {
+    struct Renumber(HashMap<usize, usize>, Vec<usize>);
+    impl sqlparser::ast::VisitorMut for Renumber {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if let Expr::Value(v) = e
+                && let Value::Placeholder(p) = &mut v.value
+                && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+                && n > 0
+            {
+                let next = self.1.len();
+                let new = *self.0.entry(n - 1).or_insert(next);
+                if new == next {
+                    self.1.push(n - 1);
+                }
+                *p = format!("${}", new + 1);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut r = Renumber(HashMap::new(), Vec::new());
+    let _ = stmt.visit(&mut r);
+    r.1
+}
+
+/// How an aggregate call merges across shards.
+pub(super) enum Mergeable {
+    /// Shards run it as is; the partial results combine by this kind.
+    Kind(ColKind),
+    /// AVG: shards run `sum` and `count` of the same argument; the merge divides.
+    Avg {
+        /// The call renamed to sum.
+        sum: Box<Expr>,
+        /// The call renamed to count.
+        count: Box<Expr>,
+    },
+}
+
+pub(super) fn mergeable(f: &Function) -> Result<Mergeable, String> {
+    let renamed = |name: &str| {
+        let mut g = f.clone();
+        g.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]);
+        Expr::Function(g)
+    };
+    Ok(Mergeable::Kind(match func_name(f).as_str() {
+        "count" => ColKind::Count,
+        "sum" => ColKind::Sum,
+        "min" => ColKind::Min,
+        "max" => ColKind::Max,
+        "avg" => {
+            return Ok(Mergeable::Avg {
+                sum: Box::new(renamed("sum")),
+                count: Box::new(renamed("count")),
+            });
+        }
+        other => return Err(format!("aggregate {other}() cannot be merged across shards")),
+    }))
+}
+
+pub(super) fn func_name(f: &Function) -> String {
+    last_name(&f.name)
+}
+
+pub(super) fn is_aggregate_name(n: &str) -> bool {
+    matches!(
+        n,
+        "count"
+            | "sum"
+            | "min"
+            | "max"
+            | "avg"
+            | "array_agg"
+            | "string_agg"
+            | "bool_and"
+            | "bool_or"
+            | "every"
+            | "stddev"
+            | "variance"
+            | "json_agg"
+            | "jsonb_agg"
+            | "bit_and"
+            | "bit_or"
+            | "percentile_cont"
+            | "percentile_disc"
+            | "mode"
+    )
+}
+
+/// Aggregate calls and window functions anywhere in an expression.
+pub(super) fn calls(e: &impl Visit) -> (Vec<Function>, bool) {
+    struct V(Vec<Function>, bool);
+    impl Visitor for V {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                if f.over.is_some() {
+                    self.1 = true;
+                } else if is_aggregate_name(&func_name(f)) {
+                    self.0.push(f.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = V(Vec::new(), false);
+    let _ = e.visit(&mut v);
+    (v.0, v.1)
+}
+
+pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge, String> {
+    let tables: Vec<String> = {
+        let mut t: Vec<String> = scope.by_alias.values().map(|(n, _)| n.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    let refuse = |rule: &str| Err(format!("{rule} (tables {})", tables.join(", ")));
+    if q.fetch.is_some() {
+        return refuse("FETCH FIRST across shards is not supported; use LIMIT");
+    }
+    if matches!(sel.distinct, Some(Distinct::On(_))) {
+        return refuse("DISTINCT ON across shards is not supported");
+    }
+    let mut shard_sel = sel.clone();
+    let mut cols: Vec<ColKind> = Vec::new();
+    let mut hidden: Vec<(SelectItem, ColKind)> = Vec::new();
+    let mut aliases: Vec<Option<String>> = Vec::new();
+    let mut any_agg = false;
+    let group_exprs: Vec<Expr> = match &sel.group_by {
+        GroupByExpr::Expressions(e, m) if m.is_empty() => e.clone(),
+        GroupByExpr::Expressions(..) => return refuse("GROUP BY modifiers across shards are not supported"),
+        GroupByExpr::All(_) => return refuse("GROUP BY ALL across shards is not supported"),
+    };
+    // A GROUP BY on the shard key puts every group on one shard: the shards' rows are final.
+    let group_on_key = group_exprs.iter().any(|e| scope.key_of(e).is_some());
+    let mut having = None;
+    let n = sel.projection.len();
+    for (i, item) in sel.projection.iter().enumerate() {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(ident(alias))),
+            _ => {
+                if !group_exprs.is_empty() {
+                    return refuse("SELECT * with GROUP BY across shards is not supported; name the columns");
+                }
+                // A wildcard expands to an unknown number of columns: only plain concatenation or
+                // ORDER BY on columns added behind it works, which needs the count. Refuse ordering.
+                aliases.push(None);
+                cols.push(ColKind::Plain);
+                continue;
+            }
+        };
+        aliases.push(alias.or_else(|| match strip(expr) {
+            Expr::Identifier(id) => Some(ident(id)),
+            Expr::CompoundIdentifier(p) => p.last().map(ident),
+            Expr::Function(f) => Some(func_name(f)),
+            _ => None,
+        }));
+        let (aggs, window) = calls(expr);
+        if window {
+            return refuse(
+                "window functions across shards are not supported; filter on the shard key to stay on one shard",
+            );
+        }
+        if aggs.is_empty() || group_on_key {
+            any_agg |= !aggs.is_empty();
+            cols.push(ColKind::Plain);
+            continue;
+        }
+        any_agg = true;
+        let Expr::Function(f) = strip(expr) else {
+            return refuse(
+                "an expression over aggregates across shards is not supported; select the aggregates and compute in the application",
+            );
+        };
+        let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct));
+        if distinct || f.filter.is_some() {
+            return refuse(
+                "aggregates with DISTINCT or FILTER across shards are not supported unless grouped by the shard key",
+            );
+        }
+        let kind = match mergeable(f) {
+            Ok(Mergeable::Kind(kind)) => kind,
+            Ok(Mergeable::Avg { sum, count }) => {
+                // The shards return the sum under the name the average has on one database: its
+                // alias, or the function's name.
+                let alias = match &sel.projection[i] {
+                    SelectItem::ExprWithAlias { alias, .. } => alias.clone(),
+                    _ => Ident::with_quote('"', func_name(f)),
+                };
+                shard_sel.projection[i] = SelectItem::ExprWithAlias { expr: *sum, alias };
+                hidden.push((SelectItem::UnnamedExpr(*count), ColKind::Count));
+                ColKind::Avg {
+                    count_col: n + hidden.len() - 1,
+                }
+            }
+            Err(why) => return refuse(&why),
+        };
+        if let FunctionArguments::List(l) = &f.args
+            && l.args.len() != 1
+            && !matches!(l.args.first(), Some(FunctionArg::Unnamed(FunctionArgExpr::Wildcard)))
+        {
+            return refuse("aggregates with several arguments across shards are not supported");
+        }
+        cols.push(kind);
+    }
+    let grouped_merge = !group_on_key && (any_agg || !group_exprs.is_empty());
+    if grouped_merge {
+        // Every GROUP BY expression must be a selected plain column, so groups can be matched.
+        for g in &group_exprs {
+            let found = sel.projection.iter().enumerate().any(|(i, item)| {
+                cols[i] == ColKind::Plain
+                    && match item {
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => strip(e) == strip(g),
+                        _ => false,
+                    }
+                    || matches!(strip(g), Expr::Value(v) if matches!(&v.value, Value::Number(k, _) if k.parse::<usize>().ok() == Some(i + 1)))
+            });
+            if !found {
+                return refuse(&format!("GROUP BY {g} across shards needs {g} in the select list"));
+            }
+        }
+        if let Some(h) = &sel.having {
+            if logical_terms(h) > MAX_HAVING_TERMS {
+                return refuse(&format!(
+                    "HAVING across shards: more than {MAX_HAVING_TERMS} conditions joined by AND/OR are not supported"
+                ));
+            }
+            match having_expr(h, sel, &mut hidden, n) {
+                Ok(e) => having = Some(e),
+                Err(why) => return refuse(&format!("HAVING across shards: {why}")),
+            }
+            shard_sel.having = None;
+        }
+        if cols
+            .iter()
+            .enumerate()
+            .any(|(i, c)| *c == ColKind::Plain && !plain_is_grouped(&sel.projection[i], &group_exprs, i))
+        {
+            return refuse("a selected column that is neither aggregated nor in GROUP BY");
+        }
+    }
+    let distinct = matches!(sel.distinct, Some(Distinct::Distinct));
+    // ORDER BY: each key must be an output column (by position, alias or same expression), or is
+    // added as a hidden column.
+    let mut order = Vec::new();
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(exprs) = &ob.kind else {
+            return refuse("ORDER BY ALL across shards is not supported");
+        };
+        for o in exprs {
+            let desc = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+            if matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Using(_))) {
+                return refuse("ORDER BY ... USING across shards is not supported");
+            }
+            let nulls_first = o.options.nulls_first.unwrap_or(desc);
+            let star = sel
+                .projection
+                .iter()
+                .any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }));
+            let col = match strip(&o.expr) {
+                Expr::Value(v) if matches!(&v.value, Value::Number(..)) => match &v.value {
+                    // With a wildcard the ordinal counts expanded columns; checked when rows arrive.
+                    Value::Number(k, _) => k
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&k| k >= 1 && (star || k <= n))
+                        .map(|k| k - 1),
+                    _ => None,
+                },
+                // Items after a wildcard move when it expands: order by a hidden copy instead.
+                _ if star => None,
+                e => sel
+                    .projection
+                    .iter()
+                    .position(|item| match item {
+                        SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => strip(x) == e,
+                        _ => false,
+                    })
+                    .or_else(|| match e {
+                        Expr::Identifier(id) => aliases.iter().position(|a| a.as_deref() == Some(ident(id).as_str())),
+                        _ => None,
+                    }),
+            };
+            let col = match col {
+                Some(c) => c,
+                None if grouped_merge || distinct => {
+                    return refuse(&format!(
+                        "ORDER BY {} across shards must name a selected column when grouping",
+                        o.expr
+                    ));
+                }
+                None => {
+                    hidden.push((SelectItem::UnnamedExpr(o.expr.clone()), ColKind::Plain));
+                    n + hidden.len() - 1
+                }
+            };
+            if col < cols.len()
+                && cols[col] != ColKind::Plain
+                && !matches!(
+                    cols[col],
+                    ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max | ColKind::Avg { .. }
+                )
+            {
+                return refuse("ORDER BY on this column across shards is not supported");
+            }
+            order.push(SortKey { col, desc, nulls_first });
+        }
+    }
+    if sel
+        .projection
+        .iter()
+        .any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }))
+        && (grouped_merge || distinct)
+    {
+        return refuse("SELECT * with DISTINCT or aggregates across shards: name the columns");
+    }
+    cols.extend(hidden.iter().map(|(_, k)| *k));
+    let (limit, offset) = match &q.limit_clause {
+        None => (None, None),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => {
+            let l = match limit {
+                None => None,
+                Some(e) => match operand(e) {
+                    Some(Operand::Null) => None,
+                    Some(o) => Some(o),
+                    None => return refuse("LIMIT across shards must be a number or a parameter"),
+                },
+            };
+            let o = match offset {
+                None => None,
+                Some(off) => match operand(&off.value) {
+                    Some(Operand::Null) => None,
+                    Some(o) => Some(o),
+                    None => return refuse("OFFSET across shards must be a number or a parameter"),
+                },
+            };
+            (l, o)
+        }
+        Some(_) => return refuse("this LIMIT form across shards is not supported"),
+    };
+    // The statement each shard runs: hidden columns appended, no OFFSET, LIMIT raised by OFFSET
+    // (rows before the offset may come from any shard). With merging by group, every group row is
+    // needed, so no LIMIT at all.
+    shard_sel.projection.extend(hidden.into_iter().map(|(i, _)| i));
+    let mut shard_q = q.clone();
+    *shard_q.body = SetExpr::Select(Box::new(shard_sel));
+    shard_q.limit_clause = None;
+    // The shard statement may use fewer parameters than the client's (HAVING stays behind):
+    // number the ones it keeps from $1.
+    let mut params = renumber_params(&mut shard_q);
+    let mut param = |p: usize| {
+        params.iter().position(|&x| x == p).unwrap_or_else(|| {
+            params.push(p);
+            params.len() - 1
+        })
+    };
+    let mut sql = shard_q.to_string();
+    if !grouped_merge && !distinct {
+        match (&limit, &offset) {
+            (Some(Operand::Lit(l)), None) => sql.push_str(&format!(" LIMIT {l}")),
+            (Some(Operand::Lit(l)), Some(Operand::Lit(o))) => {
+                if let (Ok(l), Ok(o)) = (l.parse::<i64>(), o.parse::<i64>()) {
+                    sql.push_str(&format!(" LIMIT {}", l.saturating_add(o)));
+                }
+            }
+            (Some(Operand::Param(l)), None) => sql.push_str(&format!(" LIMIT ${}", param(*l) + 1)),
+            (Some(Operand::Param(l)), Some(o)) => {
+                let l = param(*l) + 1;
+                let o = match o {
+                    Operand::Param(p) => format!("${}", param(*p) + 1),
+                    Operand::Lit(x) => x.clone(),
+                    Operand::Null => "0".into(),
+                };
+                sql.push_str(&format!(" LIMIT (${l} + {o})"));
+            }
+            _ => {}
+        }
+    }
+    Ok(Merge {
+        sql,
+        params,
+        visible: n,
+        cols,
+        grouped: grouped_merge || distinct,
+        having,
+        order,
+        limit,
+        offset,
+    })
+}
+
+/// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.
+pub(super) fn plain_is_grouped(item: &SelectItem, group: &[Expr], i: usize) -> bool {
+    let e = match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return false,
+    };
+    group.iter().any(|g| {
+        strip(g) == strip(e)
+            || matches!(strip(g), Expr::Value(v) if matches!(&v.value, Value::Number(k, _) if k.parse::<usize>().ok() == Some(i + 1)))
+    }) || calls(e).0.is_empty() && matches!(strip(e), Expr::Value(_))
+}
