@@ -53,6 +53,7 @@ impl Runtime {
             interval: r.check_interval,
             healthy_after: r.healthy_after.get(),
             connect_timeout: config.pool.connect_timeout,
+            follow: r.failover == crate::config::Failover::Follow,
         };
         for c in &clusters {
             tokio::spawn(monitor::run(c.clone(), settings, token.clone()));

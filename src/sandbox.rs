@@ -341,6 +341,12 @@ impl PgInstance {
         self.start()
     }
 
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) -> Result<()> {
+        let dir = self.data_dir.to_string_lossy().into_owned();
+        self.run_tool("pg_ctl", &["promote", "-w", "-D", &dir])
+    }
+
     /// Fast shutdown (SIGINT): clients are disconnected, the server exits cleanly.
     pub fn stop(&mut self) {
         self.signal_and_wait(libc::SIGINT);

@@ -62,7 +62,7 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
                 .clusters
                 .iter()
                 .filter_map(|c| {
-                    let h = c.primary.health.load();
+                    let h = c.writer().health.load();
                     (h.state == HealthState::Down).then(|| format!("primary of shard {} down: {}\n", c.name, h.reason))
                 })
                 .collect();
@@ -107,7 +107,7 @@ pub fn metrics(shared: &Shared) -> String {
     for n in rt.nodes() {
         let l = NodeLabels {
             node: n.config.name.clone(),
-            role: n.role.as_str().into(),
+            role: n.role().as_str().into(),
         };
         statements
             .get_or_create(&l)

@@ -33,7 +33,7 @@ pub fn replicas(shared: &Shared) -> Table {
             };
             vec![
                 s(&n.config.name),
-                s(n.role.as_str()),
+                s(n.role().as_str()),
                 s(format!("{}:{}", n.config.host, n.config.port)),
                 s(state),
                 s(if h.in_rotation { "yes" } else { "no" }),
@@ -71,7 +71,7 @@ pub fn pools(shared: &Shared) -> Table {
         .map(|n| {
             vec![
                 s(&n.config.name),
-                s(n.role.as_str()),
+                s(n.role().as_str()),
                 s(n.pool.state().connections),
                 s(n.idle_connections()),
                 s(n.outstanding.load(Ordering::Relaxed)),
@@ -139,7 +139,7 @@ pub fn stats(shared: &Shared) -> Table {
         .map(|n| {
             vec![
                 s(&n.config.name),
-                s(n.role.as_str()),
+                s(n.role().as_str()),
                 s(n.stats.statements.load(Ordering::Relaxed)),
                 s(n.stats.checkouts.load(Ordering::Relaxed)),
                 s(n.stats.checkout_errors.load(Ordering::Relaxed)),
@@ -152,7 +152,8 @@ pub fn stats(shared: &Shared) -> Table {
     }
 }
 
-/// SHOW SHARDS: each shard with its primary and replica count.
+/// SHOW SHARDS: each shard with the node its writes go to (after a failover, the promoted
+/// replica), its replica count and the failovers followed.
 pub fn shards(shared: &Shared) -> Table {
     let rt = shared.runtime.load();
     let map = &rt.config.map;
@@ -161,16 +162,18 @@ pub fn shards(shared: &Shared) -> Table {
         .iter()
         .enumerate()
         .map(|(i, c)| {
+            let w = c.writer();
             vec![
                 s(&c.name),
-                s(format!("{}:{}", c.primary.config.host, c.primary.config.port)),
+                s(format!("{}:{}", w.config.host, w.config.port)),
                 s(c.replicas.len().to_string()),
                 s(if i == map.default_shard { "yes" } else { "no" }),
+                s(c.failovers.load(std::sync::atomic::Ordering::Relaxed).to_string()),
             ]
         })
         .collect();
     Table {
-        columns: vec!["shard", "primary", "replicas", "default"],
+        columns: vec!["shard", "primary", "replicas", "default", "failovers"],
         rows,
     }
 }

@@ -7,7 +7,9 @@ pub mod leg;
 pub mod pool;
 pub mod twophase;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 
 pub use conn::{BackendConn, BackendError};
@@ -22,10 +24,14 @@ pub type ServerParams = Arc<Vec<(String, String)>>;
 pub struct Cluster {
     /// Shard name.
     pub name: String,
-    /// The primary.
+    /// The configured primary.
     pub primary: Arc<Node>,
     /// The replicas, in configuration order.
     pub replicas: Vec<Arc<Node>>,
+    /// Where writes go: the configured primary, or the replica a failover promoted.
+    writer: ArcSwap<Node>,
+    /// Failovers followed.
+    pub failovers: AtomicU64,
     rr: AtomicUsize,
     // std Mutex: a clone of an Arc under it, never held across an await.
     server_params: Mutex<Option<ServerParams>>,
@@ -34,9 +40,12 @@ pub struct Cluster {
 impl Cluster {
     /// Builds nodes and pools (connections open lazily).
     pub fn new(s: &ShardConfig, pool: &PoolConfig) -> Arc<Cluster> {
+        let primary = Node::new(s.primary.clone(), Role::Primary, pool);
         Arc::new(Cluster {
             name: s.name.clone(),
-            primary: Node::new(s.primary.clone(), Role::Primary, pool),
+            writer: ArcSwap::new(primary.clone()),
+            failovers: AtomicU64::new(0),
+            primary,
             replicas: s
                 .replicas
                 .iter()
@@ -52,11 +61,27 @@ impl Cluster {
         std::iter::once(&self.primary).chain(self.replicas.iter())
     }
 
+    /// The node writes go to now.
+    pub fn writer(&self) -> Arc<Node> {
+        self.writer.load_full()
+    }
+
+    /// Follows a failover: writes go to `node` (a replica that was promoted) from now on, and the
+    /// node that had them is fenced.
+    pub fn promote(&self, node: &Arc<Node>) {
+        let old = self.writer.swap(node.clone());
+        if !Arc::ptr_eq(&old, node) {
+            old.set_role(Role::Fenced);
+            node.set_role(Role::Primary);
+            self.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// A replica in rotation that has replayed at least `min_lsn`, or none.
     pub fn pick_replica(&self, balance: Balance, min_lsn: Option<u64>) -> Option<Arc<Node>> {
         let usable = |n: &&Arc<Node>| {
             let h = n.health.load();
-            h.in_rotation && min_lsn.is_none_or(|min| h.lsn.is_some_and(|l| l >= min))
+            h.in_rotation && n.role() == Role::Replica && min_lsn.is_none_or(|min| h.lsn.is_some_and(|l| l >= min))
         };
         match balance {
             Balance::RoundRobin => {

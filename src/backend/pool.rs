@@ -23,13 +23,18 @@ use super::conn::{BackendConn, BackendError};
 use crate::config::{NodeConfig, PoolConfig};
 use crate::health::NodeHealth;
 
-/// Primary or replica.
+/// What a node is for now: the monitor changes it when it follows a failover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Role {
     /// Takes writes.
     Primary,
     /// Streaming replica: reads only.
     Replica,
+    /// A former primary that a promoted replica replaced: neither reads nor writes go to it (it
+    /// may have come back with writes the new primary never saw) until the configuration says
+    /// otherwise.
+    Fenced,
 }
 
 impl Role {
@@ -38,6 +43,15 @@ impl Role {
         match self {
             Role::Primary => "primary",
             Role::Replica => "replica",
+            Role::Fenced => "fenced",
+        }
+    }
+
+    fn from_u8(v: u8) -> Role {
+        match v {
+            0 => Role::Primary,
+            1 => Role::Replica,
+            _ => Role::Fenced,
         }
     }
 }
@@ -57,8 +71,8 @@ pub struct NodeStats {
 pub struct Node {
     /// Name, URL and credentials.
     pub config: NodeConfig,
-    /// Primary or replica.
-    pub role: Role,
+    /// Primary, replica or fenced ([`Role`]), read with [`Node::role`].
+    role: std::sync::atomic::AtomicU8,
     /// The pool.
     pub pool: bb8::Pool<BackendManager>,
     /// Latest result of the health monitor.
@@ -220,6 +234,16 @@ pub enum CheckoutError {
 }
 
 impl Node {
+    /// What the node is for now.
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Relaxed))
+    }
+
+    /// Changes what the node is for (failover).
+    pub fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Relaxed);
+    }
+
     /// A node with a pool that opens connections lazily (and keeps `min_size` idle ones).
     pub fn new(config: NodeConfig, role: Role, pool: &PoolConfig) -> Arc<Node> {
         let failures = Arc::new(ConnectFailures::default());
@@ -242,7 +266,7 @@ impl Node {
             .build_unchecked(manager);
         Arc::new(Node {
             config,
-            role,
+            role: std::sync::atomic::AtomicU8::new(role as u8),
             pool,
             health: ArcSwap::from_pointee(NodeHealth::initial()),
             outstanding: AtomicUsize::new(0),

@@ -24,7 +24,7 @@ pub struct Recovered {
 }
 
 async fn connect(cluster: &Cluster, timeout: Duration) -> Option<Client> {
-    let cfg = cluster.primary.config.pg_config(timeout);
+    let cfg = cluster.writer().config.pg_config(timeout);
     let (c, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls)).await.ok()?.ok()?;
     tokio::spawn(conn);
     Some(c)

@@ -10,8 +10,8 @@ use std::path::Path;
 
 pub use tls::{TlsConfig, TlsMode};
 pub use validate::{
-    Auth, Balance, Config, IdsConfig, NodeConfig, PoolConfig, PoolMode, RoutingConfig, ScramVerifier, ServerConfig,
-    ShardConfig, User, WhenNoReplica, WorkerId,
+    Auth, Balance, Config, Failover, IdsConfig, NodeConfig, PoolConfig, PoolMode, RoutingConfig, ScramVerifier,
+    ServerConfig, ShardConfig, User, WhenNoReplica, WorkerId,
 };
 
 /// Why a configuration was rejected.

@@ -143,6 +143,9 @@ pub struct RawRouting {
     pub primary_functions: Vec<String>,
     /// Read-your-writes for every user (users may also turn it on one by one).
     pub read_your_writes: Option<bool>,
+    /// "follow" (default): writes move to a replica that was promoted; "manual": only a
+    /// configuration change moves them.
+    pub failover: Option<String>,
 }
 
 /// `[[users]]`

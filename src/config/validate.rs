@@ -145,6 +145,17 @@ pub struct RoutingConfig {
     pub primary_functions: HashSet<String>,
     /// Read-your-writes default for users that do not set it.
     pub read_your_writes: bool,
+    /// Follow a promotion of a replica (writes move to it) or wait for the configuration.
+    pub failover: Failover,
+}
+
+/// What the monitor does when a replica is promoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failover {
+    /// Writes go to the promoted replica; the old primary is fenced.
+    Follow,
+    /// Nothing: a DBA changes the configuration.
+    Manual,
 }
 
 /// How a user proves who it is.
@@ -471,6 +482,12 @@ fn routing(raw: &RawConfig) -> Result<RoutingConfig, ConfigError> {
             r.when_no_replica.as_deref(),
             WhenNoReplica::Primary,
             &[("primary", WhenNoReplica::Primary), ("refuse", WhenNoReplica::Refuse)],
+        )?,
+        failover: one_of(
+            "routing.failover",
+            r.failover.as_deref(),
+            Failover::Follow,
+            &[("follow", Failover::Follow), ("manual", Failover::Manual)],
         )?,
         balance: one_of(
             "routing.replica_balance",

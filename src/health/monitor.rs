@@ -1,6 +1,8 @@
-//! The monitor task: on every interval, the primary's WAL position and each replica's replay
-//! position and replay age, over a dedicated tokio-postgres connection per node, each query under
-//! a timeout. Results are published into `Node::health`.
+//! The monitor task: on every interval, the writer's WAL position and timeline and each other
+//! node's replay position, replay age and recovery state, over a dedicated tokio-postgres
+//! connection per node, each query under a timeout. Results are published into `Node::health`.
+//! With `failover = "follow"`, a replica found promoted (out of recovery, on a timeline above the
+//! writer's, or with the writer unreachable) becomes the writer and the old one is fenced.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +11,7 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::{Bounds, HealthState, NodeHealth, Observation, next_replica_health};
-use crate::backend::{Cluster, Node};
+use crate::backend::{Cluster, Node, Role};
 
 /// Monitor settings.
 #[derive(Clone, Copy, Debug)]
@@ -22,20 +24,35 @@ pub struct MonitorSettings {
     pub healthy_after: u32,
     /// Connect timeout for monitor connections.
     pub connect_timeout: Duration,
+    /// Follow a promoted replica.
+    pub follow: bool,
 }
 
-const PRIMARY_SQL: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
-const REPLICA_SQL: &str = "SELECT pg_is_in_recovery(), \
-     (COALESCE(pg_last_wal_replay_lsn(), '0/0'::pg_lsn) - '0/0'::pg_lsn)::bigint, \
-     extract(epoch from (now() - pg_last_xact_replay_timestamp()))::float8, \
-     CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END";
+/// A server's timeline out of recovery: the first 8 hex digits of its current WAL file's name.
+const TIMELINE: &str = "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int";
+
+fn writer_sql() -> String {
+    format!("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, {TIMELINE}")
+}
+
+fn replica_sql() -> String {
+    format!(
+        "SELECT pg_is_in_recovery(), \
+         (COALESCE(pg_last_wal_replay_lsn(), '0/0'::pg_lsn) - '0/0'::pg_lsn)::bigint, \
+         extract(epoch from (now() - pg_last_xact_replay_timestamp()))::float8, \
+         CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+         CASE WHEN pg_is_in_recovery() THEN NULL ELSE {TIMELINE} END"
+    )
+}
 
 /// Runs until `token` is cancelled.
 pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: CancellationToken) {
-    let mut primary_client: Option<Client> = None;
-    let mut replica_clients: Vec<Option<Client>> = cluster.replicas.iter().map(|_| None).collect();
+    let (writer_sql, replica_sql) = (writer_sql(), replica_sql());
+    let nodes: Vec<Arc<Node>> = cluster.nodes().cloned().collect();
+    let mut clients: Vec<Option<Client>> = nodes.iter().map(|_| None).collect();
     let mut prev_primary_lsn: Option<u64> = None;
     let mut last_primary_lsn: Option<u64> = None;
+    let mut writer_timeline: Option<u32> = None;
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -43,28 +60,24 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             () = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        cluster.primary.cool_down();
-        cluster.replicas.iter().for_each(|r| r.cool_down());
+        nodes.iter().for_each(|n| n.cool_down());
         let query_timeout = settings.interval.max(Duration::from_millis(500));
-        let primary_lsn = match query(
-            &cluster.primary,
-            &mut primary_client,
-            PRIMARY_SQL,
-            settings,
-            query_timeout,
-        )
-        .await
-        {
-            Ok(row) => row
-                .first()
-                .and_then(|v| v.as_deref())
-                .and_then(|v| v.parse::<u64>().ok()),
+        let writer = cluster.writer();
+        let wi = nodes.iter().position(|n| Arc::ptr_eq(n, &writer)).unwrap_or(0);
+        let primary_lsn = match query(&writer, &mut clients[wi], &writer_sql, settings, query_timeout).await {
+            Ok(row) => {
+                let get = |i: usize| row.get(i).and_then(|v| v.as_deref());
+                if let Some(tl) = get(1).and_then(|v| v.parse::<u32>().ok()) {
+                    writer_timeline = Some(tl);
+                }
+                get(0).and_then(|v| v.parse::<u64>().ok())
+            }
             Err(why) => {
-                tracing::warn!(node = %cluster.primary.config.name, %why, "primary check failed");
+                tracing::warn!(node = %writer.config.name, %why, "primary check failed");
                 None
             }
         };
-        publish_primary(&cluster.primary, primary_lsn);
+        publish_primary(&writer, primary_lsn);
         // With the primary unreachable, replicas are judged against the last position it was
         // seen at: one that has replayed up to it has everything the primary had then, and goes
         // on serving reads (no write can be acknowledged while the primary is down); one behind it
@@ -77,18 +90,44 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             Some(_) => (primary_lsn, prev_primary_lsn),
             None => (last_primary_lsn, last_primary_lsn),
         };
-        let checks = cluster
-            .replicas
+        let checks = nodes
             .iter()
-            .zip(replica_clients.iter_mut())
-            .map(|(node, client)| async move {
-                let obs = match query(node, client, REPLICA_SQL, settings, query_timeout).await {
-                    Ok(row) => parse_replica_row(&row),
-                    Err(why) => Observation::Failed(why),
-                };
-                (node, obs)
+            .zip(clients.iter_mut())
+            .enumerate()
+            .filter(|(i, (n, _))| *i != wi && n.role() != Role::Fenced)
+            .map(|(_, (node, client))| {
+                let sql = &replica_sql;
+                async move {
+                    match query(node, client, sql, settings, query_timeout).await {
+                        Ok(row) => parse_replica_row(&row),
+                        Err(why) => (Observation::Failed(why), None),
+                    }
+                }
+                .map_to(node)
             });
-        for (node, obs) in futures_util::future::join_all(checks).await {
+        let results = futures_util::future::join_all(checks).await;
+        if settings.follow
+            && let Some((node, timeline)) = promoted(&results, writer_timeline, primary_lsn.is_none())
+        {
+            tracing::warn!(
+                shard = %cluster.name,
+                old = %writer.config.name,
+                new = %node.config.name,
+                timeline,
+                "failover: the replica was promoted; writes go to it and the old primary is fenced"
+            );
+            cluster.promote(node);
+            writer_timeline = Some(timeline);
+            last_primary_lsn = None;
+            writer.health.store(Arc::new(NodeHealth {
+                reason: format!("fenced: replaced by {} (timeline {timeline})", node.config.name),
+                ..NodeHealth::initial()
+            }));
+        }
+        for (node, (obs, _)) in results {
+            if node.role() != Role::Replica {
+                continue;
+            }
             let prev = node.health.load();
             let next = next_replica_health(
                 &prev,
@@ -108,6 +147,36 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
     }
 }
 
+/// The node to follow: the promoted one (out of recovery) on the highest timeline, if that is
+/// above the writer's, or if the writer is unreachable and its timeline unknown.
+fn promoted<'a>(
+    results: &[(&'a Arc<Node>, (Observation, Option<u32>))],
+    writer_timeline: Option<u32>,
+    writer_down: bool,
+) -> Option<(&'a Arc<Node>, u32)> {
+    let (node, timeline) = results
+        .iter()
+        .filter_map(|(n, (obs, tl))| match obs {
+            Observation::Replica { in_recovery: false, .. } => tl.map(|t| (*n, t)),
+            _ => None,
+        })
+        .max_by_key(|(_, t)| *t)?;
+    let newer = match writer_timeline {
+        Some(w) => timeline > w,
+        None => writer_down,
+    };
+    newer.then_some((node, timeline))
+}
+
+/// Pairs a check's result with its node.
+trait MapTo: Sized + std::future::Future {
+    fn map_to<N>(self, node: N) -> impl std::future::Future<Output = (N, Self::Output)> {
+        async move { (node, self.await) }
+    }
+}
+
+impl<F: std::future::Future> MapTo for F {}
+
 fn publish_primary(node: &Node, lsn: Option<u64>) {
     let prev = node.health.load();
     let (state, reason) = match lsn {
@@ -124,9 +193,10 @@ fn publish_primary(node: &Node, lsn: Option<u64>) {
     }));
 }
 
-fn parse_replica_row(row: &[Option<String>]) -> Observation {
+/// A replica check's answer, and the node's timeline when it is out of recovery.
+fn parse_replica_row(row: &[Option<String>]) -> (Observation, Option<u32>) {
     let get = |i: usize| row.get(i).and_then(|v| v.as_deref());
-    match (get(0), get(1).and_then(|v| v.parse::<u64>().ok())) {
+    let obs = match (get(0), get(1).and_then(|v| v.parse::<u64>().ok())) {
         (Some(rec), Some(replay_lsn)) => Observation::Replica {
             in_recovery: rec == "t",
             replay_lsn,
@@ -134,7 +204,8 @@ fn parse_replica_row(row: &[Option<String>]) -> Observation {
             replay_paused: get(3) == Some("t"),
         },
         _ => Observation::Failed("unexpected answer to the lag query".into()),
-    }
+    };
+    (obs, get(4).and_then(|v| v.parse::<u32>().ok()))
 }
 
 /// Runs `sql` on the node's monitor connection, opening it if needed; drops it on any error.

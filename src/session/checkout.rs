@@ -50,7 +50,7 @@ impl Session {
                 }
                 return Ok(Ensure::Stall);
             }
-            let suitable = h.checkout.node.role == Role::Primary
+            let suitable = h.checkout.node.role() == Role::Primary
                 || h.in_transaction()
                 || self.pinned.is_some()
                 || matches!(plan::route(facts, &self.route_context(shard)), Target::Replica { .. });
@@ -138,11 +138,11 @@ impl Session {
         let routing = &runtime.config.routing;
         let primary_fallback = routing.when_no_replica == WhenNoReplica::Primary;
         let node = match target {
-            Target::Primary => cluster.primary.clone(),
+            Target::Primary => cluster.writer(),
             Target::Replica { min_lsn } => match cluster.pick_replica(routing.balance, min_lsn) {
                 Some(r) => r,
                 // Read-your-writes with no replica caught up: the primary has the write.
-                None if min_lsn.is_some() || primary_fallback => cluster.primary.clone(),
+                None if min_lsn.is_some() || primary_fallback => cluster.writer(),
                 None => {
                     return Err((
                         SqlState::UNABLE_TO_CONNECT,
@@ -164,7 +164,7 @@ impl Session {
         };
         let checkout = match got {
             Ok(c) => c,
-            Err(e) if node.role == Role::Replica => {
+            Err(e) if node.role() == Role::Replica => {
                 crate::health::mark_down(&node, &e.to_string());
                 if !primary_fallback {
                     return Err((
@@ -172,7 +172,7 @@ impl Session {
                         format!("replica {} unavailable: {e}", node.config.name),
                     ));
                 }
-                Box::pin(cluster.primary.checkout()).await.map_err(checkout_error)?
+                Box::pin(cluster.writer().checkout()).await.map_err(checkout_error)?
             }
             Err(e) => return Err(checkout_error(e)),
         };

@@ -99,7 +99,7 @@ impl Session {
         let held = self.held.as_mut().expect("ensure_backend holds one");
         if first_try
             && rewritten.is_none()
-            && held.checkout.node.role == crate::backend::Role::Replica
+            && held.checkout.node.role() == crate::backend::Role::Replica
             && !held.in_transaction()
             && held.ops.iter().all(|o| matches!(o, Op::SyncVars))
         {
@@ -477,7 +477,7 @@ impl Session {
         let Some(held) = self.held.as_mut() else { return };
         held.begin_pending |= matches!(facts.tx, TxEffect::Begin { .. });
         let node = &held.checkout.node;
-        if node.role == Role::Primary
+        if node.role() == Role::Primary
             && facts.need == Need::Primary
             && facts.tx == TxEffect::None
             && facts.set_ops.is_empty()

@@ -293,7 +293,7 @@ async fn login(
         Some(p) => p,
         None => {
             // The first client of a fresh cluster: learn what the server reports from a real connection.
-            let c = runtime.default_cluster().primary.checkout().await.map_err(|e| {
+            let c = runtime.default_cluster().writer().checkout().await.map_err(|e| {
                 SessionError::Fatal(
                     SqlState::CONNECTION_FAILURE,
                     format!(

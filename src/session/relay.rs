@@ -223,7 +223,7 @@ impl Session {
         h.checkout.conn.broken = true;
         self.handle.set_backend(None);
         if let Some(query) = self.retry.take()
-            && h.checkout.node.role == crate::backend::Role::Replica
+            && h.checkout.node.role() == crate::backend::Role::Replica
             && h.ops.iter().all(|o| matches!(o, Op::Query { .. } | Op::SyncVars))
         {
             // A read whose answer has not begun: the replica leaves the rotation now (not at
