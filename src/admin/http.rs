@@ -163,6 +163,21 @@ pub fn metrics(shared: &Shared) -> String {
             .inc_by(n.load(Ordering::Relaxed));
     }
     reg.register("shard_plans", "Statements by shard plan kind", plans);
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ShardLabels {
+        shard: String,
+    }
+    let failovers = Family::<ShardLabels, Counter>::default();
+    for c in &rt.clusters {
+        failovers
+            .get_or_create(&ShardLabels { shard: c.name.clone() })
+            .inc_by(c.failovers.load(Ordering::Relaxed));
+    }
+    reg.register(
+        "failovers",
+        "Promotions of a replica followed (writes moved to it)",
+        failovers,
+    );
     if let Some(g) = &shared.ids {
         for (name, help, v) in [
             ("ids_issued", "Globally unique IDs issued", &g.stats.issued),
