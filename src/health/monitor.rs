@@ -150,7 +150,7 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
 /// The node to follow: the promoted one (out of recovery) on the highest timeline, if that is
 /// above the writer's, or if the writer is unreachable and its timeline unknown.
 fn promoted<'a>(
-    results: &[(&'a Arc<Node>, (Observation, Option<u32>))],
+    results: &[(&'a Arc<Node>, Checked)],
     writer_timeline: Option<u32>,
     writer_down: bool,
 ) -> Option<(&'a Arc<Node>, u32)> {
@@ -194,7 +194,9 @@ fn publish_primary(node: &Node, lsn: Option<u64>) {
 }
 
 /// A replica check's answer, and the node's timeline when it is out of recovery.
-fn parse_replica_row(row: &[Option<String>]) -> (Observation, Option<u32>) {
+type Checked = (Observation, Option<u32>);
+
+fn parse_replica_row(row: &[Option<String>]) -> Checked {
     let get = |i: usize| row.get(i).and_then(|v| v.as_deref());
     let obs = match (get(0), get(1).and_then(|v| v.parse::<u64>().ok())) {
         (Some(rec), Some(replay_lsn)) => Observation::Replica {
