@@ -513,8 +513,21 @@ impl Session {
         msg::error_response(&mut b, Severity::Error, code, message);
         self.respond_local(b.freeze());
         self.ignore_till_sync = true;
+        // The backend has run part of this pipeline (or holds the transaction block): the error
+        // must fail it there too, or its Sync would commit what ran before the error.
+        if let Some(h) = self.held.as_mut()
+            && (h.needs_sync || h.in_transaction())
+            && !h.copy_in
+        {
+            h.wbuf.extend_from_slice(ABORT_PIPELINE);
+            h.ops.push_back(Op::Abort);
+            h.needs_sync = true;
+        }
     }
 }
+
+/// Execute of portal "sw_abort", which the proxy never creates: an error on any server.
+const ABORT_PIPELINE: &[u8] = b"E\0\0\0\x11sw_abort\0\0\0\0\0";
 
 /// Records `hash` as prepared on the held backend, closing there first the least recently used
 /// statement when the connection is at its limit.
@@ -522,5 +535,22 @@ fn make_room(held: &mut super::Held, hash: u64) {
     if let Some(old) = held.checkout.conn.prepared.insert(hash) {
         msg::describe_or_close(&mut held.wbuf, b'C', b'S', &super::state::backend_name(old));
         held.ops.push_back(Op::Evict { hash: old });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_abort_message_is_one_well_formed_execute() {
+        let mut b = bytes::BytesMut::from(super::ABORT_PIPELINE);
+        let f = crate::protocol::pg::codec::decode_frame(&mut b, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert!(b.is_empty());
+        assert_eq!(f.tag(), b'E');
+        assert_eq!(
+            crate::protocol::pg::messages::parse_execute(f.body()).unwrap(),
+            "sw_abort"
+        );
     }
 }

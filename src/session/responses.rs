@@ -110,6 +110,7 @@ impl Session {
                     pipeline_failed = *failed;
                 }
             }
+            Op::Abort => error_skip = tag == b'E',
             Op::CaptureLsn { lsn, .. } => match tag {
                 b'D' => *lsn = parse_single_int(body),
                 b'Z' => done = true,

@@ -145,6 +145,53 @@ async fn count_on_shards(topo: &crate::shards::Sharded, keys: &[i64]) -> i64 {
     n
 }
 
+/// One pipeline (one Sync) that a proxy refusal stops part-way, in autocommit: the statement
+/// already run on one shard is rolled back with the rest, as PostgreSQL rolls back a pipeline's
+/// implicit transaction when any part of it fails (psycopg's executemany, JDBC batches).
+#[tokio::test]
+async fn a_pipeline_refused_part_way_leaves_nothing_committed() {
+    use crate::bad_input::{extended, logged_in, message};
+    let (topo, _guard) = sharded().await;
+    let proxy = Proxy::start(&topo.config(MAP)).await;
+    each(&proxy.app().await, SCHEMA).await;
+    let (a, b) = (keys_on(0, 1, 1)[0], keys_on(1, 1, 1)[0]);
+    let mut s = logged_in(&proxy).await;
+    let pipelines = [
+        // Rows for two shards.
+        vec![
+            format!("INSERT INTO users (id, name) VALUES ({a}, 'p')"),
+            format!("INSERT INTO users (id, name) VALUES ({b}, 'p')"),
+        ],
+        // A row for one shard, then a statement for every shard.
+        vec![
+            format!("INSERT INTO users (id, name) VALUES ({a}, 'p')"),
+            "UPDATE users SET name = 'q'".to_owned(),
+        ],
+    ];
+    for statements in pipelines {
+        let mut batch = bytes::BytesMut::new();
+        for sql in &statements {
+            batch.extend_from_slice(&extended(sql));
+        }
+        batch.extend_from_slice(&message(b'S', b""));
+        s.send(&batch).await;
+        let (tags, code) = s.read_until(b"Z").await;
+        assert_eq!(code.as_deref(), Some("0A000"), "{statements:?}: {tags:?}");
+        assert_eq!(
+            count_on_shards(topo, &[a, b]).await,
+            0,
+            "{statements:?} left rows behind"
+        );
+    }
+    // The session goes on, and a pipeline on one shard still commits.
+    let mut batch = extended(&format!("INSERT INTO users (id, name) VALUES ({a}, 'p')"));
+    batch.extend_from_slice(&message(b'S', b""));
+    s.send(&batch).await;
+    let (tags, code) = s.read_until(b"Z").await;
+    assert_eq!((tags, code), (vec![b'1', b'2', b'C', b'Z'], None));
+    assert_eq!(count_on_shards(topo, &[a, b]).await, 1);
+}
+
 fn code(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())
 }

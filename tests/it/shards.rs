@@ -133,6 +133,9 @@ lag_check_interval = "100ms"
 name = "app"
 password = "app"
 [[users]]
+name = "trusted"
+auth = "trust"
+[[users]]
 name = "admin"
 password = "admin"
 admin = true
