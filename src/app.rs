@@ -89,6 +89,8 @@ impl Runtime {
 pub struct Stats {
     /// Successful reloads.
     pub reloads: AtomicU64,
+    /// Reloads refused: an invalid file, or a map that moves keys without the data stated in place.
+    pub rejected_reloads: AtomicU64,
     /// Statements by shard plan kind: single-shard, scatter, broadcast, insert-split, refused.
     pub plans: [AtomicU64; 5],
 }
@@ -159,8 +161,19 @@ impl Shared {
     }
 
     /// Re-reads the config file and swaps it in if valid; the running config stays otherwise.
-    /// Statements in flight finish on the snapshot they started with.
-    pub fn reload(&self) -> Result<String, ConfigError> {
+    /// Statements in flight finish on the snapshot they started with. A shard map that sends
+    /// existing keys to other shards is refused unless `data_in_place` (the DBA moved the data).
+    pub fn reload(&self, data_in_place: bool) -> Result<String, ConfigError> {
+        let r = self.try_reload(data_in_place);
+        if r.is_err() {
+            self.stats
+                .rejected_reloads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn try_reload(&self, data_in_place: bool) -> Result<String, ConfigError> {
         let Some(path) = &self.config_path else {
             return Err(ConfigError::Invalid {
                 path: "RELOAD".into(),
@@ -173,6 +186,20 @@ impl Shared {
         if config.server.listen != old.config.server.listen || config.server.admin_http != old.config.server.admin_http
         {
             notes.push("listen addresses change only on restart");
+        }
+        let moves = crate::shardmap::diff::moves(&old.config.map, &config.map);
+        if !moves.is_empty() && !data_in_place {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: format!(
+                    "the new shard map sends existing rows to other shards, where they are not yet: {}. \
+                     Move the data first; if it is already in place, run RELOAD DATA IN PLACE",
+                    moves.join("; ")
+                ),
+            });
+        }
+        if !moves.is_empty() {
+            tracing::warn!(moves = %moves.join("; "), "shard map change moves keys; the data is stated to be in place");
         }
         let reused = old.config.shards == config.shards && old.config.pool == config.pool;
         if config.map.version != old.config.map.version || config.map != old.config.map {

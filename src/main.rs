@@ -36,6 +36,14 @@ enum Cmd {
         /// The TOML configuration file or shard map.
         file: PathBuf,
     },
+    /// Compare two shard maps (or configurations): print the changes that send existing rows to
+    /// other shards, which RELOAD refuses unless told the data is in place. Exits 1 if there are any.
+    Diff {
+        /// The map (or configuration) being served.
+        old: PathBuf,
+        /// The map (or configuration) to serve.
+        new: PathBuf,
+    },
     /// Globally unique IDs: decode one, or measure the generator.
     Id {
         #[command(subcommand)]
@@ -185,6 +193,26 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Diff { old, new } => {
+            let map_of = |p: &PathBuf| -> Result<Arc<shardwire::shardmap::ShardMap>> {
+                Ok(match load_any(p)? {
+                    Loaded::Config(c) => c.map.clone(),
+                    Loaded::Map(m) => m,
+                })
+            };
+            let (a, b) = (map_of(&old)?, map_of(&new)?);
+            let moves = shardwire::shardmap::diff::moves(&a, &b);
+            println!("version {} -> {}", a.version, b.version);
+            if moves.is_empty() {
+                println!("no stored row changes shard");
+                return Ok(());
+            }
+            for m in &moves {
+                println!("moves: {m}");
+            }
+            println!("RELOAD refuses this change until the data is in place (then: RELOAD DATA IN PLACE)");
+            std::process::exit(1);
+        }
         Cmd::Locate { map, table, key } => {
             let m = match load_any(&map)? {
                 Loaded::Config(c) => c.map.clone(),
@@ -279,7 +307,7 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
         return;
     };
     while hup.recv().await.is_some() {
-        match shared.reload() {
+        match shared.reload(false) {
             Ok(m) => tracing::info!("{m}"),
             Err(e) => tracing::error!(error = %e, "reload rejected; the running configuration stays"),
         }

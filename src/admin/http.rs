@@ -152,6 +152,13 @@ pub fn metrics(shared: &Shared) -> String {
     let reloads = Counter::<u64>::default();
     reloads.inc_by(shared.stats.reloads.load(Ordering::Relaxed));
     reg.register("config_reloads", "Successful configuration reloads", reloads);
+    let rejected = Counter::<u64>::default();
+    rejected.inc_by(shared.stats.rejected_reloads.load(Ordering::Relaxed));
+    reg.register(
+        "config_reloads_rejected",
+        "Reloads refused (invalid file, or a map moving keys without RELOAD DATA IN PLACE)",
+        rejected,
+    );
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct PlanLabels {
         plan: String,

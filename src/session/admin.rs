@@ -27,8 +27,12 @@ pub enum Command {
     Version,
     /// SHOW HELP
     Help,
-    /// RELOAD
-    Reload,
+    /// RELOAD, or RELOAD DATA IN PLACE: the DBA states that rows the new map sends to other
+    /// shards are already there.
+    Reload {
+        /// Accept a map that moves existing keys.
+        data_in_place: bool,
+    },
     /// SHOW MAP: version, groups, partitions per shard.
     Map,
     /// SHOW IDS: the ID generator.
@@ -42,7 +46,7 @@ pub enum Command {
 }
 
 const HELP: &str = "SHOW SHARDS | SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW MAP | SHOW ROUTES | \
-SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD";
+SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE";
 
 impl Command {
     /// Parses a console query (case-insensitive, optional trailing semicolon).
@@ -75,7 +79,8 @@ impl Command {
             ["SHOW", "STATS"] => Command::Stats,
             ["SHOW", "VERSION"] => Command::Version,
             ["SHOW", "HELP"] | ["HELP"] => Command::Help,
-            ["RELOAD"] => Command::Reload,
+            ["RELOAD"] => Command::Reload { data_in_place: false },
+            ["RELOAD", "DATA", "IN", "PLACE"] => Command::Reload { data_in_place: true },
             _ => return Err(format!("unknown admin command \"{}\"; commands: {HELP}", sql.trim())),
         })
     }
@@ -140,8 +145,8 @@ fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared) {
             columns: vec!["commands"],
             rows: vec![vec![Some(HELP.into())]],
         },
-        Command::Reload => {
-            return match shared.reload() {
+        Command::Reload { data_in_place } => {
+            return match shared.reload(data_in_place) {
                 Ok(m) => {
                     msg::error_response(out, Severity::Warning, SqlState::WARNING, &m);
                     msg::command_complete(out, "RELOAD");
@@ -173,7 +178,11 @@ mod tests {
     fn parses_commands() {
         assert_eq!(Command::parse("show replicas;"), Ok(Command::Replicas));
         assert_eq!(Command::parse("  SHOW   pools "), Ok(Command::Pools));
-        assert_eq!(Command::parse("reload"), Ok(Command::Reload));
+        assert_eq!(Command::parse("reload"), Ok(Command::Reload { data_in_place: false }));
+        assert_eq!(
+            Command::parse("RELOAD data in place;"),
+            Ok(Command::Reload { data_in_place: true })
+        );
         assert_eq!(Command::parse(""), Ok(Command::Empty));
         assert_eq!(
             Command::parse("show route for SELECT * FROM t WHERE Id = 1;"),

@@ -7,6 +7,7 @@
 //! the partition hash, a contract that never changes). Protocol-agnostic.
 #![warn(missing_docs)]
 
+pub mod diff;
 pub mod hash;
 pub mod raw;
 

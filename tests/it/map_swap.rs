@@ -75,7 +75,19 @@ async fn a_statement_finishes_on_the_map_it_started_with() {
 
     std::fs::write(&proxy.config_path, topo.config(&map(true))).unwrap();
     let admin = proxy.connect_db("admin", "admin", "shardwire").await.unwrap();
-    admin.simple_query("RELOAD").await.unwrap();
+    // Every partition of s1 and s2 reassigned without the data: refused, the running map stays.
+    let e = admin.simple_query("RELOAD").await.unwrap_err();
+    let m = e.as_db_error().unwrap().message().to_owned();
+    assert!(
+        m.contains("group users: partitions 21 (s1 → s0)")
+            && m.contains("and 33 more")
+            && m.contains("RELOAD DATA IN PLACE"),
+        "{m}"
+    );
+    assert_eq!(proxy.shared.runtime.load().config.map.version, 2);
+    // The DBA states the data is in place (here it is not: what s1 and s2 hold becomes
+    // invisible, which shows the new map at work).
+    admin.simple_query("RELOAD DATA IN PLACE").await.unwrap();
     assert_eq!(proxy.shared.runtime.load().config.map.version, 3);
 
     // A statement started after the swap uses the new map: every key is on s0 now, so it
