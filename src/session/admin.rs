@@ -101,8 +101,9 @@ pub async fn run(mut client: ClientConn, _user: Arc<User>, shared: Arc<Shared>) 
         };
         match f.tag() {
             b'Q' => {
-                let sql = msg::parse_query(f.body())?;
-                execute(&mut client.wbuf, sql, &shared);
+                // Console commands are ASCII; anything else is read leniently and then unknown.
+                let sql = String::from_utf8_lossy(msg::parse_query(f.body())?);
+                execute(&mut client.wbuf, &sql, &shared);
                 msg::ready_for_query(&mut client.wbuf, b'I');
             }
             b'X' => return Ok(()),

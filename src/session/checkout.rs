@@ -119,7 +119,7 @@ impl Session {
         if let Some(begin) = self.pending_begin.take() {
             // The transaction's BEGIN was answered by the proxy; it runs now, on the shard the
             // first statement chose.
-            msg::query(&mut held.wbuf, &begin);
+            msg::query_bytes(&mut held.wbuf, &self.wire(&begin));
             held.checkout.conn.unnamed = None;
             held.ops.push_back(Op::SyncVars);
             held.begin_pending = true;

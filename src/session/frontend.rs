@@ -61,7 +61,14 @@ impl Session {
 
     async fn on_query(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let first_try = !std::mem::take(&mut self.retrying);
-        let sql = msg::parse_query(f.body())?;
+        let text = match self.client_text(msg::parse_query(f.body())?) {
+            Ok(t) => t,
+            Err(m) => {
+                self.fail_statement(text_error_code(&m), false, &m);
+                return Ok(Flow::Continue);
+            }
+        };
+        let sql: &str = &text;
         if self.held.is_none() {
             self.flush_early();
         }
@@ -96,6 +103,7 @@ impl Session {
         if let Some(flow) = self.hold_for(&facts, false, &f, shard).await? {
             return Ok(flow);
         }
+        let rewritten = rewritten.map(|text| self.wire(&text).into_owned());
         let held = self.held.as_mut().expect("ensure_backend holds one");
         if first_try
             && rewritten.is_none()
@@ -106,7 +114,7 @@ impl Session {
             self.retry = Some(f.clone());
         }
         match &rewritten {
-            Some(text) => msg::query(&mut held.wbuf, text),
+            Some(text) => msg::query_bytes(&mut held.wbuf, text),
             None => held.wbuf.extend_from_slice(f.raw()),
         }
         // A simple Query destroys the backend's unnamed statement.
@@ -131,10 +139,18 @@ impl Session {
             self.local_error(SqlState::DUPLICATE_PREPARED_STATEMENT, &m);
             return Ok(Flow::Continue);
         }
-        let facts = if p.query.len() > super::heavy::INLINE_LEN {
-            Box::pin(self.facts_off_runtime(p.query)).await
+        let text = match self.client_text(p.query) {
+            Ok(t) => t,
+            Err(m) => {
+                self.fail_statement(text_error_code(&m), true, &m);
+                return Ok(Flow::Continue);
+            }
+        };
+        let query: &str = &text;
+        let facts = if query.len() > super::heavy::INLINE_LEN {
+            Box::pin(self.facts_off_runtime(query)).await
         } else {
-            self.facts_of(p.query)
+            self.facts_of(query)
         };
         if let Some(e) = &facts.too_complex {
             return Ok(self.refuse_too_complex(e, true));
@@ -146,8 +162,8 @@ impl Session {
             // The shard is known only at Bind, from the parameters: the Parse goes to whichever
             // backend then needs it. A proxy call never reaches a backend.
             let stmt = match &self.unnamed {
-                Some(u) if p.name.is_empty() && u.query == p.query && u.param_types[..] == *p.param_types => u.clone(),
-                _ => Arc::new(Stmt::new(p.query, p.param_types, facts)),
+                Some(u) if p.name.is_empty() && u.query == query && u.param_types[..] == *p.param_types => u.clone(),
+                _ => Arc::new(Stmt::new(query, p.param_types, facts)),
             };
             if p.name.is_empty() {
                 self.unnamed = Some(stmt);
@@ -166,9 +182,10 @@ impl Session {
         }
         // Clients such as pgbench -M extended send the same unnamed statement every time: keep it.
         let stmt = match &self.unnamed {
-            Some(u) if p.name.is_empty() && u.query == p.query && u.param_types[..] == *p.param_types => u.clone(),
-            _ => Arc::new(Stmt::new(p.query, p.param_types, facts)),
+            Some(u) if p.name.is_empty() && u.query == query && u.param_types[..] == *p.param_types => u.clone(),
+            _ => Arc::new(Stmt::new(query, p.param_types, facts)),
         };
+        let converted = if stmt.ascii { None } else { self.converted(&stmt.query) };
         let held = self.held.as_mut().expect("ensure_backend holds one");
         held.needs_sync = true;
         if p.name.is_empty() {
@@ -185,7 +202,8 @@ impl Session {
                 held.ops.push_back(Op::Synth(msg::empty(b'1')));
             } else {
                 make_room(held, stmt.hash);
-                msg::parse(&mut held.wbuf, &stmt.backend_name(), &stmt.query, &stmt.param_types);
+                let text = converted.as_deref().unwrap_or(stmt.query.as_bytes());
+                msg::parse_bytes(&mut held.wbuf, &stmt.backend_name(), text, &stmt.param_types);
                 let client_name = Some(p.name.to_owned());
                 held.ops.push_back(Op::Ext(ExtKind::Parse {
                     forget: Some(stmt.hash),
@@ -444,13 +462,15 @@ impl Session {
     /// Makes sure the held backend has `stmt` prepared (adding a Parse whose reply is swallowed)
     /// and returns its name there.
     fn ensure_prepared(&mut self, stmt: &Stmt, named: bool) -> String {
+        let converted = if stmt.ascii { None } else { self.converted(&stmt.query) };
+        let text = converted.as_deref().unwrap_or(stmt.query.as_bytes());
         let held = self.held.as_mut().expect("called with a backend held");
         let conn = &mut held.checkout.conn;
         if named {
             let name = stmt.backend_name();
             if !conn.prepared.touch(stmt.hash) {
                 make_room(held, stmt.hash);
-                msg::parse(&mut held.wbuf, &name, &stmt.query, &stmt.param_types);
+                msg::parse_bytes(&mut held.wbuf, &name, text, &stmt.param_types);
                 held.ops.push_back(Op::Inject {
                     forget: Some(stmt.hash),
                 });
@@ -459,7 +479,7 @@ impl Session {
         } else {
             if conn.unnamed != Some(stmt.hash) {
                 conn.unnamed = Some(stmt.hash);
-                msg::parse(&mut held.wbuf, "", &stmt.query, &stmt.param_types);
+                msg::parse_bytes(&mut held.wbuf, "", text, &stmt.param_types);
                 held.ops.push_back(Op::Inject { forget: None });
             }
             String::new()
@@ -523,6 +543,16 @@ impl Session {
             h.ops.push_back(Op::Abort);
             h.needs_sync = true;
         }
+    }
+}
+
+/// The SQLSTATE of a text the session cannot read: bad bytes (22021, as the server reports them), or
+/// an encoding shardwire cannot convert (0A000).
+fn text_error_code(message: &str) -> SqlState {
+    if message.starts_with("invalid byte sequence") {
+        SqlState::CHARACTER_NOT_IN_REPERTOIRE
+    } else {
+        SqlState::FEATURE_NOT_SUPPORTED
     }
 }
 

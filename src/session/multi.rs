@@ -190,12 +190,12 @@ impl Session {
             let mut out = BytesMut::new();
             self.prelude(leg, &mut out);
             match &src {
-                Source::Simple => msg::query(&mut out, &m.sql),
+                Source::Simple => msg::query_bytes(&mut out, &self.wire(&m.sql)),
                 Source::Extended { param_types, bind } => {
-                    msg::parse(
+                    msg::parse_bytes(
                         &mut out,
                         "",
-                        &m.sql,
+                        &self.wire(&m.sql),
                         &super::multi_write::pick_types(param_types, &m.params),
                     );
                     rows::bind_with(&mut out, bind, Some(&m.params), &shard_formats);

@@ -83,7 +83,7 @@ impl Session {
             let mut out = BytesMut::new();
             self.write_prelude(&mut p.leg, &mut out);
             msg::query(&mut out, "BEGIN");
-            msg::query(&mut out, sql);
+            msg::query_bytes(&mut out, &self.wire(sql));
             match p.leg.start_copy(&out).await {
                 Ok(Ok(g)) => {
                     copy_in.get_or_insert(g);

@@ -66,14 +66,14 @@ impl Session {
             self.write_prelude(&mut p.leg, &mut out);
             msg::query(&mut out, "BEGIN");
             match &src {
-                Source::Simple => msg::query(&mut out, &part.sql),
+                Source::Simple => msg::query_bytes(&mut out, &self.wire(&part.sql)),
                 Source::Extended { param_types, bind } => {
                     let pick = split.then_some(&part.params[..]);
                     let types = match pick {
                         Some(pk) => pick_types(param_types, pk),
                         None => param_types.to_vec(),
                     };
-                    msg::parse(&mut out, "", &part.sql, &types);
+                    msg::parse_bytes(&mut out, "", &self.wire(&part.sql), &types);
                     rows::bind_with(&mut out, bind, pick, &bind.result_formats);
                     msg::describe_or_close(&mut out, b'D', b'P', "");
                     rows::execute_all(&mut out);

@@ -59,15 +59,21 @@ impl Session {
     /// A refusal (0A000). Inside a transaction the transaction fails: only ROLLBACK is accepted.
     pub(super) fn refuse(&mut self, extended: bool, message: &str) {
         self.shared.stats.record_plan("refused");
+        self.fail_statement(SqlState::FEATURE_NOT_SUPPORTED, extended, message);
+    }
+
+    /// A statement the proxy fails itself: an error in order, and inside a transaction block the
+    /// transaction fails as on the server (25P02 until it ends).
+    pub(super) fn fail_statement(&mut self, code: SqlState, extended: bool, message: &str) {
         let in_tx = self.in_transaction();
         if in_tx {
             self.tx_refused = true;
         }
         if extended {
-            self.local_error(SqlState::FEATURE_NOT_SUPPORTED, message);
+            self.local_error(code, message);
         } else {
             let mut b = bytes::BytesMut::new();
-            msg::error_response(&mut b, Severity::Error, SqlState::FEATURE_NOT_SUPPORTED, message);
+            msg::error_response(&mut b, Severity::Error, code, message);
             msg::ready_for_query(&mut b, if in_tx { b'E' } else { b'I' });
             self.respond_synth(b.freeze());
         }
@@ -506,7 +512,7 @@ impl Session {
         let mut leg = crate::backend::leg::Leg::new(co);
         let mut out = bytes::BytesMut::new();
         self.write_prelude(&mut leg, &mut out);
-        msg::parse(&mut out, "", &stmt.query, &stmt.param_types);
+        msg::parse_bytes(&mut out, "", &self.wire(&stmt.query), &stmt.param_types);
         msg::describe_or_close(&mut out, b'D', b'S', "");
         crate::protocol::pg::rows::sync(&mut out);
         let answer = async {

@@ -88,6 +88,21 @@ impl SessionVars {
         sql
     }
 
+    /// The client's `client_encoding` as last set (startup or SET), if it set one. The value is
+    /// read back from the statement kept for replay: what follows its last `TO` or `=`.
+    pub fn client_encoding(&self) -> Option<String> {
+        let sql = self.vars.get("client_encoding")?;
+        let upper = sql.to_ascii_uppercase();
+        let at = [upper.rfind(" TO "), upper.rfind('=')].into_iter().flatten().max()?;
+        let value = sql[at..].trim_start_matches([' ', '=']);
+        let value = value
+            .strip_prefix("TO ")
+            .or_else(|| value.strip_prefix("to "))
+            .unwrap_or(value);
+        let value = value.trim().trim_end_matches(';').trim().trim_matches(['\'', '"']);
+        (!value.eq_ignore_ascii_case("default")).then(|| value.to_owned())
+    }
+
     /// The current settings, for SHOW CLIENTS.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.vars.iter()
@@ -211,6 +226,8 @@ pub struct Stmt {
     pub hash: u64,
     /// Analysis, done once at Parse.
     pub facts: Arc<Facts>,
+    /// The text is ASCII: the same bytes in every client encoding, never converted.
+    pub ascii: bool,
     /// The shard shape, with the map it was computed for (a reload with another map recomputes it).
     pub shape: std::sync::OnceLock<(Arc<crate::shardmap::ShardMap>, Arc<crate::analyze::shard::Shape>)>,
     /// For an INSERT that gets generated IDs: the statement with the ID column and one parameter
@@ -229,6 +246,7 @@ impl Stmt {
             param_types: Bytes::copy_from_slice(param_types),
             hash: h.finish(),
             facts,
+            ascii: query.is_ascii(),
             shape: std::sync::OnceLock::new(),
             filled: std::sync::OnceLock::new(),
         }
@@ -417,6 +435,25 @@ mod tests {
         assert_eq!(v.sig(), at_f);
     }
     use super::*;
+
+    #[test]
+    fn the_client_encoding_is_read_back_from_its_setting() {
+        let mut v = SessionVars::default();
+        assert_eq!(v.client_encoding(), None);
+        v.apply_startup("client_encoding", "latin9");
+        assert_eq!(v.client_encoding().as_deref(), Some("latin9"));
+        for (sql, want) in [
+            ("SET client_encoding = 'EUC_JP'", Some("EUC_JP")),
+            ("set client_encoding to sjis;", Some("sjis")),
+            ("SET client_encoding TO DEFAULT", None),
+        ] {
+            v.apply(&SetOp::Set {
+                name: "client_encoding".into(),
+                sql: sql.into(),
+            });
+            assert_eq!(v.client_encoding().as_deref(), want, "{sql}");
+        }
+    }
 
     #[test]
     fn vars_signature_and_replay() {

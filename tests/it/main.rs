@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod clients;
 mod differential;
+mod encoding;
 mod failover;
 mod harness;
 mod ids;

@@ -174,9 +174,18 @@ fn parse_startup_params(mut body: &[u8]) -> Result<Vec<(String, String)>, Protoc
 
 /// Reads a NUL-terminated UTF-8 string and advances past it.
 pub fn read_cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
+    let mut b = *buf;
+    let s = std::str::from_utf8(read_cbytes(&mut b)?).ok()?;
+    *buf = b;
+    Some(s)
+}
+
+/// A NUL-terminated string's bytes, in whatever encoding the client speaks (statement texts: the
+/// session decodes them by its `client_encoding`).
+pub fn read_cbytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     // CStr's search for the NUL goes a word at a time; statement texts are read on every Parse.
     let end = std::ffi::CStr::from_bytes_until_nul(buf).ok()?.to_bytes().len();
-    let s = std::str::from_utf8(&buf[..end]).ok()?;
+    let s = &buf[..end];
     *buf = &buf[end + 1..];
     Some(s)
 }

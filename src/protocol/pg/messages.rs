@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::codec::{ProtocolError, read_cstr};
+use super::codec::{ProtocolError, read_cbytes, read_cstr};
 use super::sqlstate::SqlState;
 
 /// Writes one message: tag, length (patched after `body` ran), body.
@@ -155,14 +155,28 @@ pub fn empty_query(out: &mut BytesMut) {
 
 /// A simple Query ('Q').
 pub fn query(out: &mut BytesMut, sql: &str) {
-    put_msg(out, b'Q', |b| put_cstr(b, sql));
+    query_bytes(out, sql.as_bytes());
+}
+
+/// A simple Query ('Q') whose text is already in the connection's client encoding.
+pub fn query_bytes(out: &mut BytesMut, sql: &[u8]) {
+    put_msg(out, b'Q', |b| {
+        b.put_slice(sql);
+        b.put_u8(0);
+    });
 }
 
 /// Parse ('P') with raw parameter type oids (the bytes after the query in the client's Parse).
 pub fn parse(out: &mut BytesMut, name: &str, sql: &str, param_types: &[u8]) {
+    parse_bytes(out, name, sql.as_bytes(), param_types);
+}
+
+/// Parse ('P') whose text is already in the connection's client encoding.
+pub fn parse_bytes(out: &mut BytesMut, name: &str, sql: &[u8], param_types: &[u8]) {
     put_msg(out, b'P', |b| {
         put_cstr(b, name);
-        put_cstr(b, sql);
+        b.put_slice(sql);
+        b.put_u8(0);
         b.put_slice(param_types);
     });
 }
@@ -184,10 +198,10 @@ pub fn describe_or_close(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     });
 }
 
-/// The text of a simple Query.
-pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
+/// The text of a simple Query, in the client's encoding.
+pub fn parse_query(body: &[u8]) -> Result<&[u8], ProtocolError> {
     let mut b = body;
-    let q = read_cstr(&mut b).ok_or(ProtocolError::Malformed("Query"))?;
+    let q = read_cbytes(&mut b).ok_or(ProtocolError::Malformed("Query"))?;
     Ok(q)
 }
 
@@ -196,8 +210,8 @@ pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
 pub struct ParseMsg<'a> {
     /// Statement name, empty for the unnamed statement.
     pub name: &'a str,
-    /// The SQL text.
-    pub query: &'a str,
+    /// The SQL text, in the client's encoding.
+    pub query: &'a [u8],
     /// Parameter type count and oids, raw.
     pub param_types: &'a [u8],
 }
@@ -206,7 +220,7 @@ pub struct ParseMsg<'a> {
 pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
     let mut b = body;
     let name = read_cstr(&mut b).ok_or(ProtocolError::Malformed("Parse"))?;
-    let query = read_cstr(&mut b).ok_or(ProtocolError::Malformed("Parse"))?;
+    let query = read_cbytes(&mut b).ok_or(ProtocolError::Malformed("Parse"))?;
     if b.len() < 2 {
         return Err(ProtocolError::Malformed("Parse"));
     }
@@ -310,7 +324,7 @@ mod tests {
             parse_parse(f.body()).unwrap(),
             ParseMsg {
                 name: "s1",
-                query: "select $1",
+                query: b"select $1",
                 param_types: &[0, 1, 0, 0, 0, 23]
             }
         );
@@ -359,7 +373,7 @@ mod tests {
         let mut out = BytesMut::new();
         query(&mut out, "select 1");
         let f = one(out);
-        assert_eq!(parse_query(f.body()).unwrap(), "select 1");
+        assert_eq!(parse_query(f.body()).unwrap(), b"select 1");
         let mut out = BytesMut::new();
         data_row(&mut out, &[Some("a"), None]);
         assert_eq!(one(out).body(), &[0, 2, 0, 0, 0, 1, b'a', 0xff, 0xff, 0xff, 0xff]);

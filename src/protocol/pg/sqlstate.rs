@@ -36,6 +36,8 @@ impl SqlState {
     pub const STATEMENT_TOO_COMPLEX: SqlState = SqlState("54001");
     /// 0A000 feature_not_supported: refused because it cannot be done correctly.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// character_not_in_repertoire: text that is not valid in the client's encoding.
+    pub const CHARACTER_NOT_IN_REPERTOIRE: SqlState = SqlState("22021");
     /// 22P04 bad_copy_file_format: COPY data that cannot be routed.
     pub const BAD_COPY_FILE_FORMAT: SqlState = SqlState("22P04");
     /// 22023 invalid_parameter_value.
