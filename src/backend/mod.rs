@@ -32,6 +32,8 @@ pub struct Cluster {
     writer: ArcSwap<Node>,
     /// Failovers followed.
     pub failovers: AtomicU64,
+    /// The database's collation, read the first time a cross-shard merge needs it.
+    pub collation: std::sync::OnceLock<String>,
     rr: AtomicUsize,
     // std Mutex: a clone of an Arc under it, never held across an await.
     server_params: Mutex<Option<ServerParams>>,
@@ -45,6 +47,7 @@ impl Cluster {
             name: s.name.clone(),
             writer: ArcSwap::new(primary.clone()),
             failovers: AtomicU64::new(0),
+            collation: std::sync::OnceLock::new(),
             primary,
             replicas: s
                 .replicas

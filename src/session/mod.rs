@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 mod checkout;
 pub mod client;
+mod collation;
 mod dealloc;
 mod encoding;
 mod frontend;

@@ -165,6 +165,7 @@ impl Session {
             Ok(l) => l,
             Err((code, message)) => return Ok(self.report(code, &message)),
         };
+        let collation = self.shards_collation(shards, &mut legs).await;
         let bind = match &src {
             Source::Extended { bind, .. } => Some(*bind),
             Source::Simple => None,
@@ -257,6 +258,10 @@ impl Session {
             }
         };
         let m = &resolved;
+        if let Some(why) = collation.and_then(|c| super::collation::refusal(m, &shard_fields, &c)) {
+            Leg::abandon(&mut legs).await;
+            return Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &why));
+        }
         let mut out_fields: Vec<Field> = shard_fields.iter().take(m.visible).cloned().collect();
         for (i, f) in out_fields.iter_mut().enumerate() {
             match m.cols[i] {

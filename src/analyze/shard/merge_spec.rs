@@ -33,6 +33,9 @@ pub struct SortKey {
     pub desc: bool,
     /// NULLS FIRST (PostgreSQL's default: first for DESC, last for ASC).
     pub nulls_first: bool,
+    /// The key says `COLLATE "C"`: its text is ordered byte by byte on the shards too, so the
+    /// merge agrees with them whatever the database's collation.
+    pub byte_order: bool,
 }
 
 /// How a SELECT run on several shards is merged.
@@ -396,7 +399,17 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             {
                 return refuse("ORDER BY on this column across shards is not supported");
             }
-            order.push(SortKey { col, desc, nulls_first });
+            let selected = sel.projection.get(col).and_then(|item| match item {
+                SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => Some(x),
+                _ => None,
+            });
+            let byte_order = byte_collation(&o.expr) || selected.is_some_and(byte_collation);
+            order.push(SortKey {
+                col,
+                desc,
+                nulls_first,
+                byte_order,
+            });
         }
     }
     if sel
@@ -484,6 +497,11 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         limit,
         offset,
     })
+}
+
+/// `expr COLLATE "C"` (or "POSIX"): text compared byte by byte, whatever the database's collation.
+fn byte_collation(e: &Expr) -> bool {
+    matches!(e, Expr::Collate { collation, .. } if matches!(last_name(collation).to_ascii_lowercase().as_str(), "c" | "posix"))
 }
 
 /// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.

@@ -244,6 +244,7 @@ mod tests {
             col: 0,
             desc,
             nulls_first,
+            byte_order: false,
         }
     }
 

@@ -118,7 +118,12 @@ fn merge(visible: usize, cols: Vec<ColKind>, grouped: bool, order: Vec<SortKey>)
 }
 
 fn key(col: usize, desc: bool, nulls_first: bool) -> SortKey {
-    SortKey { col, desc, nulls_first }
+    SortKey {
+        col,
+        desc,
+        nulls_first,
+        byte_order: false,
+    }
 }
 
 fn block_on<F: Future>(f: F) -> F::Output {
