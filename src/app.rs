@@ -40,7 +40,25 @@ impl Runtime {
                     .filter(|p| p.config.pool == config.pool)
                     .and_then(|p| p.clusters.iter().zip(&p.config.shards).find(|(_, old)| *old == s))
                     .map(|(c, _)| c.clone())
-                    .unwrap_or_else(|| Cluster::new(s, &config.pool))
+                    .unwrap_or_else(|| {
+                        let c = Cluster::new(s, &config.pool);
+                        // A failover followed before the rebuild still stands: writes stay on the
+                        // promoted node (and the old primary fenced) if the new nodes include it.
+                        let followed = previous
+                            .and_then(|p| p.clusters.iter().find(|o| o.name == s.name))
+                            .map(|o| o.writer())
+                            .filter(|w| w.role() == crate::backend::Role::Primary);
+                        let same = |a: &crate::backend::Node, b: &crate::backend::Node| {
+                            (&a.config.host, a.config.port) == (&b.config.host, b.config.port)
+                        };
+                        if let Some(w) = followed
+                            && !same(&w, &c.primary)
+                            && let Some(n) = c.nodes().find(|n| same(n, &w)).cloned()
+                        {
+                            c.promote(&n);
+                        }
+                        c
+                    })
             })
             .collect();
         let token = CancellationToken::new();

@@ -33,6 +33,25 @@ impl Session {
     /// Holds a backend suitable for `facts`, checking one out if none is held.
     async fn ensure_backend(&mut self, facts: &Facts, extended: bool, shard: ShardId) -> Result<Ensure, SessionError> {
         let session_mode = self.runtime.config.server.pool_mode == PoolMode::Session;
+        if let Some(h) = self.held.as_mut()
+            && h.checkout.node.role() == Role::Fenced
+        {
+            // A failover replaced the node this connection is on: nothing more goes there.
+            h.checkout.conn.broken = true;
+            if h.in_transaction() || self.pinned.is_some() || session_mode {
+                let m = format!(
+                    "{} was replaced by a failover and is fenced; this session's transaction or session state was there; reconnect",
+                    h.checkout.node.config.name
+                );
+                self.closing = Some((SqlState::CONNECTION_FAILURE, m));
+                return Ok(Ensure::Failed);
+            }
+            if !h.is_free() {
+                return Ok(Ensure::Stall);
+            }
+            self.held = None;
+            self.handle.set_backend(None);
+        }
         if let Some(h) = &self.held {
             if h.shard != shard {
                 if h.in_transaction() || self.pinned.is_some() {

@@ -35,12 +35,14 @@ fn collatable(f: &Field) -> bool {
 
 /// Why merging `m` over the shards' columns `fields` would order or compare text otherwise than
 /// the shards' `collation` does, if it would.
-pub(super) fn refusal(m: &Merge, fields: &[Field], collation: &str) -> Option<String> {
-    if byte_order(collation) {
+/// `client_utf8`: the rows come in UTF-8, whose byte order is the server's C order; in another
+/// client encoding no text order can be merged from bytes.
+pub(super) fn refusal(m: &Merge, fields: &[Field], collation: &str, client_utf8: bool) -> Option<String> {
+    if byte_order(collation) && client_utf8 {
         return None;
     }
     let text = |col: usize| fields.get(col).is_some_and(collatable);
-    let why = if m.order.iter().any(|k| !k.byte_order && text(k.col)) {
+    let why = if m.order.iter().any(|k| !(k.byte_order && client_utf8) && text(k.col)) {
         "ORDER BY on text"
     } else if m
         .cols
@@ -54,6 +56,12 @@ pub(super) fn refusal(m: &Merge, fields: &[Field], collation: &str) -> Option<St
     } else {
         return None;
     };
+    if !client_utf8 {
+        return Some(format!(
+            "{why} across shards would be merged from text in the client's encoding, whose byte order is not the server's; \
+             use client_encoding UTF8, or run the statement on one shard (a condition on the shard key)"
+        ));
+    }
     Some(format!(
         "{why} across shards would follow byte order, but the shards' collation is {collation}, whose order differs; \
          write COLLATE \"C\" after the ORDER BY expression to get byte order, run the statement on one shard (a condition on the shard key), \
@@ -151,30 +159,42 @@ mod tests {
     fn text_order_is_refused_only_where_the_collation_differs_from_bytes() {
         let fields = [field(oid::TEXT), field(oid::INT8)];
         let by_text = merge(vec![key(0, false)], vec![ColKind::Plain, ColKind::Plain], None);
-        assert!(refusal(&by_text, &fields, "C").is_none());
-        assert!(refusal(&by_text, &fields, "C.UTF-8").is_none());
-        let why = refusal(&by_text, &fields, "en_US.UTF-8").unwrap();
+        assert!(refusal(&by_text, &fields, "C", true).is_none());
+        assert!(refusal(&by_text, &fields, "C.UTF-8", true).is_none());
+        let why = refusal(&by_text, &fields, "en_US.UTF-8", true).unwrap();
         assert!(
             why.starts_with("ORDER BY on text") && why.contains("COLLATE \"C\""),
             "{why}"
         );
-        assert!(refusal(&by_text, &fields, "icu:en-US").is_some());
+        assert!(refusal(&by_text, &fields, "icu:en-US", true).is_some());
         // COLLATE "C" in the statement, or a key that is not text: fine.
         let explicit = merge(vec![key(0, true)], vec![ColKind::Plain, ColKind::Plain], None);
-        assert!(refusal(&explicit, &fields, "en_US.UTF-8").is_none());
+        assert!(refusal(&explicit, &fields, "en_US.UTF-8", true).is_none());
         let by_int = merge(vec![key(1, false)], vec![ColKind::Plain, ColKind::Plain], None);
-        assert!(refusal(&by_int, &fields, "en_US.UTF-8").is_none());
+        assert!(refusal(&by_int, &fields, "en_US.UTF-8", true).is_none());
         // min() of text; HAVING comparing text by order (equality is fine).
         let min = merge(vec![], vec![ColKind::Min, ColKind::Plain], None);
         assert!(
-            refusal(&min, &fields, "de_DE.UTF-8")
+            refusal(&min, &fields, "de_DE.UTF-8", true)
                 .unwrap()
                 .starts_with("min()/max()")
         );
         let cmp = |op| Some(Having::Cmp(Term::Col(0), op, Term::Value(Operand::Lit("m".into()))));
         let gt = merge(vec![], vec![ColKind::Plain, ColKind::Count], cmp(CmpOp::Gt));
-        assert!(refusal(&gt, &fields, "en_US.UTF-8").unwrap().starts_with("HAVING"));
+        assert!(
+            refusal(&gt, &fields, "en_US.UTF-8", true)
+                .unwrap()
+                .starts_with("HAVING")
+        );
         let eq = merge(vec![], vec![ColKind::Plain, ColKind::Count], cmp(CmpOp::Eq));
-        assert!(refusal(&eq, &fields, "en_US.UTF-8").is_none());
+        assert!(refusal(&eq, &fields, "en_US.UTF-8", true).is_none());
+        // A LATIN9 client: even byte order under C is not the server's order of those bytes.
+        assert!(
+            refusal(&by_text, &fields, "C", false)
+                .unwrap()
+                .contains("client_encoding UTF8")
+        );
+        assert!(refusal(&explicit, &fields, "C", false).is_some());
+        assert!(refusal(&by_int, &fields, "C", false).is_none());
     }
 }

@@ -5,7 +5,7 @@
 //! encoded back into it: backend connections carry the client's `client_encoding`, replayed like
 //! any other setting. Pure-ASCII text, the common case, is the same in every supported encoding
 //! and is never converted. `encoding_rs` (the codec library of Firefox) does the conversions; only
-//! LATIN1 and SQL_ASCII are done here, byte for character, because encoding_rs follows the web's
+//! LATIN1 is done here, byte for character, because encoding_rs follows the web's
 //! windows-1252 for the label iso-8859-1, which differs from PostgreSQL's LATIN1 in 0x80-0x9F.
 
 use std::borrow::Cow;
@@ -20,7 +20,7 @@ use super::state::canonical_encoding;
 pub(super) enum Codec {
     /// UTF-8: nothing to do.
     Utf8,
-    /// A byte is a character (LATIN1, SQL_ASCII).
+    /// A byte is a character (LATIN1).
     Bytes,
     /// Through encoding_rs.
     Other(&'static Encoding),
@@ -34,7 +34,9 @@ impl Codec {
         use encoding_rs as e;
         Codec::Other(match canonical_encoding(name).as_str() {
             "UTF8" => return Codec::Utf8,
-            "LATIN1" | "SQL_ASCII" => return Codec::Bytes,
+            // No conversion at all: the server takes the bytes as they are, into a UTF8 database.
+            "SQL_ASCII" => return Codec::Utf8,
+            "LATIN1" => return Codec::Bytes,
             "LATIN2" => e::ISO_8859_2,
             "LATIN3" => e::ISO_8859_3,
             "LATIN4" => e::ISO_8859_4,
@@ -116,6 +118,11 @@ impl Session {
     fn codec(&self) -> (Codec, String) {
         let name = self.vars.client_encoding().unwrap_or_else(|| "UTF8".into());
         (Codec::of(&name), name)
+    }
+
+    /// Whether the client's text is UTF-8 (so its bytes order as the server's UTF-8 text does).
+    pub(super) fn client_is_utf8(&self) -> bool {
+        self.codec().0 == Codec::Utf8
     }
 
     /// A statement text from the client as UTF-8.

@@ -63,10 +63,7 @@ impl Session {
         let first_try = !std::mem::take(&mut self.retrying);
         let text = match self.client_text(msg::parse_query(f.body())?) {
             Ok(t) => t,
-            Err(m) => {
-                self.fail_statement(text_error_code(&m), false, &m);
-                return Ok(Flow::Continue);
-            }
+            Err(m) => return Ok(self.fail_unread(text_error_code(&m), &m, false)),
         };
         let sql: &str = &text;
         if self.held.is_none() {
@@ -141,10 +138,7 @@ impl Session {
         }
         let text = match self.client_text(p.query) {
             Ok(t) => t,
-            Err(m) => {
-                self.fail_statement(text_error_code(&m), true, &m);
-                return Ok(Flow::Continue);
-            }
+            Err(m) => return Ok(self.fail_unread(text_error_code(&m), &m, true)),
         };
         let query: &str = &text;
         let facts = if query.len() > super::heavy::INLINE_LEN {
@@ -556,8 +550,10 @@ fn text_error_code(message: &str) -> SqlState {
     }
 }
 
-/// Execute of portal "sw_abort", which the proxy never creates: an error on any server.
-const ABORT_PIPELINE: &[u8] = b"E\0\0\0\x11sw_abort\0\0\0\0\0";
+/// Bind of the unnamed portal to statement "sw_abort", a name no backend statement can have (the
+/// proxy names them `sw_` and 16 hex digits; clients' names never reach a backend): an error on
+/// any server.
+const ABORT_PIPELINE: &[u8] = b"B\0\0\0\x14\0sw_abort\0\0\0\0\0\0\0";
 
 /// Records `hash` as prepared on the held backend, closing there first the least recently used
 /// statement when the connection is at its limit.
@@ -571,16 +567,15 @@ fn make_room(held: &mut super::Held, hash: u64) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_abort_message_is_one_well_formed_execute() {
+    fn the_abort_message_is_one_well_formed_bind() {
         let mut b = bytes::BytesMut::from(super::ABORT_PIPELINE);
         let f = crate::protocol::pg::codec::decode_frame(&mut b, 1 << 20)
             .unwrap()
             .unwrap();
         assert!(b.is_empty());
-        assert_eq!(f.tag(), b'E');
-        assert_eq!(
-            crate::protocol::pg::messages::parse_execute(f.body()).unwrap(),
-            "sw_abort"
-        );
+        assert_eq!(f.tag(), b'B');
+        let bind = crate::protocol::pg::messages::parse_bind(f.body()).unwrap();
+        assert_eq!((bind.portal, bind.statement), ("", "sw_abort"));
+        assert_eq!(bind.rest, &[0, 0, 0, 0, 0, 0]);
     }
 }

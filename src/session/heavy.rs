@@ -59,7 +59,13 @@ impl Session {
             TooComplex::Long { .. } => SqlState::PROGRAM_LIMIT_EXCEEDED,
             TooComplex::Deep { .. } => SqlState::STATEMENT_TOO_COMPLEX,
         };
-        let message = e.to_string();
+        self.fail_unread(code, &e.to_string(), extended)
+    }
+
+    /// Fails a statement shardwire could not read (over the limits, text not in the client's
+    /// encoding) as the server would have failed it: in a transaction, the transaction fails.
+    pub(super) fn fail_unread(&mut self, code: SqlState, message: &str, extended: bool) -> Flow {
+        let message = message.to_owned();
         let held_tx = self.held.as_ref().is_some_and(|h| h.in_transaction());
         if self.sharded() && (held_tx || self.pending_begin.is_some()) {
             // The sharded transaction rules fail the transaction: only ROLLBACK ends it.

@@ -258,7 +258,8 @@ impl Session {
             }
         };
         let m = &resolved;
-        if let Some(why) = collation.and_then(|c| super::collation::refusal(m, &shard_fields, &c)) {
+        let client_utf8 = self.client_is_utf8();
+        if let Some(why) = collation.and_then(|c| super::collation::refusal(m, &shard_fields, &c, client_utf8)) {
             Leg::abandon(&mut legs).await;
             return Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &why));
         }

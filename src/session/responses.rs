@@ -110,7 +110,12 @@ impl Session {
                     pipeline_failed = *failed;
                 }
             }
-            Op::Abort => error_skip = tag == b'E',
+            // Its error, always; anything else would mean a statement of that name existed, and
+            // must not leave the op waiting forever.
+            Op::Abort => match tag {
+                b'E' => error_skip = true,
+                _ => done = true,
+            },
             Op::CaptureLsn { lsn, .. } => match tag {
                 b'D' => *lsn = parse_single_int(body),
                 b'Z' => done = true,

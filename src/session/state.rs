@@ -328,7 +328,7 @@ pub enum Op {
         /// An error preceded it.
         failed: bool,
     },
-    /// An Execute of a portal that cannot exist, sent after an error the proxy raised itself in a
+    /// A Bind of a statement that cannot exist, sent after an error the proxy raised itself in a
     /// pipeline: it fails on the backend too, so the pipeline's implicit transaction (or the
     /// transaction block) is rolled back at Sync as when the server raises an error, and nothing
     /// the pipeline ran before the error is committed. Its ErrorResponse is swallowed.

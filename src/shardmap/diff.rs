@@ -38,6 +38,15 @@ pub fn moves(old: &ShardMap, new: &ShardMap) -> Vec<String> {
             }
         }
     }
+    let new_tables: BTreeMap<&String, &TableRule> = new.tables.iter().collect();
+    for (name, rule) in new_tables {
+        if !old.tables.contains_key(name) {
+            out.push(format!(
+                "table {name} was unsharded (any rows it has are on {old_default}) and would be {}",
+                describe(new, rule)
+            ));
+        }
+    }
     let mut groups: Vec<&Group> = old.groups.iter().collect();
     groups.sort_by(|a, b| a.name.cmp(&b.name));
     for g in groups {
@@ -176,12 +185,20 @@ reference = true
     fn changes_that_keep_every_key_in_place_move_nothing() {
         let base = parse(BASE).unwrap();
         assert!(moves(&base, &base).is_empty());
-        // A new shard with nothing on it, a new table, a new version, shards renumbered.
+        // A new shard with nothing on it, a new version, shards renumbered.
         let grown = BASE
             .replace("version = 1", "version = 2")
-            .replace(r#"shards = ["s0", "s1", "s2"]"#, r#"shards = ["s3", "s2", "s1", "s0"]"#)
-            + "[tables.orders]\ngroup = \"users\"\nkey = \"user_id\"\n";
+            .replace(r#"shards = ["s0", "s1", "s2"]"#, r#"shards = ["s3", "s2", "s1", "s0"]"#);
         assert_eq!(moves(&base, &parse(&grown).unwrap()), Vec::<String>::new());
+        // A table new to the map may already hold rows, all on the default shard.
+        let m = moves(
+            &base,
+            &parse(&(BASE.to_owned() + "[tables.orders]\ngroup = \"users\"\nkey = \"user_id\"\n")).unwrap(),
+        );
+        assert_eq!(
+            m,
+            ["table orders was unsharded (any rows it has are on s0) and would be sharded in group users by user_id"]
+        );
     }
 
     #[test]

@@ -147,6 +147,28 @@ replicas = ["{}"]
         .unwrap();
     assert_eq!(row, (format!("127.0.0.1:{new_port}"), "1".to_owned()));
 
+    // A reload that rebuilds the shard's pools (a pool setting changed) keeps following the
+    // failover: the configuration still names the old primary, which stays fenced.
+    std::fs::write(&proxy.config_path, config.replace("max_size = 10", "max_size = 11")).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let rebuilt = proxy.shared.runtime.load().clusters[0].clone();
+    assert!(
+        !std::sync::Arc::ptr_eq(&rebuilt, &cluster),
+        "the reload rebuilt the shard"
+    );
+    assert_eq!(rebuilt.primary.role(), shardwire::backend::Role::Fenced);
+    for _ in 0..5 {
+        next += 1;
+        c.execute("INSERT INTO failover_log VALUES ($1)", &[&next])
+            .await
+            .unwrap();
+        acked.push(next);
+    }
+    assert_eq!(
+        port_of(&c, "SELECT current_setting('port') /* shardwire: primary */").await,
+        new_port.to_string()
+    );
+
     // No acknowledged write is lost, and the old primary got none of the new ones.
     let new = crate::harness::direct(new_port).await;
     let got: Vec<i32> = new
