@@ -165,12 +165,21 @@ fn ident(i: &Ident) -> String {
     }
 }
 
-/// Every table name the statement mentions, by rule.
+/// Every table name the statement mentions, by rule. A set-returning function in FROM
+/// (`generate_series(1, 10) g`) is not a table: it runs wherever the statement runs.
 fn tables(stmt: &impl Visit, map: &ShardMap) -> (Vec<(String, TableRule)>, bool) {
-    struct V<'a>(&'a ShardMap, Vec<(String, TableRule)>, bool);
+    struct V<'a>(&'a ShardMap, Vec<(String, TableRule)>, bool, bool);
     impl Visitor for V<'_> {
         type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+            // Its name is visited next, as a relation.
+            self.3 = matches!(t, TableFactor::Table { args: Some(_), .. });
+            ControlFlow::Continue(())
+        }
         fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+            if std::mem::take(&mut self.3) {
+                return ControlFlow::Continue(());
+            }
             let n = last_name(r);
             match self.0.table(&n) {
                 Some(rule) => self.1.push((n, rule.clone())),
@@ -179,7 +188,7 @@ fn tables(stmt: &impl Visit, map: &ShardMap) -> (Vec<(String, TableRule)>, bool)
             ControlFlow::Continue(())
         }
     }
-    let mut v = V(map, Vec::new(), false);
+    let mut v = V(map, Vec::new(), false, false);
     let _ = stmt.visit(&mut v);
     (v.1, v.2)
 }
