@@ -9,7 +9,11 @@
 //!    (parameters replayed on every backend used, prepared statements re-prepared where needed).
 //! 3. [`analyze`]: SQL text → [`analyze::Facts`] (read or primary-only, transaction effect, SET).
 //! 4. [`plan`]: facts + session context → a [`plan::Target`]. Pure.
-//! 5. [`backend`]: pools per node (bb8), raw backend connections, replica choice.
+//! 5. [`backend`]: pools per node (bb8), raw backend connections, replica choice, the writer of
+//!    each shard (which follows a failover).
+//!
+//! Statements on several shards are merged by [`exec`], which knows no wire protocol: the
+//! session hands it the shards' rows and takes the merged ones through traits it implements.
 //!
 //! Beside it, the control plane: [`health`] (lag and liveness monitor publishing snapshots the
 //! data path reads), [`admin`] (the console's tables and `/metrics`), [`config`] (load and
