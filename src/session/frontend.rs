@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
-
 use super::client::SessionError;
 use super::sharding::Routed;
 use super::state::{ExtKind, Op, Stmt};
@@ -13,7 +11,7 @@ use super::{Flow, Session};
 use crate::analyze::{Facts, Need, TxEffect};
 use crate::backend::Role;
 use crate::protocol::pg::Frame;
-use crate::protocol::pg::messages::{self as msg, Severity};
+use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::rows;
 use crate::protocol::pg::sqlstate::SqlState;
 
@@ -63,7 +61,7 @@ impl Session {
         let first_try = !std::mem::take(&mut self.retrying);
         let text = match self.client_text(msg::parse_query(f.body())?) {
             Ok(t) => t,
-            Err(m) => return Ok(self.fail_unread(text_error_code(&m), &m, false)),
+            Err(m) => return Ok(self.fail_unread(super::local::text_error_code(&m), &m, false)),
         };
         let sql: &str = &text;
         if self.held.is_none() {
@@ -138,7 +136,7 @@ impl Session {
         }
         let text = match self.client_text(p.query) {
             Ok(t) => t,
-            Err(m) => return Ok(self.fail_unread(text_error_code(&m), &m, true)),
+            Err(m) => return Ok(self.fail_unread(super::local::text_error_code(&m), &m, true)),
         };
         let query: &str = &text;
         let facts = if query.len() > super::heavy::INLINE_LEN {
@@ -195,7 +193,7 @@ impl Session {
             if held.checkout.conn.prepared.touch(stmt.hash) {
                 held.ops.push_back(Op::Synth(msg::empty(b'1')));
             } else {
-                make_room(held, stmt.hash);
+                super::prepared::make_room(held, stmt.hash);
                 let text = converted.as_deref().unwrap_or(stmt.query.as_bytes());
                 msg::parse_bytes(&mut held.wbuf, &stmt.backend_name(), text, &stmt.param_types);
                 let client_name = Some(p.name.to_owned());
@@ -453,33 +451,6 @@ impl Session {
         found
     }
 
-    /// Makes sure the held backend has `stmt` prepared (adding a Parse whose reply is swallowed)
-    /// and returns its name there.
-    fn ensure_prepared(&mut self, stmt: &Stmt, named: bool) -> String {
-        let converted = if stmt.ascii { None } else { self.converted(&stmt.query) };
-        let text = converted.as_deref().unwrap_or(stmt.query.as_bytes());
-        let held = self.held.as_mut().expect("called with a backend held");
-        let conn = &mut held.checkout.conn;
-        if named {
-            let name = stmt.backend_name();
-            if !conn.prepared.touch(stmt.hash) {
-                make_room(held, stmt.hash);
-                msg::parse_bytes(&mut held.wbuf, &name, text, &stmt.param_types);
-                held.ops.push_back(Op::Inject {
-                    forget: Some(stmt.hash),
-                });
-            }
-            name
-        } else {
-            if conn.unnamed != Some(stmt.hash) {
-                conn.unnamed = Some(stmt.hash);
-                msg::parse_bytes(&mut held.wbuf, "", text, &stmt.param_types);
-                held.ops.push_back(Op::Inject { forget: None });
-            }
-            String::new()
-        }
-    }
-
     /// Bookkeeping for a statement sent: pinning, transaction start, writes, counters.
     fn note_statement(&mut self, facts: &Facts) {
         if let Some(reason) = facts.pins_session
@@ -499,83 +470,5 @@ impl Session {
             held.wrote = true;
         }
         node.stats.statements.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// An answer the proxy gives itself, in order with whatever the backend still owes.
-    fn respond_local(&mut self, bytes: bytes::Bytes) {
-        match self.held.as_mut() {
-            Some(h) => h.ops.push_back(Op::Synth(bytes)),
-            None => {
-                self.flush_early();
-                self.client.wbuf.extend_from_slice(&bytes);
-            }
-        }
-    }
-
-    /// Local answers held back for the next write go out now, ahead of what follows.
-    pub(super) fn flush_early(&mut self) {
-        if !self.early.is_empty() {
-            let e = self.early.split();
-            self.client.wbuf.extend_from_slice(&e);
-        }
-    }
-
-    /// An error the proxy raises in the extended protocol: reported in order, then everything up
-    /// to Sync is skipped, as the server does.
-    pub(super) fn local_error(&mut self, code: SqlState, message: &str) {
-        let mut b = BytesMut::new();
-        msg::error_response(&mut b, Severity::Error, code, message);
-        self.respond_local(b.freeze());
-        self.ignore_till_sync = true;
-        // The backend has run part of this pipeline (or holds the transaction block): the error
-        // must fail it there too, or its Sync would commit what ran before the error.
-        if let Some(h) = self.held.as_mut()
-            && (h.needs_sync || h.in_transaction())
-            && !h.copy_in
-        {
-            h.wbuf.extend_from_slice(ABORT_PIPELINE);
-            h.ops.push_back(Op::Abort);
-            h.needs_sync = true;
-        }
-    }
-}
-
-/// The SQLSTATE of a text the session cannot read: bad bytes (22021, as the server reports them), or
-/// an encoding shardwire cannot convert (0A000).
-fn text_error_code(message: &str) -> SqlState {
-    if message.starts_with("invalid byte sequence") {
-        SqlState::CHARACTER_NOT_IN_REPERTOIRE
-    } else {
-        SqlState::FEATURE_NOT_SUPPORTED
-    }
-}
-
-/// Bind of the unnamed portal to statement "sw_abort", a name no backend statement can have (the
-/// proxy names them `sw_` and 16 hex digits; clients' names never reach a backend): an error on
-/// any server.
-const ABORT_PIPELINE: &[u8] = b"B\0\0\0\x14\0sw_abort\0\0\0\0\0\0\0";
-
-/// Records `hash` as prepared on the held backend, closing there first the least recently used
-/// statement when the connection is at its limit.
-fn make_room(held: &mut super::Held, hash: u64) {
-    if let Some(old) = held.checkout.conn.prepared.insert(hash) {
-        msg::describe_or_close(&mut held.wbuf, b'C', b'S', &super::state::backend_name(old));
-        held.ops.push_back(Op::Evict { hash: old });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_abort_message_is_one_well_formed_bind() {
-        let mut b = bytes::BytesMut::from(super::ABORT_PIPELINE);
-        let f = crate::protocol::pg::codec::decode_frame(&mut b, 1 << 20)
-            .unwrap()
-            .unwrap();
-        assert!(b.is_empty());
-        assert_eq!(f.tag(), b'B');
-        let bind = crate::protocol::pg::messages::parse_bind(f.body()).unwrap();
-        assert_eq!((bind.portal, bind.statement), ("", "sw_abort"));
-        assert_eq!(bind.rest, &[0, 0, 0, 0, 0, 0]);
     }
 }

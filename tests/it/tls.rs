@@ -119,6 +119,8 @@ fn conninfo(proxy: &Proxy, extra: &str) -> String {
 async fn psql_verifies_the_certificate_and_queries_over_tls() {
     let certs = Certs::new();
     let proxy = Proxy::start(&shared().config(&certs.server_section("prefer"), "")).await;
+    // The read below must find the replica in rotation (else it is served by the primary).
+    proxy.wait_replicas_in_rotation().await;
     let ca = certs.ca_file();
     let info = conninfo(&proxy, &format!("sslmode=verify-full sslrootcert={}", path_str(&ca)));
     let out = psql(&[

@@ -20,6 +20,7 @@ use std::ops::ControlFlow;
 
 use crate::shardmap::{ShardMap, TableRule};
 
+mod aggregates;
 mod copy_options;
 mod dml;
 mod fill_ids;
@@ -27,6 +28,7 @@ mod having;
 mod merge_spec;
 mod scope;
 
+use aggregates::*;
 use copy_options::*;
 use dml::*;
 pub use fill_ids::*;

@@ -1,0 +1,89 @@
+//! Aggregate calls in a SELECT merged across shards: which aggregates exist, which can be split
+//! into per-shard parts and combined (COUNT, SUM, MIN, MAX, AVG as SUM and COUNT), and where they
+//! (and window functions) occur.
+
+use super::*;
+
+/// How an aggregate call merges across shards.
+pub(super) enum Mergeable {
+    /// Shards run it as is; the partial results combine by this kind.
+    Kind(ColKind),
+    /// AVG: shards run `sum` and `count` of the same argument; the merge divides.
+    Avg {
+        /// The call renamed to sum.
+        sum: Box<Expr>,
+        /// The call renamed to count.
+        count: Box<Expr>,
+    },
+}
+
+pub(super) fn mergeable(f: &Function) -> Result<Mergeable, String> {
+    let renamed = |name: &str| {
+        let mut g = f.clone();
+        g.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]);
+        Expr::Function(g)
+    };
+    Ok(Mergeable::Kind(match func_name(f).as_str() {
+        "count" => ColKind::Count,
+        "sum" => ColKind::Sum,
+        "min" => ColKind::Min,
+        "max" => ColKind::Max,
+        "avg" => {
+            return Ok(Mergeable::Avg {
+                sum: Box::new(renamed("sum")),
+                count: Box::new(renamed("count")),
+            });
+        }
+        other => return Err(format!("aggregate {other}() cannot be merged across shards")),
+    }))
+}
+
+pub(super) fn func_name(f: &Function) -> String {
+    last_name(&f.name)
+}
+
+pub(super) fn is_aggregate_name(n: &str) -> bool {
+    matches!(
+        n,
+        "count"
+            | "sum"
+            | "min"
+            | "max"
+            | "avg"
+            | "array_agg"
+            | "string_agg"
+            | "bool_and"
+            | "bool_or"
+            | "every"
+            | "stddev"
+            | "variance"
+            | "json_agg"
+            | "jsonb_agg"
+            | "bit_and"
+            | "bit_or"
+            | "percentile_cont"
+            | "percentile_disc"
+            | "mode"
+    )
+}
+
+/// Aggregate calls and window functions anywhere in an expression.
+pub(super) fn calls(e: &impl Visit) -> (Vec<Function>, bool) {
+    struct V(Vec<Function>, bool);
+    impl Visitor for V {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                if f.over.is_some() {
+                    self.1 = true;
+                } else if is_aggregate_name(&func_name(f)) {
+                    self.0.push(f.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = V(Vec::new(), false);
+    let _ = e.visit(&mut v);
+    (v.0, v.1)
+}

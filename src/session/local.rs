@@ -1,0 +1,81 @@
+//! Answers the proxy gives itself in the client's protocol stream: local messages kept in order
+//! with the backend's, and errors it raises (which, in a pipeline, must fail the backend's part
+//! too, as a server error would).
+
+use bytes::BytesMut;
+
+use super::Session;
+use super::state::Op;
+use crate::protocol::pg::messages::{self as msg, Severity};
+use crate::protocol::pg::sqlstate::SqlState;
+
+impl Session {
+    /// An answer the proxy gives itself, in order with whatever the backend still owes.
+    pub(super) fn respond_local(&mut self, bytes: bytes::Bytes) {
+        match self.held.as_mut() {
+            Some(h) => h.ops.push_back(Op::Synth(bytes)),
+            None => {
+                self.flush_early();
+                self.client.wbuf.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    /// Local answers held back for the next write go out now, ahead of what follows.
+    pub(super) fn flush_early(&mut self) {
+        if !self.early.is_empty() {
+            let e = self.early.split();
+            self.client.wbuf.extend_from_slice(&e);
+        }
+    }
+
+    /// An error the proxy raises in the extended protocol: reported in order, then everything up
+    /// to Sync is skipped, as the server does.
+    pub(super) fn local_error(&mut self, code: SqlState, message: &str) {
+        let mut b = BytesMut::new();
+        msg::error_response(&mut b, Severity::Error, code, message);
+        self.respond_local(b.freeze());
+        self.ignore_till_sync = true;
+        // The backend has run part of this pipeline (or holds the transaction block): the error
+        // must fail it there too, or its Sync would commit what ran before the error.
+        if let Some(h) = self.held.as_mut()
+            && (h.needs_sync || h.in_transaction())
+            && !h.copy_in
+        {
+            h.wbuf.extend_from_slice(ABORT_PIPELINE);
+            h.ops.push_back(Op::Abort);
+            h.needs_sync = true;
+        }
+    }
+}
+
+/// The SQLSTATE of a text the session cannot read: bad bytes (22021, as the server reports them), or
+/// an encoding shardwire cannot convert (0A000).
+pub(super) fn text_error_code(message: &str) -> SqlState {
+    if message.starts_with("invalid byte sequence") {
+        SqlState::CHARACTER_NOT_IN_REPERTOIRE
+    } else {
+        SqlState::FEATURE_NOT_SUPPORTED
+    }
+}
+
+/// Bind of the unnamed portal to statement "sw_abort", a name no backend statement can have (the
+/// proxy names them `sw_` and 16 hex digits; clients' names never reach a backend): an error on
+/// any server.
+const ABORT_PIPELINE: &[u8] = b"B\0\0\0\x14\0sw_abort\0\0\0\0\0\0\0";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_abort_message_is_one_well_formed_bind() {
+        let mut b = bytes::BytesMut::from(super::ABORT_PIPELINE);
+        let f = crate::protocol::pg::codec::decode_frame(&mut b, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert!(b.is_empty());
+        assert_eq!(f.tag(), b'B');
+        let bind = crate::protocol::pg::messages::parse_bind(f.body()).unwrap();
+        assert_eq!((bind.portal, bind.statement), ("", "sw_abort"));
+        assert_eq!(bind.rest, &[0, 0, 0, 0, 0, 0]);
+    }
+}
