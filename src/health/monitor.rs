@@ -252,3 +252,121 @@ async fn query(
     }
     Err("check returned no row".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+        [server]
+        listen = "127.0.0.1:6432"
+        [[users]]
+        name = "app"
+        password = "secret"
+        [[shards]]
+        name = "main"
+        primary = "postgres://postgres@127.0.0.1:5432/app"
+        replicas = ["postgres://postgres@127.0.0.1:5433/app", "postgres://postgres@127.0.0.1:5434/app"]
+    "#;
+
+    fn replica(in_recovery: bool) -> Observation {
+        Observation::Replica {
+            in_recovery,
+            replay_lsn: 0,
+            replay_age_secs: None,
+            replay_paused: false,
+        }
+    }
+
+    #[test]
+    fn only_a_promoted_node_on_a_newer_timeline_is_followed() {
+        // Pools open lazily, but building one wants a runtime.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in = rt.enter();
+        let c = crate::config::parse(CONFIG).unwrap();
+        let cluster = Cluster::new(&c.shards[0], &c.pool);
+        let (r0, r1) = (&cluster.replicas[0], &cluster.replicas[1]);
+        let pick = |results: &[(&Arc<Node>, Checked)], writer_tl, writer_down| {
+            promoted(results, writer_tl, writer_down).map(|(n, tl)| (n.config.name.clone(), tl))
+        };
+        let name = |n: &Arc<Node>| n.config.name.clone();
+        // Both still replicas.
+        assert_eq!(
+            pick(
+                &[(r0, (replica(true), None)), (r1, (replica(true), None))],
+                Some(1),
+                true
+            ),
+            None
+        );
+        // One promoted (timeline 2) while the writer (timeline 1) is down: followed.
+        assert_eq!(
+            pick(
+                &[(r0, (replica(true), None)), (r1, (replica(false), Some(2)))],
+                Some(1),
+                true
+            ),
+            Some((name(r1), 2))
+        );
+        // A node out of recovery on an older timeline than the writer's (a returning old primary).
+        assert_eq!(pick(&[(r1, (replica(false), Some(2)))], Some(3), false), None);
+        // Two primaries at once: the newer timeline wins, even with the writer up.
+        assert_eq!(
+            pick(&[(r1, (replica(false), Some(2)))], Some(1), false),
+            Some((name(r1), 2))
+        );
+        // The writer up and its timeline not known yet: which is newer cannot be told.
+        assert_eq!(pick(&[(r1, (replica(false), Some(2)))], None, false), None);
+        assert_eq!(
+            pick(&[(r1, (replica(false), Some(2)))], None, true),
+            Some((name(r1), 2))
+        );
+        // The highest timeline among several; a failed check is never a promotion.
+        assert_eq!(
+            pick(
+                &[(r0, (replica(false), Some(4))), (r1, (replica(false), Some(3)))],
+                Some(2),
+                true
+            ),
+            Some((name(r0), 4))
+        );
+        assert_eq!(
+            pick(&[(r0, (Observation::Failed("down".into()), Some(9)))], Some(1), true),
+            None
+        );
+    }
+
+    #[test]
+    fn promotion_fences_the_old_writer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in = rt.enter();
+        let c = crate::config::parse(CONFIG).unwrap();
+        let cluster = Cluster::new(&c.shards[0], &c.pool);
+        let r1 = cluster.replicas[1].clone();
+        cluster.promote(&r1);
+        assert!(Arc::ptr_eq(&cluster.writer(), &r1));
+        assert_eq!(cluster.primary.role(), Role::Fenced);
+        assert_eq!(r1.role(), Role::Primary);
+        assert_eq!(cluster.failovers.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // The new writer no longer serves replica reads, even marked in rotation.
+        for n in &cluster.replicas {
+            n.health.store(Arc::new(NodeHealth {
+                in_rotation: true,
+                ..NodeHealth::initial()
+            }));
+        }
+        for _ in 0..4 {
+            let picked = cluster.pick_replica(crate::config::Balance::RoundRobin, None).unwrap();
+            assert!(Arc::ptr_eq(&picked, &cluster.replicas[0]));
+        }
+        // Promoting the writer again changes nothing.
+        cluster.promote(&r1);
+        assert_eq!(cluster.failovers.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+}
