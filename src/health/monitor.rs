@@ -269,6 +269,20 @@ mod tests {
         replicas = ["postgres://postgres@127.0.0.1:5433/app", "postgres://postgres@127.0.0.1:5434/app"]
     "#;
 
+    /// A primary and two replicas (pools open lazily, but building one wants a runtime).
+    fn cluster() -> (tokio::runtime::Runtime, Arc<Cluster>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = crate::config::parse(CONFIG).unwrap();
+        let cluster = {
+            let _in = rt.enter();
+            Cluster::new(&c.shards[0], &c.pool)
+        };
+        (rt, cluster)
+    }
+
     fn replica(in_recovery: bool) -> Observation {
         Observation::Replica {
             in_recovery,
@@ -280,14 +294,7 @@ mod tests {
 
     #[test]
     fn only_a_promoted_node_on_a_newer_timeline_is_followed() {
-        // Pools open lazily, but building one wants a runtime.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _in = rt.enter();
-        let c = crate::config::parse(CONFIG).unwrap();
-        let cluster = Cluster::new(&c.shards[0], &c.pool);
+        let (_rt, cluster) = cluster();
         let (r0, r1) = (&cluster.replicas[0], &cluster.replicas[1]);
         let pick = |results: &[(&Arc<Node>, Checked)], writer_tl, writer_down| {
             promoted(results, writer_tl, writer_down).map(|(n, tl)| (n.config.name.clone(), tl))
@@ -341,13 +348,7 @@ mod tests {
 
     #[test]
     fn promotion_fences_the_old_writer() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _in = rt.enter();
-        let c = crate::config::parse(CONFIG).unwrap();
-        let cluster = Cluster::new(&c.shards[0], &c.pool);
+        let (_rt, cluster) = cluster();
         let r1 = cluster.replicas[1].clone();
         cluster.promote(&r1);
         assert!(Arc::ptr_eq(&cluster.writer(), &r1));

@@ -4,8 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use shardwire::sandbox::Sandbox;
-
 use crate::harness::Proxy;
 
 async fn port_of(c: &tokio_postgres::Client, sql: &str) -> String {
@@ -20,36 +18,9 @@ async fn port_of(c: &tokio_postgres::Client, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
-    let sb = tokio::task::spawn_blocking(|| Sandbox::start(1))
-        .await
-        .unwrap()
-        .expect("sandbox with a replica");
-    let url = |port: u16| format!("postgres://postgres@127.0.0.1:{port}/app");
+    let sb = crate::harness::own_sandbox(1).await;
     let (old_port, new_port) = (sb.primary.port, sb.replicas[0].port);
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[pool]
-max_size = 10
-connect_timeout = "1s"
-[routing]
-lag_check_interval = "100ms"
-[[users]]
-name = "app"
-password = "app"
-[[users]]
-name = "admin"
-password = "admin"
-admin = true
-[[shards]]
-name = "main"
-primary = "{}"
-replicas = ["{}"]
-"#,
-        url(old_port),
-        url(new_port)
-    );
+    let config = crate::harness::sandbox_config(&sb, "1s");
     let proxy = Proxy::start(&config).await;
     proxy.wait_replicas_in_rotation().await;
     let c = proxy.app().await;

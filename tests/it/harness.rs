@@ -368,3 +368,42 @@ pub async fn replica_caught_up(topo: &Topology) {
 pub async fn primary_i64(topo: &Topology, sql: &str) -> i64 {
     topo.primary().await.query_one(sql, &[]).await.unwrap().get(0)
 }
+
+/// A primary with `replicas` streaming replicas of this test's own, for tests that stop, kill or
+/// promote its servers (the shared topologies must stay whole for the others).
+pub async fn own_sandbox(replicas: usize) -> shardwire::sandbox::Sandbox {
+    tokio::task::spawn_blocking(move || shardwire::sandbox::Sandbox::start(replicas))
+        .await
+        .unwrap()
+        .expect("a sandbox of the test's own")
+}
+
+/// A config serving `sb` as one shard (100 ms checks), with the users `app` and `admin`.
+pub fn sandbox_config(sb: &shardwire::sandbox::Sandbox, connect_timeout: &str) -> String {
+    let url = |port: u16| format!("\"postgres://postgres@127.0.0.1:{port}/app\"");
+    let replicas: Vec<String> = sb.replicas.iter().map(|r| url(r.port)).collect();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[pool]
+max_size = 10
+connect_timeout = "{connect_timeout}"
+[routing]
+lag_check_interval = "100ms"
+[[users]]
+name = "app"
+password = "app"
+[[users]]
+name = "admin"
+password = "admin"
+admin = true
+[[shards]]
+name = "main"
+primary = {}
+replicas = [{}]
+"#,
+        url(sb.primary.port),
+        replicas.join(", ")
+    )
+}

@@ -7,38 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use shardwire::sandbox::Sandbox;
-
 use crate::harness::Proxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_dies_under_load_costs_no_client_an_error() {
-    let sb = tokio::task::spawn_blocking(|| Sandbox::start(2))
-        .await
-        .unwrap()
-        .expect("sandbox with two replicas");
-    let url = |port: u16| format!("postgres://postgres@127.0.0.1:{port}/app");
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[pool]
-max_size = 10
-connect_timeout = "2s"
-[routing]
-lag_check_interval = "100ms"
-[[users]]
-name = "app"
-password = "app"
-[[shards]]
-name = "main"
-primary = "{}"
-replicas = ["{}", "{}"]
-"#,
-        url(sb.primary.port),
-        url(sb.replicas[0].port),
-        url(sb.replicas[1].port)
-    );
+    let sb = crate::harness::own_sandbox(2).await;
+    let config = crate::harness::sandbox_config(&sb, "2s");
     let proxy = Proxy::start(&config).await;
     proxy.wait_replicas_in_rotation().await;
     let sb = Arc::new(std::sync::Mutex::new(sb));
