@@ -5,6 +5,9 @@
 #            where each statement is routed to its shard.
 #   scatter: SELECT ... WHERE aid > :aid ORDER BY aid LIMIT 10 over the 4 shards (merged), against
 #            the same query on the unsharded database direct.
+#   tx:      BEGIN; two UPDATEs by key; COMMIT. tx-one: both rows on one shard (plain COMMIT);
+#            tx-two: the rows on two shards (the transaction joins the second shard; COMMIT is
+#            two-phase with the decision record); direct-tx: the same on the unsharded database.
 # pgbench custom scripts at 16 clients in the simple protocol (literals differ per statement, so
 # every one is parsed) and the extended protocol (same text: the shape cache answers). Medians of
 # throughput, latency and shardwire's CPU microseconds per statement (utime+stime from /proc).
@@ -43,13 +46,16 @@ trap "exit 130" INT TERM
 psql() { "$BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 TABLE="CREATE TABLE pgbench_accounts (aid bigint PRIMARY KEY, bid int, abalance int, filler char(84))"
 EVENTS="CREATE TABLE bench_events (id bigint, v int)"
+TXTABLE="CREATE TABLE bench_tx (id bigint PRIMARY KEY, v int)"
 # The partition of a key as shardwire computes it (PostgreSQL's hash partitioning, modulus 64).
 PART="((hashint8extended(aid, 8816678312871386365)::numeric + 5305509591434766563 + 18446744073709551616) % 18446744073709551616 % 64)"
 psql -c "CREATE DATABASE plain"
+psql -d plain -c "$TXTABLE" -c "INSERT INTO bench_tx SELECT g * 1000000 + i, 0 FROM generate_series(0, 3) g, generate_series(1, 10000) i"
 psql -d plain -c "$TABLE" -c "INSERT INTO pgbench_accounts SELECT aid, 1, aid % 1000, '' FROM generate_series(1, $ROWS) aid" -c "VACUUM ANALYZE pgbench_accounts"
 for s in 0 1 2 3; do
     psql -c "CREATE DATABASE s$s"
     psql -d "s$s" -c "$EVENTS"
+    psql -d "s$s" -c "$TXTABLE" -c "INSERT INTO bench_tx SELECT $s * 1000000 + i, 0 FROM generate_series(1, 10000) i"
     psql -d "s$s" -c "$TABLE" \
         -c "INSERT INTO pgbench_accounts SELECT aid, 1, aid % 1000, '' FROM generate_series(1, $ROWS) aid WHERE $PART BETWEEN $((s * 16)) AND $((s * 16 + 15))" \
         -c "VACUUM ANALYZE pgbench_accounts"
@@ -66,6 +72,13 @@ assignment = { s0 = "0-15", s1 = "16-31", s2 = "32-47", s3 = "48-63" }
 [tables.pgbench_accounts]
 group = "accounts"
 key = "aid"
+[groups.tx]
+key_type = "bigint"
+partitioning = { kind = "range" }
+ranges = [{ to = 1000000, shard = "s0" }, { from = 1000000, to = 2000000, shard = "s1" }, { from = 2000000, to = 3000000, shard = "s2" }, { from = 3000000, shard = "s3" }]
+[tables.bench_tx]
+group = "tx"
+key = "id"
 [tables.bench_events]
 group = "accounts"
 key = "id"
@@ -99,6 +112,9 @@ cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 
 printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "$ROWS" > "$WORK/point.sql"
 printf '\\set aid random(1, %s)\nSELECT aid, abalance FROM pgbench_accounts WHERE aid > :aid ORDER BY aid LIMIT 10;\n' "$ROWS" > "$WORK/scatter.sql"
+# Two rows per transaction, the lower id first (so no two transactions wait on each other).
+printf '\\set a random(1, 5000)\n\\set b :a + 5000\nBEGIN;\nUPDATE bench_tx SET v = v + 1 WHERE id = :a;\nUPDATE bench_tx SET v = v - 1 WHERE id = :b;\nCOMMIT;\n' > "$WORK/tx-one.sql"
+printf '\\set a random(1, 10000)\n\\set b :a + 1000000\nBEGIN;\nUPDATE bench_tx SET v = v + 1 WHERE id = :a;\nUPDATE bench_tx SET v = v - 1 WHERE id = :b;\nCOMMIT;\n' > "$WORK/tx-two.sql"
 # INSERT with the ID given by the client vs left out (shardwire generates it, then routes).
 printf '\\set id random(1, 1000000000)\nINSERT INTO bench_events (id, v) VALUES (:id, 1);\n' > "$WORK/insert-given.sql"
 printf 'INSERT INTO bench_events (v) VALUES (1);\n' > "$WORK/insert-filled.sql"
@@ -119,7 +135,7 @@ RESULTS=$WORK/results.tsv
 echo -e "target\tmode\tclients\tround\ttps\tlatency_ms\tcpu_us_per_tx" > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
     for mode in simple extended; do
-        for target in direct-point plain-point sharded-point direct-scatter sharded-scatter insert-given insert-filled; do
+        for target in ${TARGETS:-direct-point plain-point sharded-point direct-scatter sharded-scatter insert-given insert-filled direct-tx tx-one tx-two}; do
             case $target in
                 direct-point) port=$PG_PORT; db=plain; pid=""; script=point ;;
                 plain-point) port=$PLAIN_PORT; db=bench; pid=$PLAIN_PID; script=point ;;
@@ -128,6 +144,9 @@ for round in $(seq 1 "$ROUNDS"); do
                 sharded-scatter) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=scatter ;;
                 insert-given) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=insert-given ;;
                 insert-filled) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=insert-filled ;;
+                direct-tx) port=$PG_PORT; db=plain; pid=""; script=tx-two ;;
+                tx-one) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=tx-one ;;
+                tx-two) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=tx-two ;;
             esac
             before=$(cpu_ticks "$pid")
             out=$("$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -f "$WORK/$script.sql" -M "$mode" -c "$CLIENTS" -j 2 -T "$SECS" "$db" 2>&1)
@@ -154,8 +173,10 @@ def med(rs, k):
 print("| protocol | target | tps (median) | latency ms | proxy CPU µs/stmt |")
 print("|---|---|---|---|---|")
 for mode in ["simple", "extended"]:
-    for t in ["direct-point", "plain-point", "sharded-point", "direct-scatter", "sharded-scatter", "insert-given", "insert-filled"]:
+    for t in ["direct-point", "plain-point", "sharded-point", "direct-scatter", "sharded-scatter", "insert-given", "insert-filled", "direct-tx", "tx-one", "tx-two"]:
         rs = g[(mode, t)]
+        if not rs:
+            continue
         tps, lat, cpu = med(rs, "tps"), med(rs, "latency_ms"), med(rs, "cpu_us_per_tx")
         print(f"| {mode} | {t} | {tps:.0f} | {lat:.3f} | {'' if cpu is None else f'{cpu:.1f}'} |")
     p, s = med(g[(mode, "plain-point")], "cpu_us_per_tx"), med(g[(mode, "sharded-point")], "cpu_us_per_tx")
@@ -164,4 +185,9 @@ for mode in ["simple", "extended"]:
     gv, fl = med(g[(mode, "insert-given")], "cpu_us_per_tx"), med(g[(mode, "insert-filled")], "cpu_us_per_tx")
     if gv and fl:
         print(f"{mode}: INSERT with a generated ID vs the ID given: {fl:.1f} vs {gv:.1f} µs proxy CPU per statement ({fl / gv:.2f}x)\n")
+    one, two = g[(mode, "tx-one")], g[(mode, "tx-two")]
+    if one and two:
+        print(f"{mode}: two-shard vs one-shard transaction: {med(two, 'tps') / med(one, 'tps'):.2f}x throughput, "
+              f"{med(two, 'latency_ms'):.2f} vs {med(one, 'latency_ms'):.2f} ms, "
+              f"{med(two, 'cpu_us_per_tx'):.1f} vs {med(one, 'cpu_us_per_tx'):.1f} µs proxy CPU per transaction\n")
 PY

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::backend::Checkout;
+use crate::backend::{BackendConn, Checkout};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::codec::decode_frame;
 use crate::protocol::pg::messages as msg;
@@ -46,19 +46,7 @@ impl Leg {
     /// Runs one simple query to its ReadyForQuery: `None` if the connection failed, else the
     /// error it reported, if any.
     pub async fn simple(&mut self, sql: &str) -> Option<Option<Frame>> {
-        let mut out = BytesMut::new();
-        msg::query(&mut out, sql);
-        if self.send(&out).await.is_err() {
-            self.mark_broken();
-            return None;
-        }
-        match self.until_ready().await {
-            Ok(e) => Some(e),
-            Err(_) => {
-                self.mark_broken();
-                None
-            }
-        }
+        simple_on(&mut self.co.conn, sql).await
     }
 
     /// The first column of a query's rows.
@@ -148,15 +136,16 @@ impl Leg {
         }
     }
 
-    /// Reads a write's answers: the replay and BEGIN, then the statement through ReadyForQuery.
-    pub async fn collect(&mut self) -> std::io::Result<Collected> {
+    /// Reads a write's answers: the replay, the BEGIN when `begun` (one was sent ahead of it),
+    /// then the statement through ReadyForQuery.
+    pub async fn collect(&mut self, begun: bool) -> std::io::Result<Collected> {
         let mut c = Collected {
             description: None,
             rows: Vec::new(),
             tag: None,
             error: self.skip_replay().await?,
         };
-        if let Some(e) = self.until_ready().await? {
+        if begun && let Some(e) = self.until_ready().await? {
             c.error.get_or_insert(e);
         }
         loop {
@@ -181,17 +170,7 @@ impl Leg {
     }
 
     pub async fn frame(&mut self) -> std::io::Result<Frame> {
-        loop {
-            match decode_frame(&mut self.co.conn.rbuf, 1 << 30) {
-                Ok(Some(f)) => return Ok(f),
-                Ok(None) => {}
-                Err(e) => return Err(std::io::Error::other(e.to_string())),
-            }
-            let conn = &mut *self.co.conn;
-            if conn.stream.read_some(&mut conn.rbuf, 16 * 1024).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
+        read_frame(&mut self.co.conn).await
     }
 
     /// Reads through the next ReadyForQuery; returns the first error, if any.
@@ -266,6 +245,43 @@ impl Leg {
                 b'C' | b's' => return Ok(None),
                 b'E' => return Err(RowError::Backend(f)),
                 _ => {}
+            }
+        }
+    }
+}
+
+/// The next whole message of a connection.
+pub async fn read_frame(conn: &mut BackendConn) -> std::io::Result<Frame> {
+    loop {
+        match decode_frame(&mut conn.rbuf, 1 << 30) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
+        if conn.stream.read_some(&mut conn.rbuf, 16 * 1024).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Runs one simple query on an idle connection to its ReadyForQuery: `None` if the connection
+/// failed (it is then marked broken), else the error the server reported, if any.
+pub async fn simple_on(conn: &mut BackendConn, sql: &str) -> Option<Option<Frame>> {
+    let mut out = BytesMut::new();
+    msg::query(&mut out, sql);
+    if conn.stream.write_all(&out).await.is_err() {
+        conn.broken = true;
+        return None;
+    }
+    let mut err = None;
+    loop {
+        match read_frame(conn).await {
+            Ok(f) if f.tag() == b'Z' => return Some(err),
+            Ok(f) if f.tag() == b'E' && err.is_none() => err = Some(f),
+            Ok(_) => {}
+            Err(_) => {
+                conn.broken = true;
+                return None;
             }
         }
     }

@@ -34,6 +34,8 @@ pub struct Cluster {
     pub failovers: AtomicU64,
     /// The database's collation, read the first time a cross-shard merge needs it.
     pub collation: std::sync::OnceLock<String>,
+    /// The two-phase commit decision table is known to exist on the writer.
+    pub decision_table: std::sync::atomic::AtomicBool,
     rr: AtomicUsize,
     // std Mutex: a clone of an Arc under it, never held across an await.
     server_params: Mutex<Option<ServerParams>>,
@@ -48,6 +50,7 @@ impl Cluster {
             writer: ArcSwap::new(primary.clone()),
             failovers: AtomicU64::new(0),
             collation: std::sync::OnceLock::new(),
+            decision_table: std::sync::atomic::AtomicBool::new(false),
             primary,
             replicas: s
                 .replicas

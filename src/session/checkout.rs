@@ -54,18 +54,21 @@ impl Session {
         }
         if let Some(h) = &self.held {
             if h.shard != shard {
-                if h.in_transaction() || self.pinned.is_some() {
+                if self.pinned.is_some() {
                     let m = self.cross_shard_message(shard);
                     self.refuse(extended, &m);
                     return Ok(Ensure::Failed);
                 }
-                if h.needs_sync {
-                    // One pipeline is one implicit transaction in PostgreSQL: it cannot span shards.
-                    self.local_error(
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        "statements for different shards in one pipeline (no Sync between them) would not commit together; send Sync between them",
-                    );
-                    return Ok(Ensure::Failed);
+                if h.in_transaction() || (h.needs_sync && h.wrote) {
+                    return Box::pin(self.join_shard(facts, extended, shard)).await;
+                }
+                let h = self.held.as_mut().expect("checked above");
+                if h.needs_sync && !h.copy_in {
+                    // A pipeline that only read so far: its part here ends with a Sync of our
+                    // own (it changed nothing to commit), and the rest goes to the other shard.
+                    crate::protocol::pg::rows::sync(&mut h.wbuf);
+                    h.ops.push_back(Op::PipelineSync { failed: false });
+                    h.needs_sync = false;
                 }
                 return Ok(Ensure::Stall);
             }
@@ -85,7 +88,9 @@ impl Session {
         }
         self.runtime = self.shared.runtime.load_full();
         // Session pooling keeps one connection for the whole session: it must be able to write.
-        let target = if session_mode {
+        // A transaction block's first statement (its BEGIN waited for it) runs where the rest
+        // can follow: the primary, unless the BEGIN said READ ONLY.
+        let target = if session_mode || (self.pending_begin.is_some() && !self.tx_read_only) {
             Target::Primary
         } else {
             plan::route(facts, &self.route_context(shard))
@@ -112,7 +117,7 @@ impl Session {
         }
     }
 
-    async fn checkout(&mut self, target: Target, shard: ShardId) -> Result<(), (SqlState, String)> {
+    pub(super) async fn checkout(&mut self, target: Target, shard: ShardId) -> Result<(), (SqlState, String)> {
         let checkout = self.checkout_on(target, shard).await?;
         self.handle
             .set_backend(Some((checkout.node.clone(), checkout.conn.pid, checkout.conn.secret)));

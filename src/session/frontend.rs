@@ -30,7 +30,7 @@ impl Session {
             b'E' => self.on_execute(f).await,
             b'C' => self.on_close(f),
             b'H' => self.on_flush(f),
-            b'S' => self.on_sync(f),
+            b'S' => self.on_sync(f).await,
             b'F' => self.on_function_call(f).await,
             b'd' | b'c' | b'f' => {
                 // Copy data for a COPY FROM STDIN in progress; outside one, ignored as the server does.
@@ -216,6 +216,15 @@ impl Session {
             self.bind_ids(b.portal, call, &parts);
             return Ok(Flow::Continue);
         }
+        if self.multi_tx() {
+            let single = !stmt.query.trim().trim_end_matches(';').contains(';');
+            if let Some(flow) = self
+                .multi_tx_control(&f, &stmt.query, &stmt.facts, single, Some(b.portal))
+                .await?
+            {
+                return Ok(flow);
+            }
+        }
         // Without a shard map the Bind goes to the default shard as it came: no need to look inside.
         let routed = if self.route_start() {
             self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)?
@@ -297,8 +306,7 @@ impl Session {
     async fn on_execute(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let portal = msg::parse_execute(f.body())?;
         if self.multi_portal.as_ref().is_some_and(|p| p.name == portal) {
-            Box::pin(self.execute_multi()).await?;
-            return Ok(Flow::Continue);
+            return Box::pin(self.execute_multi(&f)).await;
         }
         if self.on_local_portal(b'E', portal) {
             return Ok(Flow::Continue);
@@ -365,11 +373,14 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn on_sync(&mut self, f: Frame) -> Result<Flow, SessionError> {
+    async fn on_sync(&mut self, f: Frame) -> Result<Flow, SessionError> {
         self.ignore_till_sync = false;
         // An unnamed portal ends at Sync; a multi-shard or local one never outlives it.
         self.multi_portal = None;
         self.local_portal = None;
+        if self.implicit_multi {
+            return Box::pin(self.sync_multi(&f)).await;
+        }
         match self.held.as_mut() {
             // The server ignores Sync during COPY FROM STDIN: nothing will answer it.
             Some(h) if h.copy_in => h.wbuf.extend_from_slice(f.raw()),

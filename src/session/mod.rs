@@ -28,6 +28,7 @@ mod responses;
 mod ryw;
 mod sharding;
 pub mod state;
+mod transaction;
 pub mod values;
 
 use std::collections::HashMap;
@@ -70,6 +71,16 @@ struct Held {
 impl Held {
     fn in_transaction(&self) -> bool {
         self.tx_status != b'I' || self.begin_pending
+    }
+
+    /// Nothing is owed, nothing is being sent or read, and no pipeline is open: the connection
+    /// can be set aside (idle in its transaction) while the session works on another shard.
+    fn quiet(&self) -> bool {
+        self.ops.is_empty()
+            && self.wbuf.is_empty()
+            && !self.needs_sync
+            && !self.copy_in
+            && self.checkout.conn.rbuf.is_empty()
     }
 
     /// Nothing is owed and nothing is open: the connection may serve another client.
@@ -145,6 +156,23 @@ pub struct Session {
     /// A BEGIN the proxy answered itself: it is sent ahead of the transaction's first statement,
     /// on the shard that statement routes to.
     pending_begin: Option<String>,
+    /// The open transaction's connections on other shards than the held one, idle in it: a
+    /// transaction joins each shard it touches (see `transaction`).
+    parked: Vec<Held>,
+    /// The BEGIN that opened the transaction, as the client sent it: a shard the transaction
+    /// joins later starts the same way (isolation level, READ ONLY, DEFERRABLE).
+    tx_begin: Option<String>,
+    /// The shard held before a statement on several shards borrowed the transaction's
+    /// connections: held again afterwards.
+    lent_from: Option<crate::shardmap::ShardId>,
+    /// That BEGIN said READ ONLY: its statements may be read on replicas.
+    tx_read_only: bool,
+    /// A message is stalled until the held connection is quiet (not released): the transaction
+    /// moves to another shard, or ends on all of them.
+    switch_wait: bool,
+    /// A pipeline's implicit transaction was made a transaction block to span shards: the
+    /// client's Sync commits it on every shard.
+    implicit_multi: bool,
     /// The open transaction failed in the proxy (a statement would have crossed shards): like
     /// PostgreSQL's aborted state, only ROLLBACK is accepted until it ends.
     tx_refused: bool,

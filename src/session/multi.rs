@@ -153,6 +153,8 @@ impl Session {
         leg.co.conn.unnamed = None;
     }
 
+    /// A read on several shards: inside a transaction on the transaction's connections (shards
+    /// it has not touched yet join it), otherwise on connections of its own.
     async fn scatter(
         &mut self,
         shards: &[ShardId],
@@ -161,11 +163,31 @@ impl Session {
         facts: &Facts,
         describe: bool,
     ) -> Result<Outcome, SessionError> {
-        let mut legs = match self.legs(shards, facts).await {
+        if !self.in_transaction() {
+            let mut legs = match self.legs(shards, facts).await {
+                Ok(l) => l,
+                Err((code, message)) => return Ok(self.report(code, &message)),
+            };
+            return self.scatter_on(&mut legs, shards, m, src, describe).await;
+        }
+        let (mut legs, wrote) = match self.tx_legs(shards, Some(facts)).await {
             Ok(l) => l,
             Err((code, message)) => return Ok(self.report(code, &message)),
         };
-        let collation = self.shards_collation(shards, &mut legs).await;
+        let outcome = self.scatter_on(&mut legs, shards, m, src, describe).await;
+        self.give_back(legs, shards, wrote, false);
+        outcome
+    }
+
+    async fn scatter_on(
+        &mut self,
+        legs: &mut [Leg],
+        shards: &[ShardId],
+        m: &Merge,
+        src: Source<'_>,
+        describe: bool,
+    ) -> Result<Outcome, SessionError> {
+        let collation = self.shards_collation(shards, legs).await;
         let bind = match &src {
             Source::Extended { bind, .. } => Some(*bind),
             Source::Simple => None,
@@ -187,7 +209,7 @@ impl Session {
                 })
                 .collect(),
         };
-        for leg in &mut legs {
+        for leg in legs.iter_mut() {
             let mut out = BytesMut::new();
             self.prelude(leg, &mut out);
             match &src {
@@ -214,7 +236,7 @@ impl Session {
         let mut fields: Option<Vec<Field>> = None;
         let mut failure: Option<Frame> = None;
         let mut io_failure = None;
-        for leg in &mut legs {
+        for leg in legs.iter_mut() {
             match leg.head().await {
                 Ok(Head::Rows(f)) => {
                     if fields.is_none() {
@@ -232,7 +254,7 @@ impl Session {
             }
         }
         if failure.is_some() || io_failure.is_some() {
-            Leg::abandon(&mut legs).await;
+            Leg::abandon(legs).await;
             return Ok(match failure {
                 Some(f) => {
                     self.client.wbuf.extend_from_slice(f.raw());
@@ -246,21 +268,21 @@ impl Session {
         }
         let Some(shard_fields) = fields else {
             // A statement without rows (should not happen for a SELECT).
-            Leg::abandon(&mut legs).await;
+            Leg::abandon(legs).await;
             msg::command_complete(&mut self.client.wbuf, "SELECT 0");
             return Ok(Outcome::Ok);
         };
         let resolved = match m.resolve(shard_fields.len()) {
             Ok(r) => r,
             Err(e) => {
-                Leg::abandon(&mut legs).await;
+                Leg::abandon(legs).await;
                 return Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &e));
             }
         };
         let m = &resolved;
         let client_utf8 = self.client_is_utf8();
         if let Some(why) = collation.and_then(|c| super::collation::refusal(m, &shard_fields, &c, client_utf8)) {
-            Leg::abandon(&mut legs).await;
+            Leg::abandon(legs).await;
             return Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &why));
         }
         let mut out_fields: Vec<Field> = shard_fields.iter().take(m.visible).cloned().collect();
@@ -296,33 +318,33 @@ impl Session {
             client: &mut self.client,
         };
         let result = match bind {
-            Some(b) => exec::merge::run(&mut legs, m, &cells, &values::BindParams(b), window, &mut sink).await,
-            None => exec::merge::run(&mut legs, m, &cells, &exec::NoParams, window, &mut sink).await,
+            Some(b) => exec::merge::run(legs, m, &cells, &values::BindParams(b), window, &mut sink).await,
+            None => exec::merge::run(legs, m, &cells, &exec::NoParams, window, &mut sink).await,
         };
         match result {
             Ok(n) => {
-                Leg::finish(&mut legs).await;
+                Leg::finish(legs).await;
                 msg::command_complete(&mut self.client.wbuf, &format!("SELECT {n}"));
                 Ok(Outcome::Ok)
             }
             Err(Failure::Unmergeable(e)) => {
-                Leg::abandon(&mut legs).await;
+                Leg::abandon(legs).await;
                 Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &e))
             }
             Err(Failure::Source(RowError::Backend(f))) => {
-                Leg::abandon(&mut legs).await;
+                Leg::abandon(legs).await;
                 self.client.wbuf.extend_from_slice(f.raw());
                 Ok(Outcome::Failed)
             }
             Err(Failure::Source(RowError::Io(e))) => {
-                Leg::abandon(&mut legs).await;
+                Leg::abandon(legs).await;
                 Ok(self.report(
                     SqlState::CONNECTION_FAILURE,
                     &format!("a shard failed during the query: {e}"),
                 ))
             }
             Err(Failure::Sink(e)) => {
-                Leg::abandon(&mut legs).await;
+                Leg::abandon(legs).await;
                 Err(e)
             }
         }

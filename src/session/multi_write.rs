@@ -42,29 +42,56 @@ impl Session {
         describe: bool,
     ) -> Result<Outcome, SessionError> {
         let shards: Vec<usize> = parts.iter().map(|p| p.shard).collect();
-        let legs = match self.legs_for_write(&shards).await {
-            Ok(l) => l,
-            Err((code, m)) => return Ok(self.report_error(code, &m)),
+        // Inside a transaction block the write runs on the transaction's connections and
+        // commits with it; outside one it is a transaction of its own on every shard.
+        let in_tx = self.in_transaction();
+        let (legs, wrote) = if in_tx {
+            match self.tx_legs(&shards, None).await {
+                Ok(l) => l,
+                Err((code, m)) => return Ok(self.report_error(code, &m)),
+            }
+        } else {
+            match self.legs_for_write(&shards).await {
+                Ok(l) => (l, Vec::new()),
+                Err((code, m)) => return Ok(self.report_error(code, &m)),
+            }
         };
         let mut ps: Vec<Part> = legs
             .into_iter()
             .zip(&shards)
             .map(|(leg, &shard)| Part { leg, shard })
             .collect();
-        if ps.len() > 1 {
-            // The coordinator needs its decision table; creating it twice is harmless.
-            let c = &mut ps[0].leg;
-            let mut out = BytesMut::new();
-            msg::query(&mut out, DECISION_TABLE_DDL);
-            if c.send(&out).await.is_err() || c.until_ready().await.is_err() {
-                c.mark_broken();
-            }
+        if ps.len() > 1 && !in_tx {
+            self.ensure_decision_table(ps[0].shard).await;
         }
+        let outcome = self
+            .write_parts(&mut ps, parts, split, replicated, src, describe, in_tx)
+            .await;
+        if in_tx {
+            let legs = ps.into_iter().map(|p| p.leg).collect();
+            self.give_back(legs, &shards, wrote, true);
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_parts(
+        &mut self,
+        ps: &mut [Part],
+        parts: &[InsertPart],
+        split: bool,
+        replicated: bool,
+        src: Source<'_>,
+        describe: bool,
+        in_tx: bool,
+    ) -> Result<Outcome, SessionError> {
         // BEGIN and the statement on every shard at once.
         for (p, part) in ps.iter_mut().zip(parts) {
             let mut out = BytesMut::new();
             self.write_prelude(&mut p.leg, &mut out);
-            msg::query(&mut out, "BEGIN");
+            if !in_tx {
+                msg::query(&mut out, "BEGIN");
+            }
             match &src {
                 Source::Simple => msg::query_bytes(&mut out, &self.wire(&part.sql)),
                 Source::Extended { param_types, bind } => {
@@ -91,8 +118,8 @@ impl Session {
         let mut tags: Vec<String> = Vec::new();
         let mut failure: Option<(usize, Frame)> = None;
         let mut io_failure: Option<String> = None;
-        for p in &mut ps {
-            match p.leg.collect().await {
+        for p in ps.iter_mut() {
+            match p.leg.collect(!in_tx).await {
                 Ok(r) => {
                     if let Some(e) = r.error {
                         failure.get_or_insert((p.shard, e));
@@ -115,8 +142,13 @@ impl Session {
             }
         }
         if failure.is_some() || io_failure.is_some() {
-            for p in &mut ps {
-                p.leg.simple("ROLLBACK").await;
+            for p in ps.iter_mut() {
+                if in_tx {
+                    // The transaction fails with the statement (see `give_back`).
+                    p.leg.mark_broken();
+                } else {
+                    p.leg.simple("ROLLBACK").await;
+                }
             }
             return Ok(match failure {
                 Some((shard, f)) => {
@@ -134,7 +166,7 @@ impl Session {
                 ),
             });
         }
-        if let Err(m) = self.commit_parts(&mut ps).await {
+        if !in_tx && let Err(m) = self.commit_parts(ps).await {
             return Ok(self.report_error(SqlState::TRANSACTION_ROLLBACK, &m));
         }
         let simple = matches!(src, Source::Simple);

@@ -38,6 +38,7 @@ impl Session {
     /// when nothing is left on it; otherwise it is closed.
     pub async fn run(mut self) -> Result<(), SessionError> {
         let result = self.relay().await;
+        self.abandon_parked();
         if let Some(mut h) = self.held.take()
             && (!h.is_free() || self.pinned.is_some())
         {
@@ -107,11 +108,16 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             let frame = match self.stalled.take() {
-                Some(f) if self.held.is_some() => {
+                // Waiting for the held connection to be released, or, to move the transaction
+                // to another shard, to be quiet.
+                Some(f) if self.held.as_ref().is_some_and(|h| !(self.switch_wait && h.quiet())) => {
                     self.stalled = Some(f);
                     return Ok(Flow::Continue);
                 }
-                Some(f) => f,
+                Some(f) => {
+                    self.switch_wait = false;
+                    f
+                }
                 None => match self.client.try_frame()? {
                     Some(f) => f,
                     None => return Ok(Flow::Continue),
@@ -235,6 +241,9 @@ impl Session {
         }
         let node = h.checkout.node.config.name.clone();
         tracing::warn!(client = self.handle.pid, %node, why, "backend connection lost");
+        // The transaction is lost on this shard: its parts on the others go too.
+        let spanning = self.multi_tx();
+        self.abandon_parked();
         let session_state = self
             .pinned
             .or((self.runtime.config.server.pool_mode == PoolMode::Session).then_some("session pooling"));
@@ -247,7 +256,7 @@ impl Session {
         }
         let owed_ready = h.ops.iter().any(|o| matches!(o, Op::Query { .. } | Op::Sync));
         let owed_any = h.ops.iter().any(|o| !matches!(o, Op::SyncVars | Op::CaptureLsn { .. }));
-        if owed_any || h.in_transaction() {
+        if owed_any || h.in_transaction() || spanning {
             let m = format!("lost the connection to {node}: {why}; the transaction, if any, was rolled back");
             msg::error_response(&mut self.client.wbuf, Severity::Error, SqlState::CONNECTION_FAILURE, &m);
         }
@@ -297,7 +306,11 @@ impl Session {
     /// pooling), after capturing the commit position for read-your-writes.
     fn maybe_release(&mut self) {
         let Some(h) = self.held.as_mut() else { return };
-        if !h.is_free() || self.pinned.is_some() || self.runtime.config.server.pool_mode == PoolMode::Session {
+        if !h.is_free()
+            || self.pinned.is_some()
+            || !self.parked.is_empty()
+            || self.runtime.config.server.pool_mode == PoolMode::Session
+        {
             return;
         }
         // Without replicas every read is on the primary already: no position to wait for.

@@ -27,7 +27,7 @@ impl Session {
         if matches!(tag, b'N' | b'A' | b'S') {
             let swallowing = matches!(
                 h.ops.front(),
-                Some(Op::SyncVars | Op::CaptureLsn { .. } | Op::Inject { .. })
+                Some(Op::SyncVars | Op::CaptureLsn { .. } | Op::Inject { .. } | Op::HiddenBegin)
             );
             if tag != b'S' || !swallowing {
                 out.extend_from_slice(raw);
@@ -87,6 +87,14 @@ impl Session {
                     error_skip = true;
                 }
                 _ => out.extend_from_slice(raw),
+            },
+            Op::HiddenBegin => match tag {
+                b'C' => done = true,
+                b'E' => {
+                    out.extend_from_slice(raw);
+                    error_skip = true;
+                }
+                _ => {}
             },
             Op::Evict { .. } => match tag {
                 b'3' => done = true,
@@ -260,7 +268,8 @@ fn rolls_back_to_savepoint(op: Option<&Op>) -> bool {
         .any(|o| matches!(o, crate::analyze::SetOp::RollbackTo { .. }))
 }
 
-fn flush_synth(h: &mut Held, out: &mut BytesMut) {
+/// Answers the proxy queued at the front of what the backend owes go out: nothing precedes them.
+pub(super) fn flush_synth(h: &mut Held, out: &mut BytesMut) {
     while let Some(Op::Synth(_) | Op::CopyEnd) = h.ops.front() {
         if let Some(Op::Synth(b)) = h.ops.pop_front() {
             out.extend_from_slice(&b);

@@ -40,8 +40,11 @@ impl Session {
         self.runtime.config.map.default_shard
     }
 
-    fn in_transaction(&self) -> bool {
-        self.pending_begin.is_some() || self.held.as_ref().is_some_and(|h| h.in_transaction())
+    pub(super) fn in_transaction(&self) -> bool {
+        self.pending_begin.is_some()
+            || !self.parked.is_empty()
+            || self.implicit_multi
+            || self.held.as_ref().is_some_and(|h| h.in_transaction())
     }
 
     pub(super) fn cross_shard_message(&self, shard: ShardId) -> String {
@@ -50,9 +53,10 @@ impl Session {
             format!("shard {}", map.shards[h.shard])
         });
         format!(
-            "this statement needs shard {} but the transaction already runs on {held}; transactions spanning shards are only supported \
-             for single statements outside a transaction block (committed with two-phase commit); the transaction is aborted",
-            map.shards[shard]
+            "this statement needs shard {} but the session is pinned to its connection on {held} ({}): session state (temporary tables, \
+             LISTEN, session advisory locks, session pooling) lives on one shard; the transaction, if any, is aborted",
+            map.shards[shard],
+            self.pinned.unwrap_or("session state")
         )
     }
 
@@ -83,7 +87,7 @@ impl Session {
     pub(super) fn local_tx_status(&self) -> u8 {
         if self.tx_refused {
             b'E'
-        } else if self.pending_begin.is_some() {
+        } else if self.in_transaction() {
             b'T'
         } else {
             b'I'
@@ -93,7 +97,7 @@ impl Session {
     /// Plans a simple-protocol text: first with its literals as parameters (one cached analysis
     /// for every text of the same shape); anything but a single shard is planned again from the
     /// exact text, so rewritten statements and messages carry the real literals.
-    fn plan_simple(&self, sql: &str, literal_free: Option<(String, Vec<String>)>) -> ShardPlan {
+    fn plan_simple(&self, sql: &str, literal_free: Option<(String, Vec<String>)>) -> (ShardPlan, bool) {
         let map = &self.runtime.config.map;
         if let Some((text, literals)) = literal_free.or_else(|| crate::analyze::fingerprint::parameterize(sql)) {
             let shape = self.shared.shapes.get(&text, map);
@@ -103,17 +107,20 @@ impl Session {
                     ..Params::default()
                 };
                 if let p @ ShardPlan::One(_) = shard::plan(&shape, map, &params) {
-                    return p;
+                    return (p, runs_anywhere(&shape));
                 }
             }
         }
-        self.plan_for(sql, &Params::default())
+        let shape = self.shared.shapes.get(sql, map);
+        (shard::plan(&shape, map, &Params::default()), runs_anywhere(&shape))
     }
 
-    fn plan_for(&self, sql: &str, params: &Params) -> ShardPlan {
-        let map = &self.runtime.config.map;
-        let shape = self.shared.shapes.get(sql, map);
-        shard::plan(&shape, map, params)
+    /// A statement any shard can answer runs where the session already is.
+    fn here_or(&self, shard: ShardId, anywhere: bool) -> ShardId {
+        match &self.held {
+            Some(h) if anywhere => h.shard,
+            _ => shard,
+        }
     }
 
     /// Takes a fresh configuration snapshot when no backend is held; whether shard routing applies.
@@ -135,6 +142,12 @@ impl Session {
         if !self.route_start() {
             return Ok(Routed::Shard(self.default_shard()));
         }
+        let single_statement = !sql.trim().trim_end_matches(';').contains(';');
+        if self.multi_tx()
+            && let Some(flow) = self.multi_tx_control(f, sql, facts, single_statement, None).await?
+        {
+            return Ok(Routed::Done(flow));
+        }
         if self.tx_refused {
             return Ok(Routed::Done(self.in_refused_transaction(facts, false)));
         }
@@ -144,7 +157,12 @@ impl Session {
                 self.held.as_ref().map_or(self.default_shard(), |h| h.shard),
             ));
         }
-        let single_statement = !sql.trim().trim_end_matches(';').contains(';');
+        if let TxEffect::Begin { read_only } = facts.tx
+            && single_statement
+        {
+            self.tx_begin = Some(sql.to_owned());
+            self.tx_read_only = read_only;
+        }
         if self.held.is_none() && single_statement {
             match facts.tx {
                 TxEffect::Begin { .. } if self.pending_begin.is_none() => {
@@ -168,7 +186,7 @@ impl Session {
         {
             return Ok(Routed::Shard(h.shard));
         }
-        let mut plan = self.plan_simple(sql, literal_free);
+        let (mut plan, anywhere) = self.plan_simple(sql, literal_free);
         let mut rewritten: Option<String> = None;
         if let ShardPlan::GenerateIds { rows, .. } = plan {
             // Generate the IDs, add them to the statement, and route the result.
@@ -205,6 +223,7 @@ impl Session {
         match plan {
             ShardPlan::One(s) => {
                 self.shared.stats.record_plan("single-shard");
+                let s = self.here_or(s, anywhere);
                 Ok(match rewritten {
                     Some(text) => Routed::Rewrite(s, text),
                     None => Routed::Shard(s),
@@ -215,28 +234,30 @@ impl Session {
                 Ok(Routed::Done(Flow::Continue))
             }
             multi => {
-                if let Some(h) = &self.held {
-                    if h.in_transaction() || self.pinned.is_some() {
-                        let m = format!(
-                            "this statement runs on several shards ({}) inside a transaction block, which is not supported; the transaction is aborted",
-                            multi.kind()
-                        );
-                        self.refuse(false, &m);
-                        return Ok(Routed::Done(Flow::Continue));
-                    }
-                    return Ok(Routed::Done(Flow::Stall(f.clone())));
-                }
-                if self.pending_begin.is_some() && !matches!(multi, ShardPlan::Scatter { .. }) {
-                    self.refuse(
-                        false,
-                        "a write to several shards inside a transaction block is not supported (outside one it commits with two-phase commit); the transaction is aborted",
+                if self.pinned.is_some() {
+                    let m = format!(
+                        "this statement runs on several shards ({}) but the session is pinned to one shard ({}); the transaction, if any, is aborted",
+                        multi.kind(),
+                        self.pinned.unwrap_or("session state")
                     );
+                    self.refuse(false, &m);
                     return Ok(Routed::Done(Flow::Continue));
+                }
+                if self.in_transaction() {
+                    if let Some(flow) = self.refuse_in_transaction(&multi, false) {
+                        return Ok(Routed::Done(flow));
+                    }
+                    if let Some(flow) = self.wait_quiet(f) {
+                        return Ok(Routed::Done(flow));
+                    }
+                } else if self.held.is_some() {
+                    return Ok(Routed::Done(Flow::Stall(f.clone())));
                 }
                 // Boxed, as every multi-shard path: its future is large and rare, and would otherwise be
                 // part of (and moved with) every message's future.
                 let outcome = Box::pin(self.run_multi(&multi, sql, Source::Simple, facts, true)).await?;
-                if outcome == Outcome::Failed && self.pending_begin.is_some() {
+                if outcome == Outcome::Failed && self.in_transaction() {
+                    // As on one database, an error fails the transaction.
                     self.tx_refused = true;
                 }
                 let status = self.local_tx_status();
@@ -244,6 +265,48 @@ impl Session {
                 Ok(Routed::Done(Flow::Continue))
             }
         }
+    }
+
+    /// Transaction control in a transaction spanning shards: COMMIT and ROLLBACK end it on every
+    /// shard, savepoint commands run on every shard, and what cannot be done across shards is
+    /// refused. `None`: the statement goes on to be routed. `portal`: a Bind's.
+    pub(super) async fn multi_tx_control(
+        &mut self,
+        f: &Frame,
+        sql: &str,
+        facts: &Facts,
+        single_statement: bool,
+        portal: Option<&str>,
+    ) -> Result<Option<Flow>, SessionError> {
+        let extended = portal.is_some();
+        let savepoint = super::transaction::is_savepoint_command(facts);
+        let prepare = sql
+            .trim_start()
+            .get(..19)
+            .is_some_and(|p| p.eq_ignore_ascii_case("prepare transaction"));
+        if !single_statement && (facts.tx != TxEffect::None || savepoint) {
+            self.refuse(
+                extended,
+                "transaction control in a query string with several statements, in a transaction spanning shards: send \
+                 COMMIT, ROLLBACK and savepoint commands on their own",
+            );
+            return Ok(Some(Flow::Continue));
+        }
+        if prepare {
+            self.refuse(
+                extended,
+                "PREPARE TRANSACTION in a transaction spanning shards: shardwire commits it across shards with its own \
+                 two-phase commit; send COMMIT",
+            );
+            return Ok(Some(Flow::Continue));
+        }
+        if facts.tx == TxEffect::End {
+            return Ok(Some(Box::pin(self.end_multi(f, sql, portal)).await?));
+        }
+        if savepoint && !self.tx_refused {
+            return Ok(Box::pin(self.savepoint_everywhere(f, sql, extended)).await);
+        }
+        Ok(None)
     }
 
     /// After a refusal inside a transaction: ROLLBACK (or COMMIT, which then rolls back) ends it;
@@ -309,10 +372,16 @@ impl Session {
         {
             return Ok(Routed::Shard(h.shard));
         }
+        let single_statement = !stmt.query.trim().trim_end_matches(';').contains(';');
+        if let TxEffect::Begin { read_only } = stmt.facts.tx
+            && single_statement
+        {
+            self.tx_begin = Some(stmt.query.clone());
+            self.tx_read_only = read_only;
+        }
         // A BEGIN waits for the shard of the transaction's first statement, as in the simple
         // protocol (JDBC sends BEGIN this way); an empty transaction ends without a shard.
-        if self.held.is_none() && self.multi_portal.is_none() && !stmt.query.trim().trim_end_matches(';').contains(';')
-        {
+        if self.held.is_none() && self.multi_portal.is_none() && single_statement {
             let tag = match stmt.facts.tx {
                 TxEffect::Begin { .. } if self.pending_begin.is_none() => {
                     self.pending_begin = Some(stmt.query.clone());
@@ -423,6 +492,7 @@ impl Session {
         match plan {
             ShardPlan::One(s) => {
                 self.shared.stats.record_plan("single-shard");
+                let s = self.here_or(s, runs_anywhere(&shape));
                 if filled_bind {
                     return Ok(Routed::BindFilled(s, stmt.clone(), parts));
                 }
@@ -433,26 +503,32 @@ impl Session {
                 Ok(Routed::Done(Flow::Continue))
             }
             multi => {
-                if let Some(h) = &self.held {
-                    if h.in_transaction() || self.pinned.is_some() {
-                        self.refuse(
-                            true,
-                            "this statement runs on several shards inside a transaction block, which is not supported; the transaction is aborted",
-                        );
-                        return Ok(Routed::Done(Flow::Continue));
-                    }
-                    if h.needs_sync {
-                        self.local_error(
-                            SqlState::FEATURE_NOT_SUPPORTED,
-                            "a statement on several shards in the same pipeline as a statement on one shard: send Sync between them",
-                        );
-                        return Ok(Routed::Done(Flow::Continue));
-                    }
-                    return Ok(Routed::Done(Flow::Stall(f.clone())));
-                }
-                if self.pending_begin.is_some() && !matches!(multi, ShardPlan::Scatter { .. }) {
-                    self.refuse(true, "a write to several shards inside a transaction block is not supported; the transaction is aborted");
+                if self.pinned.is_some() {
+                    self.refuse(
+                        true,
+                        "this statement runs on several shards but the session is pinned to one shard",
+                    );
                     return Ok(Routed::Done(Flow::Continue));
+                }
+                if self.in_transaction() {
+                    // It runs at Execute, on the transaction's connections.
+                    if let Some(flow) = self.refuse_in_transaction(&multi, true) {
+                        return Ok(Routed::Done(flow));
+                    }
+                } else if let Some(h) = self.held.as_mut() {
+                    if !(h.needs_sync && h.wrote && !h.copy_in) {
+                        // Nothing to commit with it: the pipeline's part there ends, then the
+                        // statement runs on its own connections.
+                        if h.needs_sync && !h.copy_in {
+                            crate::protocol::pg::rows::sync(&mut h.wbuf);
+                            h.ops.push_back(super::state::Op::PipelineSync { failed: false });
+                            h.needs_sync = false;
+                        }
+                        return Ok(Routed::Done(Flow::Stall(f.clone())));
+                    }
+                    // The pipeline wrote on one shard: it becomes one transaction with this
+                    // statement, committed on every shard at the client's Sync.
+                    self.pipeline_becomes_transaction();
                 }
                 self.multi_portal = Some(MultiPortal {
                     name: portal.to_owned(),
@@ -468,17 +544,31 @@ impl Session {
         }
     }
 
-    /// Execute of a portal bound to several shards: runs it now.
-    pub(super) async fn execute_multi(&mut self) -> Result<(), SessionError> {
+    /// Execute of a portal bound to several shards: runs it now (inside a transaction once the
+    /// held connection is quiet).
+    pub(super) async fn execute_multi(&mut self, f: &Frame) -> Result<Flow, SessionError> {
+        if self.in_transaction()
+            && let Some(flow) = self.wait_quiet(f)
+        {
+            return Ok(flow);
+        }
         let Some(p) = self.multi_portal.take() else {
-            return Ok(());
+            return Ok(Flow::Continue);
         };
-        if self.held.is_some() {
+        if self.held.is_some() && !self.in_transaction() {
             self.local_error(
                 SqlState::FEATURE_NOT_SUPPORTED,
                 "a multi-shard portal cannot run while another statement holds a shard",
             );
-            return Ok(());
+            return Ok(Flow::Continue);
+        }
+        if self.held.is_none()
+            && !self.in_transaction()
+            && matches!(p.plan, ShardPlan::Write { .. } | ShardPlan::InsertSplit { .. })
+        {
+            // The pipeline's implicit transaction: the write commits with the rest of the
+            // pipeline at the client's Sync (two-phase across shards), or not at all.
+            self.implicit_multi = true;
         }
         let src = Source::Extended {
             param_types: &p.stmt.param_types,
@@ -488,11 +578,25 @@ impl Session {
         let outcome = Box::pin(self.run_multi(&p.plan, &p.stmt.query, src, &facts, p.describe)).await?;
         if outcome == Outcome::Failed {
             self.ignore_till_sync = true;
-            if self.pending_begin.is_some() {
+            if self.in_transaction() {
                 self.tx_refused = true;
             }
         }
-        Ok(())
+        Ok(Flow::Continue)
+    }
+
+    /// What of a statement on several shards cannot run inside a transaction block: refused,
+    /// and the transaction fails.
+    fn refuse_in_transaction(&mut self, plan: &ShardPlan, extended: bool) -> Option<Flow> {
+        if !matches!(plan, ShardPlan::CopySplit { .. }) {
+            return None;
+        }
+        self.refuse(
+            extended,
+            "COPY into a sharded table inside a transaction block is not supported: run it outside one (it commits on every \
+             shard with two-phase commit); the transaction is aborted",
+        );
+        Some(Flow::Continue)
     }
 
     /// Describe of a statement while a BEGIN waits for its shard: answered on the default shard
@@ -603,11 +707,76 @@ impl Session {
     }
 }
 
-fn end_tag(sql: &str) -> &'static str {
-    let first = sql.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
-    if first == "rollback" || first == "abort" {
+/// Statements of these shapes give the same answer on any shard.
+fn runs_anywhere(shape: &Shape) -> bool {
+    matches!(shape, Shape::Neutral | Shape::ReferenceRead)
+}
+
+/// The command tag of a statement that ends a transaction: ROLLBACK for ROLLBACK and ABORT,
+/// COMMIT for COMMIT and END. Its first keyword decides, after comments and whitespace
+/// (`/* app */ rollback;` is a ROLLBACK).
+pub(super) fn end_tag(sql: &str) -> &'static str {
+    let word = first_keyword(sql).to_ascii_lowercase();
+    if word == "rollback" || word == "abort" {
         "ROLLBACK"
     } else {
         "COMMIT"
+    }
+}
+
+/// The first word of a statement, past whitespace, `--` comments and (nested) `/* */` comments.
+fn first_keyword(sql: &str) -> &str {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    loop {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b[i..].starts_with(b"--") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            let mut depth = 0usize;
+            while i < b.len() {
+                if b[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if b[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    let end = b[i..]
+        .iter()
+        .position(|c| !c.is_ascii_alphabetic())
+        .map_or(b.len(), |n| i + n);
+    &sql[i..end]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_end_tag_reads_past_comments_and_punctuation() {
+        for (sql, tag) in [
+            ("ROLLBACK;", "ROLLBACK"),
+            ("rollback", "ROLLBACK"),
+            ("  /* app /* nested */ */ -- x\n abort;", "ROLLBACK"),
+            ("ROLLBACK AND NO CHAIN", "ROLLBACK"),
+            ("COMMIT;", "COMMIT"),
+            ("end", "COMMIT"),
+            ("/* unterminated", "COMMIT"),
+        ] {
+            assert_eq!(super::end_tag(sql), tag, "{sql}");
+        }
     }
 }

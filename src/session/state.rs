@@ -103,6 +103,11 @@ impl SessionVars {
         (!value.eq_ignore_ascii_case("default")).then(|| value.to_owned())
     }
 
+    /// The savepoints of the open transaction, oldest first.
+    pub fn savepoint_names(&self) -> impl Iterator<Item = &str> {
+        self.savepoints.iter().map(|(n, _)| n.as_str())
+    }
+
     /// The current settings, for SHOW CLIENTS.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.vars.iter()
@@ -333,6 +338,10 @@ pub enum Op {
     /// transaction block) is rolled back at Sync as when the server raises an error, and nothing
     /// the pipeline ran before the error is committed. Its ErrorResponse is swallowed.
     Abort,
+    /// An extended-protocol BEGIN the proxy added in the middle of a pipeline, turning its
+    /// implicit transaction into a transaction block so it can span shards: its ParseComplete,
+    /// BindComplete and CommandComplete are swallowed.
+    HiddenBegin,
     /// `pg_current_wal_lsn()` after a write, for read-your-writes: swallowed, value kept.
     CaptureLsn {
         /// The position read.

@@ -22,3 +22,4 @@ mod session_state;
 mod sharding;
 mod shards;
 mod tls;
+mod transactions;
