@@ -505,3 +505,60 @@ async fn transfers_keep_the_total_when_a_shard_stops_mid_commit() {
     }
     assert_eq!(total, 30_000, "a transfer was half applied ({committed} committed)");
 }
+
+/// With a shard map and replicas, a transaction's BEGIN waits for its first statement: a read
+/// first must still open the transaction on the primary (the writes that follow run there), and
+/// only a READ ONLY transaction reads on a replica.
+#[tokio::test]
+async fn a_transaction_that_reads_first_runs_on_the_primary() {
+    let topo = crate::harness::shared();
+    let map = std::env::temp_dir().join(format!("shardwire-map-{}.toml", crate::harness::rand_suffix()));
+    std::fs::write(
+        &map,
+        r#"
+version = 1
+shards = ["main"]
+default_shard = "main"
+[groups.accounts]
+key_type = "bigint"
+partitioning = { kind = "hash", partitions = 4 }
+assignment = { main = "0-3" }
+[tables.tx_first_read]
+group = "accounts"
+key = "id"
+"#,
+    )
+    .unwrap();
+    let config = format!("{}\n[sharding]\nmap = \"{}\"\n", topo.config("", ""), map.display());
+    let proxy = Proxy::start(&config).await;
+    proxy.wait_replicas_in_rotation().await;
+    let c = proxy.app().await;
+    c.batch_execute("DROP TABLE IF EXISTS tx_first_read").await.unwrap();
+    c.batch_execute("CREATE TABLE tx_first_read (id bigint PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO tx_first_read (id, v) VALUES (1, 0)").await.unwrap();
+    crate::harness::replica_caught_up(topo).await;
+    for s in [
+        "BEGIN",
+        "SELECT v FROM tx_first_read WHERE id = 1",
+        "UPDATE tx_first_read SET v = v + 1 WHERE id = 1",
+        "COMMIT",
+    ] {
+        c.batch_execute(s).await.unwrap_or_else(|e| panic!("{s}: {e:?}"));
+    }
+    // (A session without read-your-writes: this one just wrote, so its reads may wait for the
+    // replica or go to the primary.)
+    let r = proxy.connect("noryw", "noryw").await.unwrap();
+    r.batch_execute("BEGIN READ ONLY").await.unwrap();
+    assert!(crate::harness::on_replica_simple(&r).await, "a READ ONLY transaction reads on a replica");
+    r.batch_execute("COMMIT").await.unwrap();
+    let v: i32 = c
+        .query_one("SELECT v FROM tx_first_read WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1);
+    c.batch_execute("DROP TABLE tx_first_read").await.unwrap();
+    std::fs::remove_file(&map).ok();
+}
