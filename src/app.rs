@@ -144,9 +144,17 @@ pub struct Shared {
     /// Long statement texts analyzed at once off the runtime's threads (`session::heavy`): a
     /// flood of them waits here instead of taking every core.
     pub analysis_slots: tokio::sync::Semaphore,
+    /// Column names of sharded tables, in order, read from a shard's catalog for INSERTs without
+    /// a column list; forgotten after DDL through shardwire and on reload.
+    pub columns: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<String>>>>,
 }
 
 impl Shared {
+    /// Forgets the column lists read from catalogs (a table may have changed).
+    pub fn forget_columns(&self) {
+        self.columns.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Builds the handles and starts the monitor. Must run inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
         let ids = config.ids.as_ref().map(|i| {
@@ -175,6 +183,7 @@ impl Shared {
             stats: Stats::default(),
             config_path,
             analysis_slots: tokio::sync::Semaphore::new(2),
+            columns: Default::default(),
         })
     }
 
@@ -237,6 +246,7 @@ impl Shared {
         self.runtime.store(Runtime::new(config, Some(&old)));
         if map_changed {
             self.shapes.clear();
+            self.forget_columns();
         }
         self.stats.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let what = if reused {

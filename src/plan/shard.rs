@@ -58,6 +58,12 @@ pub enum ShardPlan {
         /// Rows.
         rows: usize,
     },
+    /// An INSERT without a column list: the session reads the table's columns, names them in the
+    /// statement and plans it again.
+    NeedColumns {
+        /// The table as the statement names it.
+        table: String,
+    },
     /// Not run; the reason.
     Refuse(String),
 }
@@ -82,7 +88,7 @@ impl ShardPlan {
                 shards.clone()
             }
             ShardPlan::InsertSplit { parts } => parts.iter().map(|p| p.shard).collect(),
-            ShardPlan::Refuse(_) | ShardPlan::GenerateIds { .. } => Vec::new(),
+            ShardPlan::Refuse(_) | ShardPlan::GenerateIds { .. } | ShardPlan::NeedColumns { .. } => Vec::new(),
         }
     }
 
@@ -94,7 +100,7 @@ impl ShardPlan {
             ShardPlan::Write { .. } => "broadcast",
             ShardPlan::InsertSplit { .. } | ShardPlan::CopySplit { .. } => "insert-split",
             ShardPlan::Refuse(_) => "refused",
-            ShardPlan::GenerateIds { .. } => "insert-split",
+            ShardPlan::GenerateIds { .. } | ShardPlan::NeedColumns { .. } => "insert-split",
         }
     }
 }
@@ -214,6 +220,7 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
         Shape::CopyIn { .. } => ShardPlan::CopySplit {
             shards: map.all_shards(),
         },
+        Shape::InsertNoColumns { table } => ShardPlan::NeedColumns { table: table.clone() },
         Shape::InsertFill { id_column, rows, .. } => ShardPlan::GenerateIds {
             column: id_column.clone(),
             rows: *rows,
@@ -380,6 +387,11 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
         }
         ShardPlan::GenerateIds { column, rows } => {
             format!("generate {rows} id(s) for column {column}, then route each row by its shard key")
+        }
+        ShardPlan::NeedColumns { table } => {
+            format!(
+                "read the columns of {table} from the catalog, name them in the INSERT, then route each row by its key"
+            )
         }
         ShardPlan::Refuse(m) => format!("refused (0A000): {m}"),
     }

@@ -93,7 +93,7 @@ impl Session {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => (s, None),
             Routed::Rewrite(s, text) => (s, Some(text)),
-            Routed::BindFilled(..) => unreachable!("only Binds are filled"),
+            Routed::BindFilled(..) | Routed::NeedColumns(_) => unreachable!("only Binds are filled"),
         };
         if let Some(flow) = self.hold_for(&facts, false, &f, shard).await? {
             return Ok(flow);
@@ -226,15 +226,27 @@ impl Session {
             }
         }
         // Without a shard map the Bind goes to the default shard as it came: no need to look inside.
-        let routed = if self.route_start() {
+        let mut routed = if self.route_start() {
             self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)?
         } else {
             Routed::Shard(self.default_shard())
         };
+        if let Routed::NeedColumns(table) = &routed {
+            if let Err((code, m)) = Box::pin(self.load_columns(table)).await {
+                self.fail_statement(code, true, &m);
+                return Ok(Flow::Continue);
+            }
+            routed = self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)?;
+        }
         let shard = match routed {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
             Routed::Rewrite(..) => unreachable!("only Queries are rewritten"),
+            Routed::NeedColumns(table) => {
+                let m = format!("the columns of {table} changed while the INSERT was routed; send it again");
+                self.fail_statement(crate::protocol::pg::sqlstate::SqlState::TRANSACTION_ROLLBACK, true, &m);
+                return Ok(Flow::Continue);
+            }
             Routed::BindFilled(s, filled, parts) => {
                 // The statement with generated IDs: prepared under its own name, bound with the
                 // client's parameters plus one per ID.

@@ -9,6 +9,7 @@ pub mod auth;
 mod checkout;
 pub mod client;
 mod collation;
+mod columns;
 mod dealloc;
 mod encoding;
 mod frontend;

@@ -113,7 +113,10 @@ impl Session {
             }
             ShardPlan::InsertSplit { parts } => self.write_all_shards(parts, true, false, src, describe).await,
             ShardPlan::CopySplit { shards } => self.copy_split(sql, shards).await,
-            ShardPlan::One(_) | ShardPlan::Refuse(_) | ShardPlan::GenerateIds { .. } => Ok(Outcome::Failed),
+            ShardPlan::One(_)
+            | ShardPlan::Refuse(_)
+            | ShardPlan::GenerateIds { .. }
+            | ShardPlan::NeedColumns { .. } => Ok(Outcome::Failed),
         };
         self.shared.stats.record_plan(plan.kind());
         tracing::debug!(kind = plan.kind(), elapsed = ?started.elapsed(), "multi-shard statement");

@@ -26,8 +26,11 @@ pub(super) enum Routed {
     Shard(ShardId),
     /// Send this text instead of the client's (generated IDs added) to this shard.
     Rewrite(ShardId, String),
-    /// Bind this statement (generated IDs added) with these parameters on this shard.
+    /// Bind this statement (generated IDs added, or its columns named) with these parameters on
+    /// this shard.
     BindFilled(ShardId, Arc<Stmt>, BindParts),
+    /// The INSERT needs its table's columns: read them, then route the Bind again.
+    NeedColumns(String),
 }
 
 impl Session {
@@ -107,12 +110,25 @@ impl Session {
                     ..Params::default()
                 };
                 if let p @ ShardPlan::One(_) = shard::plan(&shape, map, &params) {
+                    if *shape == Shape::Broadcast {
+                        self.shared.forget_columns();
+                    }
                     return (p, runs_anywhere(&shape));
                 }
             }
         }
         let shape = self.shared.shapes.get(sql, map);
+        if *shape == Shape::Broadcast {
+            // DDL: a table's columns may change.
+            self.shared.forget_columns();
+        }
         (shard::plan(&shape, map, &Params::default()), runs_anywhere(&shape))
+    }
+
+    /// Plans an exact text (one the proxy rewrote).
+    fn plan_text(&self, sql: &str) -> ShardPlan {
+        let map = &self.runtime.config.map;
+        shard::plan(&self.shared.shapes.get(sql, map), map, &Params::default())
     }
 
     /// A statement any shard can answer runs where the session already is.
@@ -188,10 +204,27 @@ impl Session {
         }
         let (mut plan, anywhere) = self.plan_simple(sql, literal_free);
         let mut rewritten: Option<String> = None;
+        if let ShardPlan::NeedColumns { table } = &plan {
+            let columns = match Box::pin(self.load_columns(table)).await {
+                Ok(c) => c,
+                Err((code, m)) => {
+                    self.fail_statement(code, false, &m);
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+            };
+            match crate::analyze::shard::with_columns(sql, &columns) {
+                Some(text) => {
+                    plan = self.plan_text(&text);
+                    rewritten = Some(text);
+                }
+                // More values than columns: the server says so.
+                None => plan = ShardPlan::One(self.default_shard()),
+            }
+        }
         if let ShardPlan::GenerateIds { rows, .. } = plan {
             // Generate the IDs, add them to the statement, and route the result.
             let map = self.runtime.config.map.clone();
-            let shape = self.shared.shapes.get(sql, &map);
+            let shape = self.shared.shapes.get(rewritten.as_deref().unwrap_or(sql), &map);
             let ids = match self.issue_count(rows as u64) {
                 Ok(ids) => ids,
                 Err((code, m)) => {
@@ -405,7 +438,7 @@ impl Session {
             literals: &[],
         };
         let map = self.runtime.config.map.clone();
-        let shape = match stmt.shape.get() {
+        let mut shape = match stmt.shape.get() {
             Some((m, s)) if Arc::ptr_eq(m, &map) => s.clone(),
             _ => {
                 let s = self.shared.shapes.get(&stmt.query, &map);
@@ -413,10 +446,32 @@ impl Session {
                 s
             }
         };
+        if *shape == Shape::Broadcast {
+            self.shared.forget_columns();
+        }
         let mut plan = shard::plan(&shape, &map, &params);
         let mut stmt = stmt.clone();
-        let mut parts = parts;
         let mut filled_bind = false;
+        if let ShardPlan::NeedColumns { table } = &plan {
+            // The statement with its columns named, prepared under a name of its own.
+            let Some(columns) = self.cached_columns(table) else {
+                return Ok(Routed::NeedColumns(table.clone()));
+            };
+            match crate::analyze::shard::with_columns(&stmt.query, &columns) {
+                Some(text) => {
+                    let named = stmt
+                        .named
+                        .get_or_init(|| Arc::new(Stmt::new(&text, &stmt.param_types, stmt.facts.clone())))
+                        .clone();
+                    stmt = named;
+                    shape = self.shared.shapes.get(&stmt.query, &map);
+                    plan = shard::plan(&shape, &map, &params);
+                    filled_bind = true;
+                }
+                None => plan = ShardPlan::One(self.default_shard()),
+            }
+        }
+        let mut parts = parts;
         if let ShardPlan::GenerateIds { rows, .. } = plan {
             let Shape::InsertFill {
                 group, params: used, ..

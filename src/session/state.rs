@@ -238,6 +238,9 @@ pub struct Stmt {
     /// For an INSERT that gets generated IDs: the statement with the ID column and one parameter
     /// per row added, as parsed and as prepared on backends.
     pub filled: std::sync::OnceLock<(Arc<sqlparser::ast::Statement>, Arc<Stmt>)>,
+    /// For an INSERT without a column list into a sharded table: the statement with its columns
+    /// named, as prepared on backends.
+    pub named: std::sync::OnceLock<Arc<Stmt>>,
 }
 
 impl Stmt {
@@ -254,6 +257,7 @@ impl Stmt {
             ascii: query.is_ascii(),
             shape: std::sync::OnceLock::new(),
             filled: std::sync::OnceLock::new(),
+            named: std::sync::OnceLock::new(),
         }
     }
 

@@ -12,6 +12,7 @@ mod encoding;
 mod failover;
 mod harness;
 mod ids;
+mod inserts;
 mod lag;
 mod limits;
 mod map_swap;

@@ -537,7 +537,9 @@ key = "id"
     c.batch_execute("CREATE TABLE tx_first_read (id bigint PRIMARY KEY, v int)")
         .await
         .unwrap();
-    c.batch_execute("INSERT INTO tx_first_read (id, v) VALUES (1, 0)").await.unwrap();
+    c.batch_execute("INSERT INTO tx_first_read (id, v) VALUES (1, 0)")
+        .await
+        .unwrap();
     crate::harness::replica_caught_up(topo).await;
     for s in [
         "BEGIN",
@@ -551,7 +553,10 @@ key = "id"
     // replica or go to the primary.)
     let r = proxy.connect("noryw", "noryw").await.unwrap();
     r.batch_execute("BEGIN READ ONLY").await.unwrap();
-    assert!(crate::harness::on_replica_simple(&r).await, "a READ ONLY transaction reads on a replica");
+    assert!(
+        crate::harness::on_replica_simple(&r).await,
+        "a READ ONLY transaction reads on a replica"
+    );
     r.batch_execute("COMMIT").await.unwrap();
     let v: i32 = c
         .query_one("SELECT v FROM tx_first_read WHERE id = 1", &[])

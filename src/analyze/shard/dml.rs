@@ -38,6 +38,9 @@ pub(super) fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: 
             "INSERT ... SELECT into sharded table {table}: rows cannot be routed by key before they exist; insert VALUES"
         ));
     };
+    if ins.columns.is_empty() {
+        return Shape::InsertNoColumns { table: n.to_string() };
+    }
     if let Some(idc) = map.id_columns.get(&table) {
         let supplied = ins.columns.iter().any(|c| last_name(c) == idc.column);
         if supplied && idc.refuse_supplied {
@@ -47,12 +50,6 @@ pub(super) fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: 
             ));
         }
         if !supplied {
-            if ins.columns.is_empty() {
-                return Shape::Refuse(format!(
-                    "INSERT into {table} must name its columns (shardwire adds {})",
-                    idc.column
-                ));
-            }
             let key_pos = if *key == idc.column {
                 None
             } else {
@@ -92,7 +89,7 @@ pub(super) fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: 
     }
     let Some(pos) = ins.columns.iter().position(|c| last_name(c) == *key) else {
         return Shape::Refuse(format!(
-            "INSERT into sharded table {table} must name its columns and give shard key {key} in every row"
+            "INSERT into sharded table {table} must give its shard key {key} in every row"
         ));
     };
     let mut keys = Vec::new();

@@ -21,6 +21,7 @@ use std::ops::ControlFlow;
 use crate::shardmap::{ShardMap, TableRule};
 
 mod aggregates;
+mod columns;
 mod copy_options;
 mod dml;
 mod fill_ids;
@@ -29,6 +30,7 @@ mod merge_spec;
 mod scope;
 
 use aggregates::*;
+pub use columns::with_columns;
 use copy_options::*;
 use dml::*;
 pub use fill_ids::*;
@@ -96,6 +98,12 @@ pub enum Shape {
         keys: Vec<Operand>,
         /// The statement, to split by shard.
         stmt: Arc<Statement>,
+    },
+    /// INSERT ... VALUES into a sharded table without a column list: planned again once the
+    /// table's columns are known, with them named ([`with_columns`]).
+    InsertNoColumns {
+        /// The table as the statement names it (for the catalog lookup).
+        table: String,
     },
     /// INSERT ... VALUES into a sharded table that leaves out its ID column: shardwire generates
     /// one ID per row, adds the column, and routes on the result.
