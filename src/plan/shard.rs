@@ -64,6 +64,12 @@ pub enum ShardPlan {
         /// The table as the statement names it.
         table: String,
     },
+    /// An INSERT ... SELECT: the session reads the SELECT's rows, then plans the INSERT of
+    /// them.
+    InsertSelect {
+        /// The source query.
+        select: String,
+    },
     /// Not run; the reason.
     Refuse(String),
 }
@@ -88,7 +94,10 @@ impl ShardPlan {
                 shards.clone()
             }
             ShardPlan::InsertSplit { parts } => parts.iter().map(|p| p.shard).collect(),
-            ShardPlan::Refuse(_) | ShardPlan::GenerateIds { .. } | ShardPlan::NeedColumns { .. } => Vec::new(),
+            ShardPlan::Refuse(_)
+            | ShardPlan::GenerateIds { .. }
+            | ShardPlan::NeedColumns { .. }
+            | ShardPlan::InsertSelect { .. } => Vec::new(),
         }
     }
 
@@ -100,7 +109,9 @@ impl ShardPlan {
             ShardPlan::Write { .. } => "broadcast",
             ShardPlan::InsertSplit { .. } | ShardPlan::CopySplit { .. } => "insert-split",
             ShardPlan::Refuse(_) => "refused",
-            ShardPlan::GenerateIds { .. } | ShardPlan::NeedColumns { .. } => "insert-split",
+            ShardPlan::GenerateIds { .. } | ShardPlan::NeedColumns { .. } | ShardPlan::InsertSelect { .. } => {
+                "insert-split"
+            }
         }
     }
 }
@@ -221,6 +232,7 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
             shards: map.all_shards(),
         },
         Shape::InsertNoColumns { table } => ShardPlan::NeedColumns { table: table.clone() },
+        Shape::InsertSelect { select } => ShardPlan::InsertSelect { select: select.clone() },
         Shape::InsertFill { id_column, rows, .. } => ShardPlan::GenerateIds {
             column: id_column.clone(),
             rows: *rows,
@@ -392,6 +404,9 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
             format!(
                 "read the columns of {table} from the catalog, name them in the INSERT, then route each row by its key"
             )
+        }
+        ShardPlan::InsertSelect { select } => {
+            format!("read the rows of `{select}` where it runs, then insert them as VALUES, each row routed by its key")
         }
         ShardPlan::Refuse(m) => format!("refused (0A000): {m}"),
     }

@@ -12,7 +12,7 @@ use crate::analyze::{Facts, Need, TxEffect};
 use crate::backend::Role;
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages as msg;
-use crate::protocol::pg::rows;
+use crate::protocol::pg::rows::{self, BindParts};
 use crate::protocol::pg::sqlstate::SqlState;
 
 impl Session {
@@ -93,7 +93,9 @@ impl Session {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => (s, None),
             Routed::Rewrite(s, text) => (s, Some(text)),
-            Routed::BindFilled(..) | Routed::NeedColumns(_) => unreachable!("only Binds are filled"),
+            Routed::BindFilled(..) | Routed::NeedColumns(_) | Routed::InsertSelect(_) => {
+                unreachable!("only Binds are filled")
+            }
         };
         if let Some(flow) = self.hold_for(&facts, false, &f, shard).await? {
             return Ok(flow);
@@ -226,25 +228,74 @@ impl Session {
             }
         }
         // Without a shard map the Bind goes to the default shard as it came: no need to look inside.
+        let mut stmt = stmt;
+        // The statement the proxy made of the client's (an INSERT ... SELECT's rows as VALUES),
+        // bound without parameters.
+        let mut own: Option<BindParts> = None;
+        let parts = |own: &Option<BindParts>| match own {
+            Some(p) => Ok(p.clone()),
+            None => rows::split_bind(&f.raw().slice_ref(b.rest)),
+        };
         let mut routed = if self.route_start() {
-            self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)?
+            self.route_bind(&f, b.portal, &stmt, parts(&own)?)?
         } else {
             Routed::Shard(self.default_shard())
         };
-        if let Routed::NeedColumns(table) = &routed {
-            if let Err((code, m)) = Box::pin(self.load_columns(table)).await {
-                self.fail_statement(code, true, &m);
-                return Ok(Flow::Continue);
+        // Each step at most once: columns read, rows selected, columns of their INSERT read.
+        for _ in 0..3 {
+            match &routed {
+                Routed::NeedColumns(table) => {
+                    if let Err((code, m)) = Box::pin(self.load_columns(table)).await {
+                        self.fail_statement(code, true, &m);
+                        return Ok(Flow::Continue);
+                    }
+                }
+                Routed::InsertSelect(select) if own.is_none() => {
+                    if let Some(flow) = self.clear_for_statement(&f) {
+                        return Ok(flow);
+                    }
+                    let select = select.clone();
+                    let client = parts(&own)?;
+                    let (text, none) =
+                        match Box::pin(self.insert_select(&stmt.query, &select, Some((&stmt.param_types, &client))))
+                            .await
+                        {
+                            Ok(t) => t,
+                            Err(super::insert_select::SelectFailure::Proxy(code, m)) => {
+                                self.fail_statement(code, true, &m);
+                                return Ok(Flow::Continue);
+                            }
+                            Err(super::insert_select::SelectFailure::Server(e)) => {
+                                self.fail_with_frame(e.raw(), true);
+                                return Ok(Flow::Continue);
+                            }
+                        };
+                    stmt = Arc::new(Stmt::new(&text, &[0, 0], stmt.facts.clone()));
+                    own = Some(BindParts {
+                        param_formats: Vec::new(),
+                        values: Vec::new(),
+                        result_formats: client.result_formats,
+                    });
+                    if none {
+                        // Nothing to insert: any shard answers it, with RETURNING's columns.
+                        routed = Routed::Shard(self.here_or(self.default_shard(), true));
+                        break;
+                    }
+                }
+                _ => break,
             }
-            routed = self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)?;
+            routed = self.route_bind(&f, b.portal, &stmt, parts(&own)?)?;
+        }
+        if let (Some(p), Routed::Shard(s)) = (&own, &routed) {
+            routed = Routed::BindFilled(*s, stmt.clone(), p.clone());
         }
         let shard = match routed {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
             Routed::Rewrite(..) => unreachable!("only Queries are rewritten"),
-            Routed::NeedColumns(table) => {
-                let m = format!("the columns of {table} changed while the INSERT was routed; send it again");
-                self.fail_statement(crate::protocol::pg::sqlstate::SqlState::TRANSACTION_ROLLBACK, true, &m);
+            Routed::NeedColumns(_) | Routed::InsertSelect(_) => {
+                let m = "the INSERT's table changed while it was routed; send it again";
+                self.fail_statement(crate::protocol::pg::sqlstate::SqlState::TRANSACTION_ROLLBACK, true, m);
                 return Ok(Flow::Continue);
             }
             Routed::BindFilled(s, filled, parts) => {

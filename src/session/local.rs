@@ -34,7 +34,29 @@ impl Session {
     pub(super) fn local_error(&mut self, code: SqlState, message: &str) {
         let mut b = BytesMut::new();
         msg::error_response(&mut b, Severity::Error, code, message);
-        self.respond_local(b.freeze());
+        self.extended_error(b.freeze());
+    }
+
+    /// A server's error (its ErrorResponse as sent) for a statement the proxy ran on the client's
+    /// behalf, reported as the statement's own: in the extended protocol as [`Session::local_error`];
+    /// in the simple one with its ReadyForQuery, and inside a transaction block the transaction
+    /// fails.
+    pub(super) fn fail_with_frame(&mut self, error: &[u8], extended: bool) {
+        let in_tx = self.in_transaction();
+        if in_tx {
+            self.tx_refused = true;
+        }
+        if extended {
+            self.extended_error(bytes::Bytes::copy_from_slice(error));
+            return;
+        }
+        let mut b = BytesMut::from(error);
+        msg::ready_for_query(&mut b, if in_tx { b'E' } else { b'I' });
+        self.respond_synth(b.freeze());
+    }
+
+    fn extended_error(&mut self, error: bytes::Bytes) {
+        self.respond_local(error);
         self.ignore_till_sync = true;
         // The backend has run part of this pipeline (or holds the transaction block): the error
         // must fail it there too, or its Sync would commit what ran before the error.

@@ -15,6 +15,7 @@ mod encoding;
 mod frontend;
 mod heavy;
 mod ids;
+mod insert_select;
 mod local;
 mod multi;
 mod multi_copy;

@@ -116,7 +116,8 @@ impl Session {
             ShardPlan::One(_)
             | ShardPlan::Refuse(_)
             | ShardPlan::GenerateIds { .. }
-            | ShardPlan::NeedColumns { .. } => Ok(Outcome::Failed),
+            | ShardPlan::NeedColumns { .. }
+            | ShardPlan::InsertSelect { .. } => Ok(Outcome::Failed),
         };
         self.shared.stats.record_plan(plan.kind());
         tracing::debug!(kind = plan.kind(), elapsed = ?started.elapsed(), "multi-shard statement");

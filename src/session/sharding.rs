@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::client::SessionError;
+use super::insert_select::SelectFailure;
 use super::multi::{MultiPortal, Outcome, Source};
 use super::state::Stmt;
 use super::{Flow, Session};
@@ -31,6 +32,8 @@ pub(super) enum Routed {
     BindFilled(ShardId, Arc<Stmt>, BindParts),
     /// The INSERT needs its table's columns: read them, then route the Bind again.
     NeedColumns(String),
+    /// An INSERT ... SELECT: read the SELECT's rows (this query), then route the INSERT of them.
+    InsertSelect(String),
 }
 
 impl Session {
@@ -132,7 +135,7 @@ impl Session {
     }
 
     /// A statement any shard can answer runs where the session already is.
-    fn here_or(&self, shard: ShardId, anywhere: bool) -> ShardId {
+    pub(super) fn here_or(&self, shard: ShardId, anywhere: bool) -> ShardId {
         match &self.held {
             Some(h) if anywhere => h.shard,
             _ => shard,
@@ -204,6 +207,30 @@ impl Session {
         }
         let (mut plan, anywhere) = self.plan_simple(sql, literal_free);
         let mut rewritten: Option<String> = None;
+        if let ShardPlan::InsertSelect { select } = &plan {
+            if let Some(flow) = self.clear_for_statement(f) {
+                return Ok(Routed::Done(flow));
+            }
+            let select = select.clone();
+            match Box::pin(self.insert_select(sql, &select, None)).await {
+                Ok((text, none)) => {
+                    plan = match none {
+                        // Nothing to insert: any shard answers it, with RETURNING's columns.
+                        true => ShardPlan::One(self.here_or(self.default_shard(), true)),
+                        false => self.plan_text(&text),
+                    };
+                    rewritten = Some(text);
+                }
+                Err(SelectFailure::Proxy(code, m)) => {
+                    self.fail_statement(code, false, &m);
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+                Err(SelectFailure::Server(e)) => {
+                    self.fail_with_frame(e.raw(), false);
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+            }
+        }
         if let ShardPlan::NeedColumns { table } = &plan {
             let columns = match Box::pin(self.load_columns(table)).await {
                 Ok(c) => c,
@@ -212,7 +239,7 @@ impl Session {
                     return Ok(Routed::Done(Flow::Continue));
                 }
             };
-            match crate::analyze::shard::with_columns(sql, &columns) {
+            match crate::analyze::shard::with_columns(rewritten.as_deref().unwrap_or(sql), &columns) {
                 Some(text) => {
                     plan = self.plan_text(&text);
                     rewritten = Some(text);
@@ -470,6 +497,9 @@ impl Session {
                 }
                 None => plan = ShardPlan::One(self.default_shard()),
             }
+        }
+        if let ShardPlan::InsertSelect { select } = &plan {
+            return Ok(Routed::InsertSelect(select.clone()));
         }
         let mut parts = parts;
         if let ShardPlan::GenerateIds { rows, .. } = plan {

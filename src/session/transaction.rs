@@ -70,6 +70,27 @@ impl Session {
         self.implicit_multi = true;
     }
 
+    /// Makes way for a statement that needs connections of its own (the SELECT of an
+    /// INSERT ... SELECT): inside a transaction once the held connection is quiet; outside one
+    /// once it is released, or, in a pipeline that wrote, the pipeline made a transaction.
+    /// `None`: go on now.
+    pub(super) fn clear_for_statement(&mut self, f: &Frame) -> Option<Flow> {
+        if self.in_transaction() {
+            return self.wait_quiet(f);
+        }
+        let h = self.held.as_mut()?;
+        if h.needs_sync && h.wrote && !h.copy_in {
+            self.pipeline_becomes_transaction();
+            return self.wait_quiet(f);
+        }
+        if h.needs_sync && !h.copy_in {
+            rows::sync(&mut h.wbuf);
+            h.ops.push_back(Op::PipelineSync { failed: false });
+            h.needs_sync = false;
+        }
+        Some(Flow::Stall(f.clone()))
+    }
+
     /// The transaction (or a pipeline that wrote) needs `shard`, and another is held: the held
     /// connection is parked and `shard`'s taken back, or the transaction joins `shard`.
     pub(super) async fn join_shard(

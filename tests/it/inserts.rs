@@ -66,3 +66,114 @@ async fn inserts_without_a_column_list_are_routed_by_key() {
         .unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42P01"), "{e:?}");
 }
+
+async fn placed(topo: &crate::shards::Sharded, ids: std::ops::RangeInclusive<i64>) -> usize {
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    let mut n = 0;
+    for s in 0..SHARDS {
+        for r in topo
+            .shard(s)
+            .await
+            .query(
+                "SELECT id FROM users WHERE id BETWEEN $1 AND $2",
+                &[ids.start(), ids.end()],
+            )
+            .await
+            .unwrap()
+        {
+            let id: i64 = r.get(0);
+            assert_eq!(
+                map.locate("users", &id.to_string()).unwrap().0.shard,
+                s,
+                "row {id} on the wrong shard"
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_select_reads_the_rows_then_routes_each_by_key() {
+    let (topo, _guard) = sharded().await;
+    let proxy = Proxy::start(&topo.config(MAP)).await;
+    let mut c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    // From a set-returning function (no table), in both protocols.
+    let n = c
+        .execute(
+            "INSERT INTO users (id, name) SELECT g, 'u' || g FROM generate_series(1, 30) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 30);
+    c.batch_execute("INSERT INTO users (id, name) SELECT g, 'u' || g FROM generate_series(31, 60) g")
+        .await
+        .unwrap();
+    assert_eq!(placed(topo, 1..=60).await, 60);
+    // Without a column list, from a reference table.
+    c.batch_execute(
+        "INSERT INTO countries (code, name, region) VALUES ('fr', 'France', 'eu'), ('jp', 'Japan', 'asia')",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("INSERT INTO users SELECT 100 + row_number() OVER (ORDER BY code), name, code FROM countries")
+        .await
+        .unwrap();
+    assert_eq!(placed(topo, 101..=102).await, 2);
+    // RETURNING, and a SELECT that yields nothing.
+    let r = c
+        .simple_query("INSERT INTO users (id, name) SELECT 200, 'r' RETURNING id, name")
+        .await
+        .unwrap();
+    assert!(
+        r.iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("200"))),
+        "{r:?}"
+    );
+    let r = c
+        .simple_query("INSERT INTO users (id, name) SELECT 1, 'x' WHERE false")
+        .await
+        .unwrap();
+    assert!(
+        r.iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(0))),
+        "{r:?}"
+    );
+    // The extended protocol with parameters (tokio-postgres sends them in binary).
+    let n = c
+        .execute(
+            "INSERT INTO users (id, name) SELECT g, $1 FROM generate_series($2::bigint, $3::bigint) g",
+            &[&"p", &300i64, &309i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 10);
+    assert_eq!(placed(topo, 300..=309).await, 10);
+    // Inside a transaction it commits or rolls back with the rest; a duplicate key fails it all.
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute("INSERT INTO users (id, name) SELECT g, 't' FROM generate_series(400, 409) g")
+        .await
+        .unwrap();
+    let seen: i64 = tx
+        .query_one("SELECT count(*) FROM users WHERE id BETWEEN 400 AND 409", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 10, "the transaction sees its own rows");
+    tx.rollback().await.unwrap();
+    assert_eq!(placed(topo, 400..=409).await, 0);
+    let e = c
+        .batch_execute("INSERT INTO users (id, name) SELECT g, 'd' FROM generate_series(55, 70) g")
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("23505"), "{e:?}");
+    assert_eq!(placed(topo, 61..=70).await, 0, "the failed INSERT ... SELECT left rows");
+    // A SELECT over several shards is refused, with the way out.
+    let e = c
+        .batch_execute("INSERT INTO orders (id, user_id, amount, status) SELECT id, id, 1, 'n' FROM users")
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("0A000"), "{e:?}");
+}

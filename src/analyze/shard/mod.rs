@@ -30,7 +30,7 @@ mod merge_spec;
 mod scope;
 
 use aggregates::*;
-pub use columns::with_columns;
+pub use columns::{with_columns, with_rows};
 use copy_options::*;
 use dml::*;
 pub use fill_ids::*;
@@ -104,6 +104,12 @@ pub enum Shape {
     InsertNoColumns {
         /// The table as the statement names it (for the catalog lookup).
         table: String,
+    },
+    /// INSERT ... SELECT into a sharded table: the SELECT (planned on its own) is read first,
+    /// and its rows inserted as VALUES, split by key ([`with_rows`]).
+    InsertSelect {
+        /// The source query's text.
+        select: String,
     },
     /// INSERT ... VALUES into a sharded table that leaves out its ID column: shardwire generates
     /// one ID per row, adds the column, and routes on the result.
@@ -204,6 +210,9 @@ fn tables(stmt: &impl Visit, map: &ShardMap) -> (Vec<(String, TableRule)>, bool)
 }
 
 fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
+    if let Some(select) = columns::insert_select_source(stmt, map) {
+        return Shape::InsertSelect { select };
+    }
     if let Statement::Copy {
         source,
         to,
