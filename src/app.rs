@@ -17,6 +17,9 @@ use crate::health::Bounds;
 use crate::health::monitor::{self, MonitorSettings};
 use crate::session::registry::ClientRegistry;
 
+mod map_change;
+pub use map_change::MapChange;
+
 /// One version of the configuration with the cluster built from it. Sessions take a snapshot per
 /// transaction; a reload publishes a new one.
 pub struct Runtime {
@@ -147,6 +150,10 @@ pub struct Shared {
     /// Column names of sharded tables, in order, read from a shard's catalog for INSERTs without
     /// a column list; forgotten after DDL through shardwire and on reload.
     pub columns: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<String>>>>,
+    /// Map changes applied, for SHOW MAP HISTORY.
+    map_history: std::sync::Mutex<std::collections::VecDeque<MapChange>>,
+    /// Held while an admin command edits the map file.
+    map_edit: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -184,6 +191,8 @@ impl Shared {
             config_path,
             analysis_slots: tokio::sync::Semaphore::new(2),
             columns: Default::default(),
+            map_history: Default::default(),
+            map_edit: Default::default(),
         })
     }
 
@@ -191,7 +200,12 @@ impl Shared {
     /// Statements in flight finish on the snapshot they started with. A shard map that sends
     /// existing keys to other shards is refused unless `data_in_place` (the DBA moved the data).
     pub fn reload(&self, data_in_place: bool) -> Result<String, ConfigError> {
-        let r = self.try_reload(data_in_place);
+        self.reload_as(data_in_place, "file")
+    }
+
+    /// [`Shared::reload`] on behalf of `by` (for the map history).
+    pub(crate) fn reload_as(&self, data_in_place: bool, by: &str) -> Result<String, ConfigError> {
+        let r = self.try_reload(data_in_place, by);
         if r.is_err() {
             self.stats
                 .rejected_reloads
@@ -200,7 +214,7 @@ impl Shared {
         r
     }
 
-    fn try_reload(&self, data_in_place: bool) -> Result<String, ConfigError> {
+    fn try_reload(&self, data_in_place: bool, by: &str) -> Result<String, ConfigError> {
         let Some(path) = &self.config_path else {
             return Err(ConfigError::Invalid {
                 path: "RELOAD".into(),
@@ -213,6 +227,15 @@ impl Shared {
         if config.server.listen != old.config.server.listen || config.server.admin_http != old.config.server.admin_http
         {
             notes.push("listen addresses change only on restart");
+        }
+        if config.map != old.config.map && config.map.version <= old.config.map.version {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: format!(
+                    "the shard map changed but its version did not go up (serving {}, file {}): raise `version` with every change",
+                    old.config.map.version, config.map.version
+                ),
+            });
         }
         let moves = crate::shardmap::diff::moves(&old.config.map, &config.map);
         if !moves.is_empty() && !data_in_place {
@@ -243,8 +266,17 @@ impl Shared {
             self.cache.clear();
         }
         let map_changed = config.map != old.config.map;
+        let versions = (old.config.map.version, config.map.version);
         self.runtime.store(Runtime::new(config, Some(&old)));
         if map_changed {
+            let what = if moves.is_empty() {
+                "map reloaded".to_string()
+            } else {
+                format!("map reloaded, data stated in place: {}", moves.join("; "))
+            };
+            if by == "file" {
+                self.record_change(versions.0, versions.1, by, what);
+            }
             self.shapes.clear();
             self.forget_columns();
         }

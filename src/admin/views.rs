@@ -185,12 +185,19 @@ pub fn map(shared: &Shared) -> Table {
     let mut rows: Vec<Vec<Option<String>>> = crate::shardmap::describe(map)
         .into_iter()
         .map(|(group, kind, per_shard, tables)| {
+            let states: Vec<String> = map
+                .groups
+                .iter()
+                .find(|g| g.name == group)
+                .map(|g| g.states.iter().map(|(p, st)| format!("{p}={st}")).collect())
+                .unwrap_or_default();
             vec![
                 s(map.version.to_string()),
                 s(&group),
                 s(&kind),
                 s(&per_shard),
                 s(&tables),
+                s(states.join(" ")),
             ]
         })
         .collect();
@@ -207,6 +214,7 @@ pub fn map(shared: &Shared) -> Table {
         s("every shard"),
         s(map.shards.join(" ")),
         s(reference.join(",")),
+        s(""),
     ]);
     rows.push(vec![
         s(map.version.to_string()),
@@ -214,10 +222,38 @@ pub fn map(shared: &Shared) -> Table {
         s("default shard"),
         s(&map.shards[map.default_shard]),
         s("tables the map does not name"),
+        s(""),
     ]);
     Table {
-        columns: vec!["version", "group", "partitioning", "partitions_per_shard", "tables"],
+        columns: vec![
+            "version",
+            "group",
+            "partitioning",
+            "partitions_per_shard",
+            "tables",
+            "states",
+        ],
         rows,
+    }
+}
+
+/// SHOW MAP HISTORY: map changes applied since start, oldest first.
+pub fn map_history(shared: &Shared) -> Table {
+    Table {
+        columns: vec!["at", "from_version", "to_version", "by", "change"],
+        rows: shared
+            .map_history()
+            .into_iter()
+            .map(|c| {
+                vec![
+                    s(c.at.to_string()),
+                    s(c.from.to_string()),
+                    s(c.to.to_string()),
+                    s(c.by),
+                    s(c.what),
+                ]
+            })
+            .collect(),
     }
 }
 

@@ -8,11 +8,11 @@ use super::raw::{RawConfig, RawShard};
 use super::validate::{ShardConfig, err, node};
 use crate::shardmap::{self, ShardMap};
 
-/// The shards in map order, and the map (a one-shard map when none is configured).
+/// The shards in map order, the map (a one-shard map when none is configured) and its file.
 pub(super) fn shards_and_map(
     raw: &RawConfig,
     base: Option<&Path>,
-) -> Result<(Vec<ShardConfig>, ShardMap), ConfigError> {
+) -> Result<(Vec<ShardConfig>, ShardMap, Option<std::path::PathBuf>), ConfigError> {
     let mut by_name = HashMap::new();
     for (i, s) in raw.shards.iter().enumerate() {
         if by_name.insert(s.name.as_str(), (i, s)).is_some() {
@@ -32,7 +32,7 @@ pub(super) fn shards_and_map(
                 ),
             ));
         };
-        return Ok((vec![shard(0, s)?], ShardMap::single(&s.name)));
+        return Ok((vec![shard(0, s)?], ShardMap::single(&s.name), None));
     };
     let path = match base {
         Some(b) => b.join(&sharding.map),
@@ -55,7 +55,7 @@ pub(super) fn shards_and_map(
             format!("shard `{}` is not in the shard map", s.name),
         ));
     }
-    Ok((shards, map))
+    Ok((shards, map, Some(path)))
 }
 
 fn shard(i: usize, s: &RawShard) -> Result<ShardConfig, ConfigError> {

@@ -27,6 +27,8 @@ pub struct Config {
     pub shards: Vec<ShardConfig>,
     /// Which shard holds which rows; one shard and no sharded tables when no map is configured.
     pub map: Arc<crate::shardmap::ShardMap>,
+    /// The map's file (`[sharding] map`), which admin map commands edit.
+    pub map_path: Option<std::path::PathBuf>,
     /// Globally unique IDs, when configured.
     pub ids: Option<IdsConfig>,
 }
@@ -337,7 +339,7 @@ pub(super) fn one_of<T: Copy>(
 
 /// Validates a parsed file.
 pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let (shards, map) = super::shards::shards_and_map(&raw, base)?;
+    let (shards, map, map_path) = super::shards::shards_and_map(&raw, base)?;
     let default_db = shards[map.default_shard].primary.dbname.clone();
     let s = &raw.server;
     let server = ServerConfig {
@@ -461,6 +463,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         users,
         shards,
         map: Arc::new(map),
+        map_path,
         ids,
     })
 }

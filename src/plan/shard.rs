@@ -70,6 +70,13 @@ pub enum ShardPlan {
         /// The source query.
         select: String,
     },
+    /// It touches a partition in a move's cutover: the session waits for the map to change.
+    Fenced {
+        /// The group.
+        group: String,
+        /// The partition.
+        partition: u32,
+    },
     /// Not run; the reason.
     Refuse(String),
 }
@@ -97,7 +104,8 @@ impl ShardPlan {
             ShardPlan::Refuse(_)
             | ShardPlan::GenerateIds { .. }
             | ShardPlan::NeedColumns { .. }
-            | ShardPlan::InsertSelect { .. } => Vec::new(),
+            | ShardPlan::InsertSelect { .. }
+            | ShardPlan::Fenced { .. } => Vec::new(),
         }
     }
 
@@ -108,7 +116,7 @@ impl ShardPlan {
             ShardPlan::Scatter { .. } => "scatter",
             ShardPlan::Write { .. } => "broadcast",
             ShardPlan::InsertSplit { .. } | ShardPlan::CopySplit { .. } => "insert-split",
-            ShardPlan::Refuse(_) => "refused",
+            ShardPlan::Refuse(_) | ShardPlan::Fenced { .. } => "refused",
             ShardPlan::GenerateIds { .. } | ShardPlan::NeedColumns { .. } | ShardPlan::InsertSelect { .. } => {
                 "insert-split"
             }
@@ -204,6 +212,9 @@ fn one_shard(cond: &KeyCond, group: &Group, params: &Params) -> Option<ShardId> 
 
 /// Plans a statement of shape `shape`.
 pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
+    if let Some(fenced) = fence::check(shape, map, params) {
+        return fenced;
+    }
     match shape {
         Shape::Unparsed | Shape::Neutral | Shape::Unsharded | Shape::ReferenceRead => ShardPlan::One(map.default_shard),
         Shape::Several(shapes) => {
@@ -327,6 +338,7 @@ fn insert_part(stmt: &Statement, shard: ShardId, rows: &[usize]) -> InsertPart {
     }
 }
 
+mod fence;
 #[cfg(test)]
 mod tests;
 
@@ -407,6 +419,9 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
         }
         ShardPlan::InsertSelect { select } => {
             format!("read the rows of `{select}` where it runs, then insert them as VALUES, each row routed by its key")
+        }
+        ShardPlan::Fenced { group, partition } => {
+            format!("waits: partition {partition} of group {group} is fenced (a move's cutover)")
         }
         ShardPlan::Refuse(m) => format!("refused (0A000): {m}"),
     }

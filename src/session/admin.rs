@@ -35,6 +35,19 @@ pub enum Command {
     },
     /// SHOW MAP: version, groups, partitions per shard.
     Map,
+    /// SHOW MAP HISTORY: the changes applied since start.
+    MapHistory,
+    /// SET PARTITION <group> <n> TO <shard> | STATE <state> [DATA IN PLACE] [VERSION <v>] [DRY RUN]
+    SetPartition {
+        /// The change.
+        change: crate::shardmap::edit::MapEdit,
+        /// The version it is based on.
+        based_on: Option<u64>,
+        /// The rows are already on the new shard.
+        data_in_place: bool,
+        /// Only say what would change.
+        dry_run: bool,
+    },
     /// SHOW IDS: the ID generator.
     Ids,
     /// SHOW ROUTES: statements per plan kind.
@@ -46,7 +59,9 @@ pub enum Command {
 }
 
 const HELP: &str = "SHOW SHARDS | SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW MAP | SHOW ROUTES | \
-SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE";
+SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE | SHOW MAP HISTORY | \
+SET PARTITION <group> <n> TO <shard> [DATA IN PLACE] [VERSION <v>] [DRY RUN] | \
+SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN]";
 
 impl Command {
     /// Parses a console query (case-insensitive, optional trailing semicolon).
@@ -59,6 +74,9 @@ impl Command {
             && c.eq_ignore_ascii_case("for")
         {
             return Ok(Command::Route(rest.trim().to_owned()));
+        }
+        if let Some(c) = set_partition(trimmed)? {
+            return Ok(c);
         }
         let words: Vec<String> = sql
             .trim()
@@ -73,6 +91,7 @@ impl Command {
             ["SHOW", "POOLS"] => Command::Pools,
             ["SHOW", "SHARDS"] => Command::Shards,
             ["SHOW", "MAP"] => Command::Map,
+            ["SHOW", "MAP", "HISTORY"] => Command::MapHistory,
             ["SHOW", "IDS"] => Command::Ids,
             ["SHOW", "ROUTES"] => Command::Routes,
             ["SHOW", "CLIENTS"] => Command::Clients,
@@ -86,8 +105,67 @@ impl Command {
     }
 }
 
+/// `SET PARTITION ...`, or `None` for another command.
+fn set_partition(sql: &str) -> Result<Option<Command>, String> {
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let is = |i: usize, k: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(k));
+    if !(is(0, "SET") && is(1, "PARTITION")) {
+        return Ok(None);
+    }
+    let usage = "SET PARTITION <group> <n> TO <shard> [DATA IN PLACE] [VERSION <v>] [DRY RUN], \
+                 or SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN]";
+    let (Some(group), Some(n), Some(value)) = (words.get(2), words.get(3), words.get(5)) else {
+        return Err(format!("incomplete command; {usage}"));
+    };
+    let partition: u32 = n
+        .parse()
+        .map_err(|_| format!("`{n}` is not a partition number; {usage}"))?;
+    let change = if is(4, "TO") {
+        crate::shardmap::edit::MapEdit::Assign {
+            group: group.to_string(),
+            partition,
+            shard: value.to_string(),
+        }
+    } else if is(4, "STATE") {
+        let state = crate::shardmap::PartitionState::parse(value)
+            .ok_or_else(|| format!("`{value}` is not one of serving, moving, fenced"))?;
+        crate::shardmap::edit::MapEdit::State {
+            group: group.to_string(),
+            partition,
+            state,
+        }
+    } else {
+        return Err(format!("expected TO or STATE after the partition number; {usage}"));
+    };
+    let (mut based_on, mut data_in_place, mut dry_run) = (None, false, false);
+    let mut i = 6;
+    while i < words.len() {
+        if is(i, "DATA") && is(i + 1, "IN") && is(i + 2, "PLACE") {
+            data_in_place = true;
+            i += 3;
+        } else if is(i, "DRY") && is(i + 1, "RUN") {
+            dry_run = true;
+            i += 2;
+        } else if is(i, "VERSION") {
+            let v = words
+                .get(i + 1)
+                .ok_or_else(|| format!("VERSION needs a number; {usage}"))?;
+            based_on = Some(v.parse().map_err(|_| format!("`{v}` is not a version number"))?);
+            i += 2;
+        } else {
+            return Err(format!("unexpected `{}`; {usage}", words[i]));
+        }
+    }
+    Ok(Some(Command::SetPartition {
+        change,
+        based_on,
+        data_in_place,
+        dry_run,
+    }))
+}
+
 /// Serves one admin client until it leaves.
-pub async fn run(mut client: ClientConn, _user: Arc<User>, shared: Arc<Shared>) -> Result<(), SessionError> {
+pub async fn run(mut client: ClientConn, user: Arc<User>, shared: Arc<Shared>) -> Result<(), SessionError> {
     loop {
         let f = match client.read_frame().await {
             Ok(f) => f,
@@ -103,7 +181,7 @@ pub async fn run(mut client: ClientConn, _user: Arc<User>, shared: Arc<Shared>) 
             b'Q' => {
                 // Console commands are ASCII; anything else is read leniently and then unknown.
                 let sql = String::from_utf8_lossy(msg::parse_query(f.body())?);
-                execute(&mut client.wbuf, &sql, &shared);
+                execute(&mut client.wbuf, &sql, &shared, &user.name);
                 msg::ready_for_query(&mut client.wbuf, b'I');
             }
             b'X' => return Ok(()),
@@ -122,7 +200,7 @@ pub async fn run(mut client: ClientConn, _user: Arc<User>, shared: Arc<Shared>) 
     }
 }
 
-fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared) {
+fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &str) {
     let command = match Command::parse(sql) {
         Ok(c) => c,
         Err(m) => return msg::error_response(out, Severity::Error, SqlState::SYNTAX_ERROR, &m),
@@ -146,6 +224,24 @@ fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared) {
             columns: vec!["commands"],
             rows: vec![vec![Some(HELP.into())]],
         },
+        Command::MapHistory => views::map_history(shared),
+        Command::SetPartition {
+            change,
+            based_on,
+            data_in_place,
+            dry_run,
+        } => {
+            return match shared.change_map(&change, based_on, data_in_place, dry_run, user) {
+                Ok(m) => {
+                    msg::error_response(out, Severity::Warning, SqlState::WARNING, &m);
+                    msg::command_complete(out, "SET PARTITION");
+                }
+                Err(e) => {
+                    let m = format!("map change refused, the running map stays: {e}");
+                    msg::error_response(out, Severity::Error, SqlState::CONFIG_FILE_ERROR, &m);
+                }
+            };
+        }
         Command::Reload { data_in_place } => {
             return match shared.reload(data_in_place) {
                 Ok(m) => {
@@ -174,6 +270,48 @@ fn write_table(out: &mut bytes::BytesMut, t: &Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_partition_parses_with_its_options() {
+        use crate::shardmap::edit::MapEdit;
+        assert_eq!(
+            Command::parse("set partition users 17 to s2 data in place version 4 dry run;"),
+            Ok(Command::SetPartition {
+                change: MapEdit::Assign {
+                    group: "users".into(),
+                    partition: 17,
+                    shard: "s2".into()
+                },
+                based_on: Some(4),
+                data_in_place: true,
+                dry_run: true,
+            })
+        );
+        assert_eq!(
+            Command::parse("SET PARTITION Users 3 STATE fenced"),
+            Ok(Command::SetPartition {
+                change: MapEdit::State {
+                    group: "Users".into(),
+                    partition: 3,
+                    state: crate::shardmap::PartitionState::Fenced
+                },
+                based_on: None,
+                data_in_place: false,
+                dry_run: false,
+            })
+        );
+        for bad in [
+            "SET PARTITION users x TO s1",
+            "SET PARTITION users 1 INTO s1",
+            "SET PARTITION users 1 STATE frozen",
+            "SET PARTITION users 1 TO s1 VERSION",
+            "SET PARTITION users 1 TO s1 PLEASE",
+            "SET PARTITION users",
+        ] {
+            assert!(Command::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Command::parse("show map history"), Ok(Command::MapHistory));
+    }
 
     #[test]
     fn parses_commands() {

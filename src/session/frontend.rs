@@ -93,7 +93,7 @@ impl Session {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => (s, None),
             Routed::Rewrite(s, text) => (s, Some(text)),
-            Routed::BindFilled(..) | Routed::NeedColumns(_) | Routed::InsertSelect(_) => {
+            Routed::BindFilled(..) | Routed::NeedColumns(_) | Routed::InsertSelect(_) | Routed::Fenced(..) => {
                 unreachable!("only Binds are filled")
             }
         };
@@ -241,9 +241,17 @@ impl Session {
         } else {
             Routed::Shard(self.default_shard())
         };
-        // Each step at most once: columns read, rows selected, columns of their INSERT read.
-        for _ in 0..3 {
+        // Each step at most once or twice: columns read, rows selected, columns of their INSERT
+        // read, a fence waited out.
+        for _ in 0..5 {
             match &routed {
+                Routed::Fenced(group, partition) => {
+                    let (group, partition) = (group.clone(), *partition);
+                    if let Err((code, m)) = Box::pin(self.wait_unfenced(&group, partition)).await {
+                        self.fail_statement(code, true, &m);
+                        return Ok(Flow::Continue);
+                    }
+                }
                 Routed::NeedColumns(table) => {
                     if let Err((code, m)) = Box::pin(self.load_columns(table)).await {
                         self.fail_statement(code, true, &m);
@@ -293,8 +301,8 @@ impl Session {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
             Routed::Rewrite(..) => unreachable!("only Queries are rewritten"),
-            Routed::NeedColumns(_) | Routed::InsertSelect(_) => {
-                let m = "the INSERT's table changed while it was routed; send it again";
+            Routed::NeedColumns(_) | Routed::InsertSelect(_) | Routed::Fenced(..) => {
+                let m = "the statement's table or partition changed while it was routed; send it again";
                 self.fail_statement(crate::protocol::pg::sqlstate::SqlState::TRANSACTION_ROLLBACK, true, m);
                 return Ok(Flow::Continue);
             }

@@ -12,6 +12,7 @@ mod collation;
 mod columns;
 mod dealloc;
 mod encoding;
+mod fence;
 mod frontend;
 mod heavy;
 mod ids;

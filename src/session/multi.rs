@@ -117,7 +117,8 @@ impl Session {
             | ShardPlan::Refuse(_)
             | ShardPlan::GenerateIds { .. }
             | ShardPlan::NeedColumns { .. }
-            | ShardPlan::InsertSelect { .. } => Ok(Outcome::Failed),
+            | ShardPlan::InsertSelect { .. }
+            | ShardPlan::Fenced { .. } => Ok(Outcome::Failed),
         };
         self.shared.stats.record_plan(plan.kind());
         tracing::debug!(kind = plan.kind(), elapsed = ?started.elapsed(), "multi-shard statement");

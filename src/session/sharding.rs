@@ -34,6 +34,8 @@ pub(super) enum Routed {
     NeedColumns(String),
     /// An INSERT ... SELECT: read the SELECT's rows (this query), then route the INSERT of them.
     InsertSelect(String),
+    /// It touches a fenced partition (group, partition): wait, then route the Bind again.
+    Fenced(String, u32),
 }
 
 impl Session {
@@ -292,6 +294,15 @@ impl Session {
             ShardPlan::Refuse(m) => {
                 self.refuse(false, &m);
                 Ok(Routed::Done(Flow::Continue))
+            }
+            ShardPlan::Fenced { group, partition } => {
+                if let Err((code, m)) = Box::pin(self.wait_unfenced(&group, partition)).await {
+                    self.fail_statement(code, false, &m);
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+                // Handled again from the start, under the map that lifted the fence.
+                self.switch_wait = true;
+                Ok(Routed::Done(Flow::Stall(f.clone())))
             }
             multi => {
                 if self.pinned.is_some() {
@@ -587,6 +598,7 @@ impl Session {
                 self.refuse(true, &m);
                 Ok(Routed::Done(Flow::Continue))
             }
+            ShardPlan::Fenced { group, partition } => Ok(Routed::Fenced(group, partition)),
             multi => {
                 if self.pinned.is_some() {
                     self.refuse(

@@ -8,8 +8,12 @@
 #![warn(missing_docs)]
 
 pub mod diff;
+pub mod edit;
 pub mod hash;
 pub mod raw;
+pub mod states;
+
+pub use states::PartitionState;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -168,6 +172,8 @@ pub struct Group {
     pub key_type: KeyType,
     /// Key → shard.
     pub partitioning: Partitioning,
+    /// Hash partitions that do not simply serve (moving, fenced), by partition.
+    pub states: BTreeMap<u32, PartitionState>,
 }
 
 /// How a group's keys map to shards.
@@ -241,6 +247,19 @@ impl Group {
             Partitioning::Range { starts } => starts.iter().map(|&(_, s)| s).collect(),
             Partitioning::List { values } => values.values().copied().collect(),
         }
+    }
+
+    /// Whether statements touching partition `p` wait (a move's cutover).
+    pub fn fenced(&self, p: u32) -> bool {
+        self.states.get(&p) == Some(&PartitionState::Fenced)
+    }
+
+    /// The first fenced partition, if any.
+    pub fn first_fenced(&self) -> Option<u32> {
+        self.states
+            .iter()
+            .find(|(_, s)| **s == PartitionState::Fenced)
+            .map(|(p, _)| *p)
     }
 
     /// Number of partitions per shard, for display.
@@ -479,10 +498,16 @@ fn group(name: &str, g: &RawGroup, shard: &dyn Fn(&str, &str) -> Result<ShardId,
             "only hash partitioning has a partition count",
         ));
     }
+    let partitions = match &partitioning {
+        Partitioning::Hash { owner } => Some(owner.len() as u32),
+        _ => None,
+    };
+    let states = states::validate(&path, &g.states, partitions)?;
     Ok(Group {
         name: name.to_owned(),
         key_type,
         partitioning,
+        states,
     })
 }
 

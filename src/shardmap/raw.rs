@@ -41,6 +41,9 @@ pub struct RawGroup {
     /// List: shard name → the key values it holds.
     #[serde(default)]
     pub lists: BTreeMap<String, Vec<toml::Value>>,
+    /// Hash: partition number → state ("serving", "moving", "fenced"); partitions left out serve.
+    #[serde(default)]
+    pub states: BTreeMap<String, String>,
 }
 
 /// `partitioning = { kind = ..., partitions = ... }`

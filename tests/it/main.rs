@@ -15,6 +15,7 @@ mod ids;
 mod inserts;
 mod lag;
 mod limits;
+mod map_admin;
 mod map_swap;
 mod node_loss;
 mod protocol;

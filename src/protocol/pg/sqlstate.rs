@@ -54,6 +54,9 @@ impl SqlState {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// 42601 syntax_error: an admin command that does not parse.
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    /// 40001 serialization_failure: the transaction must be run again (a partition it used
+    /// moved while it was open).
+    pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
     /// 42P01 undefined_table: a table named in a statement that does not exist.
     pub const UNDEFINED_TABLE: SqlState = SqlState("42P01");
     /// 58000 system_error: a failure inside shardwire (a bug), never a user's fault.

@@ -1,0 +1,237 @@
+//! Changing the running shard map from the admin console: a partition reassigned (refused while
+//! its rows are elsewhere, accepted with DATA IN PLACE once they are copied), the change based
+//! on a version (a stale one is refused), written back to the file, kept in SHOW MAP HISTORY; and
+//! a fenced partition (a move's cutover) holding the statements that touch it, only them, until
+//! it serves again, with a transaction that spans the move failing with 40001.
+
+use crate::harness::Proxy;
+use crate::shards::{MAP, sharded};
+
+fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+}
+
+async fn admin(proxy: &Proxy, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error> {
+    proxy
+        .connect_db("admin", "admin", "shardwire")
+        .await
+        .unwrap()
+        .simple_query(sql)
+        .await
+}
+
+fn rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_reassigned_and_fenced_from_the_console() {
+    let (topo, _guard) = sharded().await;
+    let config = topo.config(MAP);
+    let map_path = config
+        .lines()
+        .find_map(|l| l.strip_prefix("map = \""))
+        .map(|p| p.trim_end_matches('"').to_owned())
+        .unwrap();
+    let proxy = Proxy::start(&config).await;
+    let c = proxy.app().await;
+    c.batch_execute("DROP TABLE IF EXISTS users").await.unwrap();
+    c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)")
+        .await
+        .unwrap();
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    // A key of a partition on s0, and one of another partition.
+    let (k, p) = (1i64..)
+        .map(|k| (k, map.locate("users", &k.to_string()).unwrap().0))
+        .find(|(_, pl)| pl.shard == 0)
+        .map(|(k, pl)| (k, pl.partition.unwrap()))
+        .unwrap();
+    let other = (1i64..)
+        .find(|o| map.locate("users", &o.to_string()).unwrap().0.partition != Some(p))
+        .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name) VALUES ({k}, 'k'), ({other}, 'o')"
+    ))
+    .await
+    .unwrap();
+
+    // Its rows are on s0: reassigning it is refused, and nothing changes.
+    let e = admin(&proxy, &format!("SET PARTITION users {p} TO s1"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("F0000"), "{e:?}");
+    assert!(message(&e).contains("DATA IN PLACE"), "{e}");
+    let dry = admin(&proxy, &format!("SET PARTITION users {p} TO s1 DATA IN PLACE DRY RUN"))
+        .await
+        .unwrap();
+    assert!(rows(&dry).is_empty());
+    assert_eq!(
+        proxy.shared.runtime.load().config.map.version,
+        1,
+        "a dry run changes nothing"
+    );
+    // The test copies the partition's rows to s1 (as a mover would), then states it.
+    let name: String = topo
+        .shard(0)
+        .await
+        .query_one("SELECT name FROM users WHERE id = $1", &[&k])
+        .await
+        .unwrap()
+        .get(0);
+    topo.shard(1)
+        .await
+        .execute(
+            "INSERT INTO users (id, name) VALUES ($1, $2)",
+            &[&k, &format!("{name} on s1")],
+        )
+        .await
+        .unwrap();
+    admin(
+        &proxy,
+        &format!("SET PARTITION users {p} TO s1 DATA IN PLACE VERSION 1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxy.shared.runtime.load().config.map.version, 2);
+    let file = std::fs::read_to_string(&map_path).unwrap();
+    assert!(file.contains("version = 2"), "{file}");
+    let reloaded = shardwire::shardmap::parse(&file).unwrap();
+    assert_eq!(reloaded.locate("users", &k.to_string()).unwrap().0.shard, 1);
+    // The next statement goes to s1.
+    let got: String = c
+        .query_one("SELECT name FROM users WHERE id = $1", &[&k])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(got, "k on s1");
+    // A change based on the old version is refused.
+    let e = admin(&proxy, &format!("SET PARTITION users {p} STATE fenced VERSION 1"))
+        .await
+        .unwrap_err();
+    assert!(message(&e).contains("based on version 1"), "{e}");
+    let history = rows(&admin(&proxy, "SHOW MAP HISTORY").await.unwrap());
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(
+        (history[0][1].as_str(), history[0][2].as_str(), history[0][3].as_str()),
+        ("1", "2", "admin")
+    );
+
+    // Fenced: a statement on the partition waits; one on another partition does not.
+    admin(&proxy, &format!("SET PARTITION users {p} STATE fenced VERSION 2"))
+        .await
+        .unwrap();
+    let waiting = {
+        let c2 = proxy.app().await;
+        tokio::spawn(async move {
+            c2.query_one("SELECT name FROM users WHERE id = $1", &[&k])
+                .await
+                .map(|r| r.get::<_, String>(0))
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let o: String = c
+        .query_one("SELECT name FROM users WHERE id = $1", &[&other])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(o, "o");
+    assert!(!waiting.is_finished(), "a statement on the fenced partition ran");
+    admin(&proxy, &format!("SET PARTITION users {p} STATE serving"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("released when the partition serves")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "k on s1");
+
+    // A transaction open across a change finishes on the route it started with (the mover
+    // catches up its writes before the cutover); the next statement takes the new route.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("UPDATE users SET score = 1 WHERE id = {k}"))
+        .await
+        .unwrap();
+    admin(&proxy, &format!("SET PARTITION users {p} STATE fenced"))
+        .await
+        .unwrap();
+    admin(&proxy, &format!("SET PARTITION users {p} TO s0 DATA IN PLACE"))
+        .await
+        .unwrap();
+    admin(&proxy, &format!("SET PARTITION users {p} STATE serving"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("UPDATE users SET score = 2 WHERE id = {k}"))
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    let score: Option<i32> = topo
+        .shard(1)
+        .await
+        .query_one("SELECT score FROM users WHERE id = $1", &[&k])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(score, Some(2), "the transaction stayed on its route (s1)");
+    let name: String = c
+        .query_one("SELECT name FROM users WHERE id = $1", &[&k])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "k", "the next statement reads s0");
+    // A transaction that starts while the partition is fenced, has work on a shard, and waits
+    // for the partition to move there and back: 40001 (its work would be left on the old route).
+    admin(&proxy, &format!("SET PARTITION users {p} STATE fenced"))
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("UPDATE users SET score = 3 WHERE id = {other}"))
+        .await
+        .unwrap();
+    let blocked = {
+        let c = proxy.app().await;
+        tokio::spawn(async move {
+            c.batch_execute("BEGIN").await.unwrap();
+            c.batch_execute(&format!("UPDATE users SET score = 3 WHERE id = {other}"))
+                .await
+                .unwrap();
+            let r = c
+                .batch_execute(&format!("UPDATE users SET score = 4 WHERE id = {k}"))
+                .await;
+            let _ = c.batch_execute("ROLLBACK").await;
+            r
+        })
+    };
+    c.batch_execute("ROLLBACK").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    admin(&proxy, &format!("SET PARTITION users {p} TO s1 DATA IN PLACE"))
+        .await
+        .unwrap();
+    admin(&proxy, &format!("SET PARTITION users {p} STATE serving"))
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(std::time::Duration::from_secs(5), blocked)
+        .await
+        .expect("released when the partition serves")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(&e), Some("40001"), "{e:?}");
+    assert_eq!(proxy.shared.runtime.load().config.map.version, 10);
+    // A command with a typo names the way.
+    let e = admin(&proxy, &format!("SET PARTITION users {p} INTO s1"))
+        .await
+        .unwrap_err();
+    assert!(message(&e).contains("TO or STATE"), "{e}");
+}
