@@ -33,6 +33,7 @@ pub mod ids;
 pub mod net;
 pub mod plan;
 pub mod protocol;
+pub mod rebalance;
 pub mod sandbox;
 pub mod session;
 pub mod shardmap;

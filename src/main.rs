@@ -1,4 +1,4 @@
-//! The `shardwire` binary: `serve`, `check`, `demo`.
+//! The `shardwire` binary: `serve`, `check`, `diff`, `locate`, `id`, `rebalance`, `demo`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use shardwire::app::{self, Bound, Shared};
 use shardwire::sandbox::Sandbox;
+
+mod cli_rebalance;
 
 const DEMO_LISTEN: &str = "127.0.0.1:6432";
 
@@ -43,6 +45,11 @@ enum Cmd {
         old: PathBuf,
         /// The map (or configuration) to serve.
         new: PathBuf,
+    },
+    /// Move hash partitions between live shards: plan, move one, apply a plan.
+    Rebalance {
+        #[command(subcommand)]
+        command: cli_rebalance::RebalanceCmd,
     },
     /// Globally unique IDs: decode one, or measure the generator.
     Id {
@@ -193,6 +200,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Rebalance { command } => cli_rebalance::run(command),
         Cmd::Diff { old, new } => {
             let map_of = |p: &PathBuf| -> Result<Arc<shardwire::shardmap::ShardMap>> {
                 Ok(match load_any(p)? {

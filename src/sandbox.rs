@@ -95,8 +95,16 @@ impl Sandbox {
         remove_abandoned();
         let bin = pg_bin_dir()?;
         let run_as = postgres_user()?;
-        let dir = std::env::temp_dir().join(format!("shardwire-{}-{}", std::process::id(), free_port()?));
-        std::fs::create_dir_all(&dir)?;
+        // A folder of its own: a killed run's folder may carry the same pid (pids are reused).
+        let mut attempt = 0;
+        let dir = loop {
+            let dir = std::env::temp_dir().join(format!("shardwire-{}-{}", std::process::id(), free_port()?));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 20 => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
+        };
         own(&dir, run_as)?;
         let keep = std::env::var_os("SHARDWIRE_KEEP_SANDBOX").is_some();
         let mut primary = PgInstance::new(&bin, &dir, "primary", run_as)?;

@@ -223,6 +223,7 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
                 match plan(s, map, params) {
                     ShardPlan::One(x) if shard.is_none_or(|y| y == x) => shard = Some(x),
                     ShardPlan::Refuse(m) => return ShardPlan::Refuse(m),
+                    f @ ShardPlan::Fenced { .. } => return f,
                     _ => {
                         return ShardPlan::Refuse(
                             "a query string with several statements runs on more than one shard; send the statements one at a time"

@@ -95,9 +95,13 @@ impl Session {
     }
 
     fn client_frames_waiting(&self) -> bool {
-        self.stalled.is_none()
-            && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER)
-            && self.client.has_frame()
+        if self.stalled.is_some() {
+            // A stalled message is handled again as soon as what it waits for is there: no
+            // backend held (it was released, or the message stalled to start over), or, to move
+            // a transaction, the held one quiet.
+            return self.held.as_ref().is_none_or(|h| self.switch_wait && h.quiet());
+        }
+        self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER) && self.client.has_frame()
     }
 
     /// Handles every whole client message buffered, unless one is stalled or the backend is

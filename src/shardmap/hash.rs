@@ -14,7 +14,7 @@
 /// PostgreSQL's `HASH_PARTITION_SEED`.
 pub const PARTITION_SEED: u64 = 0x7A5B_2236_7996_DCFD;
 /// The constant `hash_combine64` adds.
-const COMBINE: u64 = 0x49a0_f4dd_15e5_a8e3;
+pub const COMBINE: u64 = 0x49a0_f4dd_15e5_a8e3;
 
 #[inline]
 fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {

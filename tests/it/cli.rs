@@ -61,3 +61,32 @@ fn diff_names_the_partitions_a_change_moves() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no stored row changes shard"));
     let _ = std::fs::remove_file(&new);
 }
+
+/// `shardwire rebalance plan --drain s2` prints, one per line, the moves that empty s2 and even
+/// out the others; the lines read back as a plan.
+#[test]
+fn rebalance_plan_prints_the_moves_of_a_goal() {
+    let dir = std::env::temp_dir().join(format!("shardwire-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let map = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shard-maps/example.toml");
+    std::fs::copy(&map, dir.join("map.toml")).unwrap();
+    let mut config = String::from("[server]\nlisten = \"127.0.0.1:0\"\n[sharding]\nmap = \"map.toml\"\n");
+    for s in ["s0", "s1", "s2"] {
+        config.push_str(&format!(
+            "[[shards]]\nname = \"{s}\"\nprimary = \"postgres://u@127.0.0.1:1/db\"\n"
+        ));
+    }
+    config.push_str("[[users]]\nname = \"app\"\npassword = \"app\"\n");
+    std::fs::write(dir.join("shardwire.toml"), config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardwire"))
+        .args(["rebalance", "plan", "--drain", "s2", "--config"])
+        .arg(dir.join("shardwire.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let moves: Vec<shardwire::rebalance::plan::PlannedMove> = stdout.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(!moves.is_empty());
+    assert!(moves.iter().all(|m| m.from == "s2" && m.to != "s2"), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -19,6 +19,7 @@ mod map_admin;
 mod map_swap;
 mod node_loss;
 mod protocol;
+mod rebalance;
 mod routing;
 mod session_state;
 mod sharding;

@@ -1,0 +1,197 @@
+//! `shardwire rebalance`: a partition moved between live shards while clients write to it
+//! through shardwire (single statements and transactions): no client error, no acknowledged
+//! write lost, the rows on the target and gone from the source, the map switched; a move rolled
+//! back leaves the partition where it was.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::harness::Proxy;
+use crate::sharding::{SCHEMA, each};
+use crate::shards::{MAP, SHARDS, sharded};
+
+async fn count_where(topo: &crate::shards::Sharded, shard: usize, sql: &str) -> i64 {
+    topo.shard(shard).await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_moves_while_clients_write_to_it() {
+    let (topo, _guard) = sharded().await;
+    let config_text = topo.config(MAP);
+    let proxy = Proxy::start(&config_text).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    let part = |k: i64| map.locate("users", &k.to_string()).unwrap().0;
+    // The partition of the first key on s0, and some of its keys.
+    let first = (1i64..).find(|k| part(*k).shard == 0).unwrap();
+    let p = part(first).partition.unwrap();
+    let keys: Vec<i64> = (1..5000).filter(|k| part(*k).partition == Some(p)).take(5).collect();
+    let values: Vec<String> = (1..=200).map(|i| format!("({i}, 'u{i}', 0)")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name, score) VALUES {}",
+        values.join(",")
+    ))
+    .await
+    .unwrap();
+    for k in &keys {
+        if *k > 200 {
+            c.batch_execute(&format!("INSERT INTO users (id, name, score) VALUES ({k}, 'k', 0)"))
+                .await
+                .unwrap();
+        }
+    }
+    let in_p = format!(
+        "SELECT count(*) FROM users WHERE {}",
+        shardwire::rebalance::sql::in_partition(shardwire::shardmap::KeyType::Int, "id", p, 64)
+    );
+    let before = count_where(topo, 0, &in_p).await;
+    assert!(before >= 5);
+
+    // Writers on the partition's keys through shardwire, each write acknowledged once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for (w, mode) in ["simple", "extended"].into_iter().enumerate() {
+        let (stop, acked, keys) = (stop.clone(), acked.clone(), keys.clone());
+        let url = proxy.url("app", "app");
+        writers.push(tokio::spawn(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let mut errors = Vec::new();
+            for i in 0..100_000u64 {
+                if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
+                    break;
+                }
+                let k = keys[(i as usize + w) % keys.len()];
+                let order = 1_000_000 * (w as i64 + 1) + i as i64;
+                let r = if mode == "simple" {
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN; UPDATE users SET score = score + 1 WHERE id = {k}; \
+                             INSERT INTO orders (id, user_id, amount, status) VALUES ({order}, {k}, 1, 'n'); COMMIT"
+                        ))
+                        .await
+                } else {
+                    client
+                        .execute("UPDATE users SET score = score + 1 WHERE id = $1", &[&k])
+                        .await
+                        .map(|_| ())
+                };
+                match r {
+                    Ok(()) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        errors.push(format!("{e:?}"));
+                        if client.is_closed() || errors.len() >= 5 {
+                            break;
+                        }
+                    }
+                }
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let config = shardwire::config::parse(&config_text).unwrap();
+    let admin = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", proxy.port());
+    let m = shardwire::rebalance::Move {
+        group: "users".into(),
+        partition: p,
+        to: "s1".into(),
+    };
+    let report = shardwire::rebalance::move_partition(&config, &admin, &m, false)
+        .await
+        .unwrap();
+    eprintln!(
+        "moved: {} rows in the final copy, held {:?}",
+        report.rows, report.fenced_for
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for w in writers {
+        errors.extend(w.await.unwrap());
+    }
+    assert!(errors.is_empty(), "client errors during the move: {errors:?}");
+    let acked = acked.load(Ordering::Relaxed) as i64;
+    assert!(acked > 20, "too few writes ran: {acked}");
+    // Every acknowledged write is on the target; nothing of the partition is left on the source.
+    assert_eq!(count_where(topo, 0, &in_p).await, 0);
+    assert_eq!(count_where(topo, 1, &in_p).await, before);
+    let list: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let score: i64 = count_where(
+        topo,
+        1,
+        &format!(
+            "SELECT coalesce(sum(score), 0)::int8 FROM users WHERE id IN ({})",
+            list.join(",")
+        ),
+    )
+    .await;
+    let orders: i64 = count_where(topo, 1, "SELECT count(*) FROM orders WHERE id >= 1000000").await;
+    assert_eq!(score, acked, "acknowledged updates lost ({orders} orders)");
+    let mut elsewhere = 0;
+    for s in [0, 2] {
+        elsewhere += count_where(topo, s, "SELECT count(*) FROM orders WHERE id >= 1000000").await;
+    }
+    assert_eq!(elsewhere, 0);
+    assert_eq!(
+        proxy
+            .shared
+            .runtime
+            .load()
+            .config
+            .map
+            .locate("users", &first.to_string())
+            .unwrap()
+            .0
+            .shard,
+        1
+    );
+    // Reads through shardwire see the moved rows.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM users WHERE id = ANY($1)", &[&keys])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, keys.len() as i64);
+    let _ = SHARDS;
+
+    // A move rolled back (--abort after it started): the partition stays, the copy goes.
+    let back = shardwire::rebalance::Move {
+        group: "users".into(),
+        partition: p,
+        to: "s2".into(),
+    };
+    let t = topo.shard(2).await;
+    t.batch_execute(shardwire::rebalance::STATE_DDL).await.unwrap();
+    t.execute(
+        "INSERT INTO shardwire_moves (group_name, partition, source, target, step) VALUES ('users', $1, 's1', 's2', 'started') \
+         ON CONFLICT (group_name, partition) DO UPDATE SET step = 'started', source = 's1', target = 's2'",
+        &[&(p as i32)],
+    )
+    .await
+    .unwrap();
+    t.batch_execute(&format!(
+        "INSERT INTO users (id, name) VALUES ({}, 'stray copy')",
+        keys[0]
+    ))
+    .await
+    .unwrap();
+    let config = shardwire::config::load(&proxy_config_path(&config_text)).unwrap_or(config);
+    shardwire::rebalance::move_partition(&config, &admin, &back, true)
+        .await
+        .unwrap();
+    assert_eq!(count_where(topo, 2, &in_p).await, 0, "the target's copy was deleted");
+    assert_eq!(count_where(topo, 1, &in_p).await, before);
+}
+
+/// The config text's map, re-read (the moves changed it).
+fn proxy_config_path(text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("shardwire-rebalance-{}.toml", crate::harness::rand_suffix()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
