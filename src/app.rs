@@ -18,6 +18,7 @@ use crate::health::monitor::{self, MonitorSettings};
 use crate::session::registry::ClientRegistry;
 
 mod map_change;
+mod watch;
 pub use map_change::MapChange;
 
 /// One version of the configuration with the cluster built from it. Sessions take a snapshot per
@@ -153,7 +154,7 @@ pub struct Shared {
     /// Map changes applied, for SHOW MAP HISTORY.
     map_history: std::sync::Mutex<std::collections::VecDeque<MapChange>>,
     /// Held while an admin command edits the map file.
-    map_edit: std::sync::Mutex<()>,
+    map_edit: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -199,13 +200,13 @@ impl Shared {
     /// Re-reads the config file and swaps it in if valid; the running config stays otherwise.
     /// Statements in flight finish on the snapshot they started with. A shard map that sends
     /// existing keys to other shards is refused unless `data_in_place` (the DBA moved the data).
-    pub fn reload(&self, data_in_place: bool) -> Result<String, ConfigError> {
-        self.reload_as(data_in_place, "file")
+    pub async fn reload(&self, data_in_place: bool) -> Result<String, ConfigError> {
+        self.reload_as(data_in_place, "file").await
     }
 
     /// [`Shared::reload`] on behalf of `by` (for the map history).
-    pub(crate) fn reload_as(&self, data_in_place: bool, by: &str) -> Result<String, ConfigError> {
-        let r = self.try_reload(data_in_place, by);
+    pub(crate) async fn reload_as(&self, data_in_place: bool, by: &str) -> Result<String, ConfigError> {
+        let r = self.try_reload(data_in_place, by).await;
         if r.is_err() {
             self.stats
                 .rejected_reloads
@@ -214,7 +215,7 @@ impl Shared {
         r
     }
 
-    fn try_reload(&self, data_in_place: bool, by: &str) -> Result<String, ConfigError> {
+    async fn try_reload(&self, data_in_place: bool, by: &str) -> Result<String, ConfigError> {
         let Some(path) = &self.config_path else {
             return Err(ConfigError::Invalid {
                 path: "RELOAD".into(),
@@ -251,6 +252,7 @@ impl Shared {
         if !moves.is_empty() {
             tracing::warn!(moves = %moves.join("; "), "shard map change moves keys; the data is stated to be in place");
         }
+        unreachable_nodes(&old.config, &config).await?;
         let reused = old.config.shards == config.shards && old.config.pool == config.pool;
         if config.map.version != old.config.map.version || config.map != old.config.map {
             tracing::info!(
@@ -293,6 +295,44 @@ impl Shared {
             format!("{what} ({})", notes.join("; "))
         })
     }
+}
+
+/// Nodes a new configuration adds (or changes) that do not accept a connection within the
+/// connect timeout: a reload with one is refused, before anything is swapped.
+async fn unreachable_nodes(old: &Config, new: &Config) -> Result<(), ConfigError> {
+    let known: Vec<(&str, u16)> = old
+        .shards
+        .iter()
+        .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+        .map(|n| (n.host.as_str(), n.port))
+        .collect();
+    let mut down = Vec::new();
+    for s in &new.shards {
+        for n in std::iter::once(&s.primary).chain(&s.replicas) {
+            if known.contains(&(n.host.as_str(), n.port)) {
+                continue;
+            }
+            let reach = tokio::time::timeout(
+                new.pool.connect_timeout,
+                tokio::net::TcpStream::connect((n.host.as_str(), n.port)),
+            )
+            .await;
+            if !matches!(reach, Ok(Ok(_))) {
+                down.push(format!("{} ({}:{})", n.name, n.host, n.port));
+            }
+        }
+    }
+    if down.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        path: "shards".into(),
+        message: format!(
+            "new node(s) not reachable within {:?}: {}; start them (or fix the address) and reload again",
+            new.pool.connect_timeout,
+            down.join(", ")
+        ),
+    })
 }
 
 /// A tokio runtime whose threads, the blocking pool's included, have the stack statement
@@ -368,10 +408,22 @@ pub async fn run(
         http: http.as_ref().map(|l| l.local_addr()).transpose()?,
     };
     tracing::info!(pg = %bound.pg, http = ?bound.http, "shardwire listening");
+    if let Some(every) = shared.runtime.load().config.server.watch_files
+        && shared.config_path.is_some()
+    {
+        // Before anyone learns the server is up: the files as they are now are the baseline.
+        tokio::spawn(watch::run(
+            shared.clone(),
+            watch::fingerprint(&shared),
+            every,
+            shutdown.clone(),
+        ));
+    }
     on_bound(bound, shared.clone());
     if let Some(h) = http {
         tokio::spawn(crate::admin::http::serve(h, shared.clone(), shutdown.clone()));
     }
+
     crate::session::listener::serve(listener, shared, shutdown).await;
     Ok(())
 }

@@ -315,7 +315,7 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
         return;
     };
     while hup.recv().await.is_some() {
-        match shared.reload(false) {
+        match shared.reload(false).await {
             Ok(m) => tracing::info!("{m}"),
             Err(e) => tracing::error!(error = %e, "reload rejected; the running configuration stays"),
         }

@@ -149,6 +149,9 @@ pub fn metrics(shared: &Shared) -> String {
     let cache = Gauge::<i64>::default();
     cache.set(shared.cache.len() as i64);
     reg.register("analysis_cache_entries", "Statement texts with cached analysis", cache);
+    let map_version = Gauge::<i64>::default();
+    map_version.set(shared.runtime.load().config.map.version as i64);
+    reg.register("map_version", "Version of the shard map served", map_version);
     let reloads = Counter::<u64>::default();
     reloads.inc_by(shared.stats.reloads.load(Ordering::Relaxed));
     reg.register("config_reloads", "Successful configuration reloads", reloads);

@@ -39,7 +39,7 @@ fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
 impl Shared {
     /// Applies `change` to the map, based on version `based_on` when given. Returns what was
     /// done (or, `dry_run`, what would be).
-    pub fn change_map(
+    pub async fn change_map(
         &self,
         change: &MapEdit,
         based_on: Option<u64>,
@@ -47,7 +47,7 @@ impl Shared {
         dry_run: bool,
         by: &str,
     ) -> Result<String, ConfigError> {
-        let r = self.try_change_map(change, based_on, data_in_place, dry_run, by);
+        let r = self.try_change_map(change, based_on, data_in_place, dry_run, by).await;
         if r.is_err() {
             self.stats
                 .rejected_reloads
@@ -56,7 +56,7 @@ impl Shared {
         r
     }
 
-    fn try_change_map(
+    async fn try_change_map(
         &self,
         change: &MapEdit,
         based_on: Option<u64>,
@@ -65,7 +65,7 @@ impl Shared {
         by: &str,
     ) -> Result<String, ConfigError> {
         // One change at a time in this process: the file is read, edited and written whole.
-        let _one = self.map_edit.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.map_edit.lock().await;
         let runtime = self.runtime.load_full();
         let Some(path) = runtime.config.map_path.clone() else {
             return Err(invalid(
@@ -119,7 +119,7 @@ impl Shared {
             path: path.display().to_string(),
             source,
         })?;
-        if let Err(e) = self.reload_as(data_in_place, by) {
+        if let Err(e) = self.reload_as(data_in_place, by).await {
             // The file no longer matches what serves: put the old one back.
             let _ = write_atomically(&path, &text);
             return Err(e);

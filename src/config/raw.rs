@@ -80,6 +80,10 @@ pub struct RawServer {
     /// How long shutdown waits for clients before closing them.
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// Check the configuration and shard map files this often and reload when they change
+    /// (absent: only SIGHUP and admin RELOAD reload).
+    #[serde(default, with = "humantime_serde")]
+    pub watch_files: Option<Duration>,
     /// TLS for clients; without it, SSLRequest is answered 'N'.
     pub tls: Option<RawTls>,
 }

@@ -86,6 +86,8 @@ pub struct ServerConfig {
     pub limits: crate::analyze::Limits,
     /// How long shutdown waits for clients.
     pub shutdown_timeout: Duration,
+    /// How often the configuration and map files are checked for changes, if they are.
+    pub watch_files: Option<Duration>,
     /// Worker threads. Fewer threads than cores keeps a client's wake-ups on one thread, which
     /// matters more for latency than parallelism when the database shares the machine.
     pub workers: usize,
@@ -363,6 +365,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
             max_depth: s.max_expression_depth.unwrap_or(crate::analyze::limits::MAX_DEPTH),
         },
         shutdown_timeout: s.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+        watch_files: s.watch_files.filter(|d| !d.is_zero()),
         workers: match s.workers {
             Some(0) => return Err(err("server.workers", "must be at least 1")),
             Some(n) => n,

@@ -181,7 +181,7 @@ pub async fn run(mut client: ClientConn, user: Arc<User>, shared: Arc<Shared>) -
             b'Q' => {
                 // Console commands are ASCII; anything else is read leniently and then unknown.
                 let sql = String::from_utf8_lossy(msg::parse_query(f.body())?);
-                execute(&mut client.wbuf, &sql, &shared, &user.name);
+                execute(&mut client.wbuf, &sql, &shared, &user.name).await;
                 msg::ready_for_query(&mut client.wbuf, b'I');
             }
             b'X' => return Ok(()),
@@ -200,7 +200,7 @@ pub async fn run(mut client: ClientConn, user: Arc<User>, shared: Arc<Shared>) -
     }
 }
 
-fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &str) {
+async fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &str) {
     let command = match Command::parse(sql) {
         Ok(c) => c,
         Err(m) => return msg::error_response(out, Severity::Error, SqlState::SYNTAX_ERROR, &m),
@@ -231,7 +231,7 @@ fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &str) {
             data_in_place,
             dry_run,
         } => {
-            return match shared.change_map(&change, based_on, data_in_place, dry_run, user) {
+            return match shared.change_map(&change, based_on, data_in_place, dry_run, user).await {
                 Ok(m) => {
                     msg::error_response(out, Severity::Warning, SqlState::WARNING, &m);
                     msg::command_complete(out, "SET PARTITION");
@@ -243,7 +243,7 @@ fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &str) {
             };
         }
         Command::Reload { data_in_place } => {
-            return match shared.reload(data_in_place) {
+            return match shared.reload(data_in_place).await {
                 Ok(m) => {
                     msg::error_response(out, Severity::Warning, SqlState::WARNING, &m);
                     msg::command_complete(out, "RELOAD");

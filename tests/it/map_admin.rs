@@ -235,3 +235,77 @@ async fn a_partition_is_reassigned_and_fenced_from_the_console() {
         .unwrap_err();
     assert!(message(&e).contains("TO or STATE"), "{e}");
 }
+
+/// `[server] watch_files`: a changed map file is served without a signal; a file caught half
+/// written, or a change that moves rows, leaves the running map serving. A node a reload adds
+/// that does not answer is refused before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_changes_are_watched_and_unreachable_nodes_refused() {
+    let (topo, _guard) = sharded().await;
+    let config = topo
+        .config(MAP)
+        .replacen("[server]\n", "[server]\nwatch_files = \"100ms\"\n", 1);
+    let map_path = config
+        .lines()
+        .find_map(|l| l.strip_prefix("map = \""))
+        .map(|p| p.trim_end_matches('"').to_owned())
+        .unwrap();
+    let proxy = Proxy::start(&config).await;
+    let version = || proxy.shared.runtime.load().config.map.version;
+    let shared = proxy.shared.clone();
+    let wait_for = |want: u64| {
+        let shared = shared.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if shared.runtime.load().config.map.version == want {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    // A valid change (scatter writes refused, version 2): served.
+    let v2 = MAP.replace("version = 1", "version = 2").replace(
+        "default_shard = \"s0\"",
+        "default_shard = \"s0\"\nscatter_writes = \"refuse\"",
+    );
+    assert_ne!(v2, MAP.replace("version = 1", "version = 2"));
+    std::fs::write(&map_path, &v2).unwrap();
+    assert!(wait_for(2).await, "the changed map was not picked up");
+    let rejected = || {
+        proxy
+            .shared
+            .stats
+            .rejected_reloads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = rejected();
+    // Half a file, then a change that moves partitions: both refused, version 2 serves.
+    std::fs::write(&map_path, &v2[..v2.len() / 2]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let moved = v2.replace("version = 2", "version = 3").replace(
+        r#"assignment = { s0 = "0-20", s1 = "21-41", s2 = "42-63" }"#,
+        r#"assignment = { s0 = "0-21", s1 = "22-41", s2 = "42-63" }"#,
+    );
+    std::fs::write(&map_path, &moved).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(version(), 2);
+    assert!(rejected() >= before + 2, "{} rejections", rejected() - before);
+    std::fs::write(&map_path, &v2).unwrap();
+    // A replica that does not answer: RELOAD refused, the old configuration serves.
+    let port = shardwire::sandbox::free_port().unwrap();
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let with_replica = text.replacen(
+        "name = \"s1\"\n",
+        &format!("name = \"s1\"\nreplicas = [\"postgres://postgres@127.0.0.1:{port}/app\"]\n"),
+        1,
+    );
+    assert_ne!(with_replica, text);
+    std::fs::write(&proxy.config_path, with_replica).unwrap();
+    let e = admin(&proxy, "RELOAD").await.unwrap_err();
+    assert!(message(&e).contains("not reachable"), "{}", message(&e));
+    assert!(proxy.shared.runtime.load().clusters[1].replicas.is_empty());
+    std::fs::write(&proxy.config_path, text).unwrap();
+}
