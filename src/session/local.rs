@@ -5,7 +5,9 @@
 use bytes::BytesMut;
 
 use super::Session;
+use super::client::SessionError;
 use super::state::Op;
+use super::state::Stmt;
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::sqlstate::SqlState;
 
@@ -67,6 +69,113 @@ impl Session {
             h.wbuf.extend_from_slice(ABORT_PIPELINE);
             h.ops.push_back(Op::Abort);
             h.needs_sync = true;
+        }
+    }
+
+    /// Describe of a statement while a BEGIN waits for its shard: answered on the default shard
+    /// without starting the transaction there.
+    pub(super) async fn describe_aside(&mut self, stmt: &Stmt) -> Result<(), SessionError> {
+        let co = match self
+            .checkout_on(crate::plan::Target::Primary, self.default_shard())
+            .await
+        {
+            Ok(c) => c,
+            Err((code, m)) => {
+                self.local_error(code, &m);
+                return Ok(());
+            }
+        };
+        self.flush_early();
+        let mut leg = crate::backend::leg::Leg::new(co);
+        let mut out = bytes::BytesMut::new();
+        self.write_prelude(&mut leg, &mut out);
+        msg::parse_bytes(&mut out, "", &self.wire(&stmt.query), &stmt.param_types);
+        msg::describe_or_close(&mut out, b'D', b'S', "");
+        crate::protocol::pg::rows::sync(&mut out);
+        let answer = async {
+            leg.send(&out).await?;
+            leg.skip_replay().await?;
+            let mut frames = Vec::new();
+            loop {
+                let f = leg.frame().await?;
+                match f.tag() {
+                    b'Z' => return Ok::<_, std::io::Error>(frames),
+                    b't' | b'T' | b'n' | b'E' => frames.push(f),
+                    _ => {}
+                }
+            }
+        }
+        .await;
+        match answer {
+            Ok(frames) => {
+                for f in frames {
+                    if f.tag() == b'E' {
+                        self.ignore_till_sync = true;
+                    }
+                    self.client.wbuf.extend_from_slice(f.raw());
+                }
+            }
+            Err(e) => {
+                leg.mark_broken();
+                self.local_error(
+                    SqlState::CONNECTION_FAILURE,
+                    &format!("describing the statement failed: {e}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A local answer in an extended-protocol batch: queued behind what the held backend owes,
+    /// or kept for the next write when none is held.
+    pub(super) fn answer_local(&mut self, b: &[u8]) {
+        match self.held.as_mut() {
+            Some(h) => h
+                .ops
+                .push_back(super::state::Op::Synth(bytes::Bytes::copy_from_slice(b))),
+            None => self.early.extend_from_slice(b),
+        }
+    }
+
+    /// Describe, Execute or Close of the portal the proxy answers itself; `false` if `name` is
+    /// another portal.
+    pub(super) fn on_local_portal(&mut self, kind: u8, name: &str) -> bool {
+        use super::ids::LocalPortal;
+        let Some((p, local)) = &mut self.local_portal else {
+            return false;
+        };
+        if p != name {
+            return false;
+        }
+        let mut b = bytes::BytesMut::new();
+        match (kind, local) {
+            (b'D', LocalPortal::Tag(_)) => b.extend_from_slice(&msg::empty(b'n')),
+            (b'D', LocalPortal::Ids { column, format, .. }) => super::ids::describe(&mut b, column, *format),
+            (b'E', LocalPortal::Tag(tag)) => msg::command_complete(&mut b, tag),
+            // A portal runs once: executing it again gives no rows, never the same IDs twice.
+            (b'E', LocalPortal::Ids { ids, format, .. }) => {
+                super::ids::write_rows(&mut b, &std::mem::take(ids), *format)
+            }
+            _ => {
+                b.extend_from_slice(&msg::empty(b'3'));
+                self.local_portal = None;
+            }
+        }
+        self.answer_local(&b);
+        true
+    }
+
+    /// An answer in order with whatever the held backend still owes (or at once without one).
+    pub(super) fn respond_synth(&mut self, b: bytes::Bytes) {
+        match self.held.as_mut() {
+            // Queued answers go out when the backend answers what precedes them; with nothing
+            // owed, nothing would come to carry them.
+            Some(h) if !h.ops.is_empty() => h.ops.push_back(super::state::Op::Synth(b)),
+            Some(_) => self.client.wbuf.extend_from_slice(&b),
+            None => {
+                self.flush_early();
+                self.client.wbuf.extend_from_slice(&b);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+mod bind_route;
 mod checkout;
 pub mod client;
 mod collation;
@@ -32,6 +33,7 @@ mod ryw;
 mod sharding;
 pub mod state;
 mod transaction;
+mod tx_legs;
 pub mod values;
 
 use std::collections::HashMap;

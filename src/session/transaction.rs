@@ -18,7 +18,7 @@ use super::client::SessionError;
 use super::multi_write::Part;
 use super::state::Op;
 use super::{Ensure, Flow, Held, Session};
-use crate::analyze::{Facts, SetOp};
+use crate::analyze::{Facts, SetOp, TxEffect};
 use crate::backend::leg::{Leg, simple_on};
 use crate::plan::{self, Target};
 use crate::protocol::pg::Frame;
@@ -339,148 +339,6 @@ impl Session {
         }
     }
 
-    /// The transaction's connections on `shards`, in that order, for a statement on several
-    /// shards inside it (call when quiet): those it holds, and new ones that join it. With each,
-    /// whether the transaction wrote there. `read`: the statement's facts when it only reads (a
-    /// READ ONLY transaction may then join on a replica).
-    pub(super) async fn tx_legs(
-        &mut self,
-        shards: &[ShardId],
-        read: Option<&Facts>,
-    ) -> Result<(Vec<Leg>, Vec<bool>), (SqlState, String)> {
-        let mut mine: Vec<Held> = std::mem::take(&mut self.parked);
-        if let Some(h) = self.held.take() {
-            self.lent_from = Some(h.shard);
-            mine.insert(0, h);
-        }
-        self.handle.set_backend(None);
-        let begin = match self.pending_begin.take().or_else(|| self.tx_begin.clone()) {
-            Some(b) if !self.implicit_multi => b.trim().trim_end_matches(';').to_owned(),
-            _ => "BEGIN".to_owned(),
-        };
-        let mut legs = Vec::with_capacity(shards.len());
-        let mut wrote = Vec::with_capacity(shards.len());
-        let mut failure = None;
-        for &shard in shards {
-            if let Some(i) = mine.iter().position(|h| h.shard == shard) {
-                let h = mine.swap_remove(i);
-                wrote.push(h.wrote);
-                legs.push(Leg {
-                    co: h.checkout,
-                    replay: false,
-                });
-                continue;
-            }
-            if failure.is_some() {
-                continue;
-            }
-            let target = match read {
-                Some(facts) if self.tx_read_only => plan::route(facts, &self.route_context(shard)),
-                _ => Target::Primary,
-            };
-            let mut co = match self.checkout_on(target, shard).await {
-                Ok(co) => co,
-                Err(e) => {
-                    failure = Some(e);
-                    continue;
-                }
-            };
-            let mut sql = String::new();
-            if co.conn.vars_sig != self.vars.sig() {
-                sql = self.vars.replay_sql(co.conn.vars_sig);
-                co.conn.vars_sig = self.vars.sig();
-            }
-            co.conn.unnamed = None;
-            sql.push_str(&begin);
-            for name in self.vars.savepoint_names() {
-                sql.push_str("; SAVEPOINT ");
-                sql.push_str(&super::state::quote_ident(name));
-            }
-            match simple_on(&mut co.conn, &sql).await {
-                Some(None) => {
-                    self.shared.stats.record_plan("shard-joined");
-                    wrote.push(false);
-                    legs.push(Leg { co, replay: false });
-                }
-                Some(Some(e)) => failure = Some((SqlState::CONNECTION_FAILURE, msg::error_message(e.body()))),
-                None => failure = Some((SqlState::CONNECTION_FAILURE, "connection lost".into())),
-            }
-        }
-        // Shards the statement does not touch stay in the transaction.
-        for h in mine {
-            self.parked.push(h);
-        }
-        if let Some((code, m)) = failure {
-            for mut leg in legs {
-                leg.mark_broken();
-            }
-            self.lent_from = None;
-            self.drop_transaction();
-            return Err((
-                code,
-                format!("the transaction could not join every shard of the statement: {m}"),
-            ));
-        }
-        Ok((legs, wrote))
-    }
-
-    /// The legs of [`Session::tx_legs`] after the statement: back into the transaction (the
-    /// shard held before held again), marked as written when `wrote_now`. A leg left broken
-    /// (the statement failed or was cut short) fails the whole transaction.
-    pub(super) fn give_back(&mut self, legs: Vec<Leg>, shards: &[ShardId], wrote: Vec<bool>, wrote_now: bool) {
-        let mut broken = false;
-        let held_shard = self.lent_from.take();
-        for ((leg, w), &shard) in legs.into_iter().zip(wrote).zip(shards) {
-            broken |= leg.co.conn.broken;
-            let h = Held {
-                checkout: leg.co,
-                shard,
-                ops: Default::default(),
-                wbuf: Default::default(),
-                tx_status: b'T',
-                begin_pending: false,
-                wrote: w || wrote_now,
-                needs_sync: false,
-                copy_in: false,
-                rolled_back: false,
-            };
-            if self.held.is_none() && held_shard.is_none_or(|s| s == shard) {
-                self.handle.set_backend(Some((
-                    h.checkout.node.clone(),
-                    h.checkout.conn.pid,
-                    h.checkout.conn.secret,
-                )));
-                self.held = Some(h);
-            } else {
-                self.parked.push(h);
-            }
-        }
-        if self.held.is_none()
-            && let Some(h) = self.parked.pop()
-        {
-            self.held = Some(h);
-        }
-        if broken {
-            self.drop_transaction();
-        }
-    }
-
-    /// A statement on several shards failed inside the transaction: its parts are gone (their
-    /// connections closed, which rolls them back) and, as on one database, only ROLLBACK is
-    /// accepted until the transaction ends.
-    fn drop_transaction(&mut self) {
-        if let Some(mut h) = self.held.take() {
-            h.checkout.conn.broken = true;
-        }
-        self.handle.set_backend(None);
-        // A pipeline's implicit transaction just ends (the client's messages are skipped up to
-        // its Sync); a transaction block waits for the client's ROLLBACK.
-        let block = !self.implicit_multi;
-        self.abandon_parked();
-        self.pending_begin = None;
-        self.tx_refused = block;
-    }
-
     /// The client left, or the held connection failed, in a transaction spanning shards: the
     /// parked connections are closed, which rolls their part back on the server.
     pub(super) fn abandon_parked(&mut self) {
@@ -488,6 +346,89 @@ impl Session {
             p.checkout.conn.broken = true;
         }
         self.implicit_multi = false;
+    }
+
+    /// Transaction control in a transaction spanning shards: COMMIT and ROLLBACK end it on every
+    /// shard, savepoint commands run on every shard, and what cannot be done across shards is
+    /// refused. `None`: the statement goes on to be routed. `portal`: a Bind's.
+    pub(super) async fn multi_tx_control(
+        &mut self,
+        f: &Frame,
+        sql: &str,
+        facts: &Facts,
+        single_statement: bool,
+        portal: Option<&str>,
+    ) -> Result<Option<Flow>, SessionError> {
+        let extended = portal.is_some();
+        let savepoint = super::transaction::is_savepoint_command(facts);
+        let prepare = sql
+            .trim_start()
+            .get(..19)
+            .is_some_and(|p| p.eq_ignore_ascii_case("prepare transaction"));
+        if !single_statement && (facts.tx != TxEffect::None || savepoint) {
+            self.refuse(
+                extended,
+                "transaction control in a query string with several statements, in a transaction spanning shards: send \
+                 COMMIT, ROLLBACK and savepoint commands on their own",
+            );
+            return Ok(Some(Flow::Continue));
+        }
+        if prepare {
+            self.refuse(
+                extended,
+                "PREPARE TRANSACTION in a transaction spanning shards: shardwire commits it across shards with its own \
+                 two-phase commit; send COMMIT",
+            );
+            return Ok(Some(Flow::Continue));
+        }
+        if facts.tx == TxEffect::End {
+            return Ok(Some(Box::pin(self.end_multi(f, sql, portal)).await?));
+        }
+        if savepoint && !self.tx_refused {
+            return Ok(Box::pin(self.savepoint_everywhere(f, sql, extended)).await);
+        }
+        Ok(None)
+    }
+
+    /// After a refusal inside a transaction: ROLLBACK (or COMMIT, which then rolls back) ends it;
+    /// anything else fails as PostgreSQL fails it.
+    pub(super) fn in_refused_transaction(&mut self, facts: &Facts, extended: bool) -> Flow {
+        if facts.tx != TxEffect::End {
+            let m = "current transaction is aborted, commands ignored until end of transaction block";
+            if extended {
+                self.local_error(SqlState::IN_FAILED_SQL_TRANSACTION, m);
+            } else {
+                let mut b = bytes::BytesMut::new();
+                msg::error_response(&mut b, Severity::Error, SqlState::IN_FAILED_SQL_TRANSACTION, m);
+                msg::ready_for_query(&mut b, b'E');
+                self.respond_synth(b.freeze());
+            }
+            return Flow::Continue;
+        }
+        self.tx_refused = false;
+        self.pending_begin = None;
+        match self.held.as_mut() {
+            Some(h) => {
+                msg::query(&mut h.wbuf, "ROLLBACK");
+                h.checkout.conn.unnamed = None;
+                h.ops.push_back(super::state::Op::Query {
+                    set_ops: Vec::new(),
+                    failed: false,
+                });
+                if extended {
+                    // The client's Execute still expects its own answers: the ROLLBACK above
+                    // answers as a simple query, so its completion is all the client sees.
+                    self.ignore_till_sync = true;
+                }
+            }
+            None => {
+                msg::command_complete(&mut self.client.wbuf, "ROLLBACK");
+                if !extended {
+                    msg::ready_for_query(&mut self.client.wbuf, b'I');
+                }
+            }
+        }
+        Flow::Continue
     }
 }
 
