@@ -27,6 +27,16 @@ impl Session {
         stmt: &Arc<Stmt>,
         parts: BindParts,
     ) -> Result<Routed, SessionError> {
+        if self.tx_refused && stmt.facts.tx == TxEffect::End {
+            // As PostgreSQL answers ROLLBACK (or COMMIT) of a failed transaction. The held
+            // connection skips everything until a Sync: it rolls back at the client's.
+            self.tx_refused = false;
+            self.pending_begin = None;
+            self.rollback_at_sync = self.held.is_some();
+            self.local_portal = Some((portal.to_owned(), super::ids::LocalPortal::Tag("ROLLBACK")));
+            self.answer_local(&msg::empty(b'2'));
+            return Ok(Routed::Done(Flow::Continue));
+        }
         if self.tx_refused {
             self.local_error(
                 SqlState::IN_FAILED_SQL_TRANSACTION,
@@ -82,7 +92,7 @@ impl Session {
             }
         };
         if *shape == Shape::Broadcast {
-            self.shared.forget_columns();
+            self.ddl_seen();
         }
         let mut plan = shard::plan(&shape, &map, &params);
         let mut stmt = stmt.clone();
@@ -103,7 +113,14 @@ impl Session {
                     plan = shard::plan(&shape, &map, &params);
                     filled_bind = true;
                 }
-                None => plan = ShardPlan::One(self.default_shard()),
+                None => {
+                    self.fail_statement(
+                        SqlState::SYNTAX_ERROR,
+                        true,
+                        "INSERT has more expressions than target columns",
+                    );
+                    return Ok(Routed::Done(Flow::Continue));
+                }
             }
         }
         if let ShardPlan::InsertSelect { select } = &plan {

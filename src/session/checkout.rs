@@ -133,6 +133,7 @@ impl Session {
             needs_sync: false,
             copy_in: false,
             rolled_back: false,
+            only_read: true,
         };
         if held.checkout.conn.vars_sig != self.vars.sig() {
             msg::query(&mut held.wbuf, &self.vars.replay_sql(held.checkout.conn.vars_sig));

@@ -16,8 +16,14 @@ impl Session {
             .columns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(table)
+            .get(&self.columns_key(table))
             .cloned()
+    }
+
+    /// The cache key: the name as written resolves through the session's `search_path`, so
+    /// sessions with other settings have entries of their own.
+    fn columns_key(&self, table: &str) -> String {
+        format!("{:016x}/{table}", self.vars.sig())
     }
 
     /// Reads the columns of `table` (as the statement names it, resolved with the client's
@@ -63,7 +69,7 @@ impl Session {
             .columns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(table.to_owned(), columns.clone());
+            .insert(self.columns_key(table), columns.clone());
         Ok(columns)
     }
 }

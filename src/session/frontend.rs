@@ -125,6 +125,10 @@ impl Session {
             set_ops: facts.set_ops.clone(),
             failed: false,
         });
+        if sql.trim().trim_end_matches(';').contains(';') {
+            // Several statements (`BEGIN; INSERT ...`): the facts summarise them; count it as a write.
+            held.only_read = false;
+        }
         self.note_statement(&facts);
         Ok(Flow::Continue)
     }
@@ -259,7 +263,7 @@ impl Session {
                     }
                 }
                 Routed::InsertSelect(select) if own.is_none() => {
-                    if let Some(flow) = self.clear_for_statement(&f) {
+                    if let Some(flow) = self.clear_for_statement(&f, true) {
                         return Ok(flow);
                     }
                     let select = select.clone();
@@ -452,6 +456,23 @@ impl Session {
         if self.implicit_multi {
             return Box::pin(self.sync_multi(&f)).await;
         }
+        if std::mem::take(&mut self.rollback_at_sync)
+            && let Some(h) = self.held.as_mut()
+            && !h.copy_in
+        {
+            h.wbuf.extend_from_slice(f.raw());
+            h.ops.push_back(Op::Hidden);
+            msg::query(&mut h.wbuf, "ROLLBACK");
+            h.checkout.conn.unnamed = None;
+            h.ops.push_back(Op::Hidden);
+            let mut ready = bytes::BytesMut::new();
+            msg::ready_for_query(&mut ready, b'I');
+            h.ops.push_back(Op::Synth(ready.freeze()));
+            h.needs_sync = false;
+            self.tx_begin = None;
+            self.tx_read_only = false;
+            return Ok(Flow::Continue);
+        }
         match self.held.as_mut() {
             // The server ignores Sync during COPY FROM STDIN: nothing will answer it.
             Some(h) if h.copy_in => h.wbuf.extend_from_slice(f.raw()),
@@ -481,6 +502,8 @@ impl Session {
             set_ops: Vec::new(),
             failed: false,
         });
+        // A function call may write anything.
+        held.only_read = false;
         Ok(Flow::Continue)
     }
 
@@ -543,6 +566,9 @@ impl Session {
         }
         let Some(held) = self.held.as_mut() else { return };
         held.begin_pending |= matches!(facts.tx, TxEffect::Begin { .. });
+        if facts.need != Need::Read && facts.tx == TxEffect::None {
+            held.only_read = false;
+        }
         let node = &held.checkout.node;
         if node.role() == Role::Primary
             && facts.need == Need::Primary

@@ -167,6 +167,8 @@ async fn handle(
                 lent_from: None,
                 switch_wait: false,
                 implicit_multi: false,
+                rollback_at_sync: false,
+                ddl_in_tx: false,
                 tx_refused: false,
                 multi_portal: None,
                 early: Default::default(),

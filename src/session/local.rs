@@ -53,7 +53,7 @@ impl Session {
             return;
         }
         let mut b = BytesMut::from(error);
-        msg::ready_for_query(&mut b, if in_tx { b'E' } else { b'I' });
+        msg::ready_for_query(&mut b, self.local_tx_status());
         self.respond_synth(b.freeze());
     }
 

@@ -71,6 +71,9 @@ struct Held {
     copy_in: bool,
     /// A ROLLBACK completed since the last ReadyForQuery.
     rolled_back: bool,
+    /// Everything run on it since checkout only read: inside a transaction spanning shards, it
+    /// commits without two-phase commit.
+    only_read: bool,
 }
 
 impl Held {
@@ -178,6 +181,11 @@ pub struct Session {
     /// A pipeline's implicit transaction was made a transaction block to span shards: the
     /// client's Sync commits it on every shard.
     implicit_multi: bool,
+    /// The extended-protocol ROLLBACK of a failed transaction was answered here: the held
+    /// connection rolls back at the client's Sync (it skips everything until a Sync).
+    rollback_at_sync: bool,
+    /// DDL ran in the open transaction: the cached column lists are forgotten again when it ends.
+    ddl_in_tx: bool,
     /// The open transaction failed in the proxy (a statement would have crossed shards): like
     /// PostgreSQL's aborted state, only ROLLBACK is accepted until it ends.
     tx_refused: bool,

@@ -250,7 +250,14 @@ impl Session {
             Some(None) => {}
             outcome => {
                 let why = match outcome {
-                    Some(Some(e)) => msg::error_message(e.body()),
+                    Some(Some(e)) => {
+                        // The decision failed inside the transaction: it is aborted there, and
+                        // must not go back to the pool that way.
+                        if ps[0].leg.simple("ROLLBACK").await != Some(None) {
+                            ps[0].leg.mark_broken();
+                        }
+                        msg::error_message(e.body())
+                    }
                     _ => "connection lost".into(),
                 };
                 // Without a decision record, recovery rolls the prepared parts back too.

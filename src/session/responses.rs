@@ -27,7 +27,7 @@ impl Session {
         if matches!(tag, b'N' | b'A' | b'S') {
             let swallowing = matches!(
                 h.ops.front(),
-                Some(Op::SyncVars | Op::CaptureLsn { .. } | Op::Inject { .. } | Op::HiddenBegin)
+                Some(Op::SyncVars | Op::CaptureLsn { .. } | Op::Inject { .. } | Op::HiddenBegin | Op::Hidden)
             );
             if tag != b'S' || !swallowing {
                 out.extend_from_slice(raw);
@@ -88,6 +88,7 @@ impl Session {
                 }
                 _ => out.extend_from_slice(raw),
             },
+            Op::Hidden => done = tag == b'Z',
             Op::HiddenBegin => match tag {
                 b'C' => done = true,
                 b'E' => {
@@ -173,6 +174,12 @@ impl Session {
         if h.tx_status != b'I' {
             return;
         }
+        self.tx_begin = None;
+        self.tx_read_only = false;
+        if std::mem::take(&mut self.ddl_in_tx) {
+            self.shared.forget_columns();
+        }
+        let Some(h) = self.held.as_mut() else { return };
         let rolled_back = std::mem::take(&mut h.rolled_back);
         if let Some(before) = self.vars_before_txn.take()
             && rolled_back
@@ -188,7 +195,12 @@ impl Session {
         loop {
             let Some(h) = self.held.as_mut() else { return };
             match h.ops.front() {
-                None | Some(Op::Sync) | Some(Op::Query { .. }) | Some(Op::SyncVars) | Some(Op::CaptureLsn { .. }) => {
+                None
+                | Some(Op::Sync)
+                | Some(Op::Query { .. })
+                | Some(Op::SyncVars)
+                | Some(Op::CaptureLsn { .. })
+                | Some(Op::Hidden) => {
                     return;
                 }
                 Some(Op::PipelineSync { .. }) => {

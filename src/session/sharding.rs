@@ -87,7 +87,7 @@ impl Session {
         } else {
             let mut b = bytes::BytesMut::new();
             msg::error_response(&mut b, Severity::Error, code, message);
-            msg::ready_for_query(&mut b, if in_tx { b'E' } else { b'I' });
+            msg::ready_for_query(&mut b, self.local_tx_status());
             self.respond_synth(b.freeze());
         }
     }
@@ -106,8 +106,9 @@ impl Session {
     /// Plans a simple-protocol text: first with its literals as parameters (one cached analysis
     /// for every text of the same shape); anything but a single shard is planned again from the
     /// exact text, so rewritten statements and messages carry the real literals.
-    fn plan_simple(&self, sql: &str, literal_free: Option<(String, Vec<String>)>) -> (ShardPlan, bool) {
-        let map = &self.runtime.config.map;
+    fn plan_simple(&mut self, sql: &str, literal_free: Option<(String, Vec<String>)>) -> (ShardPlan, bool) {
+        let runtime = self.runtime.clone();
+        let map = &runtime.config.map;
         if let Some((text, literals)) = literal_free.or_else(|| crate::analyze::fingerprint::parameterize(sql)) {
             let shape = self.shared.shapes.get(&text, map);
             if *shape != crate::analyze::shard::Shape::Unparsed {
@@ -117,7 +118,7 @@ impl Session {
                 };
                 if let p @ ShardPlan::One(_) = shard::plan(&shape, map, &params) {
                     if *shape == Shape::Broadcast {
-                        self.shared.forget_columns();
+                        self.ddl_seen();
                     }
                     return (p, runs_anywhere(&shape));
                 }
@@ -125,10 +126,18 @@ impl Session {
         }
         let shape = self.shared.shapes.get(sql, map);
         if *shape == Shape::Broadcast {
-            // DDL: a table's columns may change.
-            self.shared.forget_columns();
+            self.ddl_seen();
         }
         (shard::plan(&shape, map, &Params::default()), runs_anywhere(&shape))
+    }
+
+    /// DDL: a table's columns may change. Forgotten now, and again when the transaction it
+    /// runs in ends (another session may read the old columns before it commits).
+    pub(super) fn ddl_seen(&mut self) {
+        self.shared.forget_columns();
+        if self.in_transaction() {
+            self.ddl_in_tx = true;
+        }
     }
 
     /// Plans an exact text (one the proxy rewrote).
@@ -211,7 +220,7 @@ impl Session {
         let (mut plan, anywhere) = self.plan_simple(sql, literal_free);
         let mut rewritten: Option<String> = None;
         if let ShardPlan::InsertSelect { select } = &plan {
-            if let Some(flow) = self.clear_for_statement(f) {
+            if let Some(flow) = self.clear_for_statement(f, false) {
                 return Ok(Routed::Done(flow));
             }
             let select = select.clone();
@@ -247,8 +256,14 @@ impl Session {
                     plan = self.plan_text(&text);
                     rewritten = Some(text);
                 }
-                // More values than columns: the server says so.
-                None => plan = ShardPlan::One(self.default_shard()),
+                None => {
+                    self.fail_statement(
+                        SqlState::SYNTAX_ERROR,
+                        false,
+                        "INSERT has more expressions than target columns",
+                    );
+                    return Ok(Routed::Done(Flow::Continue));
+                }
             }
         }
         if let ShardPlan::GenerateIds { rows, .. } = plan {

@@ -346,6 +346,9 @@ pub enum Op {
     /// implicit transaction into a transaction block so it can span shards: its ParseComplete,
     /// BindComplete and CommandComplete are swallowed.
     HiddenBegin,
+    /// Something the proxy sent on its own (a Sync, a ROLLBACK): everything through its
+    /// ReadyForQuery is swallowed, errors included.
+    Hidden,
     /// `pg_current_wal_lsn()` after a write, for read-your-writes: swallowed, value kept.
     CaptureLsn {
         /// The position read.

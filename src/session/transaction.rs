@@ -74,7 +74,16 @@ impl Session {
     /// INSERT ... SELECT): inside a transaction once the held connection is quiet; outside one
     /// once it is released, or, in a pipeline that wrote, the pipeline made a transaction.
     /// `None`: go on now.
-    pub(super) fn clear_for_statement(&mut self, f: &Frame) -> Option<Flow> {
+    pub(super) fn clear_for_statement(&mut self, f: &Frame, extended: bool) -> Option<Flow> {
+        if self.pinned.is_some() || self.runtime.config.server.pool_mode == crate::config::PoolMode::Session {
+            // The held connection is never released: the statement would wait for ever.
+            self.refuse(
+                extended,
+                "INSERT ... SELECT into a sharded table needs connections of its own, which a session pinned to one \
+                 connection (temporary tables, LISTEN, session advisory locks, session pooling) cannot take",
+            );
+            return Some(Flow::Continue);
+        }
         if self.in_transaction() {
             return self.wait_quiet(f);
         }
@@ -154,11 +163,12 @@ impl Session {
             _ => "BEGIN".to_owned(),
         };
         for name in self.vars.savepoint_names() {
-            begin.push_str("; SAVEPOINT ");
+            // After a newline: the client's BEGIN may end in a `--` comment.
+            begin.push_str("\n; SAVEPOINT ");
             begin.push_str(&super::state::quote_ident(name));
         }
         self.pending_begin = Some(begin);
-        let target = if self.tx_read_only {
+        let target = if self.tx_read_only && !self.implicit_multi {
             plan::route(facts, &self.route_context(shard))
         } else {
             Target::Primary
@@ -259,7 +269,14 @@ impl Session {
         self.implicit_multi = false;
         self.pending_begin = None;
         self.vars.end_transaction();
-        let (writers, readers): (Vec<Held>, Vec<Held>) = all.into_iter().partition(|h| h.wrote);
+        self.tx_begin = None;
+        self.tx_read_only = false;
+        if std::mem::take(&mut self.ddl_in_tx) {
+            self.shared.forget_columns();
+        }
+        // Anything but plain reads counts as a write: a shard that wrote must not commit before
+        // the others know they can.
+        let (writers, readers): (Vec<Held>, Vec<Held>) = all.into_iter().partition(|h| !h.only_read);
         let part = |h: Held| Part {
             shard: h.shard,
             leg: Leg {
@@ -378,6 +395,14 @@ impl Session {
                 extended,
                 "PREPARE TRANSACTION in a transaction spanning shards: shardwire commits it across shards with its own \
                  two-phase commit; send COMMIT",
+            );
+            return Ok(Some(Flow::Continue));
+        }
+        let upper = sql.to_ascii_uppercase();
+        if facts.tx == TxEffect::End && upper.contains("AND CHAIN") && !upper.contains("AND NO CHAIN") {
+            self.refuse(
+                extended,
+                "COMMIT AND CHAIN / ROLLBACK AND CHAIN in a transaction spanning shards is not supported; send COMMIT, then BEGIN",
             );
             return Ok(Some(Flow::Continue));
         }

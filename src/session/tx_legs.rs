@@ -48,7 +48,9 @@ impl Session {
                 continue;
             }
             let target = match read {
-                Some(facts) if self.tx_read_only => plan::route(facts, &self.route_context(shard)),
+                Some(facts) if self.tx_read_only && !self.implicit_multi => {
+                    plan::route(facts, &self.route_context(shard))
+                }
                 _ => Target::Primary,
             };
             let mut co = match self.checkout_on(target, shard).await {
@@ -58,15 +60,23 @@ impl Session {
                     continue;
                 }
             };
-            let mut sql = String::new();
             if co.conn.vars_sig != self.vars.sig() {
-                sql = self.vars.replay_sql(co.conn.vars_sig);
+                // On its own: in one query string with the BEGIN, a ROLLBACK would undo it.
+                let replay = self.vars.replay_sql(co.conn.vars_sig);
+                if simple_on(&mut co.conn, &replay).await != Some(None) {
+                    co.conn.broken = true;
+                    failure = Some((
+                        SqlState::CONNECTION_FAILURE,
+                        "could not restore the session's settings".into(),
+                    ));
+                    continue;
+                }
                 co.conn.vars_sig = self.vars.sig();
             }
             co.conn.unnamed = None;
-            sql.push_str(&begin);
+            let mut sql = begin.clone();
             for name in self.vars.savepoint_names() {
-                sql.push_str("; SAVEPOINT ");
+                sql.push_str("\n; SAVEPOINT ");
                 sql.push_str(&super::state::quote_ident(name));
             }
             match simple_on(&mut co.conn, &sql).await {
@@ -116,6 +126,7 @@ impl Session {
                 needs_sync: false,
                 copy_in: false,
                 rolled_back: false,
+                only_read: !w && !wrote_now,
             };
             if self.held.is_none() && held_shard.is_none_or(|s| s == shard) {
                 self.handle.set_backend(Some((

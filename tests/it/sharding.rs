@@ -233,12 +233,26 @@ async fn transactions_wait_for_their_first_shard_and_fail_as_a_whole() {
     assert_eq!(code(&e), Some("22012"), "{e:?}");
     let e = c.execute("SELECT 1", &[]).await.unwrap_err();
     assert_eq!(code(&e), Some("25P02"), "{e:?}");
-    c.batch_execute("ROLLBACK").await.unwrap();
+    // ROLLBACK as a prepared statement (JDBC's way) ends it.
+    c.execute("ROLLBACK", &[]).await.unwrap();
     assert_eq!(
         count_on_shards(topo, &[a[1], b]).await,
         0,
         "nothing of the failed transaction stays"
     );
+    // The same after a refusal while the transaction holds a shard.
+    c.execute("BEGIN", &[]).await.unwrap();
+    c.execute(&format!("INSERT INTO users (id, name) VALUES ({}, 'x')", a[1]), &[])
+        .await
+        .unwrap();
+    let e = c
+        .execute("SELECT * FROM users JOIN events ON users.id = events.id", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("0A000"), "{e:?}");
+    c.execute("ROLLBACK", &[]).await.unwrap();
+    assert_eq!(count_on_shards(topo, &[a[1]]).await, 0);
+    assert_eq!(c.query("SELECT 1", &[]).await.unwrap().len(), 1, "the session goes on");
     // The same in the simple protocol (psql's way).
     c.batch_execute("BEGIN").await.unwrap();
     c.batch_execute(&format!("INSERT INTO users (id, name) VALUES ({}, 'x')", a[1]))

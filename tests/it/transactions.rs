@@ -205,7 +205,8 @@ async fn savepoints_apply_on_every_shard_joined() {
     let b = keys_on(1, 2, 1);
     let d = keys_on(2, 1, 1)[0];
     for s in [
-        "BEGIN".to_string(),
+        // A comment after BEGIN must not swallow what joined shards add to it.
+        "BEGIN -- from the application".to_string(),
         "SAVEPOINT first".to_string(),
         format!("INSERT INTO users (id, name) VALUES ({}, 'kept')", a[0]),
         "SAVEPOINT second".to_string(),
