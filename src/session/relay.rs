@@ -260,12 +260,20 @@ impl Session {
         }
         let owed_ready = h.ops.iter().any(|o| matches!(o, Op::Query { .. } | Op::Sync));
         let owed_any = h.ops.iter().any(|o| !matches!(o, Op::SyncVars | Op::CaptureLsn { .. }));
-        if owed_any || h.in_transaction() || spanning {
+        if owed_any {
             let m = format!("lost the connection to {node}: {why}; the transaction, if any, was rolled back");
             msg::error_response(&mut self.client.wbuf, Severity::Error, SqlState::CONNECTION_FAILURE, &m);
         }
+        if h.in_transaction() || spanning {
+            // The transaction is gone on the server. The client still thinks it is open: what it
+            // sends next must not run on its own, outside any transaction (and commit there),
+            // so the transaction stays failed until the client ends it, as after an error.
+            self.tx_refused = true;
+            self.pending_begin = None;
+        }
         if owed_ready {
-            msg::ready_for_query(&mut self.client.wbuf, b'I');
+            let status = self.local_tx_status();
+            msg::ready_for_query(&mut self.client.wbuf, status);
         } else if owed_any {
             self.ignore_till_sync = true;
         }

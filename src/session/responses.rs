@@ -41,11 +41,11 @@ impl Session {
         }
         let Some(op) = h.ops.front_mut() else {
             // Nothing was asked: a FATAL before the server closes, most likely. It concerns the
-            // client only if the connection held its session state (or its open transaction);
-            // otherwise the connection is just dropped and the client goes on elsewhere.
-            let own_state = self.pinned.is_some()
-                || h.in_transaction()
-                || self.runtime.config.server.pool_mode == crate::config::PoolMode::Session;
+            // client only if the connection held its session state: then the session ends with
+            // it. Otherwise the connection is dropped (an open transaction on it fails: the
+            // client learns it at its next statement, never from a message it did not ask for).
+            let own_state =
+                self.pinned.is_some() || self.runtime.config.server.pool_mode == crate::config::PoolMode::Session;
             if tag == b'E' && !own_state {
                 self.backend_lost(&msg::error_message(body));
             } else {

@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod collation;
 mod differential;
+mod drivers;
 mod encoding;
 mod failover;
 mod harness;

@@ -568,3 +568,73 @@ key = "id"
     c.batch_execute("DROP TABLE tx_first_read").await.unwrap();
     std::fs::remove_file(&map).ok();
 }
+
+/// The connection holding a transaction's work dies while the transaction is idle: the client's
+/// next statement must not run on its own (autocommitted) elsewhere; the transaction is failed
+/// until the client ends it, and nothing of it stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_connection_dies_stays_failed() {
+    let (topo, _guard) = sharded().await;
+    let proxy = Proxy::start(&topo.config(MAP)).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let (a, b) = (keys_on(0, 1, 1)[0], keys_on(1, 1, 1)[0]);
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name, score) VALUES ({a}, 'a', 0), ({b}, 'b', 0)"
+    ))
+    .await
+    .unwrap();
+    for first_shard_in_use in [true, false] {
+        c.batch_execute("BEGIN").await.unwrap();
+        c.batch_execute(&format!("UPDATE users SET score = score - 1 WHERE id = {a}"))
+            .await
+            .unwrap();
+        if !first_shard_in_use {
+            // The dying connection is parked while the transaction works on another shard.
+            c.batch_execute(&format!("UPDATE users SET score = score + 1 WHERE id = {b}"))
+                .await
+                .unwrap();
+        }
+        let killed: i64 = topo
+            .shard(0)
+            .await
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE state = 'idle in transaction' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(killed, 1);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let next = c
+            .batch_execute(&format!("UPDATE users SET score = score + 1 WHERE id = {b}"))
+            .await;
+        let commit = c.batch_execute("COMMIT").await;
+        assert!(
+            next.is_err() || commit.is_err() || c.batch_execute("SELECT 1").await.is_err(),
+            "the transaction went on as if nothing happened"
+        );
+        let _ = c.batch_execute("ROLLBACK").await;
+        let scores: Vec<i32> = {
+            let mut v = Vec::new();
+            for (s, k) in [(0, a), (1, b)] {
+                v.push(
+                    topo.shard(s)
+                        .await
+                        .query_one("SELECT score FROM users WHERE id = $1", &[&k])
+                        .await
+                        .unwrap()
+                        .get(0),
+                );
+            }
+            v
+        };
+        assert_eq!(
+            scores,
+            vec![0, 0],
+            "half of the transaction stayed (first shard in use: {first_shard_in_use})"
+        );
+    }
+}
