@@ -309,4 +309,78 @@ impl Session {
         );
         Some(Flow::Continue)
     }
+
+    /// A Bind that needs steps first (its INSERT's columns read, an INSERT ... SELECT's rows
+    /// selected, a fence waited out), each at most once or twice, then routed again. `Err`:
+    /// answered here.
+    pub(super) async fn route_bind_steps(
+        &mut self,
+        f: &Frame,
+        mut stmt: Arc<Stmt>,
+        mut routed: Routed,
+    ) -> Result<Result<(Arc<Stmt>, Routed), Flow>, SessionError> {
+        let b = msg::parse_bind(f.body())?;
+        // The statement the proxy made of the client's (an INSERT ... SELECT's rows as VALUES),
+        // bound without parameters.
+        let mut own: Option<BindParts> = None;
+        let parts = |own: &Option<BindParts>| match own {
+            Some(p) => Ok(p.clone()),
+            None => crate::protocol::pg::rows::split_bind(&f.raw().slice_ref(b.rest)),
+        };
+        for _ in 0..5 {
+            match &routed {
+                Routed::Fenced(group, partition) => {
+                    let (group, partition) = (group.clone(), *partition);
+                    if let Err((code, m)) = Box::pin(self.wait_unfenced(&group, partition)).await {
+                        self.fail_statement(code, true, &m);
+                        return Ok(Err(Flow::Continue));
+                    }
+                }
+                Routed::NeedColumns(table) => {
+                    if let Err((code, m)) = Box::pin(self.load_columns(table)).await {
+                        self.fail_statement(code, true, &m);
+                        return Ok(Err(Flow::Continue));
+                    }
+                }
+                Routed::InsertSelect(select) if own.is_none() => {
+                    if let Some(flow) = self.clear_for_statement(f, true) {
+                        return Ok(Err(flow));
+                    }
+                    let select = select.clone();
+                    let client = parts(&own)?;
+                    let (text, none) =
+                        match Box::pin(self.insert_select(&stmt.query, &select, Some((&stmt.param_types, &client))))
+                            .await
+                        {
+                            Ok(t) => t,
+                            Err(super::insert_select::SelectFailure::Proxy(code, m)) => {
+                                self.fail_statement(code, true, &m);
+                                return Ok(Err(Flow::Continue));
+                            }
+                            Err(super::insert_select::SelectFailure::Server(e)) => {
+                                self.fail_with_frame(e.raw(), true);
+                                return Ok(Err(Flow::Continue));
+                            }
+                        };
+                    stmt = Arc::new(Stmt::new(&text, &[0, 0], stmt.facts.clone()));
+                    own = Some(BindParts {
+                        param_formats: Vec::new(),
+                        values: Vec::new(),
+                        result_formats: client.result_formats,
+                    });
+                    if none {
+                        // Nothing to insert: any shard answers it, with RETURNING's columns.
+                        routed = Routed::Shard(self.here_or(self.default_shard(), true));
+                        break;
+                    }
+                }
+                _ => break,
+            }
+            routed = self.route_bind(f, b.portal, &stmt, parts(&own)?)?;
+        }
+        if let (Some(p), Routed::Shard(s)) = (&own, &routed) {
+            routed = Routed::BindFilled(*s, stmt.clone(), p.clone());
+        }
+        Ok(Ok((stmt, routed)))
+    }
 }

@@ -12,7 +12,7 @@ use crate::analyze::{Facts, Need, TxEffect};
 use crate::backend::Role;
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages as msg;
-use crate::protocol::pg::rows::{self, BindParts};
+use crate::protocol::pg::rows;
 use crate::protocol::pg::sqlstate::SqlState;
 
 impl Session {
@@ -125,7 +125,7 @@ impl Session {
             set_ops: facts.set_ops.clone(),
             failed: false,
         });
-        if sql.trim().trim_end_matches(';').contains(';') {
+        if held.only_read && facts.tx != TxEffect::None && sql.trim().trim_end_matches(';').contains(';') {
             // Several statements (`BEGIN; INSERT ...`): the facts summarise them; count it as a write.
             held.only_read = false;
         }
@@ -232,75 +232,22 @@ impl Session {
             }
         }
         // Without a shard map the Bind goes to the default shard as it came: no need to look inside.
-        let mut stmt = stmt;
-        // The statement the proxy made of the client's (an INSERT ... SELECT's rows as VALUES),
-        // bound without parameters.
-        let mut own: Option<BindParts> = None;
-        let parts = |own: &Option<BindParts>| match own {
-            Some(p) => Ok(p.clone()),
-            None => rows::split_bind(&f.raw().slice_ref(b.rest)),
-        };
-        let mut routed = if self.route_start() {
-            self.route_bind(&f, b.portal, &stmt, parts(&own)?)?
+        let routed = if self.route_start() {
+            self.route_bind(&f, b.portal, &stmt, rows::split_bind(&f.raw().slice_ref(b.rest))?)?
         } else {
             Routed::Shard(self.default_shard())
         };
-        // Each step at most once or twice: columns read, rows selected, columns of their INSERT
-        // read, a fence waited out.
-        for _ in 0..5 {
-            match &routed {
-                Routed::Fenced(group, partition) => {
-                    let (group, partition) = (group.clone(), *partition);
-                    if let Err((code, m)) = Box::pin(self.wait_unfenced(&group, partition)).await {
-                        self.fail_statement(code, true, &m);
-                        return Ok(Flow::Continue);
-                    }
+        // The steps some statements need before they can be routed, in a future of their own:
+        // its state would otherwise be part of (and moved with) every Bind's.
+        let (stmt, routed) = match routed {
+            Routed::NeedColumns(_) | Routed::InsertSelect(_) | Routed::Fenced(..) => {
+                match Box::pin(self.route_bind_steps(&f, stmt, routed)).await? {
+                    Ok(r) => r,
+                    Err(flow) => return Ok(flow),
                 }
-                Routed::NeedColumns(table) => {
-                    if let Err((code, m)) = Box::pin(self.load_columns(table)).await {
-                        self.fail_statement(code, true, &m);
-                        return Ok(Flow::Continue);
-                    }
-                }
-                Routed::InsertSelect(select) if own.is_none() => {
-                    if let Some(flow) = self.clear_for_statement(&f, true) {
-                        return Ok(flow);
-                    }
-                    let select = select.clone();
-                    let client = parts(&own)?;
-                    let (text, none) =
-                        match Box::pin(self.insert_select(&stmt.query, &select, Some((&stmt.param_types, &client))))
-                            .await
-                        {
-                            Ok(t) => t,
-                            Err(super::insert_select::SelectFailure::Proxy(code, m)) => {
-                                self.fail_statement(code, true, &m);
-                                return Ok(Flow::Continue);
-                            }
-                            Err(super::insert_select::SelectFailure::Server(e)) => {
-                                self.fail_with_frame(e.raw(), true);
-                                return Ok(Flow::Continue);
-                            }
-                        };
-                    stmt = Arc::new(Stmt::new(&text, &[0, 0], stmt.facts.clone()));
-                    own = Some(BindParts {
-                        param_formats: Vec::new(),
-                        values: Vec::new(),
-                        result_formats: client.result_formats,
-                    });
-                    if none {
-                        // Nothing to insert: any shard answers it, with RETURNING's columns.
-                        routed = Routed::Shard(self.here_or(self.default_shard(), true));
-                        break;
-                    }
-                }
-                _ => break,
             }
-            routed = self.route_bind(&f, b.portal, &stmt, parts(&own)?)?;
-        }
-        if let (Some(p), Routed::Shard(s)) = (&own, &routed) {
-            routed = Routed::BindFilled(*s, stmt.clone(), p.clone());
-        }
+            routed => (stmt, routed),
+        };
         let shard = match routed {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
