@@ -64,6 +64,13 @@ pub enum ShardPlan {
         /// The table as the statement names it.
         table: String,
     },
+    /// `COPY table TO STDOUT`: each shard's rows streamed in turn.
+    CopyOut {
+        /// Shards, ascending.
+        shards: Vec<ShardId>,
+        /// Skip the header line of every shard but the first.
+        header: bool,
+    },
     /// An INSERT ... SELECT: the session reads the SELECT's rows, then plans the INSERT of
     /// them.
     InsertSelect {
@@ -101,6 +108,7 @@ impl ShardPlan {
                 shards.clone()
             }
             ShardPlan::InsertSplit { parts } => parts.iter().map(|p| p.shard).collect(),
+            ShardPlan::CopyOut { shards, .. } => shards.clone(),
             ShardPlan::Refuse(_)
             | ShardPlan::GenerateIds { .. }
             | ShardPlan::NeedColumns { .. }
@@ -113,7 +121,7 @@ impl ShardPlan {
     pub fn kind(&self) -> &'static str {
         match self {
             ShardPlan::One(_) => "single-shard",
-            ShardPlan::Scatter { .. } => "scatter",
+            ShardPlan::Scatter { .. } | ShardPlan::CopyOut { .. } => "scatter",
             ShardPlan::Write { .. } => "broadcast",
             ShardPlan::InsertSplit { .. } | ShardPlan::CopySplit { .. } => "insert-split",
             ShardPlan::Refuse(_) | ShardPlan::Fenced { .. } => "refused",
@@ -245,6 +253,10 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
         },
         Shape::InsertNoColumns { table } => ShardPlan::NeedColumns { table: table.clone() },
         Shape::InsertSelect { select } => ShardPlan::InsertSelect { select: select.clone() },
+        Shape::CopyOut { group, header } => ShardPlan::CopyOut {
+            shards: map.groups[*group].holders().into_iter().collect(),
+            header: *header,
+        },
         Shape::InsertFill { id_column, rows, .. } => ShardPlan::GenerateIds {
             column: id_column.clone(),
             rows: *rows,
@@ -418,6 +430,7 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
                 "read the columns of {table} from the catalog, name them in the INSERT, then route each row by its key"
             )
         }
+        ShardPlan::CopyOut { shards, .. } => format!("copy-out {} (each shard's rows in turn)", names(shards)),
         ShardPlan::InsertSelect { select } => {
             format!("read the rows of `{select}` where it runs, then insert them as VALUES, each row routed by its key")
         }

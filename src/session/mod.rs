@@ -11,6 +11,7 @@ mod checkout;
 pub mod client;
 mod collation;
 mod columns;
+mod copy_out;
 mod dealloc;
 mod encoding;
 mod fence;

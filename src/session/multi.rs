@@ -113,6 +113,13 @@ impl Session {
             }
             ShardPlan::InsertSplit { parts } => self.write_all_shards(parts, true, false, src, describe).await,
             ShardPlan::CopySplit { shards } => self.copy_split(sql, shards).await,
+            ShardPlan::CopyOut { shards, header } => {
+                if describe && matches!(src, Source::Extended { .. }) {
+                    // Describe of a COPY portal: no rows description, as the server answers.
+                    self.client.wbuf.extend_from_slice(&msg::empty(b'n'));
+                }
+                self.copy_out(sql, shards, *header, facts).await
+            }
             ShardPlan::One(_)
             | ShardPlan::Refuse(_)
             | ShardPlan::GenerateIds { .. }
@@ -131,7 +138,7 @@ impl Session {
 
     /// Connections for a read on `shards`, each on the node routing picks for that shard (its
     /// read-your-writes position is its own).
-    async fn legs(&mut self, shards: &[ShardId], facts: &Facts) -> Result<Vec<Leg>, (SqlState, String)> {
+    pub(super) async fn legs(&mut self, shards: &[ShardId], facts: &Facts) -> Result<Vec<Leg>, (SqlState, String)> {
         let mut legs = Vec::with_capacity(shards.len());
         for &s in shards {
             let target = match self.runtime.config.server.pool_mode {

@@ -105,6 +105,14 @@ pub enum Shape {
         /// The table as the statement names it (for the catalog lookup).
         table: String,
     },
+    /// `COPY table TO STDOUT` of a sharded table (text or CSV): every shard holding part of the
+    /// group streams its rows, one after another.
+    CopyOut {
+        /// The group.
+        group: usize,
+        /// CSV HEADER: only the first shard's header line is kept.
+        header: bool,
+    },
     /// INSERT ... SELECT into a sharded table: the SELECT (planned on its own) is read first,
     /// and its rows inserted as VALUES, split by key ([`with_rows`]).
     InsertSelect {
@@ -230,9 +238,19 @@ fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
                 "COPY of reference table {table} through shardwire is not supported; load it with INSERT (every shard gets the rows)"
             )),
             Some(TableRule::Sharded { group, key }) => {
+                if *to && matches!(target, sqlparser::ast::CopyTarget::Stdout) {
+                    return match copy_format(options, legacy_options) {
+                        Ok(format) => Shape::CopyOut {
+                            group: *group,
+                            header: format.header,
+                        },
+                        Err(m) => Shape::Refuse(format!("COPY {table} TO STDOUT: {m}")),
+                    };
+                }
                 if *to || !matches!(target, sqlparser::ast::CopyTarget::Stdin) {
                     return Shape::Refuse(format!(
-                        "COPY {table} TO STDOUT or from a file is not supported on a sharded table; SELECT the rows, or COPY FROM STDIN to load"
+                        "COPY {table} to or from a file is not supported on a sharded table (the files are on the shards); \
+                         use COPY ... TO STDOUT / FROM STDIN (psql's \\copy)"
                     ));
                 }
                 match copy_format(options, legacy_options) {
