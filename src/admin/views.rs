@@ -36,7 +36,13 @@ pub fn replicas(shared: &Shared) -> Table {
                 s(n.role().as_str()),
                 s(format!("{}:{}", n.config.host, n.config.port)),
                 s(state),
-                s(if h.in_rotation { "yes" } else { "no" }),
+                s(if n.disabled.load(std::sync::atomic::Ordering::Relaxed) {
+                    "disabled"
+                } else if h.in_rotation {
+                    "yes"
+                } else {
+                    "no"
+                }),
                 h.lag_bytes.map(|b| b.to_string()),
                 h.lag_secs.map(|v| format!("{v:.3}")),
                 h.lsn.map(|l| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)),

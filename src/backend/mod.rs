@@ -87,7 +87,10 @@ impl Cluster {
     pub fn pick_replica(&self, balance: Balance, min_lsn: Option<u64>) -> Option<Arc<Node>> {
         let usable = |n: &&Arc<Node>| {
             let h = n.health.load();
-            h.in_rotation && n.role() == Role::Replica && min_lsn.is_none_or(|min| h.lsn.is_some_and(|l| l >= min))
+            h.in_rotation
+                && n.role() == Role::Replica
+                && !n.disabled.load(Ordering::Relaxed)
+                && min_lsn.is_none_or(|min| h.lsn.is_some_and(|l| l >= min))
         };
         match balance {
             Balance::RoundRobin => {

@@ -79,6 +79,8 @@ pub struct Node {
     pub health: ArcSwap<NodeHealth>,
     /// Connections checked out right now, for least-outstanding balancing.
     pub outstanding: AtomicUsize,
+    /// Taken out of the read rotation by a DBA (`DISABLE REPLICA`), whatever its health.
+    pub disabled: std::sync::atomic::AtomicBool,
     /// Counters.
     pub stats: NodeStats,
     /// Pool size.
@@ -270,6 +272,7 @@ impl Node {
             pool,
             health: ArcSwap::from_pointee(NodeHealth::initial()),
             outstanding: AtomicUsize::new(0),
+            disabled: std::sync::atomic::AtomicBool::new(false),
             stats: NodeStats::default(),
             max_size,
             checkout_timeout,

@@ -37,6 +37,13 @@ pub enum Command {
     Map,
     /// SHOW MAP HISTORY: the changes applied since start.
     MapHistory,
+    /// DISABLE REPLICA <node> / ENABLE REPLICA <node>: out of (back into) the read rotation.
+    Replica {
+        /// The node's name, e.g. `s1/replica0` (as SHOW REPLICAS prints it).
+        node: String,
+        /// Take it out.
+        disable: bool,
+    },
     /// SET PARTITION <group> <n> TO <shard> | STATE <state> [DATA IN PLACE] [VERSION <v>] [DRY RUN]
     SetPartition {
         /// The change.
@@ -61,7 +68,7 @@ pub enum Command {
 const HELP: &str = "SHOW SHARDS | SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW MAP | SHOW ROUTES | \
 SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE | SHOW MAP HISTORY | \
 SET PARTITION <group> <n> TO <shard> [DATA IN PLACE] [VERSION <v>] [DRY RUN] | \
-SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN]";
+SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN] | DISABLE REPLICA <node> | ENABLE REPLICA <node>";
 
 impl Command {
     /// Parses a console query (case-insensitive, optional trailing semicolon).
@@ -77,6 +84,15 @@ impl Command {
         }
         if let Some(c) = set_partition(trimmed)? {
             return Ok(c);
+        }
+        if let [verb, what, node] = trimmed.split_whitespace().collect::<Vec<_>>().as_slice()
+            && what.eq_ignore_ascii_case("replica")
+            && (verb.eq_ignore_ascii_case("disable") || verb.eq_ignore_ascii_case("enable"))
+        {
+            return Ok(Command::Replica {
+                node: node.to_string(),
+                disable: verb.eq_ignore_ascii_case("disable"),
+            });
         }
         let words: Vec<String> = sql
             .trim()
@@ -113,7 +129,7 @@ fn set_partition(sql: &str) -> Result<Option<Command>, String> {
         return Ok(None);
     }
     let usage = "SET PARTITION <group> <n> TO <shard> [DATA IN PLACE] [VERSION <v>] [DRY RUN], \
-                 or SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN]";
+                 or SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN] | DISABLE REPLICA <node> | ENABLE REPLICA <node>";
     let (Some(group), Some(n), Some(value)) = (words.get(2), words.get(3), words.get(5)) else {
         return Err(format!("incomplete command; {usage}"));
     };
@@ -225,6 +241,25 @@ async fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &s
             rows: vec![vec![Some(HELP.into())]],
         },
         Command::MapHistory => views::map_history(shared),
+        Command::Replica { node, disable } => {
+            let rt = shared.runtime.load();
+            return match rt
+                .clusters
+                .iter()
+                .flat_map(|c| c.replicas.iter())
+                .find(|n| n.config.name == node)
+            {
+                Some(n) => {
+                    n.disabled.store(disable, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(%node, disabled = disable, %user, "replica rotation set by an admin");
+                    msg::command_complete(out, if disable { "DISABLE REPLICA" } else { "ENABLE REPLICA" });
+                }
+                None => {
+                    let m = format!("no replica named {node}; SHOW REPLICAS lists them (e.g. s0/replica0)");
+                    msg::error_response(out, Severity::Error, SqlState::INVALID_PARAMETER_VALUE, &m);
+                }
+            };
+        }
         Command::SetPartition {
             change,
             based_on,

@@ -37,6 +37,29 @@ async fn console_shows_replicas_pools_clients_and_stats() {
     let stats = show(&admin, "SHOW STATS").await;
     let replica_statements: u64 = stats.iter().find(|r| r[1] == "replica").unwrap()[2].parse().unwrap();
     assert!(replica_statements >= 5);
+    // A DBA takes the replica out of the read rotation (maintenance) and back.
+    let name = replica[0].clone();
+    admin.simple_query(&format!("DISABLE REPLICA {name}")).await.unwrap();
+    let row = show(&admin, "SHOW REPLICAS")
+        .await
+        .into_iter()
+        .find(|r| r[0] == name)
+        .unwrap();
+    assert_eq!(row[4], "disabled");
+    let noryw = proxy.connect("noryw", "noryw").await.unwrap();
+    for _ in 0..3 {
+        assert!(
+            !crate::harness::on_replica_simple(&noryw).await,
+            "a disabled replica served a read"
+        );
+    }
+    admin.simple_query(&format!("enable replica {name}")).await.unwrap();
+    assert!(
+        crate::harness::on_replica_simple(&noryw).await,
+        "the enabled replica serves reads again"
+    );
+    let e = admin.simple_query("DISABLE REPLICA nosuch/replica9").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22023");
     let e = admin.simple_query("SHOW NONSENSE").await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "42601");
     assert_eq!(
