@@ -127,11 +127,17 @@ impl Session {
         }
         match h.tx_status {
             b'E' => {
-                self.fail_statement(
-                    SqlState::IN_FAILED_SQL_TRANSACTION,
-                    extended,
-                    "current transaction is aborted, commands ignored until end of transaction block",
-                );
+                // The server already holds the transaction failed: the answer is its own, and
+                // ROLLBACK TO a savepoint (which goes there) recovers it, as on one database.
+                let m = "current transaction is aborted, commands ignored until end of transaction block";
+                if extended {
+                    self.local_error(SqlState::IN_FAILED_SQL_TRANSACTION, m);
+                } else {
+                    let mut b = bytes::BytesMut::new();
+                    msg::error_response(&mut b, Severity::Error, SqlState::IN_FAILED_SQL_TRANSACTION, m);
+                    msg::ready_for_query(&mut b, b'E');
+                    self.respond_synth(b.freeze());
+                }
                 return Ok(Ensure::Failed);
             }
             // The transaction ended here (its pipeline failed and rolled back): the connection

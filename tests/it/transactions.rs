@@ -238,6 +238,13 @@ async fn savepoints_apply_on_every_shard_joined() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some("23505"), "{e:?}");
+    // A statement for another shard while the transaction is failed: 25P02, and ROLLBACK TO
+    // still recovers it, as on one database.
+    let e = c
+        .batch_execute(&format!("UPDATE users SET name = 'z' WHERE id = {d}"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("25P02"), "{e:?}");
     c.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
     c.batch_execute(&format!("UPDATE users SET name = 'y' WHERE id = {}", b[1]))
         .await
