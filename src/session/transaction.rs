@@ -59,6 +59,21 @@ impl Session {
         Some(Flow::Stall(f.clone()))
     }
 
+    /// What a shard joining the transaction runs: the client's BEGIN (`begin`, or a plain one for
+    /// a pipeline's transaction) and the savepoints open so far.
+    pub(super) fn join_text(&self, begin: Option<&str>) -> String {
+        let mut sql = match begin {
+            Some(b) if !self.implicit_multi => b.trim().trim_end_matches(';').to_owned(),
+            _ => "BEGIN".to_owned(),
+        };
+        for name in self.vars.savepoint_names() {
+            // After a newline: the client's BEGIN may end in a `--` comment.
+            sql.push_str("\n; SAVEPOINT ");
+            sql.push_str(&super::state::quote_ident(name));
+        }
+        sql
+    }
+
     /// The held connection is in the middle of a pipeline outside a transaction block: a BEGIN
     /// of the proxy's own makes the pipeline's implicit transaction a block that the client's
     /// Sync commits on every shard it then touches.
@@ -164,16 +179,7 @@ impl Session {
             self.held = Some(h);
             return Ok(Ensure::Ready);
         }
-        let mut begin = match &self.tx_begin {
-            Some(b) if !self.implicit_multi => b.trim().trim_end_matches(';').to_owned(),
-            _ => "BEGIN".to_owned(),
-        };
-        for name in self.vars.savepoint_names() {
-            // After a newline: the client's BEGIN may end in a `--` comment.
-            begin.push_str("\n; SAVEPOINT ");
-            begin.push_str(&super::state::quote_ident(name));
-        }
-        self.pending_begin = Some(begin);
+        self.pending_begin = Some(self.join_text(self.tx_begin.as_deref()));
         let target = if self.tx_read_only && !self.implicit_multi {
             plan::route(facts, &self.route_context(shard))
         } else {

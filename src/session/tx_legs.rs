@@ -27,10 +27,8 @@ impl Session {
             mine.insert(0, h);
         }
         self.handle.set_backend(None);
-        let begin = match self.pending_begin.take().or_else(|| self.tx_begin.clone()) {
-            Some(b) if !self.implicit_multi => b.trim().trim_end_matches(';').to_owned(),
-            _ => "BEGIN".to_owned(),
-        };
+        let pending = self.pending_begin.take();
+        let join = self.join_text(pending.as_deref().or(self.tx_begin.as_deref()));
         let mut legs = Vec::with_capacity(shards.len());
         let mut wrote = Vec::with_capacity(shards.len());
         let mut failure = None;
@@ -74,12 +72,7 @@ impl Session {
                 co.conn.vars_sig = self.vars.sig();
             }
             co.conn.unnamed = None;
-            let mut sql = begin.clone();
-            for name in self.vars.savepoint_names() {
-                sql.push_str("\n; SAVEPOINT ");
-                sql.push_str(&super::state::quote_ident(name));
-            }
-            match simple_on(&mut co.conn, &sql).await {
+            match simple_on(&mut co.conn, &join).await {
                 Some(None) => {
                     self.shared.stats.record_plan("shard-joined");
                     wrote.push(false);

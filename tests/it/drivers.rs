@@ -36,20 +36,6 @@ async fn psycopg_executemany_and_transactions_span_shards() {
     );
     assert!(out.status.success() && text.contains("ok"), "{text}");
     // What the script left, seen on the shards themselves.
-    let mut rows = 0;
-    for s in 0..SHARDS {
-        let d = topo.shard(s).await;
-        rows += d
-            .query_one("SELECT count(*) FROM users", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
-        let prepared: i64 = d
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(prepared, 0, "shard {s}");
-    }
+    let rows = crate::transactions::over_shards(topo, "SELECT count(*) FROM users").await;
     assert_eq!(rows, 3);
 }

@@ -38,6 +38,39 @@ fn sorted(mut v: Vec<(i64, &str)>) -> Vec<(i64, String)> {
     v.into_iter().map(|(k, n)| (k, n.to_string())).collect()
 }
 
+/// A fresh `users` table with accounts 1..=n holding 1000 each (for transfers).
+async fn accounts(c: &tokio_postgres::Client, n: i64) {
+    each(
+        c,
+        "DROP TABLE IF EXISTS users; CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)",
+    )
+    .await;
+    let values: Vec<String> = (1..=n).map(|i| format!("({i}, 'acct', 1000)")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name, score) VALUES {}",
+        values.join(",")
+    ))
+    .await
+    .unwrap();
+}
+
+/// The sum over the shards of `sql` (one int8), each shard checked to hold no prepared
+/// transaction.
+pub(crate) async fn over_shards(topo: &crate::shards::Sharded, sql: &str) -> i64 {
+    let mut total = 0;
+    for s in 0..SHARDS {
+        let d = topo.shard(s).await;
+        total += d.query_one(sql, &[]).await.unwrap().get::<_, i64>(0);
+        let prepared: i64 = d
+            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(prepared, 0, "shard {s} kept a prepared transaction");
+    }
+    total
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_block_spans_shards_and_commits_or_rolls_back_as_one() {
     let (topo, _guard) = sharded().await;
@@ -182,17 +215,8 @@ async fn a_transaction_block_spans_shards_and_commits_or_rolls_back_as_one() {
         names(topo, &[a, b, d]).await,
         sorted(vec![(a, "ea"), (b, "jb"), (d, "jd")])
     );
-    // No transaction is left open or prepared on any shard.
-    for s in 0..SHARDS {
-        let n: i64 = topo
-            .shard(s)
-            .await
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 0, "shard {s} has prepared transactions left");
-    }
+    // No transaction is left prepared on any shard.
+    over_shards(topo, "SELECT 0::int8").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,18 +378,7 @@ async fn pgbench_transfers_across_shards_keep_the_total() {
     let (topo, _guard) = sharded().await;
     let proxy = Proxy::start(&topo.config(MAP)).await;
     let c = proxy.app().await;
-    each(
-        &c,
-        "DROP TABLE IF EXISTS users; CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)",
-    )
-    .await;
-    let values: Vec<String> = (1..=60).map(|i| format!("({i}, 'acct', 1000)")).collect();
-    c.batch_execute(&format!(
-        "INSERT INTO users (id, name, score) VALUES {}",
-        values.join(",")
-    ))
-    .await
-    .unwrap();
+    accounts(&c, 60).await;
     let script = std::env::temp_dir().join(format!("transfer-{}.sql", crate::harness::rand_suffix()));
     std::fs::write(
         &script,
@@ -391,23 +404,8 @@ async fn pgbench_transfers_across_shards_keep_the_total() {
         assert!(text.contains("number of failed transactions: 0"), "{text}");
         assert!(text.contains("actually processed: 400/400"), "{text}");
     }
-    let mut total = 0i64;
-    let mut rows = 0i64;
-    for s in 0..SHARDS {
-        let d = topo.shard(s).await;
-        let r = d
-            .query_one("SELECT coalesce(sum(score), 0)::bigint, count(*) FROM users", &[])
-            .await
-            .unwrap();
-        total += r.get::<_, i64>(0);
-        rows += r.get::<_, i64>(1);
-        let prepared: i64 = d
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(prepared, 0, "shard {s}");
-    }
+    let total = over_shards(topo, "SELECT coalesce(sum(score), 0)::int8 FROM users").await;
+    let rows = over_shards(topo, "SELECT count(*) FROM users").await;
     assert_eq!((rows, total), (60, 60_000), "money was created or lost");
     std::fs::remove_file(&script).ok();
 }
@@ -421,18 +419,7 @@ async fn transfers_keep_the_total_when_a_shard_stops_mid_commit() {
     let (topo, _guard) = sharded().await;
     let proxy = Proxy::start(&topo.config(MAP)).await;
     let c = proxy.app().await;
-    each(
-        &c,
-        "DROP TABLE IF EXISTS users; CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)",
-    )
-    .await;
-    let values: Vec<String> = (1..=30).map(|i| format!("({i}, 'acct', 1000)")).collect();
-    c.batch_execute(&format!(
-        "INSERT INTO users (id, name, score) VALUES {}",
-        values.join(",")
-    ))
-    .await
-    .unwrap();
+    accounts(&c, 30).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..3u64 {
@@ -496,21 +483,7 @@ async fn transfers_keep_the_total_when_a_shard_stops_mid_commit() {
         shardwire::backend::twophase::recover(&clusters, std::time::Duration::ZERO, std::time::Duration::from_secs(5))
             .await;
     eprintln!("{committed} transfers committed; recovery: {recovered:?}");
-    let mut total = 0i64;
-    for s in 0..SHARDS {
-        let d = topo.shard(s).await;
-        total += d
-            .query_one("SELECT coalesce(sum(score), 0)::bigint FROM users", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
-        let prepared: i64 = d
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(prepared, 0, "shard {s} kept a prepared transaction");
-    }
+    let total = over_shards(topo, "SELECT coalesce(sum(score), 0)::int8 FROM users").await;
     assert_eq!(total, 30_000, "a transfer was half applied ({committed} committed)");
 }
 
