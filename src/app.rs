@@ -28,6 +28,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Nodes, pools and health of each shard, indexed by [`crate::shardmap::ShardId`].
     pub clusters: Vec<Arc<Cluster>>,
+    /// The shards of a MySQL cluster (empty for PostgreSQL), indexed like `clusters`.
+    pub mysql: Vec<Arc<crate::backend::mysql::MyShard>>,
     /// Stops this runtime's monitor when the last snapshot is dropped.
     _monitor: DropGuard,
 }
@@ -77,10 +79,33 @@ impl Runtime {
             connect_timeout: config.pool.connect_timeout,
             follow: r.failover == crate::config::Failover::Follow,
         };
-        for c in &clusters {
-            tokio::spawn(monitor::run(c.clone(), settings, token.clone()));
+        let mysql: Vec<Arc<crate::backend::mysql::MyShard>> = match config.shards[0].primary.engine {
+            crate::config::Engine::Postgres => Vec::new(),
+            crate::config::Engine::MySql => config
+                .shards
+                .iter()
+                .map(|s| {
+                    previous
+                        .filter(|p| p.config.pool == config.pool)
+                        .and_then(|p| p.mysql.iter().zip(&p.config.shards).find(|(_, old)| *old == s))
+                        .map(|(c, _)| c.clone())
+                        .unwrap_or_else(|| crate::backend::mysql::MyShard::new(s, &config.pool))
+                })
+                .collect(),
+        };
+        if mysql.is_empty() {
+            for c in &clusters {
+                tokio::spawn(monitor::run(c.clone(), settings, token.clone()));
+            }
+        } else {
+            let s = crate::health::mysql::Settings {
+                interval: r.check_interval,
+                max_lag: r.max_lag,
+                healthy_after: r.healthy_after.get(),
+            };
+            tokio::spawn(crate::health::mysql::run(mysql.clone(), s, token.clone()));
         }
-        if clusters.len() > 1 {
+        if clusters.len() > 1 && mysql.is_empty() {
             tokio::spawn(crate::backend::twophase::run(
                 clusters.clone(),
                 std::time::Duration::from_secs(10),
@@ -91,6 +116,7 @@ impl Runtime {
         Arc::new(Runtime {
             config: Arc::new(config),
             clusters,
+            mysql,
             _monitor: token.drop_guard(),
         })
     }
@@ -374,6 +400,8 @@ where
 pub struct Bound {
     /// PostgreSQL clients.
     pub pg: std::net::SocketAddr,
+    /// MySQL clients, when the shards are MySQL servers.
+    pub mysql: Option<std::net::SocketAddr>,
     /// HTTP metrics and health, if configured.
     pub http: Option<std::net::SocketAddr>,
 }
@@ -387,6 +415,10 @@ pub async fn run(
     on_bound: impl FnOnce(Bound, Arc<Shared>),
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(config.server.listen).await?;
+    let mysql = match config.server.mysql_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
     let http = match config.server.admin_http {
         Some(a) => Some(TcpListener::bind(a).await?),
         None => None,
@@ -405,9 +437,10 @@ pub async fn run(
     }
     let bound = Bound {
         pg: listener.local_addr()?,
+        mysql: mysql.as_ref().map(|l| l.local_addr()).transpose()?,
         http: http.as_ref().map(|l| l.local_addr()).transpose()?,
     };
-    tracing::info!(pg = %bound.pg, http = ?bound.http, "shardwire listening");
+    tracing::info!(pg = %bound.pg, mysql = ?bound.mysql, http = ?bound.http, "shardwire listening");
     if let Some(every) = shared.runtime.load().config.server.watch_files
         && shared.config_path.is_some()
     {
@@ -424,6 +457,9 @@ pub async fn run(
         tokio::spawn(crate::admin::http::serve(h, shared.clone(), shutdown.clone()));
     }
 
+    if let Some(m) = mysql {
+        tokio::spawn(crate::mysql::serve(m, shared.clone(), shutdown.clone()));
+    }
     crate::session::listener::serve(listener, shared, shutdown).await;
     Ok(())
 }

@@ -175,7 +175,7 @@ impl Drop for Sandbox {
 
 /// Sandboxes of processes that no longer exist: a test run keeps its topology until the process
 /// exits (servers die with it), so nothing removes the folder then. The next sandbox does.
-fn remove_abandoned() {
+pub(crate) fn remove_abandoned() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };

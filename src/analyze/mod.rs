@@ -7,6 +7,7 @@ pub mod cache;
 pub mod facts;
 pub mod fingerprint;
 pub mod limits;
+pub mod mysql;
 pub mod shard;
 
 use std::collections::HashSet;

@@ -4,6 +4,7 @@
 pub mod breaker;
 pub mod conn;
 pub mod leg;
+pub mod mysql;
 pub mod pool;
 pub mod twophase;
 

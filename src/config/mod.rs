@@ -10,7 +10,7 @@ use std::path::Path;
 
 pub use tls::{TlsConfig, TlsMode};
 pub use validate::{
-    Auth, Balance, Config, Failover, IdsConfig, NodeConfig, PoolConfig, PoolMode, RoutingConfig, ScramVerifier,
+    Auth, Balance, Config, Engine, Failover, IdsConfig, NodeConfig, PoolConfig, PoolMode, RoutingConfig, ScramVerifier,
     ServerConfig, ShardConfig, User, WhenNoReplica, WorkerId,
 };
 

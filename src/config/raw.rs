@@ -60,6 +60,8 @@ pub struct RawSharding {
 pub struct RawServer {
     /// Address for PostgreSQL clients, e.g. "127.0.0.1:6432".
     pub listen: String,
+    /// Address for MySQL clients, e.g. "127.0.0.1:3307", when the shards are MySQL/MariaDB.
+    pub mysql_listen: Option<String>,
     /// Address for HTTP `/metrics` and `/health`; none when absent.
     pub admin_http: Option<String>,
     /// "transaction" (default) or "session".

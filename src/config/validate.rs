@@ -72,6 +72,8 @@ pub enum PoolMode {
 pub struct ServerConfig {
     /// Client listener.
     pub listen: SocketAddr,
+    /// MySQL client listener (clusters of MySQL/MariaDB shards).
+    pub mysql_listen: Option<SocketAddr>,
     /// HTTP listener for metrics and health.
     pub admin_http: Option<SocketAddr>,
     /// Pooling mode.
@@ -224,11 +226,35 @@ pub struct User {
     pub admin: bool,
     /// Read-your-writes for this user.
     pub read_your_writes: bool,
+    /// What MySQL logins check: the plain password (both MySQL auth plugins need it or its
+    /// SHA-1 stage), or `Some("")` for trust. `None` when only a verifier or hash was given: such
+    /// a user cannot log in over the MySQL protocol.
+    pub mysql_password: Option<String>,
+}
+
+/// The protocol a cluster's servers speak, from their URLs' scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `mysql://` or `mariadb://`: MySQL or MariaDB servers.
+    MySql,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Postgres => "PostgreSQL",
+            Engine::MySql => "MySQL",
+        })
+    }
 }
 
 /// One backend server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NodeConfig {
+    /// The protocol it speaks.
+    pub engine: Engine,
     /// Name shown in admin views and metrics, e.g. "main/replica1".
     pub name: String,
     /// Host to connect to.
@@ -247,8 +273,17 @@ impl std::fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} (postgres://{}@{}:{}/{})",
-            self.name, self.user, self.host, self.port, self.dbname
+            "{} ({}://{}@{}:{}/{})",
+            self.name,
+            if self.engine == Engine::MySql {
+                "mysql"
+            } else {
+                "postgres"
+            },
+            self.user,
+            self.host,
+            self.port,
+            self.dbname
         )
     }
 }
@@ -346,6 +381,11 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
     let s = &raw.server;
     let server = ServerConfig {
         listen: addr("server.listen", &s.listen)?,
+        mysql_listen: s
+            .mysql_listen
+            .as_deref()
+            .map(|a| addr("server.mysql_listen", a))
+            .transpose()?,
         admin_http: s
             .admin_http
             .as_deref()
@@ -373,6 +413,33 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         },
         tls: s.tls.as_ref().map(|t| super::tls::load(t, base)).transpose()?,
     };
+    let engine = shards[0].primary.engine;
+    for (i, sh) in shards.iter().enumerate() {
+        if let Some(n) = std::iter::once(&sh.primary)
+            .chain(&sh.replicas)
+            .find(|n| n.engine != engine)
+        {
+            return Err(err(
+                format!("shards[{i}]"),
+                format!(
+                    "node {} is {} but shard 0's primary is {}: one cluster speaks one protocol",
+                    n.name, n.engine, engine
+                ),
+            ));
+        }
+    }
+    if engine == Engine::MySql && server.mysql_listen.is_none() {
+        return Err(err(
+            "server.mysql_listen",
+            "the shards are MySQL servers (mysql:// URLs): set the address MySQL clients connect to",
+        ));
+    }
+    if engine == Engine::Postgres && server.mysql_listen.is_some() {
+        return Err(err(
+            "server.mysql_listen",
+            "the shards are PostgreSQL servers: a MySQL listener needs mysql:// shards",
+        ));
+    }
     if server.database == "shardwire" {
         return Err(err("server.database", "`shardwire` is the admin console's name"));
     }
@@ -559,8 +626,16 @@ fn user(path: &str, u: &RawUser, ryw_default: bool) -> Result<User, ConfigError>
             ));
         }
     };
+    let mysql_password = match (&auth, password) {
+        (Auth::Trust, _) => Some(String::new()),
+        (_, Some(pw)) if !(pw.starts_with("SCRAM-SHA-256$") || pw.starts_with("md5") && pw.len() == 35) => {
+            Some(pw.to_owned())
+        }
+        _ => None,
+    };
     Ok(User {
         name: u.name.clone(),
+        mysql_password,
         auth,
         admin: u.admin,
         read_your_writes: u.read_your_writes.unwrap_or(ryw_default),
@@ -568,6 +643,9 @@ fn user(path: &str, u: &RawUser, ryw_default: bool) -> Result<User, ConfigError>
 }
 
 pub(super) fn node(name: &str, path: &str, url: &str) -> Result<NodeConfig, ConfigError> {
+    if let Some(rest) = url.strip_prefix("mysql://").or_else(|| url.strip_prefix("mariadb://")) {
+        return mysql_node(name, path, &format!("mysql://{rest}"));
+    }
     let c = tokio_postgres::Config::from_str(url).map_err(|e| err(path, format!("not a connection URL: {e}")))?;
     let host = match c.get_hosts() {
         [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
@@ -583,11 +661,37 @@ pub(super) fn node(name: &str, path: &str, url: &str) -> Result<NodeConfig, Conf
     let password = c.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
     let dbname = c.get_dbname().unwrap_or(&user).to_owned();
     Ok(NodeConfig {
+        engine: Engine::Postgres,
         name: name.to_owned(),
         host,
         port,
         user,
         password,
+        dbname,
+    })
+}
+
+/// A `mysql://user:password@host:port/db` URL, read by mysql_async (the driver the proxy's own
+/// MySQL queries use), so both agree on what it means.
+fn mysql_node(name: &str, path: &str, url: &str) -> Result<NodeConfig, ConfigError> {
+    let o = mysql_async::Opts::from_url(url).map_err(|e| err(path, format!("not a MySQL URL: {e}")))?;
+    let user = o.user().ok_or_else(|| err(path, "the URL names no user"))?.to_owned();
+    let dbname = o
+        .db_name()
+        .ok_or_else(|| {
+            err(
+                path,
+                "the URL names no database (mysql://user:password@host:port/database)",
+            )
+        })?
+        .to_owned();
+    Ok(NodeConfig {
+        engine: Engine::MySql,
+        name: name.to_owned(),
+        host: o.ip_or_hostname().to_owned(),
+        port: o.tcp_port(),
+        user,
+        password: o.pass().map(str::to_owned),
         dbname,
     })
 }

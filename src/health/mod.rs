@@ -2,7 +2,9 @@
 //! interval and publishes a [`NodeHealth`] snapshot the routing path reads without locks. The
 //! rules that turn observations into rotation decisions are pure functions here.
 
+pub mod gtid;
 pub mod monitor;
+pub mod mysql;
 
 use std::time::{Duration, Instant};
 
@@ -190,13 +192,25 @@ pub fn next_replica_health(
             }
         },
     };
-    let mut h = NodeHealth {
+    let h = NodeHealth {
         lag_bytes,
         lag_secs,
         lsn,
         checked: Some(now),
         ..prev.clone()
     };
+    apply_verdict(prev, h, verdict, healthy_after)
+}
+
+/// The rotation rule on its own: a bad check takes a replica out at once, `healthy_after` good
+/// ones in a row bring it back; one never seen bad joins on its first good check. `h` is the
+/// new observation's health with the state fields still those of `prev`.
+pub fn apply_verdict(
+    prev: &NodeHealth,
+    mut h: NodeHealth,
+    verdict: Result<(), String>,
+    healthy_after: u32,
+) -> NodeHealth {
     match verdict {
         Err(reason) => {
             h.state = HealthState::Down;

@@ -18,6 +18,7 @@ mod lag;
 mod limits;
 mod map_admin;
 mod map_swap;
+mod mysql;
 mod node_loss;
 mod protocol;
 mod rebalance;

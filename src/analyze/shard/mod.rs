@@ -165,6 +165,45 @@ pub fn shape(sql: &str, map: &ShardMap) -> Shape {
     let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Shape::Unparsed;
     };
+    shape_of(&stmts, map)
+}
+
+/// [`shape`] in MySQL's dialect: `?` placeholders are numbered in the order they appear and
+/// stand for parameters `$1`, `$2`, ... of the shape, as the binary protocol sends them.
+pub fn shape_mysql(sql: &str, map: &ShardMap) -> Shape {
+    let safe = super::Limits {
+        max_bytes: usize::MAX,
+        max_depth: super::limits::MAX_DEPTH,
+    };
+    if let Err(e) = super::limits::check(sql, &safe) {
+        return Shape::Refuse(e.to_string());
+    }
+    let Ok(mut stmts) = Parser::parse_sql(&sqlparser::dialect::MySqlDialect {}, sql) else {
+        return Shape::Unparsed;
+    };
+    number_placeholders(&mut stmts);
+    shape_of(&stmts, map)
+}
+
+/// Renames `?` placeholders `$1`, `$2`, ... in the order the parser visits them, which is the
+/// order they appear in the text.
+pub fn number_placeholders(stmts: &mut [Statement]) {
+    let mut n = 0;
+    for s in stmts {
+        let _ = sqlparser::ast::visit_expressions_mut(s, |e| {
+            if let Expr::Value(v) = e
+                && let sqlparser::ast::Value::Placeholder(p) = &mut v.value
+                && p == "?"
+            {
+                n += 1;
+                *p = format!("${n}");
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+}
+
+fn shape_of(stmts: &[Statement], map: &ShardMap) -> Shape {
     let mut shapes: Vec<Shape> = stmts.iter().map(|s| statement(s, map)).collect();
     match shapes.len() {
         0 => Shape::Neutral,

@@ -1,0 +1,183 @@
+//! The MySQL front end: MySQL clients (the mariadb client, PyMySQL, mysql_async, sysbench) in
+//! front of MySQL or MariaDB shards, on the same analysis, planning, merging and shard map as
+//! the PostgreSQL front end ([`crate::session`]).
+//!
+//! Owned here: the listener and login ([`login`]), the per-client session ([`session`]: pooling
+//! per transaction with the session's settings replayed, read/write split, transactions), the
+//! single-shard relay that forwards a server's response frames untouched ([`relay`]), merged
+//! scatter reads ([`scatter`]) and prepared statements kept per client and prepared again on
+//! whichever server connection runs them ([`prepared`]).
+
+mod login;
+mod prepared;
+mod query;
+mod relay;
+mod scatter;
+mod session;
+mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Shared;
+use crate::net::Stream;
+use crate::protocol::mysql::{MAX_FRAME, code, err, put_packet, take_frame};
+
+/// Why a client's session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket failed or closed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke the protocol; it was told so.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// A client's socket with its read and write buffers.
+pub struct ClientConn {
+    stream: Stream,
+    rbuf: BytesMut,
+    /// Bytes waiting to be sent.
+    pub wbuf: BytesMut,
+    max_packet: usize,
+}
+
+impl ClientConn {
+    fn new(stream: Stream, max_packet: usize) -> ClientConn {
+        ClientConn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            wbuf: BytesMut::with_capacity(16 * 1024),
+            max_packet,
+        }
+    }
+
+    /// The next packet (continuation frames joined): its first sequence id and payload; `None`
+    /// when the client closed the connection between packets.
+    pub async fn packet(&mut self) -> Result<Option<(u8, BytesMut)>, ClientError> {
+        let mut joined: Option<(u8, BytesMut)> = None;
+        loop {
+            let Some((seq, frame)) = self.frame().await? else {
+                return match joined {
+                    None => Ok(None),
+                    Some(_) => Err(ClientError::Protocol("connection closed inside a packet".into())),
+                };
+            };
+            let more = frame.len() == MAX_FRAME;
+            let (first, mut data) = match joined.take() {
+                None => (seq, frame),
+                Some((first, mut data)) => {
+                    data.extend_from_slice(&frame);
+                    (first, data)
+                }
+            };
+            if data.len() > self.max_packet {
+                self.refuse(
+                    code::PACKET_TOO_LARGE,
+                    "08S01",
+                    &format!(
+                        "Got a packet bigger than 'max_allowed_packet' bytes ({})",
+                        self.max_packet
+                    ),
+                )
+                .await;
+                return Err(ClientError::Protocol("packet over the size limit".into()));
+            }
+            if !more {
+                data.truncate(data.len());
+                return Ok(Some((first, std::mem::take(&mut data))));
+            }
+            joined = Some((first, data));
+        }
+    }
+
+    async fn frame(&mut self) -> Result<Option<(u8, BytesMut)>, ClientError> {
+        loop {
+            if let Some(f) = take_frame(&mut self.rbuf) {
+                return Ok(Some(f));
+            }
+            if let Some(len) = crate::protocol::mysql::frame_len(&self.rbuf)
+                && len > self.max_packet + 4
+            {
+                self.refuse(
+                    code::PACKET_TOO_LARGE,
+                    "08S01",
+                    "Got a packet bigger than 'max_allowed_packet' bytes",
+                )
+                .await;
+                return Err(ClientError::Protocol("packet over the size limit".into()));
+            }
+            if self.stream.read_some(&mut self.rbuf, 16 * 1024).await? == 0 {
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ClientError::Protocol("connection closed inside a packet".into()))
+                };
+            }
+        }
+    }
+
+    /// Queues a packet.
+    pub fn put(&mut self, seq: &mut u8, payload: &[u8]) {
+        put_packet(&mut self.wbuf, seq, payload);
+    }
+
+    /// Sends what is queued.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends an ERR packet (sequence id 1, as the answer to a command) and flushes, ignoring a
+    /// client that is already gone.
+    pub async fn refuse(&mut self, code: u16, state: &str, message: &str) {
+        let mut seq = 1;
+        self.put(&mut seq, &err(code, state, message));
+        let _ = self.flush().await;
+    }
+}
+
+/// Accepts MySQL clients until `shutdown`; then sessions end after their current command, and
+/// those still open after `server.shutdown_timeout` are cut off.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut sessions = tokio::task::JoinSet::new();
+    let ids = std::sync::atomic::AtomicU32::new(1);
+    loop {
+        while sessions.try_join_next().is_some() {}
+        let (stream, addr) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let soft = shutdown.clone();
+        let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sessions.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            if let Err(e) = login::handle(stream, id, shared, soft).await {
+                tracing::debug!(%addr, error = %e, "MySQL client session ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = shared.runtime.load().config.server.shutdown_timeout;
+    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        sessions.abort_all();
+        while sessions.join_next().await.is_some() {}
+    }
+}

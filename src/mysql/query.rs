@@ -1,0 +1,249 @@
+//! COM_QUERY: transaction control and `autocommit` answered by the proxy while no connection
+//! is held, then the statement planned against the shard map and run on one shard (relayed),
+//! merged over several (reads), or refused with ER_NOT_SUPPORTED_YET naming the rule.
+
+use bytes::BytesMut;
+
+use super::ClientError;
+use super::session::Session;
+use crate::analyze::mysql::{MyFacts, code_only};
+use crate::analyze::shard::{Shape, shape_mysql};
+use crate::analyze::{Need, SetOp, TxEffect};
+use crate::plan::shard::{Params, ShardPlan, plan};
+use crate::protocol::mysql::code;
+use crate::protocol::mysql::response::Kind;
+use crate::shardmap::ShardId;
+
+/// Where a statement runs.
+pub(super) enum Route {
+    /// One shard.
+    One(ShardId),
+    /// Several shards, merged (reads).
+    Scatter(Vec<ShardId>, Box<crate::analyze::shard::Merge>),
+    /// Refused; the message.
+    Refuse(String),
+}
+
+impl Session {
+    pub async fn query(&mut self, payload: BytesMut) -> Result<(), ClientError> {
+        let text = String::from_utf8_lossy(&payload[1..]).into_owned();
+        let a = crate::analyze::mysql::analyze(&text, &self.functions, &self.rt.config.server.limits);
+        if let Some(e) = &a.facts.too_complex {
+            self.error(code::PARSE, "42000", &e.to_string());
+            return Ok(());
+        }
+        if self.tx_lost {
+            if a.facts.tx == TxEffect::End {
+                self.tx_lost = false;
+                self.begin = None;
+                self.ok();
+            } else {
+                self.error(
+                    code::TX_FAILED,
+                    "40001",
+                    "the transaction's server connection was lost and the transaction rolled back: ROLLBACK, then run it again",
+                );
+            }
+            return Ok(());
+        }
+        let single = !code_only(&text).trim().trim_end_matches(';').contains(';');
+        if self.held.is_none() && single && self.answer_locally(&a, &text) {
+            return Ok(());
+        }
+        let route = self.route(&text, &Params::default());
+        let shard = match route {
+            Route::One(s) => s,
+            Route::Scatter(shards, merge) if single => return self.scatter(&shards, &merge).await,
+            Route::Scatter(..) => {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "a multi-statement query with a read over several shards: send the statements one by one",
+                );
+                return Ok(());
+            }
+            Route::Refuse(why) => {
+                self.error(code::NOT_SUPPORTED, "0A000", &why);
+                return Ok(());
+            }
+        };
+        let primary = self.needs_primary(&a);
+        tracing::debug!(sql = %text, shard, primary, pinned = ?self.pinned, "MySQL statement");
+        if !self.acquire(shard, primary).await || !self.send_begin().await {
+            return Ok(());
+        }
+        if let Some(why) = a.facts.pins_session {
+            self.pinned = self.pinned.or(Some(why));
+        }
+        let mut out = self.relay(&payload, Kind::Query).await?;
+        if out.lost && !out.sent {
+            let retry = a.facts.need == Need::Read && !self.in_tx() && self.pinned.is_none() && !primary;
+            if retry && self.acquire(shard, true).await {
+                out = self.relay(&payload, Kind::Query).await?;
+            }
+            if out.lost && !out.sent {
+                self.lost_report();
+                return Ok(());
+            }
+        }
+        if !out.lost {
+            self.record_state(&a, out.failed);
+        }
+        let wrote = a.facts.need == Need::Primary && !out.failed;
+        self.after(out.status, wrote);
+        Ok(())
+    }
+
+    /// BEGIN, COMMIT/ROLLBACK and `SET autocommit` while no connection is held: nothing to send
+    /// yet. True when answered.
+    fn answer_locally(&mut self, a: &MyFacts, text: &str) -> bool {
+        match a.facts.tx {
+            TxEffect::Begin { read_only } if a.facts.parsed => {
+                self.begin = Some((text.to_owned(), read_only));
+                self.ok();
+                return true;
+            }
+            TxEffect::End if a.facts.parsed => {
+                self.begin = None;
+                self.ok();
+                return true;
+            }
+            _ => {}
+        }
+        if let Some(v) = a.autocommit
+            && a.facts.set_ops.is_empty()
+            && a.facts.pins_session.is_none()
+            && a.use_db.is_none()
+        {
+            if v {
+                // Turning autocommit on commits what is open: nothing ran.
+                self.begin = None;
+            }
+            self.state.autocommit = v;
+            self.ok();
+            return true;
+        }
+        false
+    }
+
+    /// The primary is needed for writes and locks, for anything in a transaction that may
+    /// write, under `autocommit = 0` (each statement opens one), for settings and pins.
+    pub fn needs_primary(&self, a: &MyFacts) -> bool {
+        a.facts.need == Need::Primary
+            || !self.state.autocommit
+            || self.pinned.is_some()
+            || a.facts.pins_session.is_some()
+            || !a.facts.set_ops.is_empty()
+            || a.use_db.is_some()
+            || a.autocommit.is_some()
+            || self.begin.as_ref().is_some_and(|(_, read_only)| !read_only)
+            || matches!(a.facts.tx, TxEffect::Begin { read_only: false })
+    }
+
+    /// Sends a deferred BEGIN on the connection just acquired. False when it failed (reported).
+    pub async fn send_begin(&mut self) -> bool {
+        let Some((text, _)) = self.begin.take() else {
+            return true;
+        };
+        let Some(h) = self.held.as_mut() else { return true };
+        match h.conn.query(&text).await {
+            Ok(r) => {
+                h.in_tx = r
+                    .status
+                    .contains(crate::protocol::mysql::StatusFlags::SERVER_STATUS_IN_TRANS);
+                true
+            }
+            Err(e) => {
+                if h.conn.broken {
+                    self.lost();
+                }
+                self.backend_error(&e);
+                false
+            }
+        }
+    }
+
+    /// A connection lost before any answer: the client hears it.
+    pub fn lost_report(&mut self) {
+        let msg = if self.tx_lost {
+            "Lost connection to the server: the open transaction rolled back (ROLLBACK to go on)"
+        } else {
+            "Lost connection to the server before it answered"
+        };
+        self.error(code::SERVER_LOST, "HY000", msg);
+    }
+
+    /// Settings, `autocommit` and database changed by a statement that ran.
+    fn record_state(&mut self, a: &MyFacts, failed: bool) {
+        let Some(h) = self.held.as_mut() else { return };
+        if failed {
+            if !a.facts.set_ops.is_empty() || a.autocommit.is_some() || a.use_db.is_some() {
+                // Part of a multi-statement may have run: the connection's state is unknown,
+                // so it is reset before anyone uses it again.
+                h.conn.settings = u64::MAX;
+            }
+            return;
+        }
+        for op in &a.facts.set_ops {
+            if let SetOp::Set { name, sql } = op {
+                self.state.set(name, sql);
+            }
+        }
+        self.sig = self.state.signature();
+        h.conn.settings = self.sig;
+        if let Some(v) = a.autocommit {
+            self.state.autocommit = v;
+            h.conn.autocommit = v;
+        }
+        if let Some(db) = &a.use_db {
+            self.state.db = db.clone();
+            h.conn.db = db.clone();
+        }
+    }
+
+    /// Plans a statement text with its parameters.
+    pub fn route(&self, text: &str, params: &Params) -> Route {
+        let map = &self.rt.config.map;
+        if map.tables.is_empty() {
+            return Route::One(self.default_shard());
+        }
+        let shape = shape_mysql(text, map);
+        if shape == Shape::Unparsed
+            && let Some(t) = code_only(text)
+                .to_ascii_lowercase()
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+                .find(|w| map.tables.contains_key(*w))
+        {
+            return Route::Refuse(format!(
+                "shardwire could not parse this statement, so it cannot tell which shard holds the rows of {t}: rewrite it in a form the parser takes, or run it on a shard directly"
+            ));
+        }
+        let anywhere = matches!(shape, Shape::Neutral | Shape::ReferenceRead | Shape::Unparsed);
+        match plan(&shape, map, params) {
+            ShardPlan::One(s) if anywhere => Route::One(self.held.as_ref().map_or(s, |h| h.shard)),
+            ShardPlan::One(s) => Route::One(s),
+            ShardPlan::Scatter { shards, merge } => Route::Scatter(shards, merge),
+            ShardPlan::Write { shards, .. } if shards.len() == 1 => Route::One(shards[0]),
+            ShardPlan::Refuse(why) => Route::Refuse(why),
+            ShardPlan::Write { replicated: true, .. } => Route::Refuse(
+                "a write to every shard (DDL or a reference table) is not supported on the MySQL front end yet: run it on each shard directly".into(),
+            ),
+            ShardPlan::Write { .. } | ShardPlan::InsertSplit { .. } => Route::Refuse(
+                "a write over several shards needs XA, which the MySQL front end does not do yet: write rows of one shard key per statement".into(),
+            ),
+            ShardPlan::GenerateIds { .. } => Route::Refuse(
+                "generated IDs are not filled in on the MySQL front end yet: give the ID column a value".into(),
+            ),
+            ShardPlan::NeedColumns { table } => Route::Refuse(format!(
+                "INSERT into sharded table {table} without a column list: name the columns"
+            )),
+            ShardPlan::InsertSelect { .. } => Route::Refuse(
+                "INSERT ... SELECT on sharded tables is not supported on the MySQL front end yet: select the rows, then insert them".into(),
+            ),
+            ShardPlan::Fenced { group, partition } => Route::Refuse(format!(
+                "partition {partition} of group {group} is being moved: retry in a moment"
+            )),
+            ShardPlan::CopySplit { .. } | ShardPlan::CopyOut { .. } => Route::Refuse("COPY is PostgreSQL's".into()),
+        }
+    }
+}
