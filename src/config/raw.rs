@@ -62,6 +62,9 @@ pub struct RawServer {
     pub listen: String,
     /// Address for MySQL clients, e.g. "127.0.0.1:3307", when the shards are MySQL/MariaDB.
     pub mysql_listen: Option<String>,
+    /// Auth plugin offered to MySQL clients: "mysql_native_password" (default) or
+    /// "caching_sha2_password".
+    pub mysql_auth: Option<String>,
     /// Address for HTTP `/metrics` and `/health`; none when absent.
     pub admin_http: Option<String>,
     /// "transaction" (default) or "session".

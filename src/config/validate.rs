@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// MySQL client listener (clusters of MySQL/MariaDB shards).
     pub mysql_listen: Option<SocketAddr>,
+    /// Auth plugin offered to MySQL clients first (both are accepted).
+    pub mysql_auth: &'static str,
     /// HTTP listener for metrics and health.
     pub admin_http: Option<SocketAddr>,
     /// Pooling mode.
@@ -386,6 +388,15 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
             .as_deref()
             .map(|a| addr("server.mysql_listen", a))
             .transpose()?,
+        mysql_auth: one_of(
+            "server.mysql_auth",
+            s.mysql_auth.as_deref(),
+            crate::protocol::mysql::auth::NATIVE,
+            &[
+                ("mysql_native_password", crate::protocol::mysql::auth::NATIVE),
+                ("caching_sha2_password", crate::protocol::mysql::auth::CACHING_SHA2),
+            ],
+        )?,
         admin_http: s
             .admin_http
             .as_deref()

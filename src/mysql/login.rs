@@ -45,7 +45,10 @@ pub(super) async fn handle(
         return Ok(());
     };
     let (client, login) = r?;
-    let Some(login) = login else { return Ok(()) };
+    let Some(login) = login else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.stream.close()).await;
+        return Ok(());
+    };
     super::session::Session::new(shared, client, login).run(shutdown).await
 }
 
@@ -75,7 +78,7 @@ async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(Clie
         caps,
         DEFAULT_COLLATION,
         StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-        Some(auth::NATIVE.as_bytes()),
+        Some(cfg.server.mysql_auth.as_bytes()),
     );
     let mut payload = Vec::new();
     hello.serialize(&mut payload);
@@ -97,7 +100,7 @@ async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(Clie
         let Stream::Plain(sock) = client.stream else {
             return Err(ClientError::Protocol("a second SSLRequest".into()));
         };
-        let tls_sock = crate::net::tls::TlsSocket::accept(sock, t.server.clone()).await?;
+        let tls_sock = crate::net::tls::TlsSocket::accept_after(sock, t.server.clone(), &client.rbuf).await?;
         client = ClientConn::new(Stream::Tls(Box::new(tls_sock)), client.max_packet);
         let Some((s, q)) = client.packet().await? else {
             return Ok((client, None));
@@ -139,7 +142,7 @@ async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(Clie
     let plugin = resp
         .auth_plugin()
         .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned())
-        .unwrap_or_else(|| auth::NATIVE.to_owned());
+        .unwrap_or_else(|| cfg.server.mysql_auth.to_owned());
     let mut response = resp.scramble_buf().to_vec();
     let mut nonce = nonce.to_vec();
     let mut checked = plugin.clone();
@@ -165,6 +168,7 @@ async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(Clie
         .as_ref()
         .and_then(|u| u.mysql_password.as_deref())
         .is_some_and(|pw| auth::check(&checked, &nonce, pw, &response));
+    tracing::debug!(user = %user_name, plugin = %checked, good, tls = client.stream.is_tls(), "MySQL login");
     let (Some(user), true) = (user, good) else {
         tokio::time::sleep(Duration::from_millis(100)).await;
         deny(&mut client, seq, denied);

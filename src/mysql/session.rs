@@ -81,6 +81,8 @@ impl Session {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
         let result = self.serve(shutdown).await;
         self.leave();
+        let _ = self.client.flush().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.client.stream.close()).await;
         result
     }
 
@@ -90,7 +92,11 @@ impl Session {
                 p = self.client.packet() => p?,
                 () = shutdown.cancelled(), if self.held.is_none() => return Ok(()),
             };
-            let Some((seq, payload)) = next else { return Ok(()) };
+            let Some((seq, payload)) = next else {
+                tracing::debug!("MySQL client closed the connection");
+                return Ok(());
+            };
+            tracing::trace!(seq, len = payload.len(), "MySQL command");
             if seq != 0 {
                 self.client
                     .refuse(code::OUT_OF_ORDER, "08S01", "Got packets out of order")

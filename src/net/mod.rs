@@ -182,6 +182,13 @@ impl Stream {
         Ok(())
     }
 
+    /// Ends a TLS session cleanly (close_notify); nothing for plain TCP.
+    pub async fn close(&self) {
+        if let Stream::Tls(t) = self {
+            t.close().await;
+        }
+    }
+
     /// Whether the client talks TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))

@@ -26,7 +26,21 @@ impl TlsSocket {
     /// Runs the TLS handshake as the server on `sock` (after the client's SSLRequest was answered
     /// with 'S').
     pub async fn accept(sock: Socket, config: Arc<rustls::ServerConfig>) -> io::Result<TlsSocket> {
-        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        Self::accept_after(sock, config, &[]).await
+    }
+
+    /// As [`TlsSocket::accept`], with the first bytes of the handshake already read from the
+    /// socket (a MySQL client starts TLS right after its SSLRequest, unanswered, so they may
+    /// arrive in the same read).
+    pub async fn accept_after(sock: Socket, config: Arc<rustls::ServerConfig>, early: &[u8]) -> io::Result<TlsSocket> {
+        let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        let mut rest = early;
+        while !rest.is_empty() {
+            if conn.read_tls(&mut rest)? == 0 {
+                break;
+            }
+            conn.process_new_packets().map_err(io::Error::other)?;
+        }
         let t = TlsSocket {
             sock,
             conn: Mutex::new(conn),
@@ -106,6 +120,17 @@ impl TlsSocket {
             .negotiated_cipher_suite()
             .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite()));
         format!("{version} {suite}")
+    }
+
+    /// Tells the client the session ends (close_notify) and sends what is pending, so a client
+    /// reading on sees the end of the stream rather than a truncated one.
+    pub async fn close(&self) {
+        self.lock().send_close_notify();
+        let _ = std::future::poll_fn(|cx| {
+            let mut c = self.lock();
+            self.poll_flush(cx, &mut c)
+        })
+        .await;
     }
 
     /// Whether encrypted records are waiting for the socket.

@@ -384,3 +384,87 @@ async fn a_stopped_replica_sql_thread_moves_reads_to_the_primary_and_back() {
     wait_replica(&p, true).await;
     assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 2);
 }
+
+#[tokio::test]
+async fn caching_sha2_and_tls_logins() {
+    let _g = REPLICATION.read().await;
+    let certs = crate::tls::Certs::new();
+    let sb = tokio::task::spawn_blocking(maria).await.unwrap();
+    let extra = format!(
+        "mysql_auth = \"caching_sha2_password\"\n{}",
+        certs.server_section("require")
+    );
+    let p = Proxy::start(&config(sb, &extra)).await;
+    let ssl = mysql_async::SslOpts::default()
+        .with_root_certs(vec![certs.ca_file().into()])
+        .with_danger_skip_domain_validation(true);
+    let tls_opts = |user: &str, pw: &str| -> Opts {
+        OptsBuilder::from_opts(opts(&p, user, pw))
+            .ssl_opts(Some(ssl.clone()))
+            .into()
+    };
+    // caching_sha2_password over TLS (the plugin the proxy offers first).
+    let mut c = Conn::new(tls_opts("app", "app")).await.expect("TLS login");
+    let v: Option<String> = c.query_first("SELECT 'over tls'").await.unwrap();
+    assert_eq!(v.as_deref(), Some("over tls"));
+    let wrong = Conn::new(tls_opts("app", "nope")).await.unwrap_err();
+    assert!(wrong.to_string().contains("Access denied"), "{wrong}");
+    // Without TLS the login is refused (mode = "require").
+    let plain = Conn::new(opts(&p, "app", "app")).await.unwrap_err();
+    assert!(plain.to_string().contains("TLS is required"), "{plain}");
+    // The mariadb client over TLS, verifying the certificate.
+    let port = p.bound.mysql.unwrap().port().to_string();
+    let ca = certs.ca_file();
+    let out = tokio::process::Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port,
+            "-u",
+            "app",
+            "-papp",
+            "app",
+            "-N",
+            "-B",
+        ])
+        .arg("--ssl")
+        .arg(format!("--ssl-ca={}", ca.display()))
+        .args(["-e", "SELECT 6 * 7"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
+}
+
+#[tokio::test]
+async fn native_password_logins_by_clients_that_ask_for_another_plugin() {
+    let p = proxy().await;
+    // mysql_async logs in with the plugin the server names; the proxy names the native one and
+    // also takes a caching_sha2 answer. A client asking for mysql_clear_password is switched.
+    let mut c = connect(&p).await;
+    c.query_drop("SELECT 1").await.unwrap();
+    let port = p.bound.mysql.unwrap().port().to_string();
+    let out = tokio::process::Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port,
+            "-u",
+            "app",
+            "-papp",
+            "app",
+            "-N",
+            "-B",
+        ])
+        .args(["--default-auth=mysql_clear_password", "-e", "SELECT 'switched'"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "switched\n");
+}

@@ -12,13 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::{Proxy, shared};
 
 /// A CA and a server certificate it signed for `localhost` and 127.0.0.1, written as PEM files.
-struct Certs {
+pub struct Certs {
     dir: PathBuf,
     ca_pem: String,
 }
 
 impl Certs {
-    fn new() -> Certs {
+    pub fn new() -> Certs {
         let dir = std::env::temp_dir().join(format!("shardwire-tls-{}", crate::harness::rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -39,7 +39,7 @@ impl Certs {
         Certs { dir, ca_pem: ca.pem() }
     }
 
-    fn server_section(&self, mode: &str) -> String {
+    pub fn server_section(&self, mode: &str) -> String {
         format!(
             "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nmode = \"{mode}\"\n",
             self.dir.join("server.crt").display(),
@@ -47,7 +47,7 @@ impl Certs {
         )
     }
 
-    fn ca_file(&self) -> PathBuf {
+    pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
 
