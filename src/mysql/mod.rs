@@ -8,6 +8,7 @@
 //! scatter reads ([`scatter`]) and prepared statements kept per client and prepared again on
 //! whichever server connection runs them ([`prepared`]).
 
+mod broadcast;
 mod login;
 mod prepared;
 mod query;

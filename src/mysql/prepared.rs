@@ -145,6 +145,14 @@ impl Session {
                 );
                 return Ok(());
             }
+            Route::Broadcast(_) => {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "DDL for every shard as a prepared statement: send it as a text query",
+                );
+                return Ok(());
+            }
             Route::Refuse(why) => {
                 self.error(code::NOT_SUPPORTED, "0A000", &why);
                 return Ok(());

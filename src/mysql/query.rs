@@ -20,6 +20,8 @@ pub(super) enum Route {
     One(ShardId),
     /// Several shards, merged (reads).
     Scatter(Vec<ShardId>, Box<crate::analyze::shard::Merge>),
+    /// DDL on every shard (MySQL commits DDL as it runs: there is no transaction to join).
+    Broadcast(Vec<ShardId>),
     /// Refused; the message.
     Refuse(String),
 }
@@ -59,6 +61,15 @@ impl Session {
                     code::NOT_SUPPORTED,
                     "0A000",
                     "a multi-statement query with a read over several shards: send the statements one by one",
+                );
+                return Ok(());
+            }
+            Route::Broadcast(shards) if single => return self.broadcast(&shards, &payload).await,
+            Route::Broadcast(_) => {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "DDL for every shard in a multi-statement query: send it on its own",
                 );
                 return Ok(());
             }
@@ -219,14 +230,16 @@ impl Session {
             ));
         }
         let anywhere = matches!(shape, Shape::Neutral | Shape::ReferenceRead | Shape::Unparsed);
+        let ddl = shape == Shape::Broadcast;
         match plan(&shape, map, params) {
             ShardPlan::One(s) if anywhere => Route::One(self.held.as_ref().map_or(s, |h| h.shard)),
             ShardPlan::One(s) => Route::One(s),
             ShardPlan::Scatter { shards, merge } => Route::Scatter(shards, merge),
             ShardPlan::Write { shards, .. } if shards.len() == 1 => Route::One(shards[0]),
+            ShardPlan::Write { shards, .. } if ddl => Route::Broadcast(shards),
             ShardPlan::Refuse(why) => Route::Refuse(why),
             ShardPlan::Write { replicated: true, .. } => Route::Refuse(
-                "a write to every shard (DDL or a reference table) is not supported on the MySQL front end yet: run it on each shard directly".into(),
+                "a write to a reference table needs XA across the shards, which the MySQL front end does not do yet: write it on each shard directly".into(),
             ),
             ShardPlan::Write { .. } | ShardPlan::InsertSplit { .. } => Route::Refuse(
                 "a write over several shards needs XA, which the MySQL front end does not do yet: write rows of one shard key per statement".into(),

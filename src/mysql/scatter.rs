@@ -17,8 +17,7 @@ use crate::backend::mysql::{MyError, Pooled};
 use crate::exec::merge::{Decimal, Value};
 use crate::exec::{Cells, Failure, NoParams, Row, RowSink, RowSource, Window};
 use crate::protocol::mysql::{
-    ColumnInfo, ColumnType, StatusFlags, UNSIGNED_FLAG, code, column_info, eof, err, parse_err, put_lenenc_int,
-    text_cells, text_row,
+    ColumnInfo, ColumnType, UNSIGNED_FLAG, code, column_info, eof, err, parse_err, put_lenenc_int, text_cells, text_row,
 };
 use crate::shardmap::ShardId;
 
@@ -230,7 +229,7 @@ impl Session {
             Err(e) => Err(e),
             Ok(r) => check(&r, &cols).map(|()| r),
         };
-        let m = match refused {
+        let mut m = match refused {
             Ok(r) => r,
             Err(why) => {
                 abandon(&mut legs);
@@ -238,6 +237,10 @@ impl Session {
                 return Ok(());
             }
         };
+        // MySQL has no NULLS FIRST/LAST: NULLs sort before every value, ascending.
+        for k in &mut m.order {
+            k.nulls_first = !k.desc;
+        }
         let mut seq = 1u8;
         let mut count = bytes::BytesMut::new();
         put_lenenc_int(&mut count, m.visible as u64);
@@ -268,7 +271,6 @@ impl Session {
             }
             Err(Failure::Unmergeable(why)) => self.client.put(&mut seq, &err(code::NOT_SUPPORTED, "0A000", &why)),
         }
-        let _ = StatusFlags::empty();
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ mod limits;
 mod map_admin;
 mod map_swap;
 mod mysql;
+mod mysql_sharding;
 mod node_loss;
 mod protocol;
 mod rebalance;
