@@ -49,11 +49,34 @@ impl Session {
             self.error(code::PARSE, "42000", &e.to_string());
             return Ok(());
         }
-        if facts.facts.tx != TxEffect::None || facts.facts.pins_session.is_some() {
+        if facts.facts.pins_session.is_some() || facts.autocommit.is_some() || facts.use_db.is_some() {
             self.error(
                 code::NOT_SUPPORTED,
                 "0A000",
-                "transaction control, SET of user variables, locks and PREPARE are not supported as prepared statements through shardwire: send them as text queries",
+                "SET of user variables or autocommit, USE, locks and PREPARE are not supported as prepared statements through shardwire: send them as text queries",
+            );
+            return Ok(());
+        }
+        if facts.facts.tx != TxEffect::None {
+            // BEGIN, COMMIT, ROLLBACK (sysbench prepares them): no parameters, no columns; each
+            // execute runs as the text would.
+            self.stmts.next = self.stmts.next.wrapping_add(1).max(1);
+            let id = self.stmts.next;
+            let mut p = BytesMut::with_capacity(12);
+            p.put_u8(0);
+            p.put_u32_le(id);
+            p.put_slice(&[0; 7]);
+            let mut seq = 1;
+            self.client.put(&mut seq, &p);
+            self.stmts.by_id.insert(
+                id,
+                Prepared {
+                    sql,
+                    params: 0,
+                    facts,
+                    types: None,
+                    long: Vec::new(),
+                },
             );
             return Ok(());
         }
@@ -99,6 +122,12 @@ impl Session {
             );
             return Ok(());
         };
+        if stmt.facts.facts.tx != TxEffect::None {
+            let mut text = BytesMut::with_capacity(stmt.sql.len() + 1);
+            text.put_u8(cmd::QUERY);
+            text.put_slice(&stmt.sql);
+            return self.query(text).await;
+        }
         let n = stmt.params as usize;
         let layout = match Layout::read(&payload, n) {
             Some(l) => l,

@@ -111,12 +111,13 @@ impl Session {
         }
         out.failed = r.failed;
         out.status = r.status;
-        out.last_insert_id = r.last_insert_id;
-        out.prepared = r.prepared;
-        if kind == Kind::Prepare && prev_in_tx {
-            // A prepare response carries no status: the transaction is as it was.
+        if !r.status_seen && prev_in_tx {
+            // An ERR carries no status: the transaction is as it was (a statement's error leaves
+            // it open; one that ended it shows in the next status, and holding on is harmless).
             out.status |= StatusFlags::SERVER_STATUS_IN_TRANS;
         }
+        out.last_insert_id = r.last_insert_id;
+        out.prepared = r.prepared;
         Ok(out)
     }
 }

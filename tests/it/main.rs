@@ -19,6 +19,8 @@ mod limits;
 mod map_admin;
 mod map_swap;
 mod mysql;
+mod mysql_bad_input;
+mod mysql_clients;
 mod mysql_sharding;
 mod node_loss;
 mod protocol;

@@ -42,6 +42,8 @@ pub struct Response {
     continues: bool,
     /// Status flags of the last OK or EOF seen.
     pub status: StatusFlags,
+    /// An OK or EOF with status flags was seen (an ERR or a prepare response has none).
+    pub status_seen: bool,
     /// An ERR packet ended (part of) the response.
     pub failed: bool,
     /// Result sets seen (a statement that returned rows).
@@ -68,6 +70,7 @@ impl Response {
             },
             continues: false,
             status: StatusFlags::empty(),
+            status_seen: false,
             failed: false,
             result_sets: 0,
             affected: 0,
@@ -162,6 +165,7 @@ impl Response {
         self.affected = affected;
         self.last_insert_id = last;
         self.status = status;
+        self.status_seen = true;
         self.warnings = warnings;
         Ok(self.next_result())
     }
@@ -170,6 +174,7 @@ impl Response {
         if p.len() >= 5 {
             self.warnings = u16::from_le_bytes([p[1], p[2]]);
             self.status = StatusFlags::from_bits_retain(u16::from_le_bytes([p[3], p[4]]));
+            self.status_seen = true;
         }
     }
 
