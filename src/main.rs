@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use shardwire::app::{self, Bound, Shared};
-use shardwire::sandbox::Sandbox;
 
+mod cli_demo;
 mod cli_rebalance;
 
 const DEMO_LISTEN: &str = "127.0.0.1:6432";
@@ -78,6 +78,10 @@ enum Cmd {
         /// Client address for shardwire (port 0 picks a free one).
         #[arg(long, default_value = DEMO_LISTEN)]
         listen: String,
+        /// MariaDB shards (a primary with binlog replicas each) and the MySQL front end on
+        /// 127.0.0.1:3307, instead of PostgreSQL.
+        #[arg(long)]
+        mysql: bool,
     },
 }
 
@@ -242,7 +246,11 @@ fn main() -> Result<()> {
             replicas,
             listen,
             shards,
-        } => demo(replicas, shards.max(1), &listen),
+            mysql: false,
+        } => cli_demo::demo(replicas, shards.max(1), &listen),
+        Cmd::Demo {
+            replicas, shards, ..
+        } => cli_demo::demo_mysql(replicas, shards.max(1)),
     }
 }
 
@@ -322,130 +330,6 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
     }
 }
 
-fn demo(replicas: usize, shards: usize, listen: &str) -> Result<()> {
-    // The default port may be taken (a local PgBouncer, say): take a free one rather than fail.
-    let listen = match std::net::TcpListener::bind(listen) {
-        Ok(_) => listen.to_string(),
-        Err(e) if listen == DEMO_LISTEN => {
-            eprintln!("{listen} is in use ({e}); picking a free port");
-            "127.0.0.1:0".to_string()
-        }
-        Err(e) => anyhow::bail!("cannot listen on {listen}: {e}"),
-    };
-    eprintln!(
-        "starting PostgreSQL: {shards} shard(s), each a primary and {replicas} replica(s), in temporary folders..."
-    );
-    let mut sandboxes = Vec::new();
-    for _ in 0..shards {
-        sandboxes.push(Sandbox::start(replicas)?);
-    }
-    let sandbox = &sandboxes[0];
-    let mut shard_entries = String::new();
-    for (i, sb) in sandboxes.iter().enumerate() {
-        let replica_urls: Vec<String> = sb.replicas.iter().map(|r| format!("\"{}\"", sb.url(r))).collect();
-        let name = if shards == 1 {
-            "main".to_string()
-        } else {
-            format!("s{i}")
-        };
-        shard_entries.push_str(&format!(
-            "\n[[shards]]\nname = \"{name}\"\nprimary = \"{}\"\nreplicas = [{}]\n",
-            sb.url(&sb.primary),
-            replica_urls.join(", ")
-        ));
-    }
-    let sharding = if shards > 1 {
-        std::fs::write(sandbox.dir.join("map.toml"), demo_map(shards))?;
-        "\n[sharding]\nmap = \"map.toml\"\n"
-    } else {
-        ""
-    };
-    let config_text = format!(
-        r#"# Written by `shardwire demo`.
-[server]
-listen = "{listen}"
-admin_http = "127.0.0.1:0"
-
-[routing]
-max_replica_lag = "1s"
-lag_check_interval = "200ms"
-
-[[users]]
-name = "app"
-password = "app"
-
-[[users]]
-name = "admin"
-password = "admin"
-admin = true
-{sharding}{shard_entries}"#
-    );
-    let path = sandbox.dir.join("shardwire.toml");
-    std::fs::write(&path, &config_text)?;
-    let config = shardwire::config::load(&path)?;
-    let dir = sandbox.dir.clone();
-    let workers = config.server.workers;
-    let result = shardwire::app::block_on(
-        workers,
-        serve(config, Some(path.clone()), move |bound, _| {
-            let port = bound.pg.port();
-            println!();
-            println!("shardwire is up. Connect with:");
-            println!(
-                "  psql \"postgres://app:app@127.0.0.1:{port}/{}\"",
-                shardwire::sandbox::DATABASE
-            );
-            if shards > 1 {
-                println!(
-                    "Sharded tables users (id) and orders (user_id), reference table countries: create them through shardwire,"
-                );
-                println!(
-                    "  e.g. CREATE TABLE users (id bigint PRIMARY KEY, name text); then SHOW ROUTE FOR <query> in the admin console."
-                );
-            }
-            println!(
-                "Admin console (SHOW SHARDS, SHOW MAP, SHOW ROUTE FOR <query>, SHOW REPLICAS, SHOW POOLS, RELOAD):"
-            );
-            println!("  psql \"postgres://admin:admin@127.0.0.1:{port}/shardwire\"");
-            if let Some(h) = bound.http {
-                println!("Metrics: http://{h}/metrics   Health: http://{h}/health");
-            }
-            println!(
-                "Config: {} (edit, then kill -HUP {} to reload)",
-                path.display(),
-                std::process::id()
-            );
-            println!(
-                "Sandbox folder: {} — Ctrl-C stops everything and removes it.",
-                dir.display()
-            );
-        }),
-    );
-    drop(sandboxes);
-    result?
-}
-
-/// The demo's shard map: `users` and `orders` co-located by user id over 256 hash partitions
-/// spread evenly, `countries` on every shard.
-fn demo_map(shards: usize) -> String {
-    let per = 256 / shards;
-    let assignment: Vec<String> = (0..shards)
-        .map(|i| {
-            let end = if i + 1 == shards { 255 } else { (i + 1) * per - 1 };
-            format!("s{i} = \"{}-{end}\"", i * per)
-        })
-        .collect();
-    let names: Vec<String> = (0..shards).map(|i| format!("\"s{i}\"")).collect();
-    format!(
-        "# Written by `shardwire demo`. Format: docs/shard-maps.md\nversion = 1\nshards = [{}]\ndefault_shard = \"s0\"\n\n\
-         [groups.users]\nkey_type = \"bigint\"\npartitioning = {{ kind = \"hash\", partitions = 256 }}\nassignment = {{ {} }}\n\n\
-         [tables.users]\ngroup = \"users\"\nkey = \"id\"\n\n[tables.orders]\ngroup = \"users\"\nkey = \"user_id\"\n\n\
-         [tables.countries]\nreference = true\n",
-        names.join(", "),
-        assignment.join(", ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -461,7 +345,7 @@ mod tests {
     #[test]
     fn demo_maps_are_valid() {
         for n in 2..=7 {
-            let m = shardwire::shardmap::parse(&super::demo_map(n)).unwrap();
+            let m = shardwire::shardmap::parse(&super::cli_demo::demo_map(n)).unwrap();
             assert_eq!(m.shards.len(), n);
         }
     }

@@ -268,6 +268,14 @@ async fn login(
             format!("password authentication failed for user \"{user_name}\""),
         )
     })?;
+    if database != ADMIN_DATABASE
+        && let Some(my) = config.server.mysql_listen
+    {
+        return Err(SessionError::Fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!("this shardwire serves MySQL shards: connect with a MySQL client to {my}"),
+        ));
+    }
     if database != ADMIN_DATABASE && database != config.server.database {
         return Err(SessionError::Fatal(
             SqlState::INVALID_CATALOG_NAME,
