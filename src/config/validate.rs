@@ -391,10 +391,10 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         mysql_auth: one_of(
             "server.mysql_auth",
             s.mysql_auth.as_deref(),
-            crate::protocol::mysql::auth::NATIVE,
+            "mysql_native_password",
             &[
-                ("mysql_native_password", crate::protocol::mysql::auth::NATIVE),
-                ("caching_sha2_password", crate::protocol::mysql::auth::CACHING_SHA2),
+                ("mysql_native_password", "mysql_native_password"),
+                ("caching_sha2_password", "caching_sha2_password"),
             ],
         )?,
         admin_http: s

@@ -468,3 +468,63 @@ async fn native_password_logins_by_clients_that_ask_for_another_plugin() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "switched\n");
 }
+
+#[tokio::test]
+async fn a_session_reads_its_writes_from_a_delayed_replica_only_once_it_has_them() {
+    let _g = REPLICATION.write().await;
+    let sb = tokio::task::spawn_blocking(maria).await.unwrap();
+    let replica = &sb.replicas[0];
+    replica
+        .sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 2; START SLAVE")
+        .unwrap();
+    // The replica stays in rotation (2 s behind, under a 10 s bound).
+    let text = config(sb, "").replace("lag_check_interval = \"100ms\"", "lag_check_interval = \"100ms\"\nmax_replica_lag = \"10s\"");
+    let p = Proxy::start(&text).await;
+    wait_replica(&p, true).await;
+    let mut writer = connect(&p).await;
+    writer.query_drop("CREATE TABLE IF NOT EXISTS ryw_t (id INT PRIMARY KEY)").await.unwrap();
+    while !replica.sql("SHOW TABLES IN app LIKE 'ryw_t'").unwrap().contains("ryw_t") {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = (std::process::id() % 100_000) as i64 * 10 + rand_digit();
+    writer.query_drop(format!("INSERT INTO ryw_t VALUES ({id})")).await.unwrap();
+    // The writer sees its row at once (the primary serves it: the replica has not applied it).
+    let seen: Option<(i64, u32)> = writer
+        .query_first(format!("SELECT id, @@server_id FROM ryw_t WHERE id = {id}"))
+        .await
+        .unwrap();
+    assert_eq!(seen, Some((id, 1)));
+    // Another session that wrote nothing reads the replica, which is behind.
+    let mut other = connect(&p).await;
+    let stale: Option<(i64, u32)> = other
+        .query_first(format!("SELECT COUNT(*), @@server_id FROM ryw_t WHERE id = {id}"))
+        .await
+        .unwrap();
+    assert_eq!(stale, Some((0, 2)), "the replica is 2 s behind");
+    // Once the replica has applied the write, the writer's reads go back to it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r: Option<(i64, u32)> = writer
+            .query_first(format!("SELECT COUNT(*), @@server_id FROM ryw_t WHERE id = {id}"))
+            .await
+            .unwrap();
+        let (n, server) = r.unwrap();
+        assert_eq!(n, 1, "the writer never misses its row");
+        if server == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reads never went back to the replica");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    replica
+        .sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE")
+        .unwrap();
+}
+
+fn rand_digit() -> i64 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 10) as i64
+}
