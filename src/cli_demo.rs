@@ -127,7 +127,11 @@ fn shards_section(urls: &[(String, Vec<String>)], dir: &std::path::Path) -> Resu
         out.push_str("\n[sharding]\nmap = \"map.toml\"\n");
     }
     for (i, (primary, replicas)) in urls.iter().enumerate() {
-        let name = if urls.len() == 1 { "main".to_string() } else { format!("s{i}") };
+        let name = if urls.len() == 1 {
+            "main".to_string()
+        } else {
+            format!("s{i}")
+        };
         let r: Vec<String> = replicas.iter().map(|u| format!("\"{u}\"")).collect();
         out.push_str(&format!(
             "\n[[shards]]\nname = \"{name}\"\nprimary = \"{primary}\"\nreplicas = [{}]\n",
@@ -145,7 +149,9 @@ pub(crate) fn demo_mysql(replicas: usize, shards: usize) -> Result<()> {
             "127.0.0.1:0"
         }
     };
-    eprintln!("starting MariaDB: {shards} shard(s), each a primary and {replicas} binlog replica(s), in temporary folders...");
+    eprintln!(
+        "starting MariaDB: {shards} shard(s), each a primary and {replicas} binlog replica(s), in temporary folders..."
+    );
     let mut sandboxes = Vec::new();
     for _ in 0..shards {
         sandboxes.push(MariaSandbox::start(replicas)?);
@@ -193,7 +199,10 @@ password = "app"
             if let Some(h) = bound.http {
                 println!("Metrics: http://{h}/metrics   Health: http://{h}/health");
             }
-            println!("Config: {} — Ctrl-C stops everything and removes the folder.", path.display());
+            println!(
+                "Config: {} — Ctrl-C stops everything and removes the folder.",
+                path.display()
+            );
         }),
     );
     drop(sandboxes);

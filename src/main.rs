@@ -248,9 +248,7 @@ fn main() -> Result<()> {
             shards,
             mysql: false,
         } => cli_demo::demo(replicas, shards.max(1), &listen),
-        Cmd::Demo {
-            replicas, shards, ..
-        } => cli_demo::demo_mysql(replicas, shards.max(1)),
+        Cmd::Demo { replicas, shards, .. } => cli_demo::demo_mysql(replicas, shards.max(1)),
     }
 }
 

@@ -58,13 +58,10 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
         ),
         "/health" => {
             let rt = shared.runtime.load();
-            let down: Vec<String> = rt
-                .clusters
-                .iter()
-                .filter_map(|c| {
-                    let h = c.writer().health.load();
-                    (h.state == HealthState::Down).then(|| format!("primary of shard {} down: {}\n", c.name, h.reason))
-                })
+            let down: Vec<String> = super::nodes::nodes(&rt)
+                .into_iter()
+                .filter(|n| n.role == "primary" && n.health.state == HealthState::Down)
+                .map(|n| format!("primary {} down: {}\n", n.name, n.health.reason))
                 .collect();
             if down.is_empty() {
                 (StatusCode::OK, "text/plain", "ok\n".to_string())
@@ -104,25 +101,17 @@ pub fn metrics(shared: &Shared) -> String {
     let lag_bytes = Family::<NodeLabels, Gauge>::default();
     let lag_secs = Family::<NodeLabels, Gauge<f64, AtomicU64>>::default();
     let rt = shared.runtime.load();
-    for n in rt.nodes() {
+    for n in super::nodes::nodes(&rt) {
         let l = NodeLabels {
-            node: n.config.name.clone(),
-            role: n.role().as_str().into(),
+            node: n.name.clone(),
+            role: n.role.into(),
         };
-        statements
-            .get_or_create(&l)
-            .inc_by(n.stats.statements.load(Ordering::Relaxed));
-        checkouts
-            .get_or_create(&l)
-            .inc_by(n.stats.checkouts.load(Ordering::Relaxed));
-        checkout_errors
-            .get_or_create(&l)
-            .inc_by(n.stats.checkout_errors.load(Ordering::Relaxed));
-        pool_conns.get_or_create(&l).set(n.pool.state().connections.into());
-        pool_in_use
-            .get_or_create(&l)
-            .set(n.outstanding.load(Ordering::Relaxed) as i64);
-        let h = n.health.load();
+        statements.get_or_create(&l).inc_by(n.statements);
+        checkouts.get_or_create(&l).inc_by(n.checkouts);
+        checkout_errors.get_or_create(&l).inc_by(n.checkout_errors);
+        pool_conns.get_or_create(&l).set(n.connections.into());
+        pool_in_use.get_or_create(&l).set(n.in_use.into());
+        let h = &n.health;
         in_rotation.get_or_create(&l).set(i64::from(h.in_rotation));
         if let Some(b) = h.lag_bytes {
             lag_bytes.get_or_create(&l).set(b as i64);

@@ -3,4 +3,5 @@
 //! `/metrics` and `/health`. Both read the shared handles; neither reaches into sessions.
 
 pub mod http;
+pub mod nodes;
 pub mod views;

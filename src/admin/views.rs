@@ -22,21 +22,21 @@ fn s(v: impl ToString) -> Option<String> {
 /// SHOW REPLICAS: every node with its health and lag.
 pub fn replicas(shared: &Shared) -> Table {
     let rt = shared.runtime.load();
-    let rows = rt
-        .nodes()
+    let rows = super::nodes::nodes(&rt)
+        .into_iter()
         .map(|n| {
-            let h = n.health.load();
+            let h = &n.health;
             let state = match h.state {
                 HealthState::Unknown => "unknown",
                 HealthState::Up => "up",
                 HealthState::Down => "down",
             };
             vec![
-                s(&n.config.name),
-                s(n.role().as_str()),
-                s(format!("{}:{}", n.config.host, n.config.port)),
+                s(&n.name),
+                s(n.role),
+                s(&n.address),
                 s(state),
-                s(if n.disabled.load(std::sync::atomic::Ordering::Relaxed) {
+                s(if n.disabled {
                     "disabled"
                 } else if h.in_rotation {
                     "yes"
@@ -72,18 +72,18 @@ pub fn replicas(shared: &Shared) -> Table {
 /// SHOW POOLS: connections per node.
 pub fn pools(shared: &Shared) -> Table {
     let rt = shared.runtime.load();
-    let rows = rt
-        .nodes()
+    let rows = super::nodes::nodes(&rt)
+        .into_iter()
         .map(|n| {
             vec![
-                s(&n.config.name),
-                s(n.role().as_str()),
-                s(n.pool.state().connections),
-                s(n.idle_connections()),
-                s(n.outstanding.load(Ordering::Relaxed)),
+                s(&n.name),
+                s(n.role),
+                s(n.connections),
+                s(n.idle),
+                s(n.in_use),
                 s(n.max_size),
-                s(n.stats.checkouts.load(Ordering::Relaxed)),
-                s(n.stats.checkout_errors.load(Ordering::Relaxed)),
+                s(n.checkouts),
+                s(n.checkout_errors),
             ]
         })
         .collect();
@@ -163,21 +163,37 @@ pub fn stats(shared: &Shared) -> Table {
 pub fn shards(shared: &Shared) -> Table {
     let rt = shared.runtime.load();
     let map = &rt.config.map;
-    let rows = rt
-        .clusters
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let w = c.writer();
-            vec![
-                s(&c.name),
-                s(format!("{}:{}", w.config.host, w.config.port)),
-                s(c.replicas.len().to_string()),
-                s(if i == map.default_shard { "yes" } else { "no" }),
-                s(c.failovers.load(std::sync::atomic::Ordering::Relaxed).to_string()),
-            ]
-        })
-        .collect();
+    let default = |i: usize| s(if i == map.default_shard { "yes" } else { "no" });
+    let rows = if rt.mysql.is_empty() {
+        rt.clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let w = c.writer();
+                vec![
+                    s(&c.name),
+                    s(format!("{}:{}", w.config.host, w.config.port)),
+                    s(c.replicas.len().to_string()),
+                    default(i),
+                    s(c.failovers.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+                ]
+            })
+            .collect()
+    } else {
+        rt.mysql
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                vec![
+                    s(&c.name),
+                    s(format!("{}:{}", c.primary.config.host, c.primary.config.port)),
+                    s(c.replicas.len().to_string()),
+                    default(i),
+                    s("0"),
+                ]
+            })
+            .collect()
+    };
     Table {
         columns: vec!["shard", "primary", "replicas", "default", "failovers"],
         rows,

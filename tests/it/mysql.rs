@@ -68,6 +68,10 @@ password = "app"
 [[users]]
 name = "trusted"
 auth = "trust"
+[[users]]
+name = "admin"
+password = "admin"
+admin = true
 [[shards]]
 name = "main"
 primary = "{}"
@@ -478,16 +482,29 @@ async fn a_session_reads_its_writes_from_a_delayed_replica_only_once_it_has_them
         .sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 2; START SLAVE")
         .unwrap();
     // The replica stays in rotation (2 s behind, under a 10 s bound).
-    let text = config(sb, "").replace("lag_check_interval = \"100ms\"", "lag_check_interval = \"100ms\"\nmax_replica_lag = \"10s\"");
+    let text = config(sb, "").replace(
+        "lag_check_interval = \"100ms\"",
+        "lag_check_interval = \"100ms\"\nmax_replica_lag = \"10s\"",
+    );
     let p = Proxy::start(&text).await;
     wait_replica(&p, true).await;
     let mut writer = connect(&p).await;
-    writer.query_drop("CREATE TABLE IF NOT EXISTS ryw_t (id INT PRIMARY KEY)").await.unwrap();
-    while !replica.sql("SHOW TABLES IN app LIKE 'ryw_t'").unwrap().contains("ryw_t") {
+    writer
+        .query_drop("CREATE TABLE IF NOT EXISTS ryw_t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    while !replica
+        .sql("SHOW TABLES IN app LIKE 'ryw_t'")
+        .unwrap()
+        .contains("ryw_t")
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let id = (std::process::id() % 100_000) as i64 * 10 + rand_digit();
-    writer.query_drop(format!("INSERT INTO ryw_t VALUES ({id})")).await.unwrap();
+    writer
+        .query_drop(format!("INSERT INTO ryw_t VALUES ({id})"))
+        .await
+        .unwrap();
     // The writer sees its row at once (the primary serves it: the replica has not applied it).
     let seen: Option<(i64, u32)> = writer
         .query_first(format!("SELECT id, @@server_id FROM ryw_t WHERE id = {id}"))
@@ -513,7 +530,10 @@ async fn a_session_reads_its_writes_from_a_delayed_replica_only_once_it_has_them
         if server == 2 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "reads never went back to the replica");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads never went back to the replica"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     replica
@@ -527,4 +547,39 @@ fn rand_digit() -> i64 {
         .unwrap()
         .subsec_nanos()
         % 10) as i64
+}
+
+#[tokio::test]
+async fn the_admin_console_and_metrics_show_mysql_nodes() {
+    let _g = REPLICATION.read().await;
+    let sb = tokio::task::spawn_blocking(maria).await.unwrap();
+    let p = Proxy::start(&config(sb, "admin_http = \"127.0.0.1:0\"")).await;
+    wait_replica(&p, true).await;
+    let mut c = connect(&p).await;
+    for _ in 0..3 {
+        c.query_drop("SELECT 1").await.unwrap();
+    }
+    let admin = p.connect_db("admin", "admin", "shardwire").await.unwrap();
+    let rows = admin.simple_query("SHOW REPLICAS").await.unwrap();
+    let replica = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("main/replica0") => {
+                Some((r.get(1).map(str::to_owned), r.get(4).map(str::to_owned)))
+            }
+            _ => None,
+        })
+        .expect("the MySQL replica is listed");
+    assert_eq!(replica, (Some("replica".into()), Some("yes".into())));
+    let metrics = crate::admin::http_get(p.bound.http.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("shardwire_node_in_rotation{node=\"main/replica0\",role=\"replica\"} 1"),
+        "{metrics}"
+    );
+    let health = crate::admin::http_get(p.bound.http.unwrap(), "/health").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // A PostgreSQL client of the data port learns where to go.
+    let e = p.connect("app", "app").await.unwrap_err();
+    let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(msg.contains("MySQL client"), "{e:?}");
 }

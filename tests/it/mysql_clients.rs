@@ -1,5 +1,6 @@
-//! Stock MySQL clients through shardwire: PyMySQL (`tests/clients/pymysql_app.py`, Debian's
-//! python3-pymysql) and sysbench's OLTP workloads, with prepared statements on and off.
+//! Stock MySQL clients through shardwire: PyMySQL and mysqlclient (`tests/clients/mysql_app.py`,
+//! Debian's python3-pymysql and python3-mysqldb) and sysbench's OLTP workloads, with prepared
+//! statements on and off.
 
 use crate::harness::Proxy;
 use crate::mysql::{REPLICATION, config, maria};
@@ -14,30 +15,33 @@ fn python() -> &'static str {
 }
 
 #[tokio::test]
-async fn pymysql_transactions_and_tls() {
+async fn python_drivers_transactions_and_tls() {
     let _g = REPLICATION.read().await;
     let certs = crate::tls::Certs::new();
     let sb = tokio::task::spawn_blocking(maria).await.unwrap();
     let p = Proxy::start(&config(sb, &certs.server_section("prefer"))).await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pymysql_app.py");
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::process::Command::new(python())
-            .arg(&script)
-            .arg("127.0.0.1")
-            .arg(p.bound.mysql.unwrap().port().to_string())
-            .arg(certs.ca_file())
-            .output(),
-    )
-    .await
-    .expect("the script finishes")
-    .expect("python3 runs (PyMySQL: Debian's python3-pymysql, which .ci/run installs)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success() && text.contains("ok"), "{text}");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/mysql_app.py");
+    for driver in ["pymysql", "MySQLdb"] {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tokio::process::Command::new(python())
+                .arg(&script)
+                .arg(driver)
+                .arg("127.0.0.1")
+                .arg(p.bound.mysql.unwrap().port().to_string())
+                .arg(certs.ca_file())
+                .output(),
+        )
+        .await
+        .expect("the script finishes")
+        .expect("python3 runs (Debian's python3-pymysql and python3-mysqldb, which .ci/run installs)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("ok"), "{driver}: {text}");
+    }
 }
 
 async fn sysbench(port: u16, args: &[&str]) -> String {
