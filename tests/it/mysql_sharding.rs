@@ -109,6 +109,11 @@ fn rows() -> Vec<String> {
             i % 100
         ));
     }
+    // Escapes in string literals: the rows above the others' ids, read back by scatter queries
+    // that the proxy rewrites (their literals must reach the shards as written).
+    out.push(r"INSERT INTO users (id, name, country, score) VALUES (601, 'back\\slash', 'zz', 1)".into());
+    out.push(r"INSERT INTO users (id, name, country, score) VALUES (602, 'O\'Brien', 'zz', 2)".into());
+    out.push(r"INSERT INTO users (id, name, country, score) VALUES (603, 'it''s', 'zz', 3)".into());
     for i in (0..3000).step_by(5) {
         let w = if i % 9 == 0 {
             "NULL".into()
@@ -262,6 +267,9 @@ fn corpus() -> Vec<String> {
     q.push("SELECT u.id, COUNT(o.id) FROM users u LEFT JOIN orders o ON o.user_id = u.id WHERE u.id < 40 GROUP BY u.id ORDER BY u.id".into());
     q.push("SELECT u.name, o.amount FROM users u JOIN orders o ON u.id = o.user_id ORDER BY o.amount DESC, o.user_id, o.id LIMIT 15".into());
     q.push("SELECT COUNT(*) FROM users u JOIN orders o ON o.user_id = u.id WHERE o.status = 'new'".into());
+    q.push(r"SELECT id, name FROM users WHERE name IN ('back\\slash', 'O\'Brien', 'it''s') ORDER BY id".into());
+    q.push(r"SELECT COUNT(*) FROM users WHERE name LIKE 'back\\\\%' OR name = 'O''Brien'".into());
+    q.push(r"SELECT id FROM users WHERE name > 'O\'B' AND name < 'P' ORDER BY id LIMIT 3".into());
     q.push("SELECT code, name, region FROM countries ORDER BY code".into());
     q.push("SELECT COUNT(*) FROM countries".into());
     q.push("SELECT u.id, c.name FROM users u JOIN countries c ON c.code = u.country WHERE u.id = 5".into());

@@ -178,11 +178,50 @@ pub fn shape_mysql(sql: &str, map: &ShardMap) -> Shape {
     if let Err(e) = super::limits::check(sql, &safe) {
         return Shape::Refuse(e.to_string());
     }
-    let Ok(mut stmts) = Parser::parse_sql(&sqlparser::dialect::MySqlDialect {}, sql) else {
+    // String literals keep their escapes as written (`'it\'s'`, `'a\\b'`): statements the
+    // proxy rewrites for the shards print them back exactly. sqlparser would otherwise unescape
+    // them and print `'a\b'`, which MySQL reads as another string.
+    let parsed = Parser::new(&sqlparser::dialect::MySqlDialect {})
+        .with_options(sqlparser::parser::ParserOptions::new().with_unescape(false))
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements());
+    let Ok(mut stmts) = parsed else {
         return Shape::Unparsed;
     };
     number_placeholders(&mut stmts);
-    shape_of(&stmts, map)
+    let shape = shape_of(&stmts, map);
+    if escaped_key(&shape) {
+        return Shape::Refuse(
+            "a shard key written as a string literal with escapes (\\ or '') is not routed: pass the key as a prepared statement's parameter".into(),
+        );
+    }
+    shape
+}
+
+/// A key given as a literal that still holds MySQL escapes: its value is not its text.
+fn escaped_key(shape: &Shape) -> bool {
+    let escaped = |o: &Operand| matches!(o, Operand::Lit(s) if s.contains('\\') || s.contains('\''));
+    fn cond(c: &KeyCond, f: &dyn Fn(&Operand) -> bool) -> bool {
+        let mut stack = vec![c];
+        while let Some(c) = stack.pop() {
+            match c {
+                KeyCond::All => {}
+                KeyCond::Values(v) => {
+                    if v.iter().any(f) {
+                        return true;
+                    }
+                }
+                KeyCond::And(cs) | KeyCond::Or(cs) => stack.extend(cs),
+            }
+        }
+        false
+    }
+    match shape {
+        Shape::Group { cond: c, .. } => cond(c, &escaped),
+        Shape::Insert { keys, .. } => keys.iter().any(escaped),
+        Shape::Several(shapes) => shapes.iter().any(escaped_key),
+        _ => false,
+    }
 }
 
 /// Renames `?` placeholders `$1`, `$2`, ... in the order the parser visits them, which is the
