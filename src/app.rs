@@ -104,6 +104,14 @@ impl Runtime {
                 healthy_after: r.healthy_after.get(),
             };
             tokio::spawn(crate::health::mysql::run(mysql.clone(), s, token.clone()));
+            if mysql.len() > 1 {
+                tokio::spawn(crate::mysql::xa::recover(
+                    mysql.clone(),
+                    config.map.default_shard,
+                    std::time::Duration::from_secs(10),
+                    token.clone(),
+                ));
+            }
         }
         if clusters.len() > 1 && mysql.is_empty() {
             tokio::spawn(crate::backend::twophase::run(

@@ -16,6 +16,7 @@ mod relay;
 mod scatter;
 mod session;
 mod sync;
+pub mod xa;
 
 use std::sync::Arc;
 use std::time::Duration;

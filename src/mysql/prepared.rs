@@ -174,6 +174,14 @@ impl Session {
                 );
                 return Ok(());
             }
+            Route::Write(..) => {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "a prepared statement that writes on several shards: send it as a text query (it runs as one XA transaction), or write the rows of one shard key per statement",
+                );
+                return Ok(());
+            }
             Route::Broadcast(_) => {
                 self.error(
                     code::NOT_SUPPORTED,
@@ -188,7 +196,7 @@ impl Session {
             }
         };
         let primary = self.needs_primary(&facts);
-        if !self.acquire(shard, primary).await || !self.send_begin().await {
+        if !self.reach(shard, primary).await || !self.send_begin().await {
             return Ok(());
         }
         let Some(h) = self.held.as_mut() else { return Ok(()) };

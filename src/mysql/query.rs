@@ -20,6 +20,9 @@ pub(super) enum Route {
     One(ShardId),
     /// Several shards, merged (reads).
     Scatter(Vec<ShardId>, Box<crate::analyze::shard::Merge>),
+    /// A write on several shards, atomic by XA: each shard's statement; `replicated` when every
+    /// shard holds the same rows (one shard's count is the answer).
+    Write(Vec<(ShardId, String)>, bool),
     /// DDL on every shard (MySQL commits DDL as it runs: there is no transaction to join).
     Broadcast(Vec<ShardId>),
     /// Refused; the message.
@@ -49,6 +52,30 @@ impl Session {
             return Ok(());
         }
         let single = !code_only(&text).trim().trim_end_matches(';').contains(';');
+        if self.xid.is_some() && single && a.facts.parsed {
+            match a.facts.tx {
+                TxEffect::End => {
+                    let rollback = code_only(&text)
+                        .split_whitespace()
+                        .next()
+                        .is_some_and(|w| w.eq_ignore_ascii_case("rollback"));
+                    return self.end_xa(!rollback).await;
+                }
+                TxEffect::Begin { read_only } => {
+                    // A BEGIN commits what is open, as on one server.
+                    let before = self.client.wbuf.len();
+                    self.end_xa(true).await?;
+                    if self.client.wbuf.len() > before && self.client.wbuf[before + 4] == 0xFF {
+                        return Ok(());
+                    }
+                    self.client.wbuf.truncate(before);
+                    self.begin = Some((text, read_only));
+                    self.ok();
+                    return Ok(());
+                }
+                TxEffect::None => {}
+            }
+        }
         if self.held.is_none() && single && self.answer_locally(&a, &text) {
             return Ok(());
         }
@@ -65,6 +92,15 @@ impl Session {
                 return Ok(());
             }
             Route::Broadcast(shards) if single => return self.broadcast(&shards, &payload).await,
+            Route::Write(parts, replicated) if single => return self.multi_write(parts, replicated).await,
+            Route::Write(..) => {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "a write over several shards in a multi-statement query: send it on its own",
+                );
+                return Ok(());
+            }
             Route::Broadcast(_) => {
                 self.error(
                     code::NOT_SUPPORTED,
@@ -80,7 +116,7 @@ impl Session {
         };
         let primary = self.needs_primary(&a);
         tracing::debug!(sql = %text, shard, primary, pinned = ?self.pinned, "MySQL statement");
-        if !self.acquire(shard, primary).await || !self.send_begin().await {
+        if !self.reach(shard, primary).await || !self.send_begin().await {
             return Ok(());
         }
         if let Some(why) = a.facts.pins_session {
@@ -153,8 +189,16 @@ impl Session {
 
     /// Sends a deferred BEGIN on the connection just acquired. False when it failed (reported).
     pub async fn send_begin(&mut self) -> bool {
-        let Some((text, _)) = self.begin.take() else {
+        let Some((text, read_only)) = self.begin.take() else {
             return true;
+        };
+        let text = if self.starts_xa(read_only) {
+            let xid = super::xa::new_xid();
+            let start = format!("XA START '{xid}'");
+            self.xid = Some(xid);
+            start
+        } else {
+            text
         };
         let Some(h) = self.held.as_mut() else { return true };
         match h.conn.query(&text).await {
@@ -165,6 +209,7 @@ impl Session {
                 true
             }
             Err(e) => {
+                self.xid = None;
                 if h.conn.broken {
                     self.lost();
                 }
@@ -238,11 +283,14 @@ impl Session {
             ShardPlan::Write { shards, .. } if shards.len() == 1 => Route::One(shards[0]),
             ShardPlan::Write { shards, .. } if ddl => Route::Broadcast(shards),
             ShardPlan::Refuse(why) => Route::Refuse(why),
-            ShardPlan::Write { replicated: true, .. } => Route::Refuse(
-                "a write to a reference table needs XA across the shards, which the MySQL front end does not do yet: write it on each shard directly".into(),
-            ),
-            ShardPlan::Write { .. } | ShardPlan::InsertSplit { .. } => Route::Refuse(
-                "a write over several shards needs XA, which the MySQL front end does not do yet: write rows of one shard key per statement".into(),
+            ShardPlan::Write { shards, replicated } => {
+                Route::Write(shards.into_iter().map(|s| (s, text.to_owned())).collect(), replicated)
+            }
+            ShardPlan::InsertSplit { parts } if parts.iter().all(|p| p.params.is_empty()) => {
+                Route::Write(parts.into_iter().map(|p| (p.shard, p.sql)).collect(), false)
+            }
+            ShardPlan::InsertSplit { .. } => Route::Refuse(
+                "a prepared INSERT whose rows belong to several shards: insert the rows of one shard key per statement".into(),
             ),
             ShardPlan::GenerateIds { .. } => Route::Refuse(
                 "generated IDs are not filled in on the MySQL front end yet: give the ID column a value".into(),

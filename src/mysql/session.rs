@@ -40,6 +40,10 @@ pub(super) struct Session {
     /// ends the transaction.
     pub tx_lost: bool,
     pub stmts: Statements,
+    /// The XA id of a transaction over shards (see [`super::xa`]).
+    pub xid: Option<String>,
+    /// Connections of the XA transaction on shards other than the held one's.
+    pub parked: Vec<Held>,
     /// Functions whose calls need the primary (MySQL's and the configured ones).
     pub functions: std::collections::HashSet<String>,
     login_db: String,
@@ -73,6 +77,8 @@ impl Session {
             wrote_at: None,
             tx_lost: false,
             stmts: Statements::default(),
+            xid: None,
+            parked: Vec::new(),
             login_db: login.db,
             read_your_writes: login.user.read_your_writes,
         }
@@ -157,7 +163,7 @@ impl Session {
     }
 
     pub fn in_tx(&self) -> bool {
-        self.begin.is_some() || self.tx_lost || self.held.as_ref().is_some_and(|h| h.in_tx)
+        self.begin.is_some() || self.tx_lost || self.xid.is_some() || self.held.as_ref().is_some_and(|h| h.in_tx)
     }
 
     pub fn ok(&mut self) {
@@ -194,6 +200,14 @@ impl Session {
         self.held.as_ref().map_or(self.rt.config.map.default_shard, |h| h.shard)
     }
 
+    /// As [`Session::acquire`], joining `shard` to an XA transaction over shards when one runs.
+    pub async fn reach(&mut self, shard: ShardId, primary: bool) -> bool {
+        if self.xid.is_some() && self.held.as_ref().is_some_and(|h| h.shard != shard) {
+            return self.join_xa(shard).await;
+        }
+        self.acquire(shard, primary).await
+    }
+
     /// Makes sure a connection to `shard` is held (the primary, or a replica when `primary` is
     /// false and one is usable), in the session's state. An error has been reported to the
     /// client when this returns false.
@@ -215,7 +229,10 @@ impl Session {
             self.error(code::NOT_SUPPORTED, "0A000", &why);
             return false;
         }
-        self.rt = self.shared.runtime.load_full();
+        if self.parked.is_empty() {
+            // A transaction over shards keeps the map it started with.
+            self.rt = self.shared.runtime.load_full();
+        }
         let Some(s) = self.rt.mysql.get(shard).cloned() else {
             self.error(code::NOT_SUPPORTED, "0A000", "the shards are not MySQL servers");
             return false;
@@ -262,6 +279,10 @@ impl Session {
     pub fn after(&mut self, status: StatusFlags, wrote: bool) {
         let Some(h) = &mut self.held else { return };
         h.wrote |= wrote && h.primary;
+        if self.xid.is_some() {
+            // XA branches stay until COMMIT or ROLLBACK, whatever the status says.
+            return;
+        }
         h.in_tx = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         if !h.in_tx {
             if h.wrote {
@@ -277,6 +298,14 @@ impl Session {
     /// The held connection failed: it goes, and an open transaction stays failed for the
     /// client until it ends it.
     pub fn lost(&mut self) {
+        if self.xid.take().is_some() {
+            // The other branches are rolled back by their servers when their connections
+            // close; the client must end the transaction.
+            for mut p in self.parked.drain(..) {
+                p.conn.broken = true;
+            }
+            self.tx_lost = true;
+        }
         if let Some(mut h) = self.held.take() {
             h.conn.broken = true;
             if h.in_tx {
@@ -291,6 +320,10 @@ impl Session {
 
     /// COM_RESET_CONNECTION: the session as it was after login.
     async fn reset(&mut self) {
+        self.xid = None;
+        for mut p in self.parked.drain(..) {
+            p.conn.broken = true;
+        }
         if let Some(mut h) = self.held.take() {
             // Roll back and clear what the connection carries; if that fails it is not reused.
             if h.conn.run(&[cmd::RESET_CONNECTION], Kind::Simple).await.is_err() {
@@ -347,6 +380,14 @@ impl Session {
     /// The client left: a connection in a transaction is not reused (the server rolls back
     /// when it closes).
     fn leave(&mut self) {
+        for mut p in self.parked.drain(..) {
+            p.conn.broken = true;
+        }
+        if self.xid.is_some()
+            && let Some(h) = self.held.as_mut()
+        {
+            h.conn.broken = true;
+        }
         if let Some(mut h) = self.held.take()
             && (h.in_tx || self.pinned.is_some())
         {

@@ -1,0 +1,343 @@
+//! Transactions and writes over several MySQL shards, atomic by XA two-phase commit.
+//!
+//! On a sharded cluster an explicit transaction (BEGIN, START TRANSACTION, not READ ONLY) runs
+//! as an XA transaction from its first statement, with an id of the proxy's own; a shard it
+//! reaches later joins with `XA START` of the same id. COMMIT ends it with `XA COMMIT ... ONE
+//! PHASE` on one shard, or, on several: `XA END` and `XA PREPARE` everywhere, the decision
+//! committed to `shardwire_xa_decisions` on the default shard's primary, then `XA COMMIT`
+//! everywhere. A write over several shards outside a transaction (UPDATE/DELETE without the key,
+//! an INSERT whose rows belong to several shards, a reference table's rows) is such a
+//! transaction of its own. [`recover`] finishes what a crash left prepared: committed where a
+//! decision exists, rolled back where none does after a minute.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use super::ClientError;
+use super::session::Session;
+use super::sync::Held;
+use crate::backend::mysql::{MyError, MyShard};
+use crate::protocol::mysql::{code, ok};
+use crate::shardmap::ShardId;
+
+/// Prefix of the proxy's XA ids.
+const PREFIX: &str = "sw-";
+/// A prepared branch without a decision older than this is rolled back by recovery.
+const ABANDONED: Duration = Duration::from_secs(60);
+/// The decision table (on the default shard's primary, in the configured database).
+const TABLE: &str = "shardwire_xa_decisions";
+
+/// A new XA id: `sw-<unix ms>-<random>`, its age readable by recovery.
+pub(super) fn new_xid() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{PREFIX}{ms}-{:016x}", rand::random::<u64>())
+}
+
+fn age(xid: &str) -> Option<Duration> {
+    let ms: u64 = xid.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_millis() as u64;
+    Some(Duration::from_millis(now.saturating_sub(ms)))
+}
+
+fn server_error(e: &MyError) -> (u16, String, String) {
+    match e {
+        MyError::Server { code, state, message } => (*code, state.clone(), message.clone()),
+        other => (code::SERVER_LOST, "HY000".into(), other.to_string()),
+    }
+}
+
+/// Records the commit decision of `xid`, committed on its own before any branch commits.
+async fn decide(shard: &MyShard, xid: &str) -> Result<(), MyError> {
+    let mut conn = shard.primary.checkout().await?;
+    let insert = format!("INSERT INTO {TABLE} (xid) VALUES ('{xid}')");
+    match conn.query(&insert).await {
+        Err(MyError::Server { code: 1146, .. }) => {
+            conn.query(&format!(
+                "CREATE TABLE IF NOT EXISTS {TABLE} (xid VARCHAR(64) PRIMARY KEY, decided_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))"
+            ))
+            .await?;
+            conn.query(&insert).await.map(|_| ())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+async fn forget(shard: &MyShard, xid: &str) {
+    if let Ok(mut conn) = shard.primary.checkout().await {
+        let _ = conn.query(&format!("DELETE FROM {TABLE} WHERE xid = '{xid}'")).await;
+    }
+}
+
+/// Commits `legs` of `xid`: one phase on one shard, two phases on several. `Err` when nothing
+/// committed (everything rolled back), with the error to report.
+async fn commit(legs: &mut [Held], xid: &str, decisions: &MyShard) -> Result<(), MyError> {
+    if let [one] = legs {
+        return one
+            .conn
+            .query(&format!("XA END '{xid}'; XA COMMIT '{xid}' ONE PHASE"))
+            .await
+            .map(|_| ());
+    }
+    let mut failed = None;
+    for l in legs.iter_mut() {
+        if let Err(e) = l.conn.query(&format!("XA END '{xid}'; XA PREPARE '{xid}'")).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    if failed.is_none()
+        && let Err(e) = decide(decisions, xid).await
+    {
+        failed = Some(e);
+    }
+    if let Some(e) = failed {
+        rollback(legs, xid).await;
+        return Err(e);
+    }
+    // Decided: a branch that fails to commit now is committed by recovery.
+    let mut all = true;
+    for l in legs.iter_mut() {
+        match l.conn.query(&format!("XA COMMIT '{xid}'")).await {
+            Ok(_) => {}
+            // Recovery got there first.
+            Err(MyError::Server { code: 1397, .. }) => {}
+            Err(e) => {
+                tracing::warn!(xid, error = %e, "XA COMMIT failed after the decision; recovery will finish it");
+                l.conn.broken = true;
+                all = false;
+            }
+        }
+    }
+    if all {
+        forget(decisions, xid).await;
+    }
+    Ok(())
+}
+
+/// Rolls back every branch of `xid`, whatever state it is in.
+async fn rollback(legs: &mut [Held], xid: &str) {
+    for l in legs.iter_mut() {
+        // ACTIVE needs XA END first; IDLE or PREPARED take the ROLLBACK alone.
+        let _ = l.conn.query(&format!("XA END '{xid}'")).await;
+        if l.conn.query(&format!("XA ROLLBACK '{xid}'")).await.is_err() {
+            l.conn.broken = true;
+        }
+    }
+}
+
+impl Session {
+    /// Whether an explicit transaction starts as XA: a sharded cluster, not READ ONLY.
+    pub fn starts_xa(&self, read_only: bool) -> bool {
+        !read_only && !self.rt.config.map.tables.is_empty() && self.state.autocommit
+    }
+
+    /// Joins `shard` to the session's XA transaction: the held connection is parked and the
+    /// shard's (parked or new, on its primary) becomes the held one. False when it failed
+    /// (reported).
+    pub async fn join_xa(&mut self, shard: ShardId) -> bool {
+        let Some(xid) = self.xid.clone() else { return false };
+        if let Some(h) = self.held.take() {
+            self.parked.push(h);
+        }
+        if let Some(i) = self.parked.iter().position(|h| h.shard == shard) {
+            self.held = Some(self.parked.swap_remove(i));
+            return true;
+        }
+        if !self.acquire(shard, true).await {
+            return false;
+        }
+        let Some(h) = self.held.as_mut() else { return false };
+        match h.conn.query(&format!("XA START '{xid}'")).await {
+            Ok(_) => {
+                h.in_tx = true;
+                true
+            }
+            Err(e) => {
+                self.backend_error(&e);
+                if let Some(mut h) = self.held.take() {
+                    h.conn.broken = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// COMMIT or ROLLBACK of the session's XA transaction, answered to the client.
+    pub async fn end_xa(&mut self, commit_it: bool) -> Result<(), ClientError> {
+        let Some(xid) = self.xid.take() else { return Ok(()) };
+        let mut legs: Vec<Held> = self.parked.drain(..).collect();
+        legs.extend(self.held.take());
+        let wrote = legs.iter().any(|l| l.wrote);
+        let decisions = self.rt.mysql[self.rt.config.map.default_shard].clone();
+        if commit_it {
+            if let Err(e) = commit(&mut legs, &xid, &decisions).await {
+                let (c, state, msg) = server_error(&e);
+                self.error(
+                    c,
+                    &state,
+                    &format!("COMMIT failed and the transaction rolled back: {msg}"),
+                );
+                return Ok(());
+            }
+            if wrote {
+                self.wrote_at = Some(std::time::Instant::now());
+            }
+        } else {
+            rollback(&mut legs, &xid).await;
+        }
+        self.ok();
+        Ok(())
+    }
+
+    /// A write over several shards: one XA transaction of its own outside a transaction, the
+    /// transaction's branches inside one. The client gets one OK with the rows affected.
+    pub async fn multi_write(&mut self, parts: Vec<(ShardId, String)>, replicated: bool) -> Result<(), ClientError> {
+        if self.in_tx() && self.xid.is_none() {
+            self.error(
+                code::NOT_SUPPORTED,
+                "0A000",
+                "a write over several shards in a transaction that did not start as one over shards (autocommit = 0, or READ ONLY): use BEGIN ... COMMIT",
+            );
+            return Ok(());
+        }
+        let own = self.xid.is_none();
+        if own {
+            self.rt = self.shared.runtime.load_full();
+            self.xid = Some(new_xid());
+        }
+        let mut affected = 0u64;
+        let mut warnings = 0u16;
+        let mut failure = None;
+        for (i, (shard, sql)) in parts.iter().enumerate() {
+            if !self.join_xa(*shard).await {
+                // Reported by join_xa.
+                if own {
+                    self.abandon_own().await;
+                }
+                return Ok(());
+            }
+            let Some(h) = self.held.as_mut() else { break };
+            match h.conn.query(sql).await {
+                Ok(r) => {
+                    h.wrote = true;
+                    if !replicated || i == 0 {
+                        affected += r.affected;
+                    }
+                    warnings = warnings.saturating_add(r.warnings);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            let (c, state, msg) = server_error(&e);
+            if own {
+                self.abandon_own().await;
+                self.error(c, &state, &msg);
+            } else {
+                // Part of the statement ran on other shards: the transaction cannot go on as if
+                // it had not, so it is rolled back whole.
+                let xid = self.xid.take().unwrap_or_default();
+                let mut legs: Vec<Held> = self.parked.drain(..).collect();
+                legs.extend(self.held.take());
+                rollback(&mut legs, &xid).await;
+                self.tx_lost = true;
+                self.error(
+                    c,
+                    &state,
+                    &format!("{msg}; the statement ran on several shards, so the transaction was rolled back (ROLLBACK to go on)"),
+                );
+            }
+            return Ok(());
+        }
+        if own {
+            let xid = self.xid.take().unwrap_or_default();
+            let mut legs: Vec<Held> = self.parked.drain(..).collect();
+            legs.extend(self.held.take());
+            let decisions = self.rt.mysql[self.rt.config.map.default_shard].clone();
+            if let Err(e) = commit(&mut legs, &xid, &decisions).await {
+                let (c, state, msg) = server_error(&e);
+                self.error(c, &state, &format!("the write over several shards rolled back: {msg}"));
+                return Ok(());
+            }
+            self.wrote_at = Some(std::time::Instant::now());
+        }
+        let mut seq = 1;
+        let p = ok(affected, 0, self.status(), warnings, "");
+        self.client.put(&mut seq, &p);
+        Ok(())
+    }
+
+    async fn abandon_own(&mut self) {
+        let xid = self.xid.take().unwrap_or_default();
+        let mut legs: Vec<Held> = self.parked.drain(..).collect();
+        legs.extend(self.held.take());
+        rollback(&mut legs, &xid).await;
+    }
+}
+
+/// Finishes prepared branches a crash left behind, every `every` until `stop`: committed when
+/// the decision exists, rolled back when none does and they are older than a minute.
+pub async fn recover(shards: Vec<Arc<MyShard>>, default: usize, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for s in &shards {
+            if let Err(e) = recover_shard(s, &shards[default]).await {
+                tracing::debug!(shard = %s.name, error = %e, "XA recovery check failed");
+            }
+        }
+    }
+}
+
+async fn recover_shard(shard: &MyShard, decisions: &MyShard) -> Result<(), MyError> {
+    let mut conn = shard.primary.checkout().await?;
+    let prepared = conn.query("XA RECOVER").await?;
+    for row in prepared.rows {
+        let Some(xid) = row
+            .get(3)
+            .and_then(|d| d.as_ref())
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+        else {
+            continue;
+        };
+        if !xid.starts_with(PREFIX) || xid.contains('\'') {
+            continue;
+        }
+        let mut d = decisions.primary.checkout().await?;
+        let decided = match d.query(&format!("SELECT 1 FROM {TABLE} WHERE xid = '{xid}'")).await {
+            Ok(r) => !r.rows.is_empty(),
+            Err(MyError::Server { code: 1146, .. }) => false,
+            Err(e) => return Err(e),
+        };
+        if decided {
+            conn.query(&format!("XA COMMIT '{xid}'")).await?;
+            tracing::info!(shard = %shard.name, xid, "XA recovery committed a prepared branch");
+        } else if age(&xid).is_some_and(|a| a > ABANDONED) {
+            conn.query(&format!("XA ROLLBACK '{xid}'")).await?;
+            tracing::info!(shard = %shard.name, xid, "XA recovery rolled back a branch without a decision");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_carry_their_age() {
+        let x = super::new_xid();
+        assert!(x.starts_with("sw-") && x.len() <= 64, "{x}");
+        assert!(super::age(&x).unwrap() < std::time::Duration::from_secs(5));
+        assert!(super::age("sw-1000-ab").unwrap() > std::time::Duration::from_secs(3600));
+        assert!(super::age("other").is_none());
+    }
+}
