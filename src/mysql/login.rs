@@ -186,3 +186,55 @@ async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(Clie
     client.flush().await?;
     Ok((client, Some(Login { user, db, names })))
 }
+
+/// COM_CHANGE_USER: the user, checked with a fresh native-password nonce (an auth switch every
+/// client handles), and the database asked for. `None` when refused (the client was told).
+pub(super) async fn change_user(
+    client: &mut ClientConn,
+    payload: &[u8],
+    shared: &Shared,
+) -> Result<Option<(Arc<crate::config::User>, Option<String>)>, ClientError> {
+    // 0x11, user NUL, auth data (length-prefixed), database NUL, then charset and plugin.
+    let body = &payload[1..];
+    let Some(end) = body.iter().position(|&b| b == 0) else {
+        client
+            .refuse(code::MALFORMED, "HY000", "Malformed communication packet")
+            .await;
+        return Ok(None);
+    };
+    let user_name = String::from_utf8_lossy(&body[..end]).into_owned();
+    let rest = &body[end + 1..];
+    let auth_len = rest.first().copied().unwrap_or(0) as usize;
+    let rest = rest.get(1 + auth_len..).unwrap_or_default();
+    let db = rest
+        .iter()
+        .position(|&b| b == 0)
+        .map(|e| String::from_utf8_lossy(&rest[..e]).into_owned())
+        .filter(|d| !d.is_empty());
+    let nonce = auth::nonce();
+    let mut seq = 1u8;
+    client.put(&mut seq, &auth::switch_request(auth::NATIVE, &nonce));
+    client.flush().await?;
+    let Some((s, response)) = client.packet().await? else {
+        return Err(ClientError::Protocol("closed during COM_CHANGE_USER".into()));
+    };
+    seq = s.wrapping_add(1);
+    let cfg = shared.runtime.load().config.clone();
+    let user = cfg.users.get(&user_name).cloned();
+    let good = user
+        .as_ref()
+        .and_then(|u| u.mysql_password.as_deref())
+        .is_some_and(|pw| auth::check(auth::NATIVE, &nonce, pw, &response));
+    match (user, good) {
+        (Some(u), true) => Ok(Some((u, db))),
+        _ => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let msg = format!("Access denied for user '{user_name}'");
+            client.put(
+                &mut seq,
+                &crate::protocol::mysql::err(code::ACCESS_DENIED, "28000", &msg),
+            );
+            Ok(None)
+        }
+    }
+}

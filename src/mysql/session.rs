@@ -135,6 +135,22 @@ impl Session {
                     self.reset().await;
                     self.ok();
                 }
+                cmd::CHANGE_USER => {
+                    if let Some((user, db)) =
+                        super::login::change_user(&mut self.client, &payload, &self.shared).await?
+                    {
+                        self.reset().await;
+                        self.read_your_writes = user.read_your_writes;
+                        if let Some(db) = db {
+                            self.login_db = db.clone();
+                            self.state.db = db;
+                        }
+                        // The answer follows the client's auth-switch response (sequence 2).
+                        let mut seq = 3;
+                        let p = ok(0, 0, self.status(), 0, "");
+                        self.client.put(&mut seq, &p);
+                    }
+                }
                 cmd::STMT_PREPARE => self.prepare(payload).await?,
                 cmd::STMT_EXECUTE => self.execute(payload).await?,
                 cmd::STMT_SEND_LONG_DATA => self.long_data(&payload),

@@ -583,3 +583,39 @@ async fn the_admin_console_and_metrics_show_mysql_nodes() {
     let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
     assert!(msg.contains("MySQL client"), "{e:?}");
 }
+
+#[tokio::test]
+async fn change_user_and_reset_connection_start_the_session_afresh() {
+    let p = proxy().await;
+    let mut c = connect(&p).await;
+    c.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES'").await.unwrap();
+    c.query_drop("SET @pinned = 1").await.unwrap();
+    c.query_drop("SET autocommit = 0").await.unwrap();
+    c.reset().await.unwrap();
+    let (mode, var, ac): (String, Option<i64>, i64) = c
+        .query_first("SELECT @@sql_mode, @pinned, @@autocommit")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(mode, "ANSI_QUOTES");
+    assert_eq!((var, ac), (None, 1), "COM_RESET_CONNECTION forgot the session's state");
+    c.query_drop("SET @again = 2").await.unwrap();
+    c.change_user(
+        mysql_async::ChangeUserOpts::default()
+            .with_user(Some("trusted".into()))
+            .with_pass(None)
+            .with_db_name(Some("app".into())),
+    )
+    .await
+    .expect("COM_CHANGE_USER to a trusted user");
+    let (user_var, one): (Option<i64>, i64) = c.query_first("SELECT @again, 1").await.unwrap().unwrap();
+    assert_eq!((user_var, one), (None, 1));
+    let wrong = c
+        .change_user(
+            mysql_async::ChangeUserOpts::default()
+                .with_user(Some("app".into()))
+                .with_pass(Some("wrong".into())),
+        )
+        .await;
+    assert!(wrong.is_err(), "a wrong password is refused");
+}
