@@ -9,6 +9,7 @@
 //! whichever server connection runs them ([`prepared`]).
 
 mod broadcast;
+mod ids;
 mod login;
 mod prepared;
 mod query;

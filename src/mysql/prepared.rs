@@ -28,6 +28,8 @@ pub(super) struct Prepared {
     types: Option<Bytes>,
     /// Long data per parameter, in the order sent.
     long: Vec<(u16, Bytes)>,
+    /// `SELECT LAST_INSERT_ID()`: answered by the session, with this column name.
+    last_id_column: Option<String>,
 }
 
 /// The client's statements by the ids it was given.
@@ -76,6 +78,35 @@ impl Session {
                     facts,
                     types: None,
                     long: Vec::new(),
+                    last_id_column: None,
+                },
+            );
+            return Ok(());
+        }
+        if crate::analyze::mysql::code_only(&text)
+            .to_ascii_lowercase()
+            .contains("last_insert_id")
+        {
+            let Some(column) = super::ids::lone_call(&text) else {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "LAST_INSERT_ID() inside a prepared statement: the server connection that runs it may be another's; send the statement as text (the session's value is written in), or SELECT LAST_INSERT_ID() alone",
+                );
+                return Ok(());
+            };
+            self.stmts.next = self.stmts.next.wrapping_add(1).max(1);
+            let id = self.stmts.next;
+            self.prepare_last_id(id, &column);
+            self.stmts.by_id.insert(
+                id,
+                Prepared {
+                    sql,
+                    params: 0,
+                    facts,
+                    types: None,
+                    long: Vec::new(),
+                    last_id_column: Some(column),
                 },
             );
             return Ok(());
@@ -102,6 +133,7 @@ impl Session {
                     facts,
                     types: None,
                     long: Vec::new(),
+                    last_id_column: None,
                 },
             );
         }
@@ -122,6 +154,10 @@ impl Session {
             );
             return Ok(());
         };
+        if let Some(column) = stmt.last_id_column.clone() {
+            self.execute_last_id(&column);
+            return Ok(());
+        }
         if stmt.facts.facts.tx != TxEffect::None {
             let mut text = BytesMut::with_capacity(stmt.sql.len() + 1);
             text.put_u8(cmd::QUERY);
@@ -171,6 +207,14 @@ impl Session {
                     code::NOT_SUPPORTED,
                     "0A000",
                     "a prepared statement that reads over several shards is not merged on the MySQL front end yet: send it as a text query, or filter by the shard key",
+                );
+                return Ok(());
+            }
+            Route::Rewritten(..) => {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "generated IDs are filled in for text queries on the MySQL front end: send this INSERT as text, or give the ID column",
                 );
                 return Ok(());
             }
@@ -247,6 +291,9 @@ impl Session {
         if out.lost && !out.sent {
             self.lost_report();
             return Ok(());
+        }
+        if out.last_insert_id != 0 && !out.failed {
+            self.last_insert_id = out.last_insert_id;
         }
         let wrote = facts.facts.need == Need::Primary && !out.failed;
         self.after(out.status, wrote);

@@ -21,8 +21,10 @@ pub(super) enum Route {
     /// Several shards, merged (reads).
     Scatter(Vec<ShardId>, Box<crate::analyze::shard::Merge>),
     /// A write on several shards, atomic by XA: each shard's statement; `replicated` when every
-    /// shard holds the same rows (one shard's count is the answer).
-    Write(Vec<(ShardId, String)>, bool),
+    /// shard holds the same rows (one shard's count is the answer); the first generated ID.
+    Write(Vec<(ShardId, String)>, bool, u64),
+    /// One shard, with a text the proxy rewrote (generated IDs written in) and the first ID.
+    Rewritten(ShardId, String, u64),
     /// DDL on every shard (MySQL commits DDL as it runs: there is no transaction to join).
     Broadcast(Vec<ShardId>),
     /// Refused; the message.
@@ -30,9 +32,23 @@ pub(super) enum Route {
 }
 
 impl Session {
-    pub async fn query(&mut self, payload: BytesMut) -> Result<(), ClientError> {
-        let text = String::from_utf8_lossy(&payload[1..]).into_owned();
-        let a = crate::analyze::mysql::analyze(&text, &self.functions, &self.rt.config.server.limits);
+    pub async fn query(&mut self, mut payload: BytesMut) -> Result<(), ClientError> {
+        let mut text = String::from_utf8_lossy(&payload[1..]).into_owned();
+        let mut a = crate::analyze::mysql::analyze(&text, &self.functions, &self.rt.config.server.limits);
+        if a.facts.too_complex.is_none() && code_only(&text).to_ascii_lowercase().contains("last_insert_id") {
+            if let Some(column) = super::ids::lone_call(&text) {
+                self.answer_last_insert_id(&column);
+                return Ok(());
+            }
+            if let Some(sql) = super::ids::substitute(&text, self.last_insert_id) {
+                // The session's value written in: the server's connection may be another's.
+                text = sql;
+                payload = BytesMut::with_capacity(text.len() + 1);
+                payload.extend_from_slice(&[crate::protocol::mysql::cmd::QUERY]);
+                payload.extend_from_slice(text.as_bytes());
+                a = crate::analyze::mysql::analyze(&text, &self.functions, &self.rt.config.server.limits);
+            }
+        }
         if let Some(e) = &a.facts.too_complex {
             self.error(code::PARSE, "42000", &e.to_string());
             return Ok(());
@@ -92,7 +108,18 @@ impl Session {
                 return Ok(());
             }
             Route::Broadcast(shards) if single => return self.broadcast(&shards, &payload).await,
-            Route::Write(parts, replicated) if single => return self.multi_write(parts, replicated).await,
+            Route::Write(parts, replicated, first) if single => {
+                return self.multi_write(parts, replicated, first).await;
+            }
+            Route::Rewritten(shard, sql, first) if single => return self.run_rewritten(shard, &sql, first).await,
+            Route::Rewritten(..) => {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "an INSERT that needs generated IDs in a multi-statement query: send it on its own",
+                );
+                return Ok(());
+            }
             Route::Write(..) => {
                 self.error(
                     code::NOT_SUPPORTED,
@@ -135,6 +162,9 @@ impl Session {
         }
         if !out.lost {
             self.record_state(&a, out.failed);
+        }
+        if out.last_insert_id != 0 && !out.failed {
+            self.last_insert_id = out.last_insert_id;
         }
         let wrote = a.facts.need == Need::Primary && !out.failed;
         self.after(out.status, wrote);
@@ -257,6 +287,38 @@ impl Session {
         }
     }
 
+    /// An INSERT given generated IDs, planned again on its keys.
+    fn with_ids(&self, shape: &Shape, rows: usize, params: &Params) -> Route {
+        if !params.values.is_empty() {
+            return Route::Refuse(
+                "generated IDs are filled in for text queries on the MySQL front end: send this INSERT as text, or give the ID column".into(),
+            );
+        }
+        let ids = match self.generate_ids(rows) {
+            Ok(ids) => ids,
+            Err(m) => return Route::Refuse(m),
+        };
+        let filled = crate::analyze::shard::fill_ids(shape, crate::analyze::shard::IdValues::Literals(&ids));
+        let (Some((stmt, keys)), Shape::InsertFill { group, .. }) = (filled, shape) else {
+            return Route::Refuse("this INSERT could not be given generated IDs".into());
+        };
+        let sql = stmt.to_string();
+        let insert = Shape::Insert {
+            group: *group,
+            keys,
+            stmt: std::sync::Arc::new(stmt),
+        };
+        let map = &self.rt.config.map;
+        match plan(&insert, map, params) {
+            ShardPlan::One(s) => Route::Rewritten(s, sql, ids[0]),
+            ShardPlan::InsertSplit { parts } => {
+                Route::Write(parts.into_iter().map(|p| (p.shard, p.sql)).collect(), false, ids[0])
+            }
+            ShardPlan::Refuse(m) => Route::Refuse(m),
+            _ => Route::Refuse("this INSERT with generated IDs cannot be routed".into()),
+        }
+    }
+
     /// Plans a statement text with its parameters.
     pub fn route(&self, text: &str, params: &Params) -> Route {
         let map = &self.rt.config.map;
@@ -284,17 +346,15 @@ impl Session {
             ShardPlan::Write { shards, .. } if ddl => Route::Broadcast(shards),
             ShardPlan::Refuse(why) => Route::Refuse(why),
             ShardPlan::Write { shards, replicated } => {
-                Route::Write(shards.into_iter().map(|s| (s, text.to_owned())).collect(), replicated)
+                Route::Write(shards.into_iter().map(|s| (s, text.to_owned())).collect(), replicated, 0)
             }
             ShardPlan::InsertSplit { parts } if parts.iter().all(|p| p.params.is_empty()) => {
-                Route::Write(parts.into_iter().map(|p| (p.shard, p.sql)).collect(), false)
+                Route::Write(parts.into_iter().map(|p| (p.shard, p.sql)).collect(), false, 0)
             }
             ShardPlan::InsertSplit { .. } => Route::Refuse(
                 "a prepared INSERT whose rows belong to several shards: insert the rows of one shard key per statement".into(),
             ),
-            ShardPlan::GenerateIds { .. } => Route::Refuse(
-                "generated IDs are not filled in on the MySQL front end yet: give the ID column a value".into(),
-            ),
+            ShardPlan::GenerateIds { rows, .. } => self.with_ids(&shape, rows, params),
             ShardPlan::NeedColumns { table } => Route::Refuse(format!(
                 "INSERT into sharded table {table} without a column list: name the columns"
             )),

@@ -195,7 +195,12 @@ impl Session {
 
     /// A write over several shards: one XA transaction of its own outside a transaction, the
     /// transaction's branches inside one. The client gets one OK with the rows affected.
-    pub async fn multi_write(&mut self, parts: Vec<(ShardId, String)>, replicated: bool) -> Result<(), ClientError> {
+    pub async fn multi_write(
+        &mut self,
+        parts: Vec<(ShardId, String)>,
+        replicated: bool,
+        first_id: u64,
+    ) -> Result<(), ClientError> {
         if self.in_tx() && self.xid.is_none() {
             self.error(
                 code::NOT_SUPPORTED,
@@ -268,8 +273,11 @@ impl Session {
             }
             self.wrote_at = Some(std::time::Instant::now());
         }
+        if first_id != 0 {
+            self.last_insert_id = first_id;
+        }
         let mut seq = 1;
-        let p = ok(affected, 0, self.status(), warnings, "");
+        let p = ok(affected, first_id, self.status(), warnings, "");
         self.client.put(&mut seq, &p);
         Ok(())
     }

@@ -619,3 +619,39 @@ async fn change_user_and_reset_connection_start_the_session_afresh() {
         .await;
     assert!(wrong.is_err(), "a wrong password is refused");
 }
+
+#[tokio::test]
+async fn last_insert_id_is_the_sessions_own_across_pooled_connections() {
+    let p = proxy().await;
+    let mut a = connect(&p).await;
+    let mut b = connect(&p).await;
+    a.query_drop("CREATE TABLE IF NOT EXISTS ai_t (id INT AUTO_INCREMENT PRIMARY KEY, who VARCHAR(4))")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        a.query_drop("INSERT INTO ai_t (who) VALUES ('a')").await.unwrap();
+        let from_ok = a.last_insert_id().unwrap();
+        b.query_drop("INSERT INTO ai_t (who) VALUES ('b')").await.unwrap();
+        let b_id = b.last_insert_id().unwrap();
+        let a_sees: Option<u64> = a.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+        assert_eq!(a_sees, Some(from_ok), "a's own id, not b's ({b_id})");
+        let prepared: Option<u64> = a.exec_first("SELECT LAST_INSERT_ID()", ()).await.unwrap();
+        assert_eq!(prepared, Some(from_ok));
+        let who: Option<String> = a
+            .query_first("SELECT who FROM ai_t WHERE id = LAST_INSERT_ID()")
+            .await
+            .unwrap();
+        assert_eq!(
+            who.as_deref(),
+            Some("a"),
+            "LAST_INSERT_ID() inside a statement is the session's"
+        );
+        let b_sees: Option<u64> = b.query_first("SELECT LAST_INSERT_ID() AS id").await.unwrap();
+        assert_eq!(b_sees, Some(b_id));
+    }
+    let e = a
+        .exec_drop("SELECT who FROM ai_t WHERE id = LAST_INSERT_ID() + ?", (0,))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("1235"), "{e}");
+}

@@ -538,3 +538,52 @@ async fn recovery_commits_decided_branches_and_rolls_back_the_others() {
         .unwrap();
     assert_eq!(ids, vec![1], "the decided branch committed, the other rolled back");
 }
+
+#[tokio::test]
+async fn generated_ids_fill_inserts_and_last_insert_id() {
+    let _g = LOCK.lock().await;
+    let t = tokio::task::spawn_blocking(topo).await.unwrap();
+    let map = MAP.replace(
+        "[tables.events]\ngroup = \"events\"\nkey = \"id\"",
+        "[tables.events]\ngroup = \"events\"\nkey = \"id\"\nid_column = \"id\"",
+    );
+    assert!(map.contains("id_column"));
+    let text = config(t).replace(MAP, &map);
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("map = \""))
+        .map(|p| p.trim_end_matches('"').to_owned())
+        .unwrap();
+    std::fs::write(&path, &map).unwrap();
+    let p = Proxy::start(&format!("{text}\n[ids]\nworker_id = 7\n")).await;
+    let mut c = crate::mysql::connect(&p).await;
+    c.query_drop("DROP TABLE IF EXISTS events").await.unwrap();
+    c.query_drop(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, kind VARCHAR(10) COLLATE utf8mb4_bin NOT NULL, weight DOUBLE)",
+    )
+    .await
+    .unwrap();
+    c.query_drop("INSERT INTO events (kind, weight) VALUES ('gen', 1.5)")
+        .await
+        .unwrap();
+    let first = c.last_insert_id().expect("the OK packet carries the generated id");
+    assert!(first > 1 << 22, "a snowflake id: {first}");
+    let seen: Option<u64> = c.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    assert_eq!(seen, Some(first));
+    let kind: Option<String> = c
+        .query_first("SELECT kind FROM events WHERE id = LAST_INSERT_ID()")
+        .await
+        .unwrap();
+    assert_eq!(kind.as_deref(), Some("gen"), "routed by the session's id");
+    c.query_drop("INSERT INTO events (kind) VALUES ('x'), ('y'), ('z')")
+        .await
+        .unwrap();
+    let next = c.last_insert_id().unwrap();
+    assert!(next > first);
+    let rows: Vec<(u64, String)> = c
+        .query("SELECT id, kind FROM events WHERE kind IN ('x', 'y', 'z') ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].0, next, "the first generated id of the statement");
+}
