@@ -7,6 +7,7 @@
 //! that runs it, just before.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -14,10 +15,12 @@ use super::ClientError;
 use super::query::Route;
 use super::session::Session;
 use crate::analyze::mysql::MyFacts;
+use crate::analyze::shard::Shape;
 use crate::analyze::{Need, TxEffect};
 use crate::plan::shard::Params;
 use crate::protocol::mysql::response::Kind;
 use crate::protocol::mysql::{cmd, code, lenenc_int};
+use crate::shardmap::ShardMap;
 
 /// A client's statement.
 pub(super) struct Prepared {
@@ -30,6 +33,8 @@ pub(super) struct Prepared {
     long: Vec<(u16, Bytes)>,
     /// `SELECT LAST_INSERT_ID()`: answered by the session, with this column name.
     last_id_column: Option<String>,
+    /// Its shape under the map it was computed with (parsed once per map, not per execute).
+    shape: Option<(Arc<ShardMap>, Arc<Shape>)>,
 }
 
 /// The client's statements by the ids it was given.
@@ -79,6 +84,7 @@ impl Session {
                     types: None,
                     long: Vec::new(),
                     last_id_column: None,
+                    shape: None,
                 },
             );
             return Ok(());
@@ -107,6 +113,7 @@ impl Session {
                     types: None,
                     long: Vec::new(),
                     last_id_column: Some(column),
+                    shape: None,
                 },
             );
             return Ok(());
@@ -134,6 +141,7 @@ impl Session {
                     types: None,
                     long: Vec::new(),
                     last_id_column: None,
+                    shape: None,
                 },
             );
         }
@@ -184,13 +192,24 @@ impl Session {
             );
             return Ok(());
         }
+        let map = self.rt.config.map.clone();
+        let shape = match &stmt.shape {
+            Some((m, s)) if Arc::ptr_eq(m, &map) => Some(s.clone()),
+            _ if map.tables.is_empty() => None,
+            _ => {
+                let s = Arc::new(crate::analyze::shard::shape_mysql(
+                    &String::from_utf8_lossy(&stmt.sql),
+                    &map,
+                ));
+                stmt.shape = Some((map.clone(), s.clone()));
+                Some(s)
+            }
+        };
         let sql = stmt.sql.clone();
         let facts = stmt.facts.clone();
         let long = std::mem::take(&mut stmt.long);
         let long_ids: Vec<u16> = long.iter().map(|(p, _)| *p).collect();
-        let route = if self.rt.config.map.tables.is_empty() {
-            Route::One(self.default_shard())
-        } else {
+        let route = if let Some(shape) = shape {
             let texts = param_texts(&payload, &layout, types.as_deref().unwrap_or_default(), n, &long_ids);
             let values: Vec<Option<&[u8]>> = texts.iter().map(|t| t.as_deref().map(str::as_bytes)).collect();
             let params = Params {
@@ -198,7 +217,9 @@ impl Session {
                 values,
                 literals: &[],
             };
-            self.route(&String::from_utf8_lossy(&sql), &params)
+            self.route_shape(&String::from_utf8_lossy(&sql), &shape, &params)
+        } else {
+            Route::One(self.default_shard())
         };
         let shard = match route {
             Route::One(s) => s,

@@ -321,12 +321,16 @@ impl Session {
 
     /// Plans a statement text with its parameters.
     pub fn route(&self, text: &str, params: &Params) -> Route {
-        let map = &self.rt.config.map;
-        if map.tables.is_empty() {
+        if self.rt.config.map.tables.is_empty() {
             return Route::One(self.default_shard());
         }
-        let shape = shape_mysql(text, map);
-        if shape == Shape::Unparsed
+        self.route_shape(text, &shape_mysql(text, &self.rt.config.map), params)
+    }
+
+    /// As [`Session::route`], with the statement's shape under the current map already known.
+    pub fn route_shape(&self, text: &str, shape: &Shape, params: &Params) -> Route {
+        let map = &self.rt.config.map;
+        if *shape == Shape::Unparsed
             && let Some(t) = code_only(text)
                 .to_ascii_lowercase()
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
@@ -337,8 +341,8 @@ impl Session {
             ));
         }
         let anywhere = matches!(shape, Shape::Neutral | Shape::ReferenceRead | Shape::Unparsed);
-        let ddl = shape == Shape::Broadcast;
-        match plan(&shape, map, params) {
+        let ddl = *shape == Shape::Broadcast;
+        match plan(shape, map, params) {
             ShardPlan::One(s) if anywhere => Route::One(self.held.as_ref().map_or(s, |h| h.shard)),
             ShardPlan::One(s) => Route::One(s),
             ShardPlan::Scatter { shards, merge } => Route::Scatter(shards, merge),
@@ -354,7 +358,7 @@ impl Session {
             ShardPlan::InsertSplit { .. } => Route::Refuse(
                 "a prepared INSERT whose rows belong to several shards: insert the rows of one shard key per statement".into(),
             ),
-            ShardPlan::GenerateIds { rows, .. } => self.with_ids(&shape, rows, params),
+            ShardPlan::GenerateIds { rows, .. } => self.with_ids(shape, rows, params),
             ShardPlan::NeedColumns { table } => Route::Refuse(format!(
                 "INSERT into sharded table {table} without a column list: name the columns"
             )),
