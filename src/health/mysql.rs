@@ -1,10 +1,13 @@
 //! The health and lag monitor of MySQL and MariaDB shards, through mysql_async: per check, the
-//! primary's GTID position, then each replica's replication status (`SHOW REPLICA STATUS`, or
-//! `SHOW SLAVE STATUS` on servers that lack it) and applied GTID position.
+//! primary's GTID position and a heartbeat row written on it (`shardwire_heartbeat`, the current
+//! time to the microsecond), then each replica's replication status (`SHOW REPLICA STATUS`, or
+//! `SHOW SLAVE STATUS` on servers that lack it), applied GTID position and heartbeat age.
 //!
-//! A replica serves reads while both replication threads run and `Seconds_Behind_Master` is
-//! known and under the bound (NULL is unknown, never zero). It holds a session's writes once a
-//! check saw it apply the primary's position read after that write committed.
+//! A replica serves reads while both replication threads run, `Seconds_Behind_Master` is known
+//! (NULL is unknown, never zero) and under the bound, and its heartbeat row is no older than the
+//! bound: the heartbeat measures lag end to end, below the second and also while the primary is
+//! otherwise idle. It holds a session's writes once a check saw it apply the primary's position
+//! read after that write committed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +42,11 @@ pub struct ReplicaStatus {
     pub seconds_behind: Option<u64>,
 }
 
-/// The verdict on a replica from its status: in rotation or why not.
-pub fn verdict(status: Option<&ReplicaStatus>, max_lag: Duration) -> Result<(), String> {
+/// The heartbeat table, in the database shardwire logs in to.
+const HEARTBEAT: &str = "shardwire_heartbeat";
+
+/// The verdict on a replica from its status and heartbeat age: in rotation or why not.
+pub fn verdict(status: Option<&ReplicaStatus>, heartbeat: Option<f64>, max_lag: Duration) -> Result<(), String> {
     let Some(s) = status else {
         return Err("not replicating (no replica status)".into());
     };
@@ -49,6 +55,11 @@ pub fn verdict(status: Option<&ReplicaStatus>, max_lag: Duration) -> Result<(), 
     }
     if !s.sql_running {
         return Err("replication SQL thread not running".into());
+    }
+    if let Some(age) = heartbeat
+        && age > max_lag.as_secs_f64()
+    {
+        return Err(format!("heartbeat {age:.3}s old, over bound {max_lag:?}"));
     }
     match s.seconds_behind {
         None => Err("lag unknown (Seconds_Behind_Master is NULL)".into()),
@@ -101,6 +112,35 @@ impl Probe {
         gtid::parse(&v.flatten().unwrap_or_default()).ok_or_else(|| "unreadable GTID position".into())
     }
 
+    /// Writes the heartbeat row (creating its table the first time).
+    async fn beat(&mut self, timeout: Duration) -> Result<(), String> {
+        let c = self.conn(timeout).await?;
+        let write =
+            format!("INSERT INTO {HEARTBEAT} (id, ts) VALUES (1, NOW(6)) ON DUPLICATE KEY UPDATE ts = VALUES(ts)");
+        match c.query_drop(&write).await {
+            Err(mysql_async::Error::Server(e)) if e.code == 1146 => {
+                c.query_drop(format!(
+                    "CREATE TABLE IF NOT EXISTS {HEARTBEAT} (id INT PRIMARY KEY, ts DATETIME(6) NOT NULL)"
+                ))
+                .await
+                .map_err(|e| e.to_string())?;
+                c.query_drop(&write).await.map_err(|e| e.to_string())
+            }
+            other => other.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Seconds since the heartbeat row a replica holds was written; `None` before it has one.
+    async fn heartbeat_age(&mut self, timeout: Duration) -> Result<Option<f64>, String> {
+        let c = self.conn(timeout).await?;
+        let sql = format!("SELECT TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM {HEARTBEAT} WHERE id = 1");
+        match c.query_first::<Option<i64>, _>(sql).await {
+            Ok(v) => Ok(v.flatten().map(|us| us.max(0) as f64 / 1e6)),
+            Err(mysql_async::Error::Server(e)) if e.code == 1146 => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn status(&mut self, timeout: Duration) -> Result<Option<ReplicaStatus>, String> {
         let c = self.conn(timeout).await?;
         let rows: Vec<mysql_async::Row> = match c.query("SHOW REPLICA STATUS").await {
@@ -128,7 +168,7 @@ fn is_maria(c: &mysql_async::Conn) -> bool {
 
 /// Checks every shard's nodes every `settings.interval` until `stop`.
 pub async fn run(shards: Vec<Arc<MyShard>>, settings: Settings, stop: CancellationToken) {
-    let mut probes: Vec<(Probe, Vec<Probe>)> = shards
+    let mut probes: Vec<(Probe, Vec<Probe>, History)> = shards
         .iter()
         .map(|s| {
             let p = |n: &Arc<MyNode>| Probe {
@@ -136,7 +176,7 @@ pub async fn run(shards: Vec<Arc<MyShard>>, settings: Settings, stop: Cancellati
                 conn: None,
                 maria: false,
             };
-            (p(&s.primary), s.replicas.iter().map(p).collect())
+            (p(&s.primary), s.replicas.iter().map(p).collect(), History::new())
         })
         .collect();
     let mut tick = tokio::time::interval(settings.interval);
@@ -146,13 +186,20 @@ pub async fn run(shards: Vec<Arc<MyShard>>, settings: Settings, stop: Cancellati
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (primary, replicas) in &mut probes {
-            check_shard(primary, replicas, settings).await;
+        for (primary, replicas, history) in &mut probes {
+            check_shard(primary, replicas, history, settings).await;
         }
     }
 }
 
-async fn check_shard(primary: &mut Probe, replicas: &mut [Probe], s: Settings) {
+/// The primary's positions at recent checks, newest last: a replica holds every commit made
+/// before the newest check whose position it has applied.
+type History = std::collections::VecDeque<(Instant, Gtid)>;
+
+/// Checks kept: with a 200 ms interval, a replica up to ~13 s behind still gets a position.
+const HISTORY: usize = 64;
+
+async fn check_shard(primary: &mut Probe, replicas: &mut [Probe], history: &mut History, s: Settings) {
     let timeout = s.interval.max(Duration::from_millis(500));
     let at = Instant::now();
     let pos = match tokio::time::timeout(timeout, primary.position(timeout, false)).await {
@@ -168,28 +215,36 @@ async fn check_shard(primary: &mut Probe, replicas: &mut [Probe], s: Settings) {
             None
         }
     };
-    if pos.is_some() {
+    if let Some(p) = &pos {
+        history.push_back((at, p.clone()));
+        if history.len() > HISTORY {
+            history.pop_front();
+        }
         publish(&primary.node, Ok(()), 1);
+        // After the position: a replica caught up to it need not have the heartbeat yet.
+        if let Err(e) = primary.beat(timeout).await {
+            tracing::debug!(node = %primary.node.config.name, error = %e, "heartbeat write failed");
+        }
     }
     for r in replicas {
         let checked = tokio::time::timeout(timeout, async {
             let status = r.status(timeout).await?;
             let applied = r.position(timeout, true).await?;
-            Ok::<_, String>((status, applied))
+            let heartbeat = r.heartbeat_age(timeout).await?;
+            Ok::<_, String>((status, applied, heartbeat))
         })
         .await
         .unwrap_or_else(|_| Err("check timed out".into()));
         match checked {
-            Ok((status, applied)) => {
-                let v = verdict(status.as_ref(), s.max_lag);
+            Ok((status, applied, heartbeat)) => {
+                let v = verdict(status.as_ref(), heartbeat, s.max_lag);
                 tracing::trace!(node = %r.node.config.name, ?applied, primary = ?pos, "replica position");
                 if v.is_ok()
-                    && let Some(p) = &pos
-                    && gtid::covers(&applied, p)
+                    && let Some((when, _)) = history.iter().rev().find(|(_, p)| gtid::covers(&applied, p))
                 {
-                    r.node.caught_up.store(Arc::new(Some(Caught { primary_at: at })));
+                    r.node.caught_up.store(Arc::new(Some(Caught { primary_at: *when })));
                 }
-                let lag = status.and_then(|st| st.seconds_behind);
+                let lag = heartbeat.or(status.and_then(|st| st.seconds_behind).map(|l| l as f64));
                 publish_lag(&r.node, v, lag, s.healthy_after);
             }
             Err(e) => {
@@ -204,11 +259,11 @@ fn publish(node: &MyNode, v: Result<(), String>, healthy_after: u32) {
     publish_lag(node, v, None, healthy_after)
 }
 
-fn publish_lag(node: &MyNode, v: Result<(), String>, lag: Option<u64>, healthy_after: u32) {
+fn publish_lag(node: &MyNode, v: Result<(), String>, lag: Option<f64>, healthy_after: u32) {
     let prev = node.health.load();
     let was = prev.in_rotation;
     let h = NodeHealth {
-        lag_secs: lag.map(|l| l as f64),
+        lag_secs: lag,
         checked: Some(Instant::now()),
         ..NodeHealth::clone(&prev)
     };
@@ -231,26 +286,31 @@ mod tests {
             sql_running: true,
             seconds_behind: Some(0),
         };
-        assert!(verdict(Some(&ok), max).is_ok());
-        assert!(verdict(None, max).is_err());
+        assert!(verdict(Some(&ok), None, max).is_ok());
+        assert!(verdict(Some(&ok), Some(0.2), max).is_ok());
+        assert!(
+            verdict(Some(&ok), Some(1.5), max).unwrap_err().contains("heartbeat"),
+            "an old heartbeat"
+        );
+        assert!(verdict(None, None, max).is_err());
         let stopped = ReplicaStatus {
             sql_running: false,
             seconds_behind: None,
             ..ok.clone()
         };
-        assert!(verdict(Some(&stopped), max).unwrap_err().contains("SQL thread"));
+        assert!(verdict(Some(&stopped), None, max).unwrap_err().contains("SQL thread"));
         let unknown = ReplicaStatus {
             seconds_behind: None,
             ..ok.clone()
         };
         assert!(
-            verdict(Some(&unknown), max).unwrap_err().contains("NULL"),
+            verdict(Some(&unknown), None, max).unwrap_err().contains("NULL"),
             "NULL is never zero"
         );
         let behind = ReplicaStatus {
             seconds_behind: Some(5),
             ..ok
         };
-        assert!(verdict(Some(&behind), max).is_err());
+        assert!(verdict(Some(&behind), None, max).is_err());
     }
 }

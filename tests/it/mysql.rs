@@ -124,6 +124,26 @@ pub async fn wait_replica(p: &Proxy, in_rotation: bool) {
     .await;
 }
 
+/// Delays the shared replica's apply by `secs` for as long as it lives (also when a test fails).
+struct Delay(&'static MariaSandbox);
+
+impl Delay {
+    fn new(sb: &'static MariaSandbox, secs: u32) -> Delay {
+        sb.replicas[0]
+            .sql(&format!(
+                "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = {secs}; START SLAVE"
+            ))
+            .unwrap();
+        Delay(sb)
+    }
+}
+
+impl Drop for Delay {
+    fn drop(&mut self) {
+        let _ = self.0.replicas[0].sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE");
+    }
+}
+
 /// Which server answered: the primary has server id 1, the replica 2.
 async fn server_id(c: &mut Conn, sql: &str) -> u32 {
     c.query_first::<u32, _>(sql).await.unwrap().unwrap()
@@ -478,9 +498,7 @@ async fn a_session_reads_its_writes_from_a_delayed_replica_only_once_it_has_them
     let _g = REPLICATION.write().await;
     let sb = tokio::task::spawn_blocking(maria).await.unwrap();
     let replica = &sb.replicas[0];
-    replica
-        .sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 2; START SLAVE")
-        .unwrap();
+    let _delay = Delay::new(sb, 2);
     // The replica stays in rotation (2 s behind, under a 10 s bound).
     let text = config(sb, "").replace(
         "lag_check_interval = \"100ms\"",
@@ -536,9 +554,6 @@ async fn a_session_reads_its_writes_from_a_delayed_replica_only_once_it_has_them
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    replica
-        .sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE")
-        .unwrap();
 }
 
 fn rand_digit() -> i64 {
@@ -654,4 +669,27 @@ async fn last_insert_id_is_the_sessions_own_across_pooled_connections() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("1235"), "{e}");
+}
+
+#[tokio::test]
+async fn the_heartbeat_shows_a_delayed_replica_behind_an_idle_primary() {
+    let _g = REPLICATION.write().await;
+    let sb = tokio::task::spawn_blocking(maria).await.unwrap();
+    let p = Proxy::start(&config(sb, "")).await;
+    wait_replica(&p, true).await;
+    let lag = |p: &Proxy| p.shared.runtime.load().mysql[0].replicas[0].health.load().lag_secs;
+    // Caught up: the heartbeat's age is well under a second (a whole-second counter would say 0).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(lag(&p).is_some_and(|l| l < 0.9), "{:?}", lag(&p));
+    // Two seconds of delay and nothing else written: only the heartbeat shows it.
+    let delay = Delay::new(sb, 2);
+    wait_replica(&p, false).await;
+    let reason = p.shared.runtime.load().mysql[0].replicas[0]
+        .health
+        .load()
+        .reason
+        .clone();
+    drop(delay);
+    assert!(reason.contains("heartbeat"), "{reason}");
+    wait_replica(&p, true).await;
 }
