@@ -22,6 +22,8 @@ mod mysql;
 mod mysql_bad_input;
 mod mysql_clients;
 mod mysql_sharding;
+mod mysql_state;
+mod mysql_xa;
 mod node_loss;
 mod protocol;
 mod rebalance;

@@ -9,6 +9,7 @@
 //! copies on the merge path.
 
 pub mod auth;
+pub mod execute;
 pub mod response;
 
 use bytes::{Buf, BufMut, BytesMut};
