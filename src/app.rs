@@ -171,6 +171,8 @@ pub struct Shared {
     pub cache: AnalysisCache,
     /// Shard shapes of statement texts under the current map.
     pub shapes: crate::analyze::cache::ShapeCache,
+    /// MySQL statement analyses, by text with the literals replaced.
+    pub my_facts: crate::analyze::cache::MyFactsCache,
     /// Connected clients.
     pub clients: ClientRegistry,
     /// Counters.
@@ -221,6 +223,7 @@ impl Shared {
             runtime: ArcSwap::new(Runtime::new(config, None)),
             cache: AnalysisCache::new(NonZeroUsize::new(10_000).expect("non-zero")),
             shapes: crate::analyze::cache::ShapeCache::new(NonZeroUsize::new(10_000).expect("non-zero")),
+            my_facts: crate::analyze::cache::MyFactsCache::new(NonZeroUsize::new(10_000).expect("non-zero")),
             clients: ClientRegistry::default(),
             stats: Stats::default(),
             config_path,
@@ -300,6 +303,7 @@ impl Shared {
             || config.server.limits != old.config.server.limits
         {
             self.cache.clear();
+            self.my_facts.clear();
         }
         let map_changed = config.map != old.config.map;
         let versions = (old.config.map.version, config.map.version);

@@ -61,6 +61,48 @@ impl<V: Clone> Bounded<V> {
     }
 }
 
+/// MySQL analyses, keyed by the text with its literals replaced
+/// ([`super::mysql::template`]), or by the exact text when the facts carry values (SET, USE,
+/// autocommit) or the text has no template. Shared by all sessions, locked as
+/// [`AnalysisCache`].
+pub struct MyFactsCache {
+    entries: Mutex<Bounded<Arc<super::mysql::MyFacts>>>,
+}
+
+impl MyFactsCache {
+    /// A cache holding at most `capacity` texts.
+    pub fn new(capacity: NonZeroUsize) -> MyFactsCache {
+        MyFactsCache {
+            entries: Mutex::new(Bounded::new(capacity)),
+        }
+    }
+
+    /// The facts of `sql`, from the cache or freshly analyzed within `limits`.
+    pub fn get(&self, sql: &str, primary_functions: &HashSet<String>, limits: &Limits) -> Arc<super::mysql::MyFacts> {
+        if super::limits::check(sql, limits).is_err() {
+            return Arc::new(super::mysql::analyze(sql, primary_functions, limits));
+        }
+        let lock = || self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let key = super::mysql::template(sql);
+        if let Some(f) = key.as_deref().and_then(|k| lock().get(k)).or_else(|| lock().get(sql)) {
+            return f;
+        }
+        let facts = Arc::new(super::mysql::analyze(sql, primary_functions, limits));
+        let by_values = !facts.facts.set_ops.is_empty() || facts.autocommit.is_some() || facts.use_db.is_some();
+        let key = match key {
+            Some(k) if !by_values => k,
+            _ => sql.to_owned(),
+        };
+        lock().put(key, facts.clone());
+        facts
+    }
+
+    /// Forgets every analysis (the primary functions or limits changed).
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 /// Shared by all sessions. The lock is a std Mutex held only for a map lookup or insert, never
 /// across an await or a parse.
 pub struct AnalysisCache {

@@ -237,6 +237,91 @@ fn unparsed_pin(code: &str) -> Option<&'static str> {
     }
 }
 
+/// The text with its literals (quoted strings, numbers) replaced by `?`: statements that differ
+/// only in their values share it, and share their facts (the cache keys MySQL texts by it).
+/// `None` when the text has nothing to replace or holds what this lexer does not take apart
+/// with certainty (`?`, executable comments `/*! */`, prefixed strings like `_utf8'x'` or
+/// `X'0F'`).
+pub fn template(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut replaced = false;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'?' => return None,
+            b'\'' | b'"' => {
+                if i > 0 && ident(b[i - 1]) {
+                    return None;
+                }
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return None,
+                        Some(b'\\') => i += 2,
+                        Some(&q) if q == c && b.get(i + 1) == Some(&c) => i += 2,
+                        Some(&q) if q == c => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+                out.push('?');
+                replaced = true;
+            }
+            b'`' => {
+                let end = sql[i + 1..].find('`').map(|e| i + 1 + e + 1)?;
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'#' => {
+                let end = sql[i..].find('\n').map_or(b.len(), |e| i + e);
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') && b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace()) => {
+                let end = sql[i..].find('\n').map_or(b.len(), |e| i + e);
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                if b.get(i + 2) == Some(&b'!') {
+                    return None;
+                }
+                let end = sql[i + 2..].find("*/").map(|e| i + 2 + e + 2)?;
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'0'..=b'9' if i == 0 || !ident(b[i - 1]) => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                    // An exponent's sign belongs to the number.
+                    if (b[i] == b'e' || b[i] == b'E') && matches!(b.get(i + 1), Some(b'+' | b'-')) {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                let _ = start;
+                out.push('?');
+                replaced = true;
+            }
+            _ if ident(c) => {
+                let start = i;
+                while i < b.len() && ident(b[i]) {
+                    i += 1;
+                }
+                out.push_str(&sql[start..i]);
+            }
+            _ => {
+                out.push(c as char);
+                i += 1;
+            }
+        }
+    }
+    replaced.then_some(out)
+}
+
 /// The text with string literals, quoted identifiers and comments blanked out, so that a
 /// search for `:=` or a first keyword sees only code.
 pub fn code_only(sql: &str) -> String {
@@ -340,6 +425,32 @@ mod tests {
         assert_eq!(a("SELECT ':=' FROM t").facts.pins_session, None, "inside a string");
         assert_eq!(a("USE app2").use_db.as_deref(), Some("app2"));
         assert!(a("SET GLOBAL max_connections = 10").facts.set_ops.is_empty());
+    }
+
+    #[test]
+    fn templates_replace_values_only() {
+        let t = |s| template(s);
+        assert_eq!(
+            t("SELECT c FROM t1 WHERE id = 42 AND n = 'a\\'b' LIMIT 10").as_deref(),
+            Some("SELECT c FROM t1 WHERE id = ? AND n = ? LIMIT ?")
+        );
+        assert_eq!(
+            t("select 1.5e-3, -7, 0x1F, \"x\"\"y\"").as_deref(),
+            Some("select ?, -?, ?, ?")
+        );
+        assert_eq!(
+            t("SELECT `col 1` FROM t /* shardwire: primary */ WHERE a = 'x' -- c 5\n").as_deref(),
+            Some("SELECT `col 1` FROM t /* shardwire: primary */ WHERE a = ? -- c 5\n")
+        );
+        assert_eq!(t("SELECT a FROM t"), None, "nothing to replace");
+        assert_eq!(t("SELECT _utf8mb4'x'"), None);
+        assert_eq!(t("SELECT X'0F'"), None);
+        assert_eq!(t("SELECT /*! STRAIGHT_JOIN */ 1"), None);
+        assert_eq!(t("SELECT 'open"), None);
+        assert_eq!(t("SELECT ? FROM t"), None);
+        // Two statements share a template only if they differ in values.
+        assert_ne!(t("SELECT 1 FROM t FOR UPDATE"), t("SELECT 1 FROM t"));
+        assert_eq!(t("SELECT 'a' FROM t"), t("SELECT 'it''s' FROM t"));
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub(super) enum Route {
 impl Session {
     pub async fn query(&mut self, mut payload: BytesMut) -> Result<(), ClientError> {
         let mut text = String::from_utf8_lossy(&payload[1..]).into_owned();
-        let mut a = crate::analyze::mysql::analyze(&text, &self.functions, &self.rt.config.server.limits);
+        let mut a = self
+            .shared
+            .my_facts
+            .get(&text, &self.functions, &self.rt.config.server.limits);
         if a.facts.too_complex.is_none() && code_only(&text).to_ascii_lowercase().contains("last_insert_id") {
             if let Some(column) = super::ids::lone_call(&text) {
                 self.answer_last_insert_id(&column);
@@ -46,7 +49,10 @@ impl Session {
                 payload = BytesMut::with_capacity(text.len() + 1);
                 payload.extend_from_slice(&[crate::protocol::mysql::cmd::QUERY]);
                 payload.extend_from_slice(text.as_bytes());
-                a = crate::analyze::mysql::analyze(&text, &self.functions, &self.rt.config.server.limits);
+                a = self
+                    .shared
+                    .my_facts
+                    .get(&text, &self.functions, &self.rt.config.server.limits);
             }
         }
         if let Some(e) = &a.facts.too_complex {
