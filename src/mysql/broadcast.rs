@@ -21,7 +21,6 @@ impl Session {
             );
             return Ok(());
         }
-        self.rt = self.shared.runtime.load_full();
         let names = &self.rt.config.map.shards;
         let mut done: Vec<String> = Vec::new();
         let mut warnings = 0u16;

@@ -31,6 +31,8 @@ pub(super) struct Login {
     /// `SET NAMES` for the character set the client asked for in its handshake, when it is not
     /// the servers' connections' own (utf8mb4).
     pub names: Option<String>,
+    /// The client asked for CLIENT_MULTI_STATEMENTS.
+    pub multi_statements: bool,
 }
 
 pub(super) async fn handle(
@@ -130,6 +132,7 @@ async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(Clie
         }
     };
     let user_name = String::from_utf8_lossy(resp.user()).into_owned();
+    let multi_statements = resp.capabilities().contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS);
     let charset =
         mysql_common::collations::Collation::from(mysql_common::collations::CollationId::from(resp.collation() as u16))
             .charset()
@@ -184,7 +187,15 @@ async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(Clie
     };
     client.put(&mut seq, &ok(0, 0, StatusFlags::SERVER_STATUS_AUTOCOMMIT, 0, ""));
     client.flush().await?;
-    Ok((client, Some(Login { user, db, names })))
+    Ok((
+        client,
+        Some(Login {
+            user,
+            db,
+            names,
+            multi_statements,
+        }),
+    ))
 }
 
 /// COM_CHANGE_USER: the user, checked with a fresh native-password nonce (an auth switch every

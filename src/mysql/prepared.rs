@@ -50,6 +50,7 @@ const MAX_PER_CONN: usize = 256;
 
 impl Session {
     pub async fn prepare(&mut self, payload: BytesMut) -> Result<(), ClientError> {
+        self.fresh_runtime();
         let sql = Bytes::copy_from_slice(&payload[1..]);
         let text = String::from_utf8_lossy(&sql).into_owned();
         let facts = crate::analyze::mysql::analyze(&text, &self.functions, &self.rt.config.server.limits);
@@ -132,7 +133,8 @@ impl Session {
             return Ok(());
         }
         if let (Some((server_id, params, columns)), Some(h)) = (out.prepared, self.held.as_mut()) {
-            remember(&mut h.conn, sql.clone(), (server_id, params, columns)).await;
+            let key = conn_key(&h.conn.db, &sql);
+            remember(&mut h.conn, key, (server_id, params, columns)).await;
             self.stmts.by_id.insert(
                 id,
                 Prepared {
@@ -151,6 +153,15 @@ impl Session {
     }
 
     pub async fn execute(&mut self, payload: BytesMut) -> Result<(), ClientError> {
+        self.fresh_runtime();
+        if self.tx_lost {
+            self.error(
+                code::TX_FAILED,
+                "40001",
+                "the transaction's server connection was lost and the transaction rolled back: ROLLBACK, then run it again",
+            );
+            return Ok(());
+        }
         let Some(id) = payload.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) else {
             self.error(code::MALFORMED, "HY000", "Malformed communication packet");
             return Ok(());
@@ -266,7 +277,9 @@ impl Session {
             return Ok(());
         }
         let Some(h) = self.held.as_mut() else { return Ok(()) };
-        let server_id = match h.conn.prepared.get(&sql) {
+        // A statement is prepared in the database current then: the key names it.
+        let key = conn_key(&h.conn.db, &sql);
+        let server_id = match h.conn.prepared.get(&key) {
             Some(&(sid, ..)) => sid,
             None => {
                 let mut p = vec![cmd::STMT_PREPARE];
@@ -274,11 +287,12 @@ impl Session {
                 match h.conn.run(&p, Kind::Prepare).await {
                     Ok(r) => match r.prepared {
                         Some(info) => {
-                            remember(&mut h.conn, sql.clone(), info).await;
+                            remember(&mut h.conn, key, info).await;
                             info.0
                         }
                         None => {
                             self.error(code::SERVER_LOST, "HY000", "the server did not prepare the statement");
+                            self.keep_state();
                             return Ok(());
                         }
                     },
@@ -287,6 +301,7 @@ impl Session {
                             self.lost();
                         }
                         self.backend_error(&e);
+                        self.keep_state();
                         return Ok(());
                     }
                 }
@@ -353,6 +368,29 @@ impl Session {
                 "Unknown prepared statement handler given to mysqld_stmt_reset",
             ),
         }
+    }
+}
+
+/// The key of a statement on a server connection: the database it was prepared in and its text.
+fn conn_key(db: &str, sql: &[u8]) -> Bytes {
+    let mut k = Vec::with_capacity(db.len() + 1 + sql.len());
+    k.extend_from_slice(db.as_bytes());
+    k.push(0);
+    k.extend_from_slice(sql);
+    Bytes::from(k)
+}
+
+impl Session {
+    /// After an error that reached no server: the connection's transaction state is as it was,
+    /// and a connection not in one goes back to the pool.
+    fn keep_state(&mut self) {
+        let open = self.held.as_ref().is_some_and(|h| h.in_tx);
+        let status = if open {
+            crate::protocol::mysql::StatusFlags::SERVER_STATUS_IN_TRANS
+        } else {
+            crate::protocol::mysql::StatusFlags::empty()
+        };
+        self.after(status, false);
     }
 }
 

@@ -33,12 +33,36 @@ pub(super) enum Route {
 
 impl Session {
     pub async fn query(&mut self, mut payload: BytesMut) -> Result<(), ClientError> {
+        self.fresh_runtime();
         let mut text = String::from_utf8_lossy(&payload[1..]).into_owned();
         let mut a = self
             .shared
             .my_facts
             .get(&text, &self.functions, &self.rt.config.server.limits);
-        if a.facts.too_complex.is_none() && code_only(&text).to_ascii_lowercase().contains("last_insert_id") {
+        let single = !code_only(&text).trim().trim_end_matches(';').contains(';');
+        if !single && !self.multi_statements {
+            // As the server does for a client that did not ask for multi-statements.
+            self.error(
+                code::PARSE,
+                "42000",
+                "You have an error in your SQL syntax: several statements in one query, and the client did not enable CLIENT_MULTI_STATEMENTS",
+            );
+            return Ok(());
+        }
+        if code_only(&text)
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("kill"))
+        {
+            self.error(
+                code::NOT_SUPPORTED,
+                "0A000",
+                "KILL through shardwire: the id is the proxy's, not a server's thread; close the connection instead (its statement is stopped with it)",
+            );
+            return Ok(());
+        }
+        // In a multi-statement the server's own value is the right one (one connection runs it).
+        if single && a.facts.too_complex.is_none() && code_only(&text).to_ascii_lowercase().contains("last_insert_id") {
             if let Some(column) = super::ids::lone_call(&text) {
                 self.answer_last_insert_id(&column);
                 return Ok(());
@@ -73,7 +97,6 @@ impl Session {
             }
             return Ok(());
         }
-        let single = !code_only(&text).trim().trim_end_matches(';').contains(';');
         if self.xid.is_some() && single && a.facts.parsed {
             match a.facts.tx {
                 TxEffect::End => {
@@ -158,7 +181,11 @@ impl Session {
         let mut out = self.relay(&payload, Kind::Query).await?;
         if out.lost && !out.sent {
             let retry = a.facts.need == Need::Read && !self.in_tx() && self.pinned.is_none() && !primary;
-            if retry && self.acquire(shard, true).await {
+            if retry {
+                if !self.acquire(shard, true).await {
+                    // Reported by acquire.
+                    return Ok(());
+                }
                 out = self.relay(&payload, Kind::Query).await?;
             }
             if out.lost && !out.sent {
@@ -212,6 +239,17 @@ impl Session {
     /// The primary is needed for writes and locks, for anything in a transaction that may
     /// write, under `autocommit = 0` (each statement opens one), for settings and pins.
     pub fn needs_primary(&self, a: &MyFacts) -> bool {
+        if a.facts.tx == TxEffect::End
+            || a.facts.set_ops.iter().all(|o| {
+                matches!(
+                    o,
+                    SetOp::Savepoint { .. } | SetOp::RollbackTo { .. } | SetOp::Release { .. }
+                )
+            }) && !a.facts.set_ops.is_empty()
+        {
+            // COMMIT, ROLLBACK and savepoints run wherever the transaction runs.
+            return false;
+        }
         a.facts.need == Need::Primary
             || !self.state.autocommit
             || self.pinned.is_some()
@@ -248,6 +286,9 @@ impl Session {
                 self.xid = None;
                 if h.conn.broken {
                     self.lost();
+                } else if self.pinned.is_none() && self.parked.is_empty() {
+                    // Nothing began: the connection goes back.
+                    self.held = None;
                 }
                 self.backend_error(&e);
                 false

@@ -105,8 +105,14 @@ impl Session {
             if done {
                 break;
             }
-            if self.client.wbuf.len() >= FLUSH_AT {
-                self.client.flush().await?;
+            if self.client.wbuf.len() >= FLUSH_AT
+                && let Err(e) = self.client.flush().await
+            {
+                // The rest of the response is unread: the connection cannot serve anyone else.
+                if let Some(h) = self.held.as_mut() {
+                    h.conn.broken = true;
+                }
+                return Err(e);
             }
         }
         out.failed = r.failed;

@@ -176,7 +176,6 @@ impl Session {
             );
             return Ok(());
         }
-        self.rt = self.shared.runtime.load_full();
         let wrote = self.wrote_at;
         let mut legs = Vec::with_capacity(shards.len());
         let mut header: Option<(Vec<ColumnInfo>, Vec<Bytes>)> = None;

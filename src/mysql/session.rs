@@ -48,6 +48,11 @@ pub(super) struct Session {
     pub parked: Vec<Held>,
     /// Functions whose calls need the primary (MySQL's and the configured ones).
     pub functions: std::collections::HashSet<String>,
+    /// The client allows several statements per query (CLIENT_MULTI_STATEMENTS, COM_SET_OPTION).
+    pub multi_statements: bool,
+    /// Close the client after this command: what pinned its connection (locks, variables) is
+    /// gone with it, as when a server connection drops.
+    closing: bool,
     login_db: String,
     read_your_writes: bool,
 }
@@ -82,6 +87,8 @@ impl Session {
             last_insert_id: 0,
             xid: None,
             parked: Vec::new(),
+            multi_statements: login.multi_statements,
+            closing: false,
             login_db: login.db,
             read_your_writes: login.user.read_your_writes,
         }
@@ -130,6 +137,12 @@ impl Session {
                     self.client.put(&mut seq, text.as_bytes());
                 }
                 cmd::SET_OPTION => {
+                    // 0: multi-statements on, 1: off.
+                    match payload.get(1..3) {
+                        Some([0, 0]) => self.multi_statements = true,
+                        Some([1, 0]) => self.multi_statements = false,
+                        _ => {}
+                    }
                     let mut seq = 1;
                     let status = self.status();
                     self.client.put(&mut seq, &crate::protocol::mysql::eof(0, status));
@@ -166,6 +179,17 @@ impl Session {
                 ),
             }
             self.client.flush().await?;
+            if self.closing {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The configuration and shards for the next statement: the newest unless a connection (a
+    /// transaction, a pinned session) holds the session to the ones it started with.
+    pub fn fresh_runtime(&mut self) {
+        if self.held.is_none() && self.parked.is_empty() {
+            self.rt = self.shared.runtime.load_full();
         }
     }
 
@@ -232,8 +256,21 @@ impl Session {
     /// client when this returns false.
     pub async fn acquire(&mut self, shard: ShardId, primary: bool) -> bool {
         if let Some(h) = &self.held {
-            if h.shard == shard {
+            if h.shard == shard && (h.primary || !primary) {
                 return true;
+            }
+            if h.shard == shard && !h.in_tx && self.pinned.is_none() && self.xid.is_none() {
+                // A replica connection kept past its statement; this one needs the primary.
+                self.held = None;
+                return Box::pin(self.acquire(shard, primary)).await;
+            }
+            if h.shard == shard {
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "this statement needs the primary, and the session's open READ ONLY transaction runs on a replica: COMMIT first",
+                );
+                return false;
             }
             let why = match self.pinned {
                 Some(p) => format!(
@@ -247,10 +284,6 @@ impl Session {
             };
             self.error(code::NOT_SUPPORTED, "0A000", &why);
             return false;
-        }
-        if self.parked.is_empty() {
-            // A transaction over shards keeps the map it started with.
-            self.rt = self.shared.runtime.load_full();
         }
         let Some(s) = self.rt.mysql.get(shard).cloned() else {
             self.error(code::NOT_SUPPORTED, "0A000", "the shards are not MySQL servers");
@@ -331,8 +364,10 @@ impl Session {
                 self.tx_lost = true;
             }
             if self.pinned.is_some() {
-                // What pinned it (user variables, locks) is gone with it.
+                // What pinned it (user variables, locks, temporary tables) is gone with it: the
+                // client is closed, as a server closes it, rather than go on without them.
                 self.pinned = None;
+                self.closing = true;
             }
         }
     }
@@ -348,7 +383,7 @@ impl Session {
             if h.conn.run(&[cmd::RESET_CONNECTION], Kind::Simple).await.is_err() {
                 h.conn.broken = true;
             } else {
-                h.conn.settings = 0;
+                h.conn.settings = super::sync::RESET;
                 h.conn.autocommit = true;
                 h.conn.prepared.clear();
                 h.conn.bound_types.clear();
@@ -375,6 +410,10 @@ impl Session {
             return Ok(());
         }
         let out = self.relay(&payload, Kind::Simple).await?;
+        if out.lost && !out.sent {
+            self.lost_report();
+            return Ok(());
+        }
         if !out.failed
             && let Some(h) = &mut self.held
         {
@@ -392,6 +431,10 @@ impl Session {
             return Ok(());
         }
         let out = self.relay(&payload, kind).await?;
+        if out.lost && !out.sent {
+            self.lost_report();
+            return Ok(());
+        }
         self.after(out.status, false);
         Ok(())
     }

@@ -58,17 +58,34 @@ impl State {
     }
 }
 
+/// The settings mark of a connection just reset, whose character set still has to be set.
+pub(super) const RESET: u64 = u64::MAX - 1;
+
+/// The state of the proxy's own statements: autocommit, no settings, the connection's database.
+pub(super) fn plain(conn: &Pooled) -> State {
+    State {
+        db: conn.db.clone(),
+        autocommit: true,
+        settings: Vec::new(),
+    }
+}
+
 /// Brings `conn` to `state`: a reset if it carries other settings, then the settings, the
 /// `autocommit` value and the database, in as few round trips as possible.
 pub(super) async fn sync(conn: &mut Pooled, state: &State, sig: u64) -> Result<(), MyError> {
-    if conn.settings != sig && conn.settings != 0 {
+    if conn.settings != sig && conn.settings != 0 && conn.settings != RESET {
         conn.run(&[cmd::RESET_CONNECTION], Kind::Simple).await?;
-        conn.settings = 0;
+        conn.settings = RESET;
         conn.autocommit = true;
         conn.prepared.clear();
         conn.bound_types.clear();
     }
     let mut sql = String::new();
+    if conn.settings == RESET {
+        // A reset returns the character set to the server's default, which may not be the
+        // utf8mb4 every connection logs in with.
+        sql.push_str("SET NAMES utf8mb4;");
+    }
     if conn.settings != sig {
         for (_, s) in &state.settings {
             sql.push_str(s);
@@ -91,6 +108,9 @@ pub(super) async fn sync(conn: &mut Pooled, state: &State, sig: u64) -> Result<(
         }
         conn.settings = sig;
         conn.autocommit = state.autocommit;
+    }
+    if conn.settings == RESET {
+        conn.settings = 0;
     }
     if conn.db != state.db && !state.db.is_empty() {
         let mut c = vec![cmd::INIT_DB];

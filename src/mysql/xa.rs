@@ -50,9 +50,27 @@ fn server_error(e: &MyError) -> (u16, String, String) {
     }
 }
 
+/// A primary connection of `shard` for the proxy's own statements: autocommit, no session's
+/// settings (a pooled connection may carry a client's `autocommit = 0`).
+async fn internal(shard: &MyShard) -> Result<crate::backend::mysql::Pooled, MyError> {
+    let mut conn = shard.primary.checkout().await?;
+    let plain = super::sync::plain(&conn);
+    super::sync::sync(&mut conn, &plain, 0).await?;
+    Ok(conn)
+}
+
+/// XA ids this process is preparing or deciding: recovery leaves them alone (a transaction may
+/// be older than recovery's age limit when it prepares).
+fn in_flight() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// Records the commit decision of `xid`, committed on its own before any branch commits.
 async fn decide(shard: &MyShard, xid: &str) -> Result<(), MyError> {
-    let mut conn = shard.primary.checkout().await?;
+    let mut conn = internal(shard).await?;
     let insert = format!("INSERT INTO {TABLE} (xid) VALUES ('{xid}')");
     match conn.query(&insert).await {
         Err(MyError::Server { code: 1146, .. }) => {
@@ -67,7 +85,7 @@ async fn decide(shard: &MyShard, xid: &str) -> Result<(), MyError> {
 }
 
 async fn forget(shard: &MyShard, xid: &str) {
-    if let Ok(mut conn) = shard.primary.checkout().await {
+    if let Ok(mut conn) = internal(shard).await {
         let _ = conn.query(&format!("DELETE FROM {TABLE} WHERE xid = '{xid}'")).await;
     }
 }
@@ -76,25 +94,20 @@ async fn forget(shard: &MyShard, xid: &str) {
 /// committed (everything rolled back), with the error to report.
 async fn commit(legs: &mut [Held], xid: &str, decisions: &MyShard) -> Result<(), MyError> {
     if let [one] = legs {
-        return one
+        let r = one
             .conn
             .query(&format!("XA END '{xid}'; XA COMMIT '{xid}' ONE PHASE"))
             .await
             .map(|_| ());
-    }
-    let mut failed = None;
-    for l in legs.iter_mut() {
-        if let Err(e) = l.conn.query(&format!("XA END '{xid}'; XA PREPARE '{xid}'")).await {
-            failed = Some(e);
-            break;
+        if r.is_err() {
+            rollback(legs, xid).await;
         }
+        return r;
     }
-    if failed.is_none()
-        && let Err(e) = decide(decisions, xid).await
-    {
-        failed = Some(e);
-    }
-    if let Some(e) = failed {
+    in_flight().insert(xid.to_owned());
+    let decided = prepare_and_decide(legs, xid, decisions).await;
+    in_flight().remove(xid);
+    if let Err(e) = decided {
         rollback(legs, xid).await;
         return Err(e);
     }
@@ -103,7 +116,7 @@ async fn commit(legs: &mut [Held], xid: &str, decisions: &MyShard) -> Result<(),
     for l in legs.iter_mut() {
         match l.conn.query(&format!("XA COMMIT '{xid}'")).await {
             Ok(_) => {}
-            // Recovery got there first.
+            // Recovery got there first (the decision exists).
             Err(MyError::Server { code: 1397, .. }) => {}
             Err(e) => {
                 tracing::warn!(xid, error = %e, "XA COMMIT failed after the decision; recovery will finish it");
@@ -116,6 +129,25 @@ async fn commit(legs: &mut [Held], xid: &str, decisions: &MyShard) -> Result<(),
         forget(decisions, xid).await;
     }
     Ok(())
+}
+
+async fn prepare_and_decide(legs: &mut [Held], xid: &str, decisions: &MyShard) -> Result<(), MyError> {
+    let mut failed = None;
+    for l in legs.iter_mut() {
+        if let Err(e) = l.conn.query(&format!("XA END '{xid}'; XA PREPARE '{xid}'")).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    if failed.is_none()
+        && let Err(e) = decide(decisions, xid).await
+    {
+        failed = Some(e);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Rolls back every branch of `xid`, whatever state it is in.
@@ -148,6 +180,8 @@ impl Session {
             return true;
         }
         if !self.acquire(shard, true).await {
+            // Reported by acquire.
+            self.fail_xa().await;
             return false;
         }
         let Some(h) = self.held.as_mut() else { return false };
@@ -158,12 +192,20 @@ impl Session {
             }
             Err(e) => {
                 self.backend_error(&e);
-                if let Some(mut h) = self.held.take() {
-                    h.conn.broken = true;
-                }
+                self.fail_xa().await;
                 false
             }
         }
+    }
+
+    /// A shard could not join: the transaction cannot go on whole, so every branch rolls back
+    /// and the client must end it.
+    async fn fail_xa(&mut self) {
+        let xid = self.xid.take().unwrap_or_default();
+        let mut legs: Vec<Held> = self.parked.drain(..).collect();
+        legs.extend(self.held.take());
+        rollback(&mut legs, &xid).await;
+        self.tx_lost = true;
     }
 
     /// COMMIT or ROLLBACK of the session's XA transaction, answered to the client.
@@ -201,6 +243,14 @@ impl Session {
         replicated: bool,
         first_id: u64,
     ) -> Result<(), ClientError> {
+        if self.pinned.is_some() {
+            self.error(
+                code::NOT_SUPPORTED,
+                "0A000",
+                "a write over several shards in a session pinned to one connection (user variables, locks, temporary tables): write the rows of one shard key per statement, or reconnect",
+            );
+            return Ok(());
+        }
         if self.in_tx() && self.xid.is_none() {
             self.error(
                 code::NOT_SUPPORTED,
@@ -211,7 +261,6 @@ impl Session {
         }
         let own = self.xid.is_none();
         if own {
-            self.rt = self.shared.runtime.load_full();
             self.xid = Some(new_xid());
         }
         let mut affected = 0u64;
@@ -219,9 +268,9 @@ impl Session {
         let mut failure = None;
         for (i, (shard, sql)) in parts.iter().enumerate() {
             if !self.join_xa(*shard).await {
-                // Reported by join_xa.
+                // Reported, and every branch rolled back, by join_xa.
                 if own {
-                    self.abandon_own().await;
+                    self.tx_lost = false;
                 }
                 return Ok(());
             }
@@ -308,7 +357,7 @@ pub async fn recover(shards: Vec<Arc<MyShard>>, default: usize, every: Duration,
 }
 
 async fn recover_shard(shard: &MyShard, decisions: &MyShard) -> Result<(), MyError> {
-    let mut conn = shard.primary.checkout().await?;
+    let mut conn = internal(shard).await?;
     let prepared = conn.query("XA RECOVER").await?;
     for row in prepared.rows {
         let Some(xid) = row
@@ -318,10 +367,10 @@ async fn recover_shard(shard: &MyShard, decisions: &MyShard) -> Result<(), MyErr
         else {
             continue;
         };
-        if !xid.starts_with(PREFIX) || xid.contains('\'') {
+        if !xid.starts_with(PREFIX) || xid.contains('\'') || in_flight().contains(&xid) {
             continue;
         }
-        let mut d = decisions.primary.checkout().await?;
+        let mut d = internal(decisions).await?;
         let decided = match d.query(&format!("SELECT 1 FROM {TABLE} WHERE xid = '{xid}'")).await {
             Ok(r) => !r.rows.is_empty(),
             Err(MyError::Server { code: 1146, .. }) => false,

@@ -32,11 +32,19 @@ async fn write_packet(s: &mut TcpStream, seq: u8, payload: &[u8]) {
 
 /// A logged-in raw connection.
 async fn login(port: u16) -> TcpStream {
+    login_with(port, true).await
+}
+
+/// A logged-in raw connection, asking for CLIENT_MULTI_STATEMENTS or not.
+async fn login_with(port: u16, multi: bool) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (_, hello) = read_packet(&mut s).await.unwrap();
     let hs = HandshakePacket::deserialize((), &mut ParseBuf(&hello)).unwrap();
     let scramble = mysql_common::scramble::scramble_native(&hs.nonce(), b"app").unwrap();
-    let caps = hs.capabilities() & !mysql_common::constants::CapabilityFlags::CLIENT_SSL;
+    let mut caps = hs.capabilities() & !mysql_common::constants::CapabilityFlags::CLIENT_SSL;
+    if !multi {
+        caps &= !mysql_common::constants::CapabilityFlags::CLIENT_MULTI_STATEMENTS;
+    }
     let r = HandshakeResponse::new(
         Some(&scramble[..]),
         (8, 0, 0),
@@ -121,6 +129,28 @@ async fn bad_packets_get_errors_and_disturb_no_one() {
     big.extend(std::iter::repeat_n(b' ', 100_000));
     write_packet(&mut s, 0, &big).await;
     assert!(is_err(&read_packet(&mut s).await, 1153));
+
+    // Several statements from a client that did not ask for them: the server's syntax error;
+    // after COM_SET_OPTION (multi-statements on) they run.
+    let mut s = login_with(port, false).await;
+    write_packet(&mut s, 0, b"\x03SELECT 1; SELECT 2").await;
+    assert!(
+        is_err(&read_packet(&mut s).await, 1064),
+        "multi-statements not asked for"
+    );
+    write_packet(&mut s, 0, &[0x1b, 0, 0]).await;
+    let (_, eof) = read_packet(&mut s).await.unwrap();
+    assert_eq!(eof[0], 0xFE, "COM_SET_OPTION answered");
+    write_packet(&mut s, 0, b"\x03SELECT 1; SELECT 2").await;
+    let (_, first) = read_packet(&mut s).await.unwrap();
+    assert_eq!(first, vec![1], "now they run");
+    drop(s);
+
+    // KILL names the proxy's ids, not a server's threads: refused rather than passed on.
+    let mut s = login(port).await;
+    write_packet(&mut s, 0, b"\x03KILL QUERY 5").await;
+    assert!(is_err(&read_packet(&mut s).await, 1235));
+    drop(s);
 
     // A connection that closes in the middle of a packet.
     let mut s = login(port).await;

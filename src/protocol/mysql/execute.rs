@@ -62,14 +62,17 @@ pub fn rewrite(p: &[u8], l: &Layout, server_id: u32, types: Option<&Bytes>, sent
     let mut out = BytesMut::with_capacity(p.len() + types.map_or(0, |t| t.len()));
     out.put_u8(cmd::STMT_EXECUTE);
     out.put_u32_le(server_id);
+    // No cursor: the rows come with the response (a cursor would need COM_STMT_FETCH on the
+    // same connection, which pooling does not promise); drivers read them either way.
+    out.put_u8(0);
     match (l.bound_at, l.types.is_some(), types) {
         (Some(at), false, Some(t)) if sent != Some(t) => {
-            out.put_slice(&p[5..at]);
+            out.put_slice(&p[6..at]);
             out.put_u8(1);
             out.put_slice(t);
             out.put_slice(&p[l.values..]);
         }
-        _ => out.put_slice(&p[5..]),
+        _ => out.put_slice(&p[6..]),
     }
     out
 }
