@@ -45,12 +45,23 @@ pub(super) struct Statements {
     by_id: HashMap<u32, Prepared>,
 }
 
+/// Statements one client may keep prepared (MySQL's default max_prepared_stmt_count).
+const MAX_PER_CLIENT: usize = 16_382;
+
 /// Server statements kept per connection before the least recently prepared is closed.
 const MAX_PER_CONN: usize = 256;
 
 impl Session {
     pub async fn prepare(&mut self, payload: BytesMut) -> Result<(), ClientError> {
         self.fresh_runtime();
+        if self.stmts.by_id.len() >= MAX_PER_CLIENT {
+            self.error(
+                1461,
+                "42000",
+                &format!("Can't create more than {MAX_PER_CLIENT} prepared statements in one session: close some"),
+            );
+            return Ok(());
+        }
         let sql = Bytes::copy_from_slice(&payload[1..]);
         let text = String::from_utf8_lossy(&sql).into_owned();
         let facts = crate::analyze::mysql::analyze(&text, &self.functions, &self.rt.config.server.limits);
@@ -220,6 +231,14 @@ impl Session {
         let sql = stmt.sql.clone();
         let facts = stmt.facts.clone();
         let long = std::mem::take(&mut stmt.long);
+        if long.iter().any(|(p, d)| *p == u16::MAX && d.is_empty()) {
+            self.error(
+                code::PACKET_TOO_LARGE,
+                "08S01",
+                "the statement's long data is over server.max_message_size",
+            );
+            return Ok(());
+        }
         let long_ids: Vec<u16> = long.iter().map(|(p, _)| *p).collect();
         let route = if let Some(shape) = shape {
             let texts = param_texts(&payload, &layout, types.as_deref().unwrap_or_default(), n, &long_ids);
@@ -344,7 +363,15 @@ impl Session {
         }
         let id = u32::from_le_bytes([payload[1], payload[2], payload[3], payload[4]]);
         let param = u16::from_le_bytes([payload[5], payload[6]]);
+        let max = self.rt.config.server.max_message_size;
         if let Some(s) = self.stmts.by_id.get_mut(&id) {
+            let held: usize = s.long.iter().map(|(_, d)| d.len()).sum();
+            if held + payload.len() - 7 > max {
+                // Over the limit: the execute is refused (a marker no real chunk has).
+                s.long.clear();
+                s.long.push((u16::MAX, Bytes::new()));
+                return;
+            }
             s.long.push((param, Bytes::copy_from_slice(&payload[7..])));
         }
     }
