@@ -1,6 +1,7 @@
 //! Configuration: read a TOML file (`raw`), validate it into typed values (`validate`). `serve`,
 //! `check` and `RELOAD` all go through [`load`], so they accept and reject exactly the same files.
 
+mod nodes;
 pub mod raw;
 mod shards;
 pub mod tls;

@@ -20,7 +20,6 @@ mod sync;
 pub mod xa;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::TcpListener;
@@ -151,36 +150,22 @@ impl ClientConn {
 /// Accepts MySQL clients until `shutdown`; then sessions end after their current command, and
 /// those still open after `server.shutdown_timeout` are cut off.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut sessions = tokio::task::JoinSet::new();
-    let ids = std::sync::atomic::AtomicU32::new(1);
-    loop {
-        while sessions.try_join_next().is_some() {}
-        let (stream, addr) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    let ids = Arc::new(std::sync::atomic::AtomicU32::new(1));
+    let grace_of = shared.clone();
+    crate::net::accept::serve(
+        listener,
+        shutdown.clone(),
+        move || grace_of.runtime.load().config.server.shutdown_timeout,
+        move |stream, addr| {
+            let shared = shared.clone();
+            let soft = shutdown.clone();
+            let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if let Err(e) = login::handle(stream, id, shared, soft).await {
+                    tracing::debug!(%addr, error = %e, "MySQL client session ended with an error");
                 }
-            },
-        };
-        let shared = shared.clone();
-        let soft = shutdown.clone();
-        let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        sessions.spawn(async move {
-            let _ = stream.set_nodelay(true);
-            if let Err(e) = login::handle(stream, id, shared, soft).await {
-                tracing::debug!(%addr, error = %e, "MySQL client session ended with an error");
             }
-        });
-    }
-    drop(listener);
-    let grace = shared.runtime.load().config.server.shutdown_timeout;
-    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        sessions.abort_all();
-        while sessions.join_next().await.is_some() {}
-    }
+        },
+    )
+    .await;
 }

@@ -11,6 +11,7 @@
 //! to join and leave on every transaction. [`Stream`] is a client connection, plain or TLS
 //! ([`tls`]).
 
+pub mod accept;
 pub mod tls;
 
 use std::future::poll_fn;

@@ -29,41 +29,22 @@ pub const ADMIN_DATABASE: &str = "shardwire";
 /// (57P01), the others finish their transaction first; whatever is left when
 /// `server.shutdown_timeout` runs out is cut off.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    // A JoinSet rather than a cancellation future beside each session: the hard stop aborts the
-    // tasks, so a session's wake-ups poll nothing but the session itself.
-    let mut sessions = tokio::task::JoinSet::new();
-    loop {
-        while sessions.try_join_next().is_some() {}
-        let (stream, addr) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    let grace_of = shared.clone();
+    crate::net::accept::serve(
+        listener,
+        shutdown.clone(),
+        move || grace_of.runtime.load().config.server.shutdown_timeout,
+        move |stream, addr| {
+            let shared = shared.clone();
+            let soft = shutdown.clone();
+            async move {
+                if let Err(e) = handle(stream, addr, shared, soft).await {
+                    tracing::debug!(%addr, error = %e, "client session ended with an error");
                 }
-            },
-        };
-        let shared = shared.clone();
-        let soft = shutdown.clone();
-        sessions.spawn(async move {
-            let _ = stream.set_nodelay(true);
-            if let Err(e) = handle(stream, addr, shared, soft).await {
-                tracing::debug!(%addr, error = %e, "client session ended with an error");
             }
-        });
-    }
-    // New connections are refused from here on, not left waiting in the backlog.
-    drop(listener);
-    let grace = shared.runtime.load().config.server.shutdown_timeout;
-    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!("shutdown: sessions still open after {grace:?}; closing them");
-        sessions.abort_all();
-        while sessions.join_next().await.is_some() {}
-    }
+        },
+    )
+    .await;
 }
 
 async fn handle(
