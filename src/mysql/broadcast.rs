@@ -13,7 +13,9 @@ use crate::shardmap::ShardId;
 
 impl Session {
     pub async fn broadcast(&mut self, shards: &[ShardId], payload: &BytesMut) -> Result<(), ClientError> {
-        if self.held.is_some() || self.begin.is_some() || !self.state.autocommit {
+        // Under autocommit = 0 with nothing run yet there is no transaction to commit: DDL,
+        // which commits at once on each shard, is as on one server.
+        if self.held.is_some() || self.begin.is_some() || self.in_tx() {
             self.error(
                 code::NOT_SUPPORTED,
                 "0A000",

@@ -278,7 +278,7 @@ impl Session {
                     self.rt.config.map.shards[h.shard]
                 ),
                 None => format!(
-                    "the open transaction runs on shard {}; a transaction over several shards is not supported on the MySQL front end yet: COMMIT first, or keep a transaction's rows on one shard",
+                    "the open transaction runs on shard {}: a transaction opened by autocommit = 0 or READ ONLY stays on one shard; start it with BEGIN to reach several (it runs as XA)",
                     self.rt.config.map.shards[h.shard]
                 ),
             };

@@ -162,9 +162,10 @@ async fn rollback(legs: &mut [Held], xid: &str) {
 }
 
 impl Session {
-    /// Whether an explicit transaction starts as XA: a sharded cluster, not READ ONLY.
+    /// Whether an explicit transaction starts as XA: a sharded cluster, not READ ONLY (also
+    /// under `autocommit = 0`, where BEGIN is how a transaction reaches several shards).
     pub fn starts_xa(&self, read_only: bool) -> bool {
-        !read_only && !self.rt.config.map.tables.is_empty() && self.state.autocommit
+        !read_only && !self.rt.config.map.tables.is_empty()
     }
 
     /// Joins `shard` to the session's XA transaction: the held connection is parked and the
@@ -255,7 +256,7 @@ impl Session {
             self.error(
                 code::NOT_SUPPORTED,
                 "0A000",
-                "a write over several shards in a transaction that did not start as one over shards (autocommit = 0, or READ ONLY): use BEGIN ... COMMIT",
+                "a write over several shards in a transaction that did not start with BEGIN (autocommit = 0 opens one per statement, on one shard) or is READ ONLY: use BEGIN ... COMMIT",
             );
             return Ok(());
         }

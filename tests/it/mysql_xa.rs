@@ -200,3 +200,57 @@ async fn generated_ids_fill_inserts_and_last_insert_id() {
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].0, next, "the first generated id of the statement");
 }
+
+#[tokio::test]
+async fn under_autocommit_off_begin_reaches_several_shards_and_ddl_runs() {
+    let _g = LOCK.lock().await;
+    let t = tokio::task::spawn_blocking(topo).await.unwrap();
+    let p = Proxy::start(&config(t)).await;
+    let mut c = crate::mysql::connect(&p).await;
+    // PyMySQL's and mysqlclient's default.
+    c.query_drop("SET autocommit = 0").await.unwrap();
+    for s in SCHEMA {
+        c.query_drop(*s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    let map = p.shared.runtime.load().config.map.clone();
+    let shard_of = |k: i64| map.locate("users", &k.to_string()).unwrap().0.shard;
+    let a = (1..1000).find(|k| shard_of(*k) == 0).unwrap();
+    let b = (1..1000).find(|k| shard_of(*k) == 1).unwrap();
+    c.query_drop(format!("INSERT INTO users (id, name, score) VALUES ({a}, 'a', 10)"))
+        .await
+        .unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    c.query_drop(format!("INSERT INTO users (id, name, score) VALUES ({b}, 'b', 10)"))
+        .await
+        .unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    // An implicit transaction stays on its shard.
+    c.query_drop(format!("UPDATE users SET score = 0 WHERE id = {a}"))
+        .await
+        .unwrap();
+    let e = c
+        .query_drop(format!("UPDATE users SET score = 0 WHERE id = {b}"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("BEGIN"), "{e}");
+    c.query_drop("ROLLBACK").await.unwrap();
+    // BEGIN makes it one over shards.
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!("UPDATE users SET score = score - 3 WHERE id = {a}"))
+        .await
+        .unwrap();
+    c.query_drop(format!("UPDATE users SET score = score + 3 WHERE id = {b}"))
+        .await
+        .unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    let mut check = crate::mysql::connect(&p).await;
+    let scores: Vec<(i64, i64)> = check
+        .query(format!(
+            "SELECT id, score FROM users WHERE id IN ({a}, {b}) ORDER BY id"
+        ))
+        .await
+        .unwrap();
+    let mut want = vec![(a, 7), (b, 13)];
+    want.sort();
+    assert_eq!(scores, want);
+}
