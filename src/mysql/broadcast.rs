@@ -60,7 +60,7 @@ impl Session {
             }
         }
         self.shared.forget_columns();
-        let mut seq = 1;
+        let mut seq = self.client.reply_seq;
         let p = ok(0, 0, self.status(), warnings, "");
         self.client.put(&mut seq, &p);
         Ok(())

@@ -98,7 +98,7 @@ fn last_id_column(name: &str) -> BytesMut {
 impl Session {
     /// Answers `SELECT LAST_INSERT_ID()` with the session's value.
     pub fn answer_last_insert_id(&mut self, column: &str) {
-        let mut seq = 1;
+        let mut seq = self.client.reply_seq;
         let mut count = BytesMut::new();
         crate::protocol::mysql::put_lenenc_int(&mut count, 1);
         self.client.put(&mut seq, &count);
@@ -112,7 +112,7 @@ impl Session {
 
     /// The prepare response of `SELECT LAST_INSERT_ID()`: no parameters, one BIGINT UNSIGNED.
     pub fn prepare_last_id(&mut self, id: u32, column: &str) {
-        let mut seq = 1;
+        let mut seq = self.client.reply_seq;
         let mut p = BytesMut::with_capacity(12);
         p.extend_from_slice(&[0]);
         p.extend_from_slice(&id.to_le_bytes());
@@ -126,7 +126,7 @@ impl Session {
 
     /// Its execute: one binary row.
     pub fn execute_last_id(&mut self, column: &str) {
-        let mut seq = 1;
+        let mut seq = self.client.reply_seq;
         self.client.put(&mut seq, &[1]);
         self.client.put(&mut seq, &last_id_column(column));
         let status = self.status();
@@ -149,7 +149,7 @@ impl Session {
         match h.conn.query(sql).await {
             Ok(r) => {
                 self.last_insert_id = last_id;
-                let mut seq = 1;
+                let mut seq = self.client.reply_seq;
                 let status = r.status;
                 let p = ok(r.affected, last_id, status, r.warnings, "");
                 self.client.put(&mut seq, &p);

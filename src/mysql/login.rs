@@ -223,7 +223,7 @@ pub(super) async fn change_user(
         .map(|e| String::from_utf8_lossy(&rest[..e]).into_owned())
         .filter(|d| !d.is_empty());
     let nonce = auth::nonce();
-    let mut seq = 1u8;
+    let mut seq = client.reply_seq;
     client.put(&mut seq, &auth::switch_request(auth::NATIVE, &nonce));
     client.flush().await?;
     let Some((s, response)) = client.packet().await? else {

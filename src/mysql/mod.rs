@@ -46,6 +46,9 @@ pub struct ClientConn {
     rbuf: BytesMut,
     /// Bytes waiting to be sent.
     pub wbuf: BytesMut,
+    /// The sequence id the answer to the last packet starts with (1, unless it took several
+    /// frames).
+    pub reply_seq: u8,
     max_packet: usize,
 }
 
@@ -55,6 +58,7 @@ impl ClientConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
             wbuf: BytesMut::with_capacity(16 * 1024),
+            reply_seq: 1,
             max_packet,
         }
     }
@@ -71,6 +75,7 @@ impl ClientConn {
                 };
             };
             let more = frame.len() == MAX_FRAME;
+            self.reply_seq = seq.wrapping_add(1);
             let (first, mut data) = match joined.take() {
                 None => (seq, frame),
                 Some((first, mut data)) => {
@@ -141,7 +146,7 @@ impl ClientConn {
     /// Sends an ERR packet (sequence id 1, as the answer to a command) and flushes, ignoring a
     /// client that is already gone.
     pub async fn refuse(&mut self, code: u16, state: &str, message: &str) {
-        let mut seq = 1;
+        let mut seq = self.reply_seq;
         self.put(&mut seq, &err(code, state, message));
         let _ = self.flush().await;
     }

@@ -86,7 +86,7 @@ impl Session {
             p.put_u8(0);
             p.put_u32_le(id);
             p.put_slice(&[0; 7]);
-            let mut seq = 1;
+            let mut seq = self.client.reply_seq;
             self.client.put(&mut seq, &p);
             self.stmts.by_id.insert(
                 id,

@@ -240,7 +240,7 @@ impl Session {
         for k in &mut m.order {
             k.nulls_first = !k.desc;
         }
-        let mut seq = 1u8;
+        let mut seq = self.client.reply_seq;
         let mut count = bytes::BytesMut::new();
         put_lenenc_int(&mut count, m.visible as u64);
         self.client.put(&mut seq, &count);

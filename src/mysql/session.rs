@@ -132,7 +132,7 @@ impl Session {
                 cmd::INIT_DB => self.init_db(payload).await?,
                 cmd::FIELD_LIST => self.on_default(payload, Kind::FieldList).await?,
                 cmd::STATISTICS => {
-                    let mut seq = 1;
+                    let mut seq = self.client.reply_seq;
                     let text = format!("shardwire: {} shards", self.rt.config.shards.len());
                     self.client.put(&mut seq, text.as_bytes());
                 }
@@ -143,7 +143,7 @@ impl Session {
                         Some([1, 0]) => self.multi_statements = false,
                         _ => {}
                     }
-                    let mut seq = 1;
+                    let mut seq = self.client.reply_seq;
                     let status = self.status();
                     self.client.put(&mut seq, &crate::protocol::mysql::eof(0, status));
                 }
@@ -161,8 +161,8 @@ impl Session {
                             self.login_db = db.clone();
                             self.state.db = db;
                         }
-                        // The answer follows the client's auth-switch response (sequence 2).
-                        let mut seq = 3;
+                        // The answer follows the client's auth-switch response.
+                        let mut seq = self.client.reply_seq;
                         let p = ok(0, 0, self.status(), 0, "");
                         self.client.put(&mut seq, &p);
                     }
@@ -210,13 +210,13 @@ impl Session {
     }
 
     pub fn ok(&mut self) {
-        let mut seq = 1;
+        let mut seq = self.client.reply_seq;
         let p = ok(0, 0, self.status(), 0, "");
         self.client.put(&mut seq, &p);
     }
 
     pub fn error(&mut self, code: u16, state: &str, message: &str) {
-        let mut seq = 1;
+        let mut seq = self.client.reply_seq;
         self.client.put(&mut seq, &err(code, state, message));
     }
 

@@ -177,7 +177,22 @@ impl Session {
             self.parked.push(h);
         }
         if let Some(i) = self.parked.iter().position(|h| h.shard == shard) {
-            self.held = Some(self.parked.swap_remove(i));
+            let mut h = self.parked.swap_remove(i);
+            if h.conn.settings != self.sig {
+                // Settings changed on another shard since this one joined: applied here too,
+                // without the reset that would end the branch.
+                let sql: Vec<&str> = self.state.settings.iter().map(|(_, s)| s.as_str()).collect();
+                if !sql.is_empty()
+                    && let Err(e) = h.conn.query(&sql.join(";")).await
+                {
+                    self.held = Some(h);
+                    self.backend_error(&e);
+                    self.fail_xa().await;
+                    return false;
+                }
+                h.conn.settings = self.sig;
+            }
+            self.held = Some(h);
             return true;
         }
         if !self.acquire(shard, true).await {
@@ -326,7 +341,7 @@ impl Session {
         if first_id != 0 {
             self.last_insert_id = first_id;
         }
-        let mut seq = 1;
+        let mut seq = self.client.reply_seq;
         let p = ok(affected, first_id, self.status(), warnings, "");
         self.client.put(&mut seq, &p);
         Ok(())

@@ -162,3 +162,28 @@ async fn bad_packets_get_errors_and_disturb_no_one() {
     let v: Option<i64> = after.query_first("SELECT 7").await.unwrap();
     assert_eq!(v, Some(7));
 }
+
+#[tokio::test]
+async fn an_answer_to_a_command_over_several_frames_continues_its_sequence() {
+    let _g = REPLICATION.read().await;
+    let sb = tokio::task::spawn_blocking(maria).await.unwrap();
+    let p = Proxy::start(&config(sb, "")).await;
+    let mut s = login(p.bound.mysql.unwrap().port()).await;
+    // 17 MiB: two frames (sequence ids 0 and 1), over the statement size limit (8 MiB), so the
+    // proxy answers itself; its ERR must carry sequence id 2.
+    let mut payload = b"\x03SELECT '".to_vec();
+    payload.resize(17 << 20, b'a');
+    payload.push(b'\'');
+    let (first, rest) = payload.split_at(0xFF_FFFF);
+    write_packet(&mut s, 0, first).await;
+    write_packet(&mut s, 1, rest).await;
+    let answer = read_packet(&mut s).await;
+    assert!(
+        matches!(&answer, Some((2, b)) if b[0] == 0xFF),
+        "{:?}",
+        answer.map(|(q, b)| (q, b.len()))
+    );
+    write_packet(&mut s, 0, b"\x03SELECT 1").await;
+    let (seq, first) = read_packet(&mut s).await.unwrap();
+    assert_eq!((seq, first), (1, vec![1]), "the next command starts over at 1");
+}

@@ -253,4 +253,23 @@ async fn under_autocommit_off_begin_reaches_several_shards_and_ddl_runs() {
     let mut want = vec![(a, 7), (b, 13)];
     want.sort();
     assert_eq!(scores, want);
+    // A setting made on one shard of the transaction holds on the others too.
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!("UPDATE users SET score = 1 WHERE id = {a}"))
+        .await
+        .unwrap();
+    c.query_drop(format!("UPDATE users SET score = 1 WHERE id = {b}"))
+        .await
+        .unwrap();
+    c.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES'").await.unwrap();
+    let mode: Option<String> = c
+        .query_first(format!("SELECT @@sql_mode FROM users WHERE id = {a}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        mode.as_deref(),
+        Some("ANSI_QUOTES"),
+        "the setting reached the first shard"
+    );
+    c.query_drop("ROLLBACK").await.unwrap();
 }
