@@ -2,6 +2,8 @@
 //! Debian's python3-pymysql and python3-mysqldb) and sysbench's OLTP workloads, with prepared
 //! statements on and off.
 
+use mysql_async::prelude::Queryable;
+
 use crate::harness::Proxy;
 use crate::mysql::{REPLICATION, config, maria};
 
@@ -15,32 +17,88 @@ fn python() -> &'static str {
 }
 
 #[tokio::test]
-async fn python_drivers_transactions_and_tls() {
+async fn python_drivers_and_the_cli_with_both_auth_plugins_plain_and_tls() {
     let _g = REPLICATION.read().await;
     let certs = crate::tls::Certs::new();
     let sb = tokio::task::spawn_blocking(maria).await.unwrap();
-    let p = Proxy::start(&config(sb, &certs.server_section("prefer"))).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/mysql_app.py");
-    for driver in ["pymysql", "MySQLdb"] {
-        let out = tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            tokio::process::Command::new(python())
-                .arg(&script)
-                .arg(driver)
-                .arg("127.0.0.1")
-                .arg(p.bound.mysql.unwrap().port().to_string())
-                .arg(certs.ca_file())
-                .output(),
-        )
-        .await
-        .expect("the script finishes")
-        .expect("python3 runs (Debian's python3-pymysql and python3-mysqldb, which .ci/run installs)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success() && text.contains("ok"), "{driver}: {text}");
+    for plugin in ["mysql_native_password", "caching_sha2_password"] {
+        let extra = format!("mysql_auth = \"{plugin}\"\n{}", certs.server_section("prefer"));
+        let p = Proxy::start(&config(sb, &extra)).await;
+        let port = p.bound.mysql.unwrap().port().to_string();
+        // Each driver logs in over plaintext, then over TLS checking the certificate.
+        for driver in ["pymysql", "MySQLdb"] {
+            let out = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                tokio::process::Command::new(python())
+                    .arg(&script)
+                    .arg(driver)
+                    .arg("127.0.0.1")
+                    .arg(&port)
+                    .arg(certs.ca_file())
+                    .output(),
+            )
+            .await
+            .expect("the script finishes")
+            .expect("python3 runs (Debian's python3-pymysql and python3-mysqldb, which .ci/run installs)");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success() && text.contains("ok"), "{plugin} {driver}: {text}");
+        }
+        // mysql_async: a query, a prepared statement, a transaction and a multi-statement.
+        for tls in [false, true] {
+            let mut o = mysql_async::OptsBuilder::from_opts(crate::mysql::opts(&p, "app", "app"));
+            if tls {
+                o = o.ssl_opts(Some(
+                    mysql_async::SslOpts::default()
+                        .with_root_certs(vec![certs.ca_file().into()])
+                        .with_danger_skip_domain_validation(true),
+                ));
+            }
+            let mut c = mysql_async::Conn::new(o)
+                .await
+                .unwrap_or_else(|e| panic!("{plugin} tls={tls}: {e}"));
+            let v: Option<i64> = c.exec_first("SELECT ? + 1", (41,)).await.unwrap();
+            assert_eq!(v, Some(42));
+            c.query_drop("BEGIN").await.unwrap();
+            let one: Option<i64> = c.query_first("SELECT 1").await.unwrap();
+            assert_eq!(one, Some(1));
+            c.query_drop("COMMIT").await.unwrap();
+            let mut sets = c.query_iter("SELECT 1; SELECT 2, 3").await.unwrap();
+            let first: Vec<i64> = sets.collect().await.unwrap();
+            let second: Vec<(i64, i64)> = sets.collect().await.unwrap();
+            drop(sets);
+            assert_eq!((first, second), (vec![1], vec![(2, 3)]), "{plugin} tls={tls}");
+            c.disconnect().await.unwrap();
+        }
+        for tls in [false, true] {
+            let mut cli = tokio::process::Command::new("mariadb");
+            cli.args([
+                "--no-defaults",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &port,
+                "-u",
+                "app",
+                "-papp",
+                "app",
+                "-N",
+                "-B",
+            ]);
+            if tls {
+                cli.arg("--ssl").arg(format!("--ssl-ca={}", certs.ca_file().display()));
+            }
+            let out = cli.args(["-e", "SELECT 'cli'"]).output().await.unwrap();
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout) == "cli\n",
+                "{plugin} tls={tls}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
 
