@@ -42,6 +42,7 @@ pub(super) async fn handle(
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
     let max = shared.runtime.load().config.server.max_message_size;
+    let addr = stream.peer_addr()?;
     let client = ClientConn::new(Stream::Plain(Socket::from_tokio(stream)?), max);
     let Ok(r) = tokio::time::timeout(LOGIN_TIMEOUT, login(client, id, &shared)).await else {
         return Ok(());
@@ -51,7 +52,30 @@ pub(super) async fn handle(
         let _ = tokio::time::timeout(Duration::from_secs(1), client.stream.close()).await;
         return Ok(());
     };
-    super::session::Session::new(shared, client, login).run(shutdown).await
+    let mut client = client;
+    if shared.clients.len() >= shared.runtime.load().config.server.max_client_connections {
+        client
+            .refuse(
+                code::TOO_MANY_CONNECTIONS,
+                "08004",
+                "Too many connections (server.max_client_connections)",
+            )
+            .await;
+        return Ok(());
+    }
+    // Listed with the PostgreSQL clients (SHOW CLIENTS) and counted against the same limit.
+    let handle = shared.clients.register(
+        &login.user.name,
+        &login.db,
+        "mysql",
+        addr,
+        client.stream.tls_description(),
+    );
+    let pid = handle.pid;
+    let registry = shared.clone();
+    let result = super::session::Session::new(shared, client, login).run(shutdown).await;
+    registry.clients.remove(pid);
+    result
 }
 
 async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(ClientConn, Option<Login>), ClientError> {

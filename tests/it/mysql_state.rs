@@ -115,6 +115,12 @@ async fn the_admin_console_and_metrics_show_mysql_nodes() {
         })
         .expect("the MySQL replica is listed");
     assert_eq!(replica, (Some("replica".into()), Some("yes".into())));
+    let clients = admin.simple_query("SHOW CLIENTS").await.unwrap();
+    let mysql_clients = clients
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(3) == Some("mysql")))
+        .count();
+    assert_eq!(mysql_clients, 1, "the MySQL client is listed");
     let metrics = crate::admin::http_get(p.bound.http.unwrap(), "/metrics").await;
     assert!(
         metrics.contains("shardwire_node_in_rotation{node=\"main/replica0\",role=\"replica\"} 1"),
