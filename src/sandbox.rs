@@ -68,6 +68,36 @@ pub fn pg_bin_dir() -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Waits up to a minute until `ready()` says the server `name` on `port` accepts connections;
+/// fails at once, with the end of its log, when its process exits first.
+pub(crate) fn wait_ready(
+    name: &str,
+    port: u16,
+    child: &mut Option<Child>,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(c) = child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            bail!(
+                "{name} exited with {status}: {}",
+                text.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("{name} on port {port} did not become ready");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A free loopback port (bound and released; good enough for a private sandbox).
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -308,31 +338,12 @@ impl PgInstance {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = self
-                .command("pg_isready")
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ok {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                bail!(
-                    "postgres exited with {status}: {}",
-                    log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("postgres on port {} did not become ready", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let port = self.port.to_string();
+        let mut probe = self.command("pg_isready");
+        probe.args(["-q", "-h", "127.0.0.1", "-p", &port]);
+        wait_ready("postgres", self.port, &mut self.child, &self.log, || {
+            probe.status().map(|s| s.success()).unwrap_or(false)
+        })
     }
 
     /// Whether the server process is alive.

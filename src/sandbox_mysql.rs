@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -198,25 +197,11 @@ impl MariaInstance {
             });
         }
         self.child = Some(c.spawn().context("starting mariadbd")?);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.sql("SELECT 1").is_ok() {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!(
-                    "mariadbd exited with {status}: {}",
-                    text.lines().rev().take(15).collect::<Vec<_>>().join("\n")
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("mariadbd on port {} did not become ready", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut child = self.child.take();
+        let ready =
+            crate::sandbox::wait_ready("mariadbd", self.port, &mut child, &log, || self.sql("SELECT 1").is_ok());
+        self.child = child;
+        ready
     }
 
     /// Runs SQL as root over the server's socket with the mariadb client; its output (tab

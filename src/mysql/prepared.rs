@@ -252,41 +252,17 @@ impl Session {
         } else {
             Route::One(self.default_shard())
         };
-        let shard = match route {
-            Route::One(s) => s,
-            Route::Scatter(..) => {
-                self.error(
-                    code::NOT_SUPPORTED,
-                    "0A000",
-                    "a prepared statement that reads over several shards is not merged on the MySQL front end yet: send it as a text query, or filter by the shard key",
-                );
-                return Ok(());
-            }
-            Route::Rewritten(..) => {
-                self.error(
-                    code::NOT_SUPPORTED,
-                    "0A000",
-                    "generated IDs are filled in for text queries on the MySQL front end: send this INSERT as text, or give the ID column",
-                );
-                return Ok(());
-            }
-            Route::Write(..) => {
-                self.error(
-                    code::NOT_SUPPORTED,
-                    "0A000",
-                    "a prepared statement that writes on several shards: send it as a text query (it runs as one XA transaction), or write the rows of one shard key per statement",
-                );
-                return Ok(());
-            }
-            Route::Broadcast(_) => {
-                self.error(
-                    code::NOT_SUPPORTED,
-                    "0A000",
-                    "DDL for every shard as a prepared statement: send it as a text query",
-                );
-                return Ok(());
-            }
-            Route::Refuse(why) => {
+        let refusal = match route {
+            Route::One(s) => Ok(s),
+            Route::Scatter(..) => Err("a prepared statement that reads over several shards is not merged on the MySQL front end yet: send it as a text query, or filter by the shard key".to_owned()),
+            Route::Rewritten(..) => Err("generated IDs are filled in for text queries on the MySQL front end: send this INSERT as text, or give the ID column".to_owned()),
+            Route::Write(..) => Err("a prepared statement that writes on several shards: send it as a text query (it runs as one XA transaction), or write the rows of one shard key per statement".to_owned()),
+            Route::Broadcast(_) => Err("DDL for every shard as a prepared statement: send it as a text query".to_owned()),
+            Route::Refuse(why) => Err(why),
+        };
+        let shard = match refusal {
+            Ok(s) => s,
+            Err(why) => {
                 self.error(code::NOT_SUPPORTED, "0A000", &why);
                 return Ok(());
             }

@@ -39,7 +39,10 @@ impl Session {
             .shared
             .my_facts
             .get(&text, &self.functions, &self.rt.config.server.limits);
-        let single = !code_only(&text).trim().trim_end_matches(';').contains(';');
+        // The text without literals and comments, lexed once: what the checks below look at.
+        let code = code_only(&text);
+        let first_word = code.split_whitespace().next().unwrap_or("");
+        let single = !code.trim().trim_end_matches(';').contains(';');
         if !single && !self.multi_statements {
             // As the server does for a client that did not ask for multi-statements.
             self.error(
@@ -49,11 +52,7 @@ impl Session {
             );
             return Ok(());
         }
-        if code_only(&text)
-            .split_whitespace()
-            .next()
-            .is_some_and(|w| w.eq_ignore_ascii_case("kill"))
-        {
+        if first_word.eq_ignore_ascii_case("kill") {
             self.error(
                 code::NOT_SUPPORTED,
                 "0A000",
@@ -62,7 +61,11 @@ impl Session {
             return Ok(());
         }
         // In a multi-statement the server's own value is the right one (one connection runs it).
-        if single && a.facts.too_complex.is_none() && code_only(&text).to_ascii_lowercase().contains("last_insert_id") {
+        let calls_last_id = code
+            .as_bytes()
+            .windows(14)
+            .any(|w| w.eq_ignore_ascii_case(b"last_insert_id"));
+        if single && a.facts.too_complex.is_none() && calls_last_id {
             if let Some(column) = super::ids::lone_call(&text) {
                 self.answer_last_insert_id(&column);
                 return Ok(());
@@ -99,23 +102,13 @@ impl Session {
         }
         if self.xid.is_some() && single && a.facts.parsed {
             match a.facts.tx {
-                TxEffect::End => {
-                    let rollback = code_only(&text)
-                        .split_whitespace()
-                        .next()
-                        .is_some_and(|w| w.eq_ignore_ascii_case("rollback"));
-                    return self.end_xa(!rollback).await;
-                }
+                TxEffect::End => return self.end_xa(!first_word.eq_ignore_ascii_case("rollback")).await,
                 TxEffect::Begin { read_only } => {
                     // A BEGIN commits what is open, as on one server.
-                    let before = self.client.wbuf.len();
-                    self.end_xa(true).await?;
-                    if self.client.wbuf.len() > before && self.client.wbuf[before + 4] == 0xFF {
-                        return Ok(());
+                    if self.finish_xa(true).await {
+                        self.begin = Some((text, read_only));
+                        self.ok();
                     }
-                    self.client.wbuf.truncate(before);
-                    self.begin = Some((text, read_only));
-                    self.ok();
                     return Ok(());
                 }
                 TxEffect::None => {}
@@ -127,48 +120,23 @@ impl Session {
         let route = self.route(&text, &Params::default());
         let shard = match route {
             Route::One(s) => s,
-            Route::Scatter(shards, merge) if single => return self.scatter(&shards, &merge).await,
-            Route::Scatter(..) => {
-                self.error(
-                    code::NOT_SUPPORTED,
-                    "0A000",
-                    "a multi-statement query with a read over several shards: send the statements one by one",
-                );
-                return Ok(());
-            }
-            Route::Broadcast(shards) if single => return self.broadcast(&shards, &payload).await,
-            Route::Write(parts, replicated, first) if single => {
-                return self.multi_write(parts, replicated, first).await;
-            }
-            Route::Rewritten(shard, sql, first) if single => return self.run_rewritten(shard, &sql, first).await,
-            Route::Rewritten(..) => {
-                self.error(
-                    code::NOT_SUPPORTED,
-                    "0A000",
-                    "an INSERT that needs generated IDs in a multi-statement query: send it on its own",
-                );
-                return Ok(());
-            }
-            Route::Write(..) => {
-                self.error(
-                    code::NOT_SUPPORTED,
-                    "0A000",
-                    "a write over several shards in a multi-statement query: send it on its own",
-                );
-                return Ok(());
-            }
-            Route::Broadcast(_) => {
-                self.error(
-                    code::NOT_SUPPORTED,
-                    "0A000",
-                    "DDL for every shard in a multi-statement query: send it on its own",
-                );
-                return Ok(());
-            }
             Route::Refuse(why) => {
                 self.error(code::NOT_SUPPORTED, "0A000", &why);
                 return Ok(());
             }
+            _ if !single => {
+                // Only a statement that runs on one shard as it is may share a query string.
+                self.error(
+                    code::NOT_SUPPORTED,
+                    "0A000",
+                    "a statement over several shards (a read, a write, DDL) or with generated IDs in a multi-statement query: send it on its own",
+                );
+                return Ok(());
+            }
+            Route::Scatter(shards, merge) => return self.scatter(&shards, &merge).await,
+            Route::Broadcast(shards) => return self.broadcast(&shards, &payload).await,
+            Route::Write(parts, replicated, first) => return self.multi_write(parts, replicated, first).await,
+            Route::Rewritten(shard, sql, first) => return self.run_rewritten(shard, &sql, first).await,
         };
         let primary = self.needs_primary(&a);
         tracing::debug!(sql = %text, shard, primary, pinned = ?self.pinned, "MySQL statement");

@@ -226,29 +226,37 @@ impl Session {
 
     /// COMMIT or ROLLBACK of the session's XA transaction, answered to the client.
     pub async fn end_xa(&mut self, commit_it: bool) -> Result<(), ClientError> {
-        let Some(xid) = self.xid.take() else { return Ok(()) };
+        if self.finish_xa(commit_it).await {
+            self.ok();
+        }
+        Ok(())
+    }
+
+    /// Commits or rolls back the session's XA transaction; false when the COMMIT failed (the
+    /// error is reported, everything rolled back).
+    pub async fn finish_xa(&mut self, commit_it: bool) -> bool {
+        let Some(xid) = self.xid.take() else { return true };
         let mut legs: Vec<Held> = self.parked.drain(..).collect();
         legs.extend(self.held.take());
+        if !commit_it {
+            rollback(&mut legs, &xid).await;
+            return true;
+        }
         let wrote = legs.iter().any(|l| l.wrote);
         let decisions = self.rt.mysql[self.rt.config.map.default_shard].clone();
-        if commit_it {
-            if let Err(e) = commit(&mut legs, &xid, &decisions).await {
-                let (c, state, msg) = server_error(&e);
-                self.error(
-                    c,
-                    &state,
-                    &format!("COMMIT failed and the transaction rolled back: {msg}"),
-                );
-                return Ok(());
-            }
-            if wrote {
-                self.wrote_at = Some(std::time::Instant::now());
-            }
-        } else {
-            rollback(&mut legs, &xid).await;
+        if let Err(e) = commit(&mut legs, &xid, &decisions).await {
+            let (c, state, msg) = server_error(&e);
+            self.error(
+                c,
+                &state,
+                &format!("COMMIT failed and the transaction rolled back: {msg}"),
+            );
+            return false;
         }
-        self.ok();
-        Ok(())
+        if wrote {
+            self.wrote_at = Some(std::time::Instant::now());
+        }
+        true
     }
 
     /// A write over several shards: one XA transaction of its own outside a transaction, the

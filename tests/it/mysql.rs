@@ -124,6 +124,26 @@ pub async fn wait_replica(p: &Proxy, in_rotation: bool) {
     .await;
 }
 
+/// The mariadb command-line client logged in to the proxy at `port` as `app`, printing bare
+/// tab-separated rows.
+pub fn mariadb_cli(port: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("mariadb");
+    c.args([
+        "--no-defaults",
+        "-h",
+        "127.0.0.1",
+        "-P",
+        port,
+        "-u",
+        "app",
+        "-papp",
+        "app",
+        "-N",
+        "-B",
+    ]);
+    c
+}
+
 /// Which server answered: the primary has server id 1, the replica 2.
 pub async fn server_id(c: &mut Conn, sql: &str) -> u32 {
     c.query_first::<u32, _>(sql).await.unwrap().unwrap()
@@ -316,20 +336,7 @@ async fn prepared_statements_run_on_any_connection() {
 async fn the_mariadb_client_runs_multi_statements() {
     let p = proxy().await;
     let port = p.bound.mysql.unwrap().port().to_string();
-    let out = tokio::process::Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port,
-            "-u",
-            "app",
-            "-papp",
-            "app",
-            "-N",
-            "-B",
-        ])
+    let out = mariadb_cli(&port)
         .args([
             "-e",
             "SELECT 1; SELECT 'two'; CREATE TABLE IF NOT EXISTS cli_t (a INT); SELECT COUNT(*) >= 0 FROM cli_t",
@@ -339,18 +346,7 @@ async fn the_mariadb_client_runs_multi_statements() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\ntwo\n1\n");
-    let bad = tokio::process::Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port,
-            "-u",
-            "app",
-            "-papp",
-            "app",
-        ])
+    let bad = mariadb_cli(&port)
         .args(["-e", "SELECT * FROM no_such_table"])
         .output()
         .await
@@ -419,20 +415,7 @@ async fn caching_sha2_and_tls_logins() {
     // The mariadb client over TLS, verifying the certificate.
     let port = p.bound.mysql.unwrap().port().to_string();
     let ca = certs.ca_file();
-    let out = tokio::process::Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port,
-            "-u",
-            "app",
-            "-papp",
-            "app",
-            "-N",
-            "-B",
-        ])
+    let out = mariadb_cli(&port)
         .arg("--ssl")
         .arg(format!("--ssl-ca={}", ca.display()))
         .args(["-e", "SELECT 6 * 7"])
@@ -451,20 +434,7 @@ async fn native_password_logins_by_clients_that_ask_for_another_plugin() {
     let mut c = connect(&p).await;
     c.query_drop("SELECT 1").await.unwrap();
     let port = p.bound.mysql.unwrap().port().to_string();
-    let out = tokio::process::Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port,
-            "-u",
-            "app",
-            "-papp",
-            "app",
-            "-N",
-            "-B",
-        ])
+    let out = mariadb_cli(&port)
         .args(["--default-auth=mysql_clear_password", "-e", "SELECT 'switched'"])
         .output()
         .await

@@ -75,20 +75,7 @@ async fn python_drivers_and_the_cli_with_both_auth_plugins_plain_and_tls() {
             c.disconnect().await.unwrap();
         }
         for tls in [false, true] {
-            let mut cli = tokio::process::Command::new("mariadb");
-            cli.args([
-                "--no-defaults",
-                "-h",
-                "127.0.0.1",
-                "-P",
-                &port,
-                "-u",
-                "app",
-                "-papp",
-                "app",
-                "-N",
-                "-B",
-            ]);
+            let mut cli = crate::mysql::mariadb_cli(&port);
             if tls {
                 cli.arg("--ssl").arg(format!("--ssl-ca={}", certs.ca_file().display()));
             }
