@@ -143,7 +143,11 @@ impl AnalysisCache {
         }
         let facts = Arc::new(analyze_within(sql, primary_functions, limits));
         // SET statements are replayed by their text: the values matter.
-        let key = if facts.set_ops.is_empty() && !matches!(facts.proxy_call, Some(super::ProxyCall::NextIds(_))) {
+        let key = if facts.set_ops.is_empty()
+            && !matches!(
+                facts.proxy_call,
+                Some(super::ProxyCall::NextIds(_) | super::ProxyCall::Signal { .. })
+            ) {
             key
         } else {
             sql.to_owned()

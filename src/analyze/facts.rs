@@ -79,6 +79,9 @@ pub struct Facts {
     pub dealloc: Option<Dealloc>,
     /// Not analyzed: over the size or depth limits. The client gets an error, no backend sees it.
     pub too_complex: Option<super::TooComplex>,
+    /// A read with `current_setting($n)` (index n-1): the primary answers it when the parameter
+    /// is `transaction_read_only` (on a hot standby always `on`), which only the Bind tells.
+    pub setting_param: Option<usize>,
 }
 
 /// Prepared statements a statement deallocates.
@@ -97,6 +100,14 @@ pub enum ProxyCall {
     NextId,
     /// `SELECT shardwire.next_ids(n)`: n IDs, one per row; the count as written or a parameter.
     NextIds(Count),
+    /// `SELECT pg_terminate_backend(pid)` (`terminate`) or `SELECT pg_cancel_backend(pid)`: answered
+    /// by the proxy when the pid is one it gave a client at login, sent to the server otherwise.
+    Signal {
+        /// Terminate rather than cancel.
+        terminate: bool,
+        /// The process id, as written or a parameter.
+        pid: Count,
+    },
 }
 
 /// The count of `next_ids`.
@@ -121,6 +132,7 @@ impl Facts {
             proxy_call: None,
             dealloc: None,
             too_complex: None,
+            setting_param: None,
         }
     }
 }

@@ -58,6 +58,7 @@ pub fn analyze_within(sql: &str, primary_functions: &HashSet<String>, limits: &L
         proxy_call: None,
         dealloc: None,
         too_complex: None,
+        setting_param: None,
     };
     for stmt in &statements {
         let f = statement(stmt, primary_functions);
@@ -69,6 +70,7 @@ pub fn analyze_within(sql: &str, primary_functions: &HashSet<String>, limits: &L
         }
         facts.set_ops.extend(f.set_ops);
         facts.pins_session = facts.pins_session.or(f.pins_session);
+        facts.setting_param = facts.setting_param.or(f.setting_param);
         if facts.dealloc != Some(Dealloc::All) && f.dealloc.is_some() {
             facts.dealloc = f.dealloc;
         }
@@ -86,9 +88,10 @@ pub fn analyze_within(sql: &str, primary_functions: &HashSet<String>, limits: &L
     facts
 }
 
-/// `SELECT shardwire.next_id()` or `SELECT shardwire.next_ids(n)`, alone.
+/// `SELECT shardwire.next_id()`, `SELECT shardwire.next_ids(n)`, `SELECT pg_terminate_backend(pid)` or
+/// `SELECT pg_cancel_backend(pid)`, alone.
 fn proxy_call(q: &Query) -> Option<ProxyCall> {
-    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, ObjectNamePart, SelectItem, Value};
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, ObjectNamePart, SelectItem};
     let SetExpr::Select(sel) = q.body.as_ref() else {
         return None;
     };
@@ -113,26 +116,39 @@ fn proxy_call(q: &Query) -> Option<ProxyCall> {
         FunctionArguments::Subquery(_) => return None,
     };
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    match (&names[..], &args[..]) {
-        (["shardwire", "next_id"], []) => Some(ProxyCall::NextId),
-        (["shardwire", "next_ids"], [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))]) => {
-            let e = match e {
-                Expr::Cast { expr, .. } => expr.as_ref(),
-                e => e,
-            };
-            match e {
-                Expr::Value(v) => match &v.value {
-                    Value::Number(n, _) => n.parse().ok().map(|n| ProxyCall::NextIds(Count::Lit(n))),
-                    Value::Placeholder(p) => p
-                        .strip_prefix('$')
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .filter(|&n| n > 0)
-                        .map(|n| ProxyCall::NextIds(Count::Param(n - 1))),
-                    _ => None,
-                },
-                _ => None,
-            }
+    let one_arg = || match &args[..] {
+        [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => count_arg(e),
+        _ => None,
+    };
+    match &names[..] {
+        ["shardwire", "next_id"] if args.is_empty() => Some(ProxyCall::NextId),
+        ["shardwire", "next_ids"] => one_arg().map(ProxyCall::NextIds),
+        ["pg_terminate_backend"] | ["pg_catalog", "pg_terminate_backend"] => {
+            one_arg().map(|pid| ProxyCall::Signal { terminate: true, pid })
         }
+        ["pg_cancel_backend"] | ["pg_catalog", "pg_cancel_backend"] => {
+            one_arg().map(|pid| ProxyCall::Signal { terminate: false, pid })
+        }
+        _ => None,
+    }
+}
+
+/// A whole-number argument as written (`42`, `'42'`, either cast) or a parameter (`$1`, `$1::int`).
+fn count_arg(e: &Expr) -> Option<Count> {
+    use sqlparser::ast::Value;
+    let e = match e {
+        Expr::Cast { expr, .. } => expr.as_ref(),
+        e => e,
+    };
+    let Expr::Value(v) = e else { return None };
+    match &v.value {
+        Value::Number(n, _) => n.parse().ok().map(Count::Lit),
+        Value::SingleQuotedString(n) => n.trim().parse().ok().map(Count::Lit),
+        Value::Placeholder(p) => p
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .map(|n| Count::Param(n - 1)),
         _ => None,
     }
 }
@@ -166,9 +182,10 @@ fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
         proxy_call: None,
         dealloc: None,
         too_complex: None,
+        setting_param: None,
     };
     match stmt {
-        Statement::Query(q) => f.need = query_need(q, primary_functions),
+        Statement::Query(q) => (f.need, f.setting_param) = query_need(q, primary_functions),
         Statement::Explain {
             analyze,
             statement: inner,
@@ -180,12 +197,18 @@ fn statement(stmt: &Statement, primary_functions: &HashSet<String>) -> Facts {
                 Need::Read
             };
         }
+        // `transaction_read_only` is always on on a hot standby: the client asks about its database.
+        Statement::ShowVariable { variable }
+            if variable.len() == 1 && variable[0].value.eq_ignore_ascii_case("transaction_read_only") =>
+        {
+            f.need = Need::Primary
+        }
         Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => f.need = Need::Read,
         Statement::Copy {
             to: true,
             source: sqlparser::ast::CopySource::Query(q),
             ..
-        } => f.need = query_need(q, primary_functions),
+        } => (f.need, f.setting_param) = query_need(q, primary_functions),
         Statement::Copy { to: true, .. } => f.need = Need::Read,
         Statement::StartTransaction { modes, .. } => {
             let read_only = modes.contains(&TransactionMode::AccessMode(TransactionAccessMode::ReadOnly));
@@ -297,9 +320,49 @@ const PRIMARY_RELATIONS: &[&str] = &[
     "pg_stat_progress_basebackup",
 ];
 
-fn query_need(q: &Query, primary_functions: &HashSet<String>) -> Need {
+/// The setting a `current_setting(...)` call reads.
+enum SettingArg {
+    /// `current_setting('transaction_read_only')`: always `on` on a hot standby, while the client
+    /// asks whether its database accepts writes (libpq's `target_session_attrs=read-write` and
+    /// drivers do): the primary answers.
+    ReadOnly,
+    /// `current_setting($n)`: known at Bind (index n-1).
+    Param(usize),
+    /// Another setting, or not a `current_setting` call.
+    Other,
+}
+
+fn setting_arg(f: &sqlparser::ast::Function) -> SettingArg {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+    if function_name(&f.name) != "current_setting" {
+        return SettingArg::Other;
+    }
+    let FunctionArguments::List(l) = &f.args else {
+        return SettingArg::Other;
+    };
+    let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) = l.args.first() else {
+        return SettingArg::Other;
+    };
+    let e = match e {
+        Expr::Cast { expr, .. } => expr.as_ref(),
+        e => e,
+    };
+    let Expr::Value(v) = e else { return SettingArg::Other };
+    match &v.value {
+        Value::SingleQuotedString(s) if s.eq_ignore_ascii_case("transaction_read_only") => SettingArg::ReadOnly,
+        Value::Placeholder(p) => match p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n > 0 => SettingArg::Param(n - 1),
+            _ => SettingArg::Other,
+        },
+        _ => SettingArg::Other,
+    }
+}
+
+/// Where a query may run, and the parameter naming the setting of a `current_setting($n)` in it.
+fn query_need(q: &Query, primary_functions: &HashSet<String>) -> (Need, Option<usize>) {
     struct V<'a> {
         functions: &'a HashSet<String>,
+        setting_param: Option<usize>,
     }
     impl Visitor for V<'_> {
         type Break = ();
@@ -329,19 +392,27 @@ fn query_need(q: &Query, primary_functions: &HashSet<String>) -> Need {
             ControlFlow::Continue(())
         }
         fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-            if let Expr::Function(func) = e
-                && self.functions.contains(&function_name(&func.name))
-            {
+            let Expr::Function(func) = e else {
+                return ControlFlow::Continue(());
+            };
+            if self.functions.contains(&function_name(&func.name)) {
                 return ControlFlow::Break(());
+            }
+            match setting_arg(func) {
+                SettingArg::ReadOnly => return ControlFlow::Break(()),
+                SettingArg::Param(i) => self.setting_param = self.setting_param.or(Some(i)),
+                SettingArg::Other => {}
             }
             ControlFlow::Continue(())
         }
     }
-    match q.visit(&mut V {
+    let mut v = V {
         functions: primary_functions,
-    }) {
-        ControlFlow::Break(()) => Need::Primary,
-        ControlFlow::Continue(()) => Need::Read,
+        setting_param: None,
+    };
+    match q.visit(&mut v) {
+        ControlFlow::Break(()) => (Need::Primary, None),
+        ControlFlow::Continue(()) => (Need::Read, v.setting_param),
     }
 }
 

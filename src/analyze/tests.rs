@@ -41,6 +41,14 @@ fn reads_and_writes() {
             Need::Primary,
         ),
         ("SELECT txid_status(1234)", Need::Primary),
+        ("SELECT current_setting('transaction_read_only')", Need::Primary),
+        (
+            "SELECT pg_catalog.current_setting('Transaction_Read_Only'), 1",
+            Need::Primary,
+        ),
+        ("SELECT current_setting('work_mem')", Need::Read),
+        ("SHOW transaction_read_only", Need::Primary),
+        ("SHOW work_mem", Need::Read),
         ("SELECT * FROM pg_class", Need::Read),
         ("SELECT public.setval('s', 1)", Need::Primary),
         ("SELECT pg_advisory_xact_lock(1)", Need::Primary),
@@ -162,4 +170,48 @@ fn deallocate_facts() {
     assert_eq!(f("DEALLOCATE \"All\""), Some(Dealloc::Named("All".into())));
     assert_eq!(f("DEALLOCATE s1; SELECT 1"), None, "not answered alone");
     assert_eq!(f("DISCARD PLANS"), None);
+}
+
+#[test]
+fn settings_named_by_parameters_are_left_to_the_bind() {
+    let f = |sql: &str| {
+        let f = analyze(sql, &funcs());
+        (f.need, f.setting_param)
+    };
+    assert_eq!(
+        f("SELECT current_setting($2), current_setting($1)"),
+        (Need::Read, Some(1))
+    );
+    assert_eq!(f("SELECT current_setting($1::text)"), (Need::Read, Some(0)));
+    assert_eq!(f("SELECT current_setting('work_mem')"), (Need::Read, None));
+    assert_eq!(f("SELECT current_setting($1) FROM t FOR UPDATE"), (Need::Primary, None));
+}
+
+#[test]
+fn proxy_calls() {
+    let f = |sql: &str| analyze(sql, &funcs()).proxy_call;
+    let signal = |terminate, pid| Some(ProxyCall::Signal { terminate, pid });
+    assert_eq!(f("SELECT shardwire.next_id()"), Some(ProxyCall::NextId));
+    assert_eq!(
+        f("select shardwire.next_ids($1)"),
+        Some(ProxyCall::NextIds(Count::Param(0)))
+    );
+    assert_eq!(
+        f("SELECT shardwire.next_ids(5::int)"),
+        Some(ProxyCall::NextIds(Count::Lit(5)))
+    );
+    assert_eq!(f("select pg_terminate_backend(1234)"), signal(true, Count::Lit(1234)));
+    assert_eq!(
+        f("SELECT pg_catalog.pg_terminate_backend($1::int)"),
+        signal(true, Count::Param(0))
+    );
+    assert_eq!(f("select pg_cancel_backend('77')"), signal(false, Count::Lit(77)));
+    // Forms only the server can answer: a timeout argument, a pid computed by the query, a FROM.
+    assert_eq!(f("select pg_terminate_backend(1234, 1000)"), None);
+    assert_eq!(f("select pg_terminate_backend(pg_backend_pid())"), None);
+    assert_eq!(
+        f("select pg_terminate_backend(pid) from pg_stat_activity where usename = 'x'"),
+        None
+    );
+    assert_eq!(f("select pg_cancel_backend(1), 2"), None);
 }

@@ -73,7 +73,9 @@ pub(super) async fn handle(
     );
     let pid = handle.pid;
     let registry = shared.clone();
-    let result = super::session::Session::new(shared, client, login).run(shutdown).await;
+    let result = super::session::Session::new(shared, client, login)
+        .run(shutdown, handle.kill.clone())
+        .await;
     registry.clients.remove(pid);
     result
 }

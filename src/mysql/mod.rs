@@ -38,6 +38,9 @@ pub enum ClientError {
     /// The client broke the protocol; it was told so.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// Terminated by an administrator (`pg_terminate_backend` of its id).
+    #[error("connection killed")]
+    Killed,
 }
 
 /// A client's socket with its read and write buffers.

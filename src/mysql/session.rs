@@ -94,8 +94,18 @@ impl Session {
         }
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let result = self.serve(shutdown).await;
+    /// Serves the client until it leaves, shardwire shuts down or `kill` fires (a PostgreSQL
+    /// client's `pg_terminate_backend` of this client's id in SHOW CLIENTS).
+    pub async fn run(mut self, shutdown: CancellationToken, kill: CancellationToken) -> Result<(), ClientError> {
+        let result = tokio::select! {
+            r = self.serve(shutdown) => r,
+            () = kill.cancelled() => Err(ClientError::Killed),
+        };
+        if let Err(ClientError::Killed) = result {
+            self.client
+                .refuse(code::CONNECTION_KILLED, "70100", "Connection was killed")
+                .await;
+        }
         self.leave();
         let _ = self.client.flush().await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.client.stream.close()).await;

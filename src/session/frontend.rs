@@ -83,8 +83,18 @@ impl Session {
             return Ok(self.refuse_too_complex(e, false));
         }
         if let Some(call) = &facts.proxy_call {
-            self.answer_ids_query(call);
-            return Ok(Flow::Continue);
+            match self.signal_target(call, None) {
+                Some((terminate, target)) => {
+                    self.answer_signal_query(terminate, &target);
+                    return Ok(Flow::Continue);
+                }
+                // A pid of the server's own (from pg_stat_activity, say): the server answers.
+                None if matches!(call, crate::analyze::ProxyCall::Signal { .. }) => {}
+                None => {
+                    self.answer_ids_query(call);
+                    return Ok(Flow::Continue);
+                }
+            }
         }
         if let Some(flow) = self.on_dealloc(&facts) {
             return Ok(flow);
@@ -219,8 +229,18 @@ impl Session {
         };
         if let Some(call) = &stmt.facts.proxy_call {
             let parts = rows::split_bind(&f.raw().slice_ref(b.rest))?;
-            self.bind_ids(b.portal, call, &parts);
-            return Ok(Flow::Continue);
+            match self.signal_target(call, Some(&parts)) {
+                Some((terminate, target)) => {
+                    self.bind_signal(b.portal, terminate, &target, &parts);
+                    return Ok(Flow::Continue);
+                }
+                // A pid of the server's own: the statement is prepared and bound there.
+                None if matches!(call, crate::analyze::ProxyCall::Signal { .. }) => {}
+                None => {
+                    self.bind_ids(b.portal, call, &parts);
+                    return Ok(Flow::Continue);
+                }
+            }
         }
         if self.multi_tx() {
             let single = !stmt.query.trim().trim_end_matches(';').contains(';');
@@ -272,7 +292,18 @@ impl Session {
                 return Ok(Flow::Continue);
             }
         };
-        if let Some(flow) = self.hold_for(&stmt.facts, true, &f, shard).await? {
+        let primary_setting;
+        let facts = match stmt.facts.setting_param {
+            Some(i) if names_read_only_setting(&rows::split_bind(&f.raw().slice_ref(b.rest))?, i) => {
+                primary_setting = crate::analyze::Facts {
+                    need: crate::analyze::Need::Primary,
+                    ..(*stmt.facts).clone()
+                };
+                &primary_setting
+            }
+            _ => &*stmt.facts,
+        };
+        if let Some(flow) = self.hold_for(facts, true, &f, shard).await? {
             return Ok(flow);
         }
         let name = self.ensure_prepared(&stmt, !b.statement.is_empty());
@@ -305,7 +336,7 @@ impl Session {
             return Ok(Flow::Continue);
         };
         if let Some(call) = &stmt.facts.proxy_call {
-            self.describe_ids_statement(call);
+            self.describe_proxy_statement(call, &stmt.param_types);
             return Ok(Flow::Continue);
         }
         if self.pending_begin.is_some() && self.held.is_none() {
@@ -526,4 +557,13 @@ impl Session {
         }
         node.stats.statements.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The Bind parameter `i` is `transaction_read_only` (any case; text, or a binary text value).
+fn names_read_only_setting(parts: &rows::BindParts, i: usize) -> bool {
+    parts
+        .values
+        .get(i)
+        .and_then(|v| v.as_deref())
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"transaction_read_only"))
 }

@@ -17,6 +17,15 @@ pub const MAX_IDS_PER_CALL: u64 = 100_000;
 pub enum LocalPortal {
     /// A statement with only a command tag (a deferred BEGIN, an empty transaction's end).
     Tag(&'static str),
+    /// The answer of a signal call (`pg_terminate_backend`, `pg_cancel_backend`), one row.
+    Signal {
+        /// Column name.
+        column: &'static str,
+        /// The answer; taken by the first Execute.
+        value: Option<bool>,
+        /// Result format (0 text, 1 binary).
+        format: i16,
+    },
     /// IDs, one per row.
     Ids {
         /// Column name.
@@ -32,6 +41,7 @@ fn column(call: &ProxyCall) -> &'static str {
     match call {
         ProxyCall::NextId => "next_id",
         ProxyCall::NextIds(_) => "next_ids",
+        ProxyCall::Signal { terminate, .. } => super::signal::column(*terminate),
     }
 }
 
@@ -74,7 +84,7 @@ impl Session {
             ));
         };
         let n = match call {
-            ProxyCall::NextId => 1,
+            ProxyCall::NextId | ProxyCall::Signal { .. } => 1,
             ProxyCall::NextIds(Count::Lit(n)) => *n,
             ProxyCall::NextIds(Count::Param(i)) => {
                 let raw = bind.and_then(|b| b.values.get(*i).cloned().flatten());
@@ -134,20 +144,36 @@ impl Session {
         self.respond_synth(b.freeze());
     }
 
-    /// Describe of a prepared proxy call: its parameter and its column.
-    pub(super) fn describe_ids_statement(&mut self, call: &ProxyCall) {
+    /// Describe of a prepared proxy call: its parameter (as the Parse declared it, or the
+    /// function's argument type) and its column.
+    pub(super) fn describe_proxy_statement(&mut self, call: &ProxyCall, declared: &[u8]) {
         let mut b = BytesMut::new();
-        let params: &[u32] = match call {
-            ProxyCall::NextIds(Count::Param(_)) => &[oid::INT8],
-            _ => &[],
+        let param = match call {
+            ProxyCall::NextIds(Count::Param(_)) => Some(oid::INT8),
+            ProxyCall::Signal {
+                pid: Count::Param(_), ..
+            } => Some(oid::INT4),
+            _ => None,
         };
-        let mut t = Vec::with_capacity(2 + 4 * params.len());
-        t.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            t.extend_from_slice(&p.to_be_bytes());
+        let declared = declared
+            .get(2..6)
+            .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+            .filter(|&o| o != 0);
+        let mut t = Vec::with_capacity(6);
+        match param {
+            Some(p) => {
+                t.extend_from_slice(&1i16.to_be_bytes());
+                t.extend_from_slice(&declared.unwrap_or(p).to_be_bytes());
+            }
+            None => t.extend_from_slice(&0i16.to_be_bytes()),
         }
         msg::put_raw(&mut b, b't', &t);
-        describe(&mut b, column(call), 0);
+        match call {
+            ProxyCall::Signal { terminate, .. } => {
+                super::signal::describe(&mut b, super::signal::column(*terminate), 0)
+            }
+            _ => describe(&mut b, column(call), 0),
+        }
         self.answer_local(&b);
     }
 

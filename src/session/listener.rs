@@ -120,6 +120,7 @@ async fn handle(
                 handle,
                 runtime,
             } = *ok;
+            let killed = Box::pin(handle.kill.clone().cancelled_owned());
             let session = Session {
                 shared,
                 client,
@@ -134,6 +135,7 @@ async fn handle(
                 spare: None,
                 pinned: None,
                 closing: None,
+                ended: false,
                 retry: None,
                 retrying: false,
                 ryw: Default::default(),
@@ -155,6 +157,7 @@ async fn handle(
                 early: Default::default(),
                 local_portal: None,
                 shutdown: Box::pin(shutdown.cancelled_owned()),
+                killed,
             };
             session.run().await
         }

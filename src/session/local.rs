@@ -151,6 +151,11 @@ impl Session {
         match (kind, local) {
             (b'D', LocalPortal::Tag(_)) => b.extend_from_slice(&msg::empty(b'n')),
             (b'D', LocalPortal::Ids { column, format, .. }) => super::ids::describe(&mut b, column, *format),
+            (b'D', LocalPortal::Signal { column, format, .. }) => super::signal::describe(&mut b, column, *format),
+            (b'E', LocalPortal::Signal { value, format, .. }) => match value.take() {
+                Some(v) => super::signal::write_row(&mut b, v, *format),
+                None => msg::command_complete(&mut b, "SELECT 0"),
+            },
             (b'E', LocalPortal::Tag(tag)) => msg::command_complete(&mut b, tag),
             // A portal runs once: executing it again gives no rows, never the same IDs twice.
             (b'E', LocalPortal::Ids { ids, format, .. }) => {

@@ -32,6 +32,7 @@ mod relay;
 mod responses;
 mod ryw;
 mod sharding;
+mod signal;
 pub mod state;
 mod transaction;
 mod tx_legs;
@@ -150,6 +151,9 @@ pub struct Session {
     /// The session must end with this FATAL error: the backend that held its state (pinned, or
     /// session pooling) is gone, and going on silently on a fresh one would lose that state.
     closing: Option<(crate::protocol::pg::sqlstate::SqlState, String)>,
+    /// The server ended the connection with a FATAL answer to the client's statement, which the
+    /// client has been sent: the session closes once it is written.
+    ended: bool,
     /// Read-your-writes: the commit position of the session's last write on each shard.
     ryw: ryw::Positions,
     /// After an error the proxy raised in the extended protocol, skip messages until Sync.
@@ -202,4 +206,6 @@ pub struct Session {
     /// Fires when shardwire shuts down: the session ends as soon as it holds no backend. Made
     /// once per session and polled in place, so waiting on it costs no registration per wait.
     shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// Fires when another client terminates this one (`pg_terminate_backend`).
+    killed: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }

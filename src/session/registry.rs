@@ -30,12 +30,48 @@ pub struct ClientHandle {
     pub tls: Option<String>,
     // std Mutex: set and cleared on checkout and release, read by cancel; never held across an await.
     backend: Mutex<Option<(Arc<Node>, i32, i32)>>,
+    /// Fired by `pg_terminate_backend` of this client's pid: its session ends with 57P01.
+    pub kill: tokio_util::sync::CancellationToken,
+    users: Arc<BackendUsers>,
+}
+
+/// The client that last used each backend connection (by node and server pid): a NOTIFY is
+/// delivered with the server pid of the connection that sent it, which listeners compare with
+/// the pids the proxy gave its clients. Kept past the client's transaction (the notification
+/// arrives after its commit) and bounded: past `BackendUsers::MAX` entries it starts over.
+#[derive(Default)]
+struct BackendUsers(Mutex<HashMap<(usize, i32), i32>>);
+
+impl BackendUsers {
+    const MAX: usize = 1 << 16;
+
+    fn note(&self, node: &Arc<Node>, backend_pid: i32, client_pid: i32) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert((Arc::as_ptr(node) as usize, backend_pid), client_pid);
+    }
+
+    fn get(&self, node: &Arc<Node>, backend_pid: i32) -> Option<i32> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(Arc::as_ptr(node) as usize, backend_pid)).copied()
+    }
 }
 
 impl ClientHandle {
     /// Records the backend in use (node and its key), or none.
     pub fn set_backend(&self, b: Option<(Arc<Node>, i32, i32)>) {
+        if let Some((node, pid, _)) = &b {
+            self.users.note(node, *pid, self.pid);
+        }
         *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = b;
+    }
+
+    /// The pid the proxy gave the client that last used the server process `backend_pid` on
+    /// `node`, if it knows one.
+    pub fn client_of_backend(&self, node: &Arc<Node>, backend_pid: i32) -> Option<i32> {
+        self.users.get(node, backend_pid)
     }
 
     /// The backend in use.
@@ -49,6 +85,7 @@ impl ClientHandle {
 pub struct ClientRegistry {
     // std Mutex: inserts, removals and lookups only.
     clients: Mutex<HashMap<i32, Arc<ClientHandle>>>,
+    users: Arc<BackendUsers>,
 }
 
 impl ClientRegistry {
@@ -79,9 +116,20 @@ impl ClientRegistry {
             since: SystemTime::now(),
             tls,
             backend: Mutex::new(None),
+            kill: Default::default(),
+            users: self.users.clone(),
         });
         map.insert(pid, handle.clone());
         handle
+    }
+
+    /// The client given this pid.
+    pub fn get(&self, pid: i32) -> Option<Arc<ClientHandle>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .cloned()
     }
 
     /// Forgets a client.

@@ -43,7 +43,8 @@ impl Session {
             && (!h.is_free() || self.pinned.is_some())
         {
             h.checkout.conn.broken = true;
-            if h.ops.iter().any(|o| !matches!(o, Op::Synth(_))) {
+            // After the server's FATAL there is nothing left running to cancel.
+            if !self.ended && h.ops.iter().any(|o| !matches!(o, Op::Synth(_))) {
                 // A statement is still running for a client that is gone: closing the connection
                 // alone would leave it running (holding its locks) until it next writes.
                 let node = h.checkout.node.clone();
@@ -69,6 +70,10 @@ impl Session {
 
     async fn relay(&mut self) -> Result<(), SessionError> {
         loop {
+            if self.ended_and_said() {
+                let _ = self.client.flush().await;
+                return Err(SessionError::Gone);
+            }
             if let Some((code, m)) = self.closing.take() {
                 return Err(SessionError::Fatal(code, m));
             }
@@ -86,6 +91,10 @@ impl Session {
             }
             // Messages left behind when the backend's send buffer passed the high-water mark
             // bring no socket event of their own: with the buffer drained, handle them first.
+            if self.ended_and_said() {
+                // Nothing more will come from the client to wake the loop: close now.
+                continue;
+            }
             if !self.client_frames_waiting() {
                 self.step().await?;
             }
@@ -94,7 +103,21 @@ impl Session {
         }
     }
 
+    /// The session has ended (a FATAL error) and the client has been given everything owed
+    /// before it.
+    fn ended_and_said(&self) -> bool {
+        self.ended
+            && self
+                .held
+                .as_ref()
+                .is_none_or(|h| !h.ops.iter().any(|o| matches!(o, Op::Synth(_))))
+    }
+
     fn client_frames_waiting(&self) -> bool {
+        if self.ended {
+            // Nothing more is read from a session that has ended: wait for what it is still owed.
+            return false;
+        }
         if self.stalled.is_some() {
             // A stalled message is handled again as soon as what it waits for is there: no
             // backend held (it was released, or the message stalled to start over), or, to move
@@ -108,7 +131,8 @@ impl Session {
     /// backed up.
     async fn drain_client(&mut self) -> Result<Flow, SessionError> {
         loop {
-            if self.held.as_ref().is_some_and(|h| h.wbuf.len() > HIGH_WATER) {
+            // A session that has ended reads nothing more.
+            if self.ended || self.held.as_ref().is_some_and(|h| h.wbuf.len() > HIGH_WATER) {
                 return Ok(Flow::Continue);
             }
             let frame = match self.stalled.take() {
@@ -153,6 +177,7 @@ impl Session {
             (&conn.stream, &mut conn.rbuf, &h.wbuf)
         });
         let shutdown = &mut self.shutdown;
+        let killed = &mut self.killed;
         let event = std::future::poll_fn(|cx| {
             if want_client_write && let Poll::Ready(r) = client.sock.poll_write(cx, &client.wbuf) {
                 return Poll::Ready(r.map(Event::ClientWrote).map_err(SessionError::from));
@@ -169,6 +194,9 @@ impl Session {
             }
             if want_client_read && let Poll::Ready(r) = client.sock.poll_read(cx, &mut client.rbuf, READ_CHUNK) {
                 return Poll::Ready(r.map(Event::ClientRead).map_err(SessionError::from));
+            }
+            if killed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Session::terminated_error()));
             }
             if shutting_down && shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(SessionError::Fatal(

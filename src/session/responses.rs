@@ -16,6 +16,14 @@ fn node_going_away(body: &[u8]) -> bool {
     msg::error_field(body, b'C').is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
 }
 
+/// An error with which the server ends the connection (FATAL or PANIC), rather than one statement.
+fn ends_connection(body: &[u8]) -> bool {
+    // 'V' is the severity never translated; servers before 9.6 send only 'S'.
+    msg::error_field(body, b'V')
+        .or_else(|| msg::error_field(body, b'S'))
+        .is_some_and(|s| s == "FATAL" || s == "PANIC")
+}
+
 impl Session {
     /// One whole backend message (`raw`: type byte, length, body).
     pub(super) fn on_backend(&mut self, raw: &[u8]) {
@@ -29,7 +37,23 @@ impl Session {
                 h.ops.front(),
                 Some(Op::SyncVars | Op::CaptureLsn { .. } | Op::Inject { .. } | Op::HiddenBegin | Op::Hidden)
             );
-            if tag != b'S' || !swallowing {
+            if tag == b'A' && body.len() >= 4 {
+                // A notification names the sender by the process id the proxy gave that client
+                // (as BackendKeyData did), not by the server process it happened to use: drivers
+                // compare the two to tell their own NOTIFYs from others'.
+                let sender = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                let client = if sender == h.checkout.conn.pid {
+                    Some(self.handle.pid)
+                } else {
+                    self.handle.client_of_backend(&h.checkout.node, sender)
+                };
+                let start = out.len();
+                out.extend_from_slice(raw);
+                if let Some(pid) = client {
+                    out[start + 5..start + 9].copy_from_slice(&pid.to_be_bytes());
+                }
+                self.retry = None;
+            } else if tag != b'S' || !swallowing {
                 out.extend_from_slice(raw);
                 self.retry = None;
             }
@@ -39,17 +63,38 @@ impl Session {
         if tag == b'G' {
             enter_copy_in(h);
         }
+        // A FATAL answer to the client's own statement (its backend terminated, the server shutting
+        // down) reaches the client, and the client is closed as the server closes it: PostgreSQL
+        // and PgBouncer do the same, and drivers expect the connection gone after a FATAL.
+        if tag == b'E' && ends_connection(body) {
+            let front = h.ops.front();
+            let client_sees = matches!(
+                front,
+                Some(Op::Query { .. } | Op::Sync | Op::Ext(_) | Op::Inject { .. } | Op::HiddenBegin | Op::Evict { .. })
+            );
+            let retried = matches!(front, Some(Op::Query { .. })) && self.retry.is_some() && node_going_away(body);
+            if client_sees && !retried {
+                self.ended = true;
+                // Nothing comes after a FATAL: answers the proxy queued behind it are not sent.
+                h.ops.retain(|o| !matches!(o, Op::Synth(_)));
+            }
+        }
         let Some(op) = h.ops.front_mut() else {
             // Nothing was asked: a FATAL before the server closes, most likely. It concerns the
-            // client only if the connection held its session state: then the session ends with
-            // it. Otherwise the connection is dropped (an open transaction on it fails: the
-            // client learns it at its next statement, never from a message it did not ask for).
-            let own_state =
-                self.pinned.is_some() || self.runtime.config.server.pool_mode == crate::config::PoolMode::Session;
+            // client if the connection held its session state or its open transaction (idle in
+            // transaction too long, terminated): then the client is told and closed, as one
+            // server does. Otherwise the connection is dropped; the client never gets a message
+            // it did not ask for.
+            let own_state = self.pinned.is_some()
+                || self.runtime.config.server.pool_mode == crate::config::PoolMode::Session
+                || (h.in_transaction() && ends_connection(body));
             if tag == b'E' && !own_state {
                 self.backend_lost(&msg::error_message(body));
             } else {
                 out.extend_from_slice(raw);
+                if tag == b'E' && ends_connection(body) {
+                    self.ended = true;
+                }
             }
             return;
         };

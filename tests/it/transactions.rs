@@ -565,6 +565,9 @@ async fn a_transaction_whose_connection_dies_stays_failed() {
     .await
     .unwrap();
     for first_shard_in_use in [true, false] {
+        // The client whose transaction connection was in use is closed (FATAL, as one server
+        // closes it): each round has its own.
+        let c = proxy.app().await;
         c.batch_execute("BEGIN").await.unwrap();
         c.batch_execute(&format!("UPDATE users SET score = score - 1 WHERE id = {a}"))
             .await

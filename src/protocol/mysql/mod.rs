@@ -81,6 +81,8 @@ pub mod code {
     pub const PARSE: u16 = 1064;
     /// ER_TOO_LONG_STRING-like refusal of an oversized statement.
     pub const TOO_COMPLEX: u16 = 1436;
+    /// ER_CONNECTION_KILLED.
+    pub const CONNECTION_KILLED: u16 = 1927;
 }
 
 /// Splits one frame off the front of `buf` when it is complete: its sequence id and payload.
