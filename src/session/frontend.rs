@@ -541,6 +541,9 @@ impl Session {
         {
             tracing::debug!(client = self.handle.pid, reason, "session pinned to its backend");
             self.pinned = Some(reason);
+            if reason == "LISTEN" {
+                self.handle.listening();
+            }
         }
         let Some(held) = self.held.as_mut() else { return };
         held.begin_pending |= matches!(facts.tx, TxEffect::Begin { .. });

@@ -39,14 +39,21 @@ pub struct ClientHandle {
 /// delivered with the server pid of the connection that sent it, which listeners compare with
 /// the pids the proxy gave its clients. Kept past the client's transaction (the notification
 /// arrives after its commit) and bounded: past `BackendUsers::MAX` entries it starts over.
+/// Recorded only once some client has listened: until then checkouts pay one atomic load.
 #[derive(Default)]
-struct BackendUsers(Mutex<HashMap<(usize, i32), i32>>);
+struct BackendUsers {
+    wanted: std::sync::atomic::AtomicBool,
+    map: Mutex<HashMap<(usize, i32), i32>>,
+}
 
 impl BackendUsers {
     const MAX: usize = 1 << 16;
 
     fn note(&self, node: &Arc<Node>, backend_pid: i32, client_pid: i32) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.wanted.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= Self::MAX {
             map.clear();
         }
@@ -54,7 +61,7 @@ impl BackendUsers {
     }
 
     fn get(&self, node: &Arc<Node>, backend_pid: i32) -> Option<i32> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&(Arc::as_ptr(node) as usize, backend_pid)).copied()
     }
 }
@@ -66,6 +73,12 @@ impl ClientHandle {
             self.users.note(node, *pid, self.pid);
         }
         *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = b;
+    }
+
+    /// This client listens for notifications: from now on the registry records which client
+    /// uses each server process, to name the senders of notifications.
+    pub fn listening(&self) {
+        self.users.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The pid the proxy gave the client that last used the server process `backend_pid` on

@@ -167,7 +167,11 @@ impl Session {
     /// The sockets are polled in place, in priority order (writes first, so output never piles
     /// up behind input): no future is built per wait and no waiter list joined and left.
     async fn step(&mut self) -> Result<(), SessionError> {
+        if self.handle.kill.is_cancelled() {
+            return Err(Session::terminated_error());
+        }
         let shutting_down = self.held.is_none() && self.stalled.is_none();
+        let nothing_owed = self.held.as_ref().is_none_or(|h| h.ops.is_empty());
         let want_client_read = self.stalled.is_none() && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
         let want_backend_read = self.client.wbuf.len() <= HIGH_WATER;
         let want_client_write = !self.client.wbuf.is_empty() || self.client.sock.wants_write();
@@ -195,7 +199,10 @@ impl Session {
             if want_client_read && let Poll::Ready(r) = client.sock.poll_read(cx, &mut client.rbuf, READ_CHUNK) {
                 return Poll::Ready(r.map(Event::ClientRead).map_err(SessionError::from));
             }
-            if killed.as_mut().poll(cx).is_ready() {
+            // Waited for only while nothing is owed (idle, or idle in a transaction whose locks
+            // must go at once); a statement running when the client is terminated is cancelled
+            // by the terminating session, and its answer wakes the loop, which sees the flag.
+            if nothing_owed && killed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Session::terminated_error()));
             }
             if shutting_down && shutdown.as_mut().poll(cx).is_ready() {

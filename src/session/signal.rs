@@ -117,10 +117,10 @@ impl Session {
         }
         if terminate {
             target.kill.cancel();
-        } else {
-            let (shared, pid, secret) = (self.shared.clone(), target.pid, target.secret);
-            tokio::spawn(async move { shared.clients.cancel(pid, secret).await });
         }
+        // Cancelling its running statement also wakes a terminated session that waits for one.
+        let (shared, pid, secret) = (self.shared.clone(), target.pid, target.secret);
+        tokio::spawn(async move { shared.clients.cancel(pid, secret).await });
         Signalled::Done(true)
     }
 

@@ -59,10 +59,18 @@ check(conn.closed, "closed after terminating itself in the simple protocol")
 
 # One client terminates another: true, and the other is closed at its next statement.
 a = psycopg.connect(app_url, autocommit=True)
+# The other is idle in a transaction holding a lock: the lock goes at once, as on the server.
 b = psycopg.connect(app_url)
-b.execute("select 1")
+b.execute("select pg_advisory_xact_lock(4242)")
+check(a.execute("select pg_try_advisory_xact_lock(4242)").fetchone()[0] is False, "b holds the lock")
 got = a.execute("select pg_terminate_backend(%s::int)", [b.info.backend_pid]).fetchone()[0]
 check(got is True, f"pg_terminate_backend of another client answers true, got {got!r}")
+for _ in range(100):
+    if a.execute("select pg_try_advisory_xact_lock(4242)").fetchone()[0]:
+        break
+    time.sleep(0.02)
+else:
+    raise AssertionError("the terminated client's transaction still holds its lock")
 try:
     for _ in range(50):
         b.execute("select 1")
