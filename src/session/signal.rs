@@ -22,8 +22,8 @@ const TERMINATED: &str = "terminating connection due to administrator command";
 pub(super) enum Signalled {
     /// Sent: the call answers this (`true`).
     Done(bool),
-    /// Not allowed: the error to report.
-    Denied(String),
+    /// Not allowed, or the call cancelled itself: the error to report.
+    Failed(SqlState, String),
     /// The session terminated itself: it ends with a FATAL error.
     Itself,
 }
@@ -105,15 +105,21 @@ impl Session {
             if terminate {
                 return Signalled::Itself;
             }
-            // The running statement is this call: nothing else runs to be cancelled.
-            return Signalled::Done(true);
+            // The running statement is this call: as on the server, it is what gets cancelled.
+            return Signalled::Failed(
+                SqlState::QUERY_CANCELED,
+                "canceling statement due to user request".into(),
+            );
         }
         if target.user != self.user.name {
             let what = if terminate { "terminate" } else { "cancel" };
-            return Signalled::Denied(format!(
-                "permission denied to {what} process {}: it belongs to user \"{}\"",
-                target.pid, target.user
-            ));
+            return Signalled::Failed(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "permission denied to {what} process {}: it belongs to user \"{}\"",
+                    target.pid, target.user
+                ),
+            );
         }
         if terminate {
             target.kill.cancel();
@@ -133,8 +139,10 @@ impl Session {
                 describe(&mut b, column(terminate), 0);
                 write_row(&mut b, v, 0);
             }
-            Signalled::Denied(m) => {
-                msg::error_response(&mut b, Severity::Error, SqlState::INSUFFICIENT_PRIVILEGE, &m);
+            Signalled::Failed(code, m) => {
+                // As a server error: inside a transaction block, the transaction fails.
+                msg::error_response(&mut b, Severity::Error, code, &m);
+                return self.fail_with_frame(&b, false);
             }
         }
         msg::ready_for_query(&mut b, self.local_tx_status());
@@ -157,7 +165,7 @@ impl Session {
                 ));
                 self.answer_local(&msg::empty(b'2'));
             }
-            Signalled::Denied(m) => self.local_error(SqlState::INSUFFICIENT_PRIVILEGE, &m),
+            Signalled::Failed(code, m) => self.local_error(code, &m),
         }
     }
 

@@ -105,6 +105,14 @@ check(outcome == ["cancelled"], f"the sleeping statement was cancelled: {outcome
 check(time.monotonic() - started < 10, "cancelled well before it would have finished")
 check(b.execute("select 3").fetchone()[0] == 3, "the cancelled client goes on")
 
+# A session cancelling itself cancels that very statement (57014), as on the server.
+try:
+    a.execute("select pg_cancel_backend(%s)", [a.info.backend_pid])
+    raise AssertionError("cancelling oneself did not cancel")
+except errors.QueryCanceled:
+    pass
+check(a.execute("select 5").fetchone()[0] == 5, "the client goes on after cancelling itself")
+
 # Another user's session may not be signalled (42501), as on the server.
 other = psycopg.connect(other_url, autocommit=True)
 try:

@@ -50,8 +50,10 @@ impl SqlState {
     pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     /// 53300 too_many_connections: the pool or the client limit is exhausted.
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
-    /// 57P01 admin_shutdown: shardwire is shutting down.
+    /// 57P01 admin_shutdown: shardwire is shutting down, or the session was terminated.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    /// 57014 query_canceled: the statement was cancelled (a session cancelling itself).
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
     /// 42601 syntax_error: an admin command that does not parse.
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     /// 40001 serialization_failure: the transaction must be run again (a partition it used
