@@ -46,7 +46,7 @@ for _ in $(seq 1 120); do
     kill -0 "$DEMO_PID" 2>/dev/null || { cat "$WORK/demo.log"; exit 1; }
     sleep 1
 done
-PORT=$(grep -o 'app:app@127.0.0.1:[0-9]*' "$WORK/demo.log" | head -1 | cut -d: -f4)
+PORT=$(grep -o 'app:app@127.0.0.1:[0-9]*' "$WORK/demo.log" | head -1 | cut -d: -f3)
 CONFIG=$(grep -o 'Config: [^ ]*' "$WORK/demo.log" | cut -d' ' -f2)
 PRIMARY_PORT=$(grep -o 'primary = "postgres://postgres@127.0.0.1:[0-9]*' "$CONFIG" | head -1 | grep -o '[0-9]*$')
 [ -n "$PORT" ] && [ -n "$PRIMARY_PORT" ] || { cat "$WORK/demo.log"; exit 1; }
@@ -55,6 +55,7 @@ sleep 2
 
 run() {
     local name=$1 dsn=$2
+    shift 2
     echo "== $name: $dsn"
     (cd "$SRC" && PSYCOPG_TEST_DSN="$dsn" timeout 3600 "$WORK/venv/bin/pytest" tests \
         --ignore=tests/pool --ignore=tests/crdb --ignore=tests/test_typing.py \
