@@ -120,7 +120,6 @@ async fn handle(
                 handle,
                 runtime,
             } = *ok;
-            let killed = Box::pin(handle.kill.clone().cancelled_owned());
             let session = Session {
                 shared,
                 client,
@@ -157,7 +156,6 @@ async fn handle(
                 early: Default::default(),
                 local_portal: None,
                 shutdown: Box::pin(shutdown.cancelled_owned()),
-                killed,
             };
             session.run().await
         }

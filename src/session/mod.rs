@@ -206,6 +206,4 @@ pub struct Session {
     /// Fires when shardwire shuts down: the session ends as soon as it holds no backend. Made
     /// once per session and polled in place, so waiting on it costs no registration per wait.
     shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    /// Fires when another client terminates this one (`pg_terminate_backend`).
-    killed: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }

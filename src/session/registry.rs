@@ -32,6 +32,9 @@ pub struct ClientHandle {
     backend: Mutex<Option<(Arc<Node>, i32, i32)>>,
     /// Fired by `pg_terminate_backend` of this client's pid: its session ends with 57P01.
     pub kill: tokio_util::sync::CancellationToken,
+    /// Wakes the PostgreSQL session's relay loop when `kill` fires while it waits. Cheaper to
+    /// register on every wait than the token's own future (no lock).
+    pub kill_waker: futures_util::task::AtomicWaker,
     users: Arc<BackendUsers>,
 }
 
@@ -73,6 +76,12 @@ impl ClientHandle {
             self.users.note(node, *pid, self.pid);
         }
         *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = b;
+    }
+
+    /// Terminates this client's session (`pg_terminate_backend` of its pid).
+    pub fn terminate(&self) {
+        self.kill.cancel();
+        self.kill_waker.wake();
     }
 
     /// This client listens for notifications: from now on the registry records which client
@@ -130,6 +139,7 @@ impl ClientRegistry {
             tls,
             backend: Mutex::new(None),
             kill: Default::default(),
+            kill_waker: Default::default(),
             users: self.users.clone(),
         });
         map.insert(pid, handle.clone());

@@ -181,7 +181,7 @@ impl Session {
             (&conn.stream, &mut conn.rbuf, &h.wbuf)
         });
         let shutdown = &mut self.shutdown;
-        let killed = &mut self.killed;
+        let handle = &self.handle;
         let event = std::future::poll_fn(|cx| {
             if want_client_write && let Poll::Ready(r) = client.sock.poll_write(cx, &client.wbuf) {
                 return Poll::Ready(r.map(Event::ClientWrote).map_err(SessionError::from));
@@ -202,8 +202,11 @@ impl Session {
             // Waited for only while nothing is owed (idle, or idle in a transaction whose locks
             // must go at once); a statement running when the client is terminated is cancelled
             // by the terminating session, and its answer wakes the loop, which sees the flag.
-            if nothing_owed && killed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Session::terminated_error()));
+            if nothing_owed {
+                handle.kill_waker.register(cx.waker());
+                if handle.kill.is_cancelled() {
+                    return Poll::Ready(Err(Session::terminated_error()));
+                }
             }
             if shutting_down && shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(SessionError::Fatal(

@@ -122,7 +122,7 @@ impl Session {
             );
         }
         if terminate {
-            target.kill.cancel();
+            target.terminate();
         }
         // Cancelling its running statement also wakes a terminated session that waits for one.
         let (shared, pid, secret) = (self.shared.clone(), target.pid, target.secret);
