@@ -384,3 +384,26 @@ impl Session {
         Ok(Ok((stmt, routed)))
     }
 }
+
+/// The facts of a statement once its Bind is known, when they differ from those of its text: a
+/// `current_setting($n)` whose parameter is `transaction_read_only` is the primary's to answer
+/// (always `on` on a hot standby).
+pub(super) fn facts_at_bind(
+    stmt: &Stmt,
+    bind: &Frame,
+    rest: &[u8],
+) -> Result<Option<crate::analyze::Facts>, crate::protocol::pg::ProtocolError> {
+    let Some(i) = stmt.facts.setting_param else {
+        return Ok(None);
+    };
+    let parts = crate::protocol::pg::rows::split_bind(&bind.raw().slice_ref(rest))?;
+    let read_only = parts
+        .values
+        .get(i)
+        .and_then(|v| v.as_deref())
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"transaction_read_only"));
+    Ok(read_only.then(|| crate::analyze::Facts {
+        need: crate::analyze::Need::Primary,
+        ..(*stmt.facts).clone()
+    }))
+}

@@ -292,18 +292,11 @@ impl Session {
                 return Ok(Flow::Continue);
             }
         };
-        let primary_setting;
-        let facts = match stmt.facts.setting_param {
-            Some(i) if names_read_only_setting(&rows::split_bind(&f.raw().slice_ref(b.rest))?, i) => {
-                primary_setting = crate::analyze::Facts {
-                    need: crate::analyze::Need::Primary,
-                    ..(*stmt.facts).clone()
-                };
-                &primary_setting
-            }
-            _ => &*stmt.facts,
-        };
-        if let Some(flow) = self.hold_for(facts, true, &f, shard).await? {
+        let at_bind = super::bind_route::facts_at_bind(&stmt, &f, b.rest)?;
+        if let Some(flow) = self
+            .hold_for(at_bind.as_ref().unwrap_or(&stmt.facts), true, &f, shard)
+            .await?
+        {
             return Ok(flow);
         }
         let name = self.ensure_prepared(&stmt, !b.statement.is_empty());
@@ -560,13 +553,4 @@ impl Session {
         }
         node.stats.statements.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// The Bind parameter `i` is `transaction_read_only` (any case; text, or a binary text value).
-fn names_read_only_setting(parts: &rows::BindParts, i: usize) -> bool {
-    parts
-        .values
-        .get(i)
-        .and_then(|v| v.as_deref())
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"transaction_read_only"))
 }
