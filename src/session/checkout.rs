@@ -43,7 +43,7 @@ impl Session {
                     "{} was replaced by a failover and is fenced; this session's transaction or session state was there; reconnect",
                     h.checkout.node.config.name
                 );
-                self.closing = Some((SqlState::CONNECTION_FAILURE, m));
+                self.end_with(SqlState::CONNECTION_FAILURE, m);
                 return Ok(Ensure::Failed);
             }
             if !h.is_free() {

@@ -7,7 +7,7 @@ use super::Session;
 use crate::analyze::{Count, ProxyCall};
 use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::oid;
-use crate::protocol::pg::rows::{self, BindParts, Field};
+use crate::protocol::pg::rows::{self, BindParts};
 use crate::protocol::pg::sqlstate::SqlState;
 
 /// Most IDs one `next_ids` call hands out.
@@ -47,18 +47,7 @@ fn column(call: &ProxyCall) -> &'static str {
 
 /// RowDescription of the one bigint column.
 pub fn describe(out: &mut BytesMut, column: &'static str, format: i16) {
-    rows::row_description(
-        out,
-        &[Field {
-            name: Bytes::from_static(column.as_bytes()),
-            table: 0,
-            column: 0,
-            type_oid: oid::INT8,
-            size: 8,
-            modifier: -1,
-            format,
-        }],
-    );
+    rows::one_column(out, column, oid::INT8, 8, format);
 }
 
 /// DataRows and CommandComplete.
@@ -84,7 +73,9 @@ impl Session {
             ));
         };
         let n = match call {
-            ProxyCall::NextId | ProxyCall::Signal { .. } => 1,
+            ProxyCall::NextId => 1,
+            // Answered by `signal`, never here.
+            ProxyCall::Signal { .. } => return Ok(Vec::new()),
             ProxyCall::NextIds(Count::Lit(n)) => *n,
             ProxyCall::NextIds(Count::Param(i)) => {
                 let raw = bind.and_then(|b| b.values.get(*i).cloned().flatten());

@@ -121,6 +121,16 @@ enum Ensure {
     Failed,
 }
 
+/// How a session ends when it ends on its own.
+enum Ending {
+    /// With this FATAL error, still to be sent: the backend that held its state (pinned, or
+    /// session pooling) is gone, and going on silently on a fresh one would lose that state.
+    Tell(crate::protocol::pg::sqlstate::SqlState, String),
+    /// With a FATAL error the client has been given (the server's answer to its statement, or a
+    /// session terminating itself): the connection closes once what precedes it is written.
+    Told,
+}
+
 /// One client's session on the data path.
 pub struct Session {
     shared: Arc<Shared>,
@@ -148,12 +158,8 @@ pub struct Session {
     retry: Option<Frame>,
     /// The Query being handled is that second try.
     retrying: bool,
-    /// The session must end with this FATAL error: the backend that held its state (pinned, or
-    /// session pooling) is gone, and going on silently on a fresh one would lose that state.
-    closing: Option<(crate::protocol::pg::sqlstate::SqlState, String)>,
-    /// The server ended the connection with a FATAL answer to the client's statement, which the
-    /// client has been sent: the session closes once it is written.
-    ended: bool,
+    /// The session is ending (see `Ending`).
+    ending: Option<Ending>,
     /// Read-your-writes: the commit position of the session's last write on each shard.
     ryw: ryw::Positions,
     /// After an error the proxy raised in the extended protocol, skip messages until Sync.

@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 
 use super::client::SessionError;
 use super::state::Op;
-use super::{Flow, Session};
+use super::{Ending, Flow, Session};
 use crate::config::PoolMode;
 use crate::protocol::pg::codec::frame_len;
 use crate::protocol::pg::messages::{self as msg, Severity};
@@ -44,7 +44,7 @@ impl Session {
         {
             h.checkout.conn.broken = true;
             // After the server's FATAL there is nothing left running to cancel.
-            if !self.ended && h.ops.iter().any(|o| !matches!(o, Op::Synth(_))) {
+            if !self.told() && h.ops.iter().any(|o| !matches!(o, Op::Synth(_))) {
                 // A statement is still running for a client that is gone: closing the connection
                 // alone would leave it running (holding its locks) until it next writes.
                 let node = h.checkout.node.clone();
@@ -74,7 +74,9 @@ impl Session {
                 let _ = self.client.flush().await;
                 return Err(SessionError::Gone);
             }
-            if let Some((code, m)) = self.closing.take() {
+            if let Some(Ending::Tell(..)) = self.ending
+                && let Some(Ending::Tell(code, m)) = self.ending.take()
+            {
                 return Err(SessionError::Fatal(code, m));
             }
             if let Flow::Terminate = self.drain_client().await? {
@@ -106,15 +108,25 @@ impl Session {
     /// The session has ended (a FATAL error) and the client has been given everything owed
     /// before it.
     fn ended_and_said(&self) -> bool {
-        self.ended
+        self.told()
             && self
                 .held
                 .as_ref()
                 .is_none_or(|h| !h.ops.iter().any(|o| matches!(o, Op::Synth(_))))
     }
 
+    /// The client has been given the FATAL error its session ends with.
+    pub(super) fn told(&self) -> bool {
+        matches!(self.ending, Some(Ending::Told))
+    }
+
+    /// The session ends with this FATAL error, unless it is already ending.
+    pub(super) fn end_with(&mut self, code: SqlState, message: String) {
+        self.ending.get_or_insert(Ending::Tell(code, message));
+    }
+
     fn client_frames_waiting(&self) -> bool {
-        if self.ended {
+        if self.told() {
             // Nothing more is read from a session that has ended: wait for what it is still owed.
             return false;
         }
@@ -132,7 +144,7 @@ impl Session {
     async fn drain_client(&mut self) -> Result<Flow, SessionError> {
         loop {
             // A session that has ended reads nothing more.
-            if self.ended || self.held.as_ref().is_some_and(|h| h.wbuf.len() > HIGH_WATER) {
+            if self.told() || self.held.as_ref().is_some_and(|h| h.wbuf.len() > HIGH_WATER) {
                 return Ok(Flow::Continue);
             }
             let frame = match self.stalled.take() {
@@ -293,7 +305,7 @@ impl Session {
             // As PostgreSQL and PgBouncer do: the client's session was that connection.
             let m =
                 format!("lost the connection to {node} that held this session's state ({reason}): {why}; reconnect");
-            self.closing = Some((SqlState::CONNECTION_FAILURE, m));
+            self.end_with(SqlState::CONNECTION_FAILURE, m);
             return;
         }
         let owed_ready = h.ops.iter().any(|o| matches!(o, Op::Query { .. } | Op::Sync));

@@ -74,7 +74,7 @@ impl Session {
             );
             let retried = matches!(front, Some(Op::Query { .. })) && self.retry.is_some() && node_going_away(body);
             if client_sees && !retried {
-                self.ended = true;
+                self.ending = Some(super::Ending::Told);
                 // Nothing comes after a FATAL: answers the proxy queued behind it are not sent.
                 h.ops.retain(|o| !matches!(o, Op::Synth(_)));
             }
@@ -93,7 +93,7 @@ impl Session {
             } else {
                 out.extend_from_slice(raw);
                 if tag == b'E' && ends_connection(body) {
-                    self.ended = true;
+                    self.ending = Some(super::Ending::Told);
                 }
             }
             return;

@@ -12,7 +12,7 @@ use super::registry::ClientHandle;
 use crate::analyze::{Count, ProxyCall};
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::oid;
-use crate::protocol::pg::rows::{self, BindParts, Field};
+use crate::protocol::pg::rows::{self, BindParts};
 use crate::protocol::pg::sqlstate::SqlState;
 
 /// PostgreSQL's message to a terminated session.
@@ -39,18 +39,7 @@ pub(super) fn column(terminate: bool) -> &'static str {
 
 /// RowDescription of the one boolean column.
 pub(super) fn describe(out: &mut BytesMut, column: &'static str, format: i16) {
-    rows::row_description(
-        out,
-        &[Field {
-            name: Bytes::from_static(column.as_bytes()),
-            table: 0,
-            column: 0,
-            type_oid: oid::BOOL,
-            size: 1,
-            modifier: -1,
-            format,
-        }],
-    );
+    rows::one_column(out, column, oid::BOOL, 1, format);
 }
 
 /// The one row and CommandComplete.
@@ -175,7 +164,7 @@ impl Session {
         let mut b = BytesMut::new();
         msg::error_response(&mut b, Severity::Fatal, SqlState::ADMIN_SHUTDOWN, TERMINATED);
         self.respond_synth(b.freeze());
-        self.ended = true;
+        self.ending = Some(super::Ending::Told);
         // Local answers queued behind nothing the backend owes would wait for a later backend
         // message (the client's Sync) that is never read now: they go out at once.
         if let Some(h) = self.held.as_mut()

@@ -28,34 +28,33 @@ def admin_shutdown(e):
     return isinstance(e, errors.AdminShutdown) or "terminating connection due to administrator command" in str(e)
 
 
-# pg_terminate_backend of one's own pid (the one BackendKeyData gave): FATAL 57P01, closed.
+def terminates_itself(conn, run, what):
+    """`run` terminates `conn`'s own session: 57P01 at once, and the connection is closed."""
+    try:
+        run()
+        raise AssertionError(f"terminating oneself {what} did not raise")
+    except psycopg.OperationalError as e:
+        check(admin_shutdown(e), f"57P01 {what}: {e}")
+    check(conn.closed, f"the connection is closed after terminating itself {what}")
+
+
+# pg_terminate_backend of one's own pid (the one BackendKeyData gave), in the extended protocol.
 conn = psycopg.connect(app_url, autocommit=True)
-try:
-    conn.execute("select pg_terminate_backend(%s)", [conn.info.backend_pid])
-    raise AssertionError("terminating oneself did not raise")
-except psycopg.OperationalError as e:
-    check(admin_shutdown(e), f"57P01: {e}")
-check(conn.closed, "the connection is closed after terminating itself")
+terminates_itself(conn, lambda: conn.execute("select pg_terminate_backend(%s)", [conn.info.backend_pid]), "")
 
 # The same inside a transaction block (psycopg's default), where the answers wait for the server.
 conn = psycopg.connect(app_url)
 conn.execute("select 1")
-try:
-    conn.execute("select pg_terminate_backend(%s)", [conn.info.backend_pid])
-    raise AssertionError("terminating oneself in a transaction did not raise")
-except psycopg.OperationalError as e:
-    check(admin_shutdown(e), f"57P01: {e}")
-check(conn.closed, "the connection is closed after terminating itself in a transaction")
+terminates_itself(
+    conn, lambda: conn.execute("select pg_terminate_backend(%s)", [conn.info.backend_pid]), "in a transaction"
+)
 
 # The same in the simple protocol, with the pid written in the text.
 conn = psycopg.connect(app_url, autocommit=True)
 cur = psycopg.ClientCursor(conn)
-try:
-    cur.execute(f"select pg_terminate_backend({conn.info.backend_pid})")
-    raise AssertionError("terminating oneself (simple protocol) did not raise")
-except psycopg.OperationalError as e:
-    check(admin_shutdown(e), f"57P01: {e}")
-check(conn.closed, "closed after terminating itself in the simple protocol")
+terminates_itself(
+    conn, lambda: cur.execute(f"select pg_terminate_backend({conn.info.backend_pid})"), "in the simple protocol"
+)
 
 # One client terminates another: true, and the other is closed at its next statement.
 a = psycopg.connect(app_url, autocommit=True)

@@ -214,6 +214,22 @@ pub fn row_description(out: &mut BytesMut, fields: &[Field]) {
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Writes the RowDescription of one computed column (no table), as the proxy's own answers have.
+pub fn one_column(out: &mut BytesMut, name: &'static str, type_oid: u32, size: i16, format: i16) {
+    row_description(
+        out,
+        &[Field {
+            name: Bytes::from_static(name.as_bytes()),
+            table: 0,
+            column: 0,
+            type_oid,
+            size,
+            modifier: -1,
+            format,
+        }],
+    );
+}
+
 /// The cells of a DataRow body, as ranges into a shared buffer.
 pub fn parse_data_row(body: &Bytes) -> Result<Vec<Option<Bytes>>, ProtocolError> {
     let bad = || ProtocolError::Malformed("DataRow");
