@@ -3,6 +3,7 @@
 //! rules that turn observations into rotation decisions are pure functions here.
 
 pub mod gtid;
+pub mod lineage;
 pub mod monitor;
 pub mod mysql;
 

@@ -2,7 +2,9 @@
 //! node's replay position, replay age and recovery state, over a dedicated tokio-postgres
 //! connection per node, each query under a timeout. Results are published into `Node::health`.
 //! With `failover = "follow"`, a replica found promoted (out of recovery, on a timeline above the
-//! writer's, or with the writer unreachable) becomes the writer and the old one is fenced.
+//! writer's, or with the writer unreachable) becomes the writer and the old one is fenced. Nodes
+//! of another cluster, and replicas not streaming the writer's timeline, are kept out (see
+//! `lineage`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
+use super::lineage::{self, Lineage};
 use super::{Bounds, HealthState, NodeHealth, Observation, next_replica_health};
 use crate::backend::{Cluster, Node, Role};
 
@@ -41,18 +44,32 @@ fn replica_sql() -> String {
          (COALESCE(pg_last_wal_replay_lsn(), '0/0'::pg_lsn) - '0/0'::pg_lsn)::bigint, \
          extract(epoch from (now() - pg_last_xact_replay_timestamp()))::float8, \
          CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
-         CASE WHEN pg_is_in_recovery() THEN NULL ELSE {TIMELINE} END"
+         CASE WHEN pg_is_in_recovery() THEN NULL ELSE {TIMELINE} END, \
+         (SELECT received_tli FROM pg_stat_wal_receiver)"
     )
+}
+
+/// The monitor's connection to one node, and what never changes while it is open.
+#[derive(Default)]
+struct Conn {
+    client: Option<Client>,
+    /// The node's system identifier, read when the connection opened (`None`: not allowed, or
+    /// not answered).
+    system_id: Option<u64>,
 }
 
 /// Runs until `token` is cancelled.
 pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: CancellationToken) {
     let (writer_sql, replica_sql) = (writer_sql(), replica_sql());
     let nodes: Vec<Arc<Node>> = cluster.nodes().cloned().collect();
-    let mut clients: Vec<Option<Client>> = nodes.iter().map(|_| None).collect();
+    let mut conns: Vec<Conn> = nodes.iter().map(|_| Conn::default()).collect();
     let mut prev_primary_lsn: Option<u64> = None;
     let mut last_primary_lsn: Option<u64> = None;
     let mut writer_timeline: Option<u32> = None;
+    // The shard's system identifier, once known; and whether this monitor followed a promotion
+    // (replicas must then show they stream the new writer's timeline).
+    let mut cluster_id: Option<u64> = None;
+    let mut after_failover = false;
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -64,7 +81,7 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
         let query_timeout = settings.interval.max(Duration::from_millis(500));
         let writer = cluster.writer();
         let wi = nodes.iter().position(|n| Arc::ptr_eq(n, &writer)).unwrap_or(0);
-        let primary_lsn = match query(&writer, &mut clients[wi], &writer_sql, settings, query_timeout).await {
+        let primary_lsn = match query(&writer, &mut conns[wi], &writer_sql, settings, query_timeout).await {
             Ok(row) => {
                 let get = |i: usize| row.get(i).and_then(|v| v.as_deref());
                 if let Some(tl) = get(1).and_then(|v| v.parse::<u32>().ok()) {
@@ -90,22 +107,42 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             Some(_) => (primary_lsn, prev_primary_lsn),
             None => (last_primary_lsn, last_primary_lsn),
         };
+        let writer_id = conns[wi].system_id;
         let checks = nodes
             .iter()
-            .zip(clients.iter_mut())
+            .zip(conns.iter_mut())
             .enumerate()
             .filter(|(i, (n, _))| *i != wi && n.role() != Role::Fenced)
-            .map(|(_, (node, client))| {
+            .map(|(_, (node, conn))| {
                 let sql = &replica_sql;
                 async move {
-                    match query(node, client, sql, settings, query_timeout).await {
-                        Ok(row) => parse_replica_row(&row),
-                        Err(why) => (Observation::Failed(why), None),
+                    match query(node, conn, sql, settings, query_timeout).await {
+                        Ok(row) => parse_replica_row(&row, conn.system_id),
+                        Err(why) => ((Observation::Failed(why), None), Lineage::default()),
                     }
                 }
                 .map_to(node)
             });
-        let results = futures_util::future::join_all(checks).await;
+        let checked = futures_util::future::join_all(checks).await;
+        if cluster_id.is_none() {
+            let in_recovery = checked.iter().filter_map(|(_, ((obs, _), l))| match obs {
+                Observation::Replica { in_recovery: true, .. } => l.system_id,
+                _ => None,
+            });
+            cluster_id = lineage::cluster_id(writer_id, in_recovery);
+        }
+        // A node of another cluster is neither followed nor read from: as if its check failed.
+        let (results, lineages): (Vec<_>, Vec<_>) = checked
+            .into_iter()
+            .map(|(node, ((obs, tl), l))| {
+                if lineage::foreign(l.system_id, cluster_id) {
+                    let why = lineage::replica_refusal(l, cluster_id, None, false).unwrap_or_default();
+                    ((node, (Observation::Failed(why), None)), l)
+                } else {
+                    ((node, (obs, tl)), l)
+                }
+            })
+            .unzip();
         if settings.follow
             && let Some((node, timeline)) = promoted(&results, writer_timeline, primary_lsn.is_none())
         {
@@ -118,16 +155,27 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             );
             cluster.promote(node);
             writer_timeline = Some(timeline);
+            after_failover = true;
             last_primary_lsn = None;
             writer.health.store(Arc::new(NodeHealth {
                 reason: format!("fenced: replaced by {} (timeline {timeline})", node.config.name),
                 ..NodeHealth::initial()
             }));
         }
-        for (node, (obs, _)) in results {
+        for ((node, (obs, _)), l) in results.into_iter().zip(lineages) {
             if node.role() != Role::Replica {
                 continue;
             }
+            // In recovery but not replaying what the writer writes: out, whatever its lag says.
+            let obs = match obs {
+                Observation::Replica { in_recovery: true, .. } => {
+                    match lineage::replica_refusal(l, cluster_id, writer_timeline, after_failover) {
+                        Some(why) => Observation::Failed(why),
+                        None => obs,
+                    }
+                }
+                other => other,
+            };
             let prev = node.health.load();
             let next = next_replica_health(
                 &prev,
@@ -196,7 +244,7 @@ fn publish_primary(node: &Node, lsn: Option<u64>) {
 /// A replica check's answer, and the node's timeline when it is out of recovery.
 type Checked = (Observation, Option<u32>);
 
-fn parse_replica_row(row: &[Option<String>]) -> Checked {
+fn parse_replica_row(row: &[Option<String>], system_id: Option<u64>) -> (Checked, Lineage) {
     let get = |i: usize| row.get(i).and_then(|v| v.as_deref());
     let obs = match (get(0), get(1).and_then(|v| v.parse::<u64>().ok())) {
         (Some(rec), Some(replay_lsn)) => Observation::Replica {
@@ -207,31 +255,54 @@ fn parse_replica_row(row: &[Option<String>]) -> Checked {
         },
         _ => Observation::Failed("unexpected answer to the lag query".into()),
     };
-    (obs, get(4).and_then(|v| v.parse::<u32>().ok()))
+    let lineage = Lineage {
+        system_id,
+        received_tli: get(5).and_then(|v| v.parse::<u32>().ok()),
+    };
+    ((obs, get(4).and_then(|v| v.parse::<u32>().ok())), lineage)
+}
+
+/// The node's system identifier; `None` if the monitor's user may not read it (it is then not
+/// compared) or the node does not answer in time.
+async fn system_id(c: &Client, timeout: Duration) -> Option<u64> {
+    let sql = "SELECT system_identifier FROM pg_control_system()";
+    match tokio::time::timeout(timeout, c.simple_query(sql)).await {
+        Ok(Ok(messages)) => messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        }),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "system identifier not readable; nodes' clusters are not compared");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Runs `sql` on the node's monitor connection, opening it if needed; drops it on any error.
 async fn query(
     node: &Node,
-    client: &mut Option<Client>,
+    conn: &mut Conn,
     sql: &str,
     settings: MonitorSettings,
     timeout: Duration,
 ) -> Result<Vec<Option<String>>, String> {
-    if client.as_ref().is_none_or(|c| c.is_closed()) {
+    if conn.client.as_ref().is_none_or(|c| c.is_closed()) {
         let cfg = node.config.pg_config(settings.connect_timeout);
-        let (c, conn) = tokio::time::timeout(settings.connect_timeout, cfg.connect(NoTls))
+        let (c, connection) = tokio::time::timeout(settings.connect_timeout, cfg.connect(NoTls))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect failed: {e}"))?;
         let name = node.config.name.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = connection.await {
                 tracing::debug!(node = %name, error = %e, "monitor connection closed");
             }
         });
-        *client = Some(c);
+        conn.system_id = system_id(&c, timeout).await;
+        conn.client = Some(c);
     }
+    let client = &mut conn.client;
     let c = client.as_ref().expect("set just above");
     let result = tokio::time::timeout(timeout, c.simple_query(sql)).await;
     let messages = match result {

@@ -58,6 +58,8 @@ impl Session {
     }
 
     fn extended_error(&mut self, error: bytes::Bytes) {
+        // A batch the proxy answered in part cannot be replayed whole.
+        self.drop_retry();
         self.respond_local(error);
         self.ignore_till_sync = true;
         // The backend has run part of this pipeline (or holds the transaction block): the error

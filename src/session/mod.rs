@@ -30,6 +30,7 @@ pub mod registry;
 mod relay;
 
 mod responses;
+mod retry;
 mod ryw;
 mod sharding;
 mod signal;
@@ -152,12 +153,16 @@ pub struct Session {
     spare: Option<(Ops, BytesMut)>,
     /// Why the session keeps its backend for good, if it does.
     pinned: Option<&'static str>,
-    /// The simple Query being read on a replica outside a transaction, while nothing of its
-    /// answer has reached the client: if the replica fails now, the read is tried once more on
-    /// another node instead of failing.
-    retry: Option<Frame>,
-    /// The Query being handled is that second try.
+    /// The read being answered by a replica outside a transaction, while nothing of its answer
+    /// has reached the client: if the replica fails now, it is tried once more on another node
+    /// instead of failing (see `retry`).
+    retry: retry::Retry,
+    /// The messages being handled are that second try (until its Sync, or its Query).
     retrying: bool,
+    /// Messages of a read tried again, handled ahead of what the client sends next.
+    replay: std::collections::VecDeque<Frame>,
+    /// The last message handled ended a batch (Sync, Query): the next one starts one.
+    between_batches: bool,
     /// The session is ending (see `Ending`).
     ending: Option<Ending>,
     /// Read-your-writes: the commit position of the session's last write on each shard.

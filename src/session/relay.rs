@@ -136,6 +136,9 @@ impl Session {
             // a transaction, the held one quiet.
             return self.held.as_ref().is_none_or(|h| self.switch_wait && h.quiet());
         }
+        if !self.replay.is_empty() {
+            return self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
+        }
         self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER) && self.client.has_frame()
     }
 
@@ -158,9 +161,12 @@ impl Session {
                     self.switch_wait = false;
                     f
                 }
-                None => match self.client.try_frame()? {
+                None => match self.replay.pop_front() {
                     Some(f) => f,
-                    None => return Ok(Flow::Continue),
+                    None => match self.client.try_frame()? {
+                        Some(f) => f,
+                        None => return Ok(Flow::Continue),
+                    },
                 },
             };
             match self.on_client(frame).await? {
@@ -282,15 +288,9 @@ impl Session {
         let Some(mut h) = self.held.take() else { return };
         h.checkout.conn.broken = true;
         self.handle.set_backend(None);
-        if let Some(query) = self.retry.take()
-            && h.checkout.node.role() == crate::backend::Role::Replica
-            && h.ops.iter().all(|o| matches!(o, Op::Query { .. } | Op::SyncVars))
-        {
-            // A read whose answer has not begun: the replica leaves the rotation now (not at
-            // the next check) and the Query is handled again, on another node.
-            crate::health::mark_down(&h.checkout.node, why);
-            self.stalled = Some(query);
-            self.retrying = true;
+        if self.try_again(&h, why) {
+            // A read whose answer has not begun: the replica left the rotation now (not at the
+            // next check) and the read is handled again, on another node.
             return;
         }
         let node = h.checkout.node.config.name.clone();

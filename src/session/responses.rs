@@ -12,7 +12,7 @@ use crate::protocol::pg::sqlstate::SqlState;
 
 /// An error that says the server is going away (shutdown, crash, terminated connection), not
 /// that the statement failed: class 57P (operator intervention) or 08 (connection exception).
-fn node_going_away(body: &[u8]) -> bool {
+pub(super) fn node_going_away(body: &[u8]) -> bool {
     msg::error_field(body, b'C').is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
 }
 
@@ -26,7 +26,7 @@ fn ends_connection(body: &[u8]) -> bool {
 
 impl Session {
     /// One whole backend message (`raw`: type byte, length, body).
-    pub(super) fn on_backend(&mut self, raw: &[u8]) {
+    pub(super) fn handle_backend(&mut self, raw: &[u8]) {
         let Some(h) = self.held.as_mut() else { return };
         let out = &mut self.client.wbuf;
         let tag = raw[0];
@@ -52,10 +52,8 @@ impl Session {
                 if let Some(pid) = client {
                     out[start + 5..start + 9].copy_from_slice(&pid.to_be_bytes());
                 }
-                self.retry = None;
             } else if tag != b'S' || !swallowing {
                 out.extend_from_slice(raw);
-                self.retry = None;
             }
             return;
         }
@@ -72,8 +70,7 @@ impl Session {
                 front,
                 Some(Op::Query { .. } | Op::Sync | Op::Ext(_) | Op::Inject { .. } | Op::HiddenBegin | Op::Evict { .. })
             );
-            let retried = matches!(front, Some(Op::Query { .. })) && self.retry.is_some() && node_going_away(body);
-            if client_sees && !retried {
+            if client_sees {
                 self.ending = Some(super::Ending::Told);
                 // Nothing comes after a FATAL: answers the proxy queued behind it are not sent.
                 h.ops.retain(|o| !matches!(o, Op::Synth(_)));
@@ -102,16 +99,10 @@ impl Session {
         let mut error_skip = false;
         let mut pipeline_failed = false;
         match op {
-            Op::Query { .. } if self.retry.is_some() && tag == b'E' && node_going_away(body) => {
-                // Nothing reached the client yet: the read is tried again elsewhere.
-                self.backend_lost(&msg::error_message(body));
-                return;
-            }
             Op::Query { failed, .. } => {
                 *failed |= tag == b'E';
                 out.extend_from_slice(raw);
                 done = tag == b'Z';
-                self.retry = None;
             }
             Op::Sync => {
                 out.extend_from_slice(raw);

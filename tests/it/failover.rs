@@ -1,6 +1,8 @@
 //! Failover followed without a configuration change: the primary stops, a replica is promoted
 //! (as `pg_ctl promote`, Patroni or a DBA would), writes go to it within a few check intervals,
-//! and the old primary, back as a primary on the old timeline, gets no traffic at all.
+//! and the old primary, back as a primary on the old timeline, gets no traffic at all. The other
+//! replica serves reads again only once it streams from the new primary; a node of another
+//! cluster is never followed nor read from.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,8 @@ async fn port_of(c: &tokio_postgres::Client, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
-    let sb = crate::harness::own_sandbox(1).await;
-    let (old_port, new_port) = (sb.primary.port, sb.replicas[0].port);
+    let sb = crate::harness::own_sandbox(2).await;
+    let (old_port, new_port, other_port) = (sb.primary.port, sb.replicas[0].port, sb.replicas[1].port);
     let config = crate::harness::sandbox_config(&sb, "1s");
     let proxy = Proxy::start(&config).await;
     proxy.wait_replicas_in_rotation().await;
@@ -84,6 +86,49 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
         port_of(&c, "SELECT current_setting('port') /* shardwire: primary */").await,
         new_port.to_string()
     );
+
+    // The other replica was streaming from the old primary: until it streams the new timeline
+    // it may miss what the new primary took (or hold what the old one lost), so it serves no read.
+    let other = || proxy.shared.runtime.load().clusters[0].replicas[1].health.load_full();
+    proxy
+        .wait_for("the other replica out of rotation", |_| !other().in_rotation)
+        .await;
+    assert!(
+        other().reason.contains("timeline"),
+        "out for its timeline: {}",
+        other().reason
+    );
+    for _ in 0..20 {
+        assert_ne!(
+            port_of(&c, "SELECT current_setting('port')").await,
+            other_port.to_string(),
+            "a read reached the replica left on the old timeline"
+        );
+    }
+    // Pointed at the new primary (as a DBA or Patroni does), it follows the new timeline and
+    // serves reads again, with every acknowledged write.
+    let repoint = crate::harness::direct(other_port).await;
+    repoint
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={new_port} user=postgres'"
+        ))
+        .await
+        .unwrap();
+    repoint.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    proxy
+        .wait_for("the other replica back in rotation", |_| other().in_rotation)
+        .await;
+    assert_eq!(
+        port_of(&c, "SELECT current_setting('port')").await,
+        other_port.to_string()
+    );
+    let seen: i64 = repoint
+        .query_one("SELECT count(*) FROM failover_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, acked.len() as i64, "the re-pointed replica has every write");
+    drop(repoint);
 
     // The old primary comes back, still a primary, on the old timeline: fenced.
     let s = sb.clone();
@@ -158,4 +203,69 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
         .unwrap()
         .get(0);
     assert_eq!(n, 50);
+}
+
+/// Servers of another cluster listed as replicas (a wrong URL, a logical subscriber, a server
+/// re-initialised in place): a streaming replica of it serves no read, and one out of recovery is
+/// not followed even when the primary is down from the start and its timeline never seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_another_cluster_are_never_read_from_or_followed() {
+    let ours = crate::harness::own_sandbox(1).await;
+    let theirs = crate::harness::own_sandbox(1).await;
+    let url = |port: u16| format!("\"postgres://postgres@127.0.0.1:{port}/app\"");
+    let own = crate::harness::sandbox_config(&ours, "1s");
+    let own_replicas = format!("replicas = [{}]", url(ours.replicas[0].port));
+    let with_replicas = |ports: &[u16]| {
+        let listed: Vec<String> = ports.iter().map(|p| url(*p)).collect();
+        own.replace(&own_replicas, &format!("replicas = [{}]", listed.join(", ")))
+    };
+    let (foreign_replica, foreign_primary) = (theirs.replicas[0].port, theirs.primary.port);
+    let config = with_replicas(&[ours.replicas[0].port, foreign_replica]);
+    assert!(config.contains(&foreign_replica.to_string()));
+    let proxy = Proxy::start(&config).await;
+    let health = |i: usize| proxy.shared.runtime.load().clusters[0].replicas[i].health.load_full();
+    proxy
+        .wait_for("our replica in rotation", |_| health(0).in_rotation)
+        .await;
+    proxy
+        .wait_for("the foreign replica refused", |_| {
+            health(1).reason.contains("system identifier")
+        })
+        .await;
+    assert!(!health(1).in_rotation);
+    let c = proxy.app().await;
+    for _ in 0..20 {
+        assert_ne!(
+            port_of(&c, "SELECT current_setting('port')").await,
+            foreign_replica.to_string()
+        );
+    }
+    drop(c);
+    drop(proxy);
+
+    // Our primary is down before shardwire starts: its timeline is never seen. A server out of
+    // recovery would be taken for a promoted replica, were it of this cluster.
+    let mut ours = ours;
+    let ours = tokio::task::spawn_blocking(move || {
+        ours.primary.stop();
+        ours
+    })
+    .await
+    .unwrap();
+    let proxy = Proxy::start(&with_replicas(&[ours.replicas[0].port, foreign_primary])).await;
+    proxy
+        .wait_for("the foreign primary refused", |s| {
+            s.runtime.load().clusters[0].replicas[1]
+                .health
+                .load()
+                .reason
+                .contains("system identifier")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let cluster = proxy.shared.runtime.load().clusters[0].clone();
+    assert_eq!(cluster.failovers.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(cluster.replicas[1].role(), shardwire::backend::Role::Replica);
+    drop(proxy);
+    tokio::task::spawn_blocking(move || drop((ours, theirs))).await.unwrap();
 }

@@ -63,6 +63,72 @@ async fn a_replica_that_dies_under_load_costs_no_client_an_error() {
     tokio::task::spawn_blocking(move || drop(sb)).await.unwrap();
 }
 
+/// The issue's own measure: pgbench -S with 8 clients in each protocol mode (simple Query; Parse,
+/// Bind, Execute, Sync; prepared Bind, Execute, Sync), one of two replicas stopped mid-run. No
+/// client aborts and no transaction fails: every read the stopped replica had not begun to answer
+/// runs again on the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_select_only_survives_a_replica_stop_in_every_protocol_mode() {
+    let sb = crate::harness::own_sandbox(2).await;
+    let config = crate::harness::sandbox_config(&sb, "2s");
+    let proxy = Proxy::start(&config).await;
+    proxy.wait_replicas_in_rotation().await;
+    let url = proxy.url("app", "app");
+    let bin = |name: &str| shardwire::sandbox::pg_bin_dir().unwrap().join(name);
+    let init = tokio::process::Command::new(bin("pgbench"))
+        .args(["-i", "-s", "1", "-q", &url])
+        .output()
+        .await
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let replica_ports: Vec<u16> = sb.replicas.iter().map(|r| r.port).collect();
+    for port in replica_ports {
+        let direct = crate::harness::direct(port).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = direct
+                .query_one("SELECT count(*) FROM pgbench_accounts", &[])
+                .await
+                .map(|r| r.get::<_, i64>(0));
+            if n.as_ref().is_ok_and(|n| *n == 100_000) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica on {port} replayed the init: {n:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let sb = Arc::new(std::sync::Mutex::new(sb));
+    for mode in ["simple", "extended", "prepared"] {
+        let mut bench = tokio::process::Command::new(bin("pgbench"));
+        bench.args(["-S", "-n", "-c", "8", "-j", "2", "-T", "4", "-M", mode, &url]);
+        let run = tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(60), bench.output()).await });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let victim = sb.clone();
+        tokio::task::spawn_blocking(move || victim.lock().unwrap().replicas[1].stop())
+            .await
+            .unwrap();
+        let out = run.await.unwrap().expect("pgbench finishes").unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("pgbench -S -M {mode} with a replica stopped mid-run:\n{text}");
+        assert!(out.status.success(), "{mode}: pgbench failed:\n{text}");
+        assert!(!text.contains("aborted"), "{mode}: a client aborted:\n{text}");
+        assert!(text.contains("number of failed transactions: 0"), "{mode}:\n{text}");
+        let health = proxy.shared.runtime.load().clusters[0].replicas[1].health.load_full();
+        assert!(!health.in_rotation, "{mode}: the stopped replica left the rotation");
+        let back = sb.clone();
+        tokio::task::spawn_blocking(move || back.lock().unwrap().replicas[1].start().unwrap())
+            .await
+            .unwrap();
+        proxy.wait_replicas_in_rotation().await;
+    }
+    drop(proxy);
+    tokio::task::spawn_blocking(move || drop(sb)).await.unwrap();
+}
+
 /// A primary that accepts TCP connections but never answers (a hung host): the first writes wait
 /// out `connect_timeout`, then the circuit breaker opens and writes fail at once with 08006
 /// naming the node, until a probe finds it back.

@@ -1,0 +1,265 @@
+//! Reads tried again when their replica fails before answering.
+//!
+//! A read sent to a replica outside a transaction is kept (the client's messages that asked it: a
+//! simple Query, or an extended-protocol batch up to its Sync) until the first byte of its answer
+//! proper (a row, a command tag, an error, ReadyForQuery) is forwarded. The acknowledgements that
+//! come before it (ParseComplete, BindComplete, parameter and row descriptions) are held back
+//! meanwhile: a server stopped mid-statement sends those, then its FATAL. If the replica's
+//! connection dies, or the server says it is going away, before the answer began, the replica
+//! leaves the rotation at once, the held-back acknowledgements are dropped, and the messages are
+//! handled again as if just received: routed anew (another replica, else the primary as
+//! configured), prepared again on the new connection. The client sees one answer, late, instead
+//! of an error.
+//!
+//! A batch with a Flush is not kept: its client waits for those acknowledgements.
+//!
+//! Nothing is tried again once any answer reached the client, inside a transaction, for a batch
+//! the proxy answered with an error of its own, or for one whose messages were not all seen from
+//! its start (a pipeline in flight behind another): replaying then could repeat or lose a part.
+
+use std::collections::VecDeque;
+
+use super::state::{ExtKind, Op};
+use super::{Held, Session};
+use crate::backend::Role;
+use crate::config::PoolMode;
+use crate::protocol::pg::Frame;
+use crate::protocol::pg::messages as msg;
+
+/// A batch with more messages or bytes than this is not kept: it is answered or fails as sent.
+const MAX_FRAMES: usize = 64;
+const MAX_BYTES: usize = 1 << 20;
+
+/// The read in flight that may be tried again, if any.
+#[derive(Default)]
+pub(super) struct Retry {
+    /// The client's messages, in order; empty: nothing can be tried again.
+    frames: Vec<Frame>,
+    bytes: usize,
+    /// The batch's Sync is among them: later messages belong to another batch.
+    complete: bool,
+    /// Acknowledgements of the backend (and answers of the proxy queued with them) not forwarded
+    /// yet: dropped if the read is tried again, forwarded before anything else otherwise.
+    held_back: bytes::BytesMut,
+}
+
+impl Retry {
+    pub(super) fn is_armed(&self) -> bool {
+        !self.frames.is_empty()
+    }
+
+    fn forget_frames(&mut self) {
+        if !self.frames.is_empty() {
+            self.frames.clear();
+            self.bytes = 0;
+        }
+    }
+
+    /// `false`: over the bounds, the batch is not kept.
+    fn push(&mut self, f: Frame) -> bool {
+        self.bytes += f.raw().len();
+        if self.frames.len() >= MAX_FRAMES || self.bytes > MAX_BYTES {
+            return false;
+        }
+        self.complete = f.tag() == b'S';
+        self.frames.push(f);
+        true
+    }
+}
+
+/// Messages that come before a statement's answer proper and that a second try sends again the
+/// same way: ParseComplete, BindComplete, ParameterDescription, NoData, RowDescription.
+fn acknowledgement(tag: u8) -> bool {
+    matches!(tag, b'1' | b'2' | b't' | b'n' | b'T')
+}
+
+/// Whether the responses still owed on `h` could all be asked again elsewhere: only reads on a
+/// replica, outside a transaction, with nothing the proxy sent on its own that a replay would not
+/// send again the same way.
+pub(super) fn replayable(h: &Held) -> bool {
+    h.checkout.node.role() == Role::Replica
+        && !h.in_transaction()
+        && h.ops.iter().all(|o| {
+            matches!(
+                o,
+                Op::Query { .. }
+                    | Op::Sync
+                    | Op::Synth(_)
+                    | Op::SyncVars
+                    | Op::Inject { .. }
+                    | Op::Evict { .. }
+                    | Op::Ext(ExtKind::Parse { .. } | ExtKind::Bind | ExtKind::Describe | ExtKind::Execute { .. })
+            )
+        })
+}
+
+/// A backend message that reaches the client (the answer has begun), as opposed to one the proxy
+/// swallows: the replay of session parameters, the ParseComplete of a Parse it added, the
+/// CloseComplete of a statement it evicted.
+pub(super) fn reaches_client(front: Option<&Op>, tag: u8) -> bool {
+    match front {
+        Some(Op::SyncVars) => false,
+        Some(Op::Inject { .. }) => tag != b'1',
+        Some(Op::Evict { .. }) => tag != b'3',
+        _ => true,
+    }
+}
+
+impl Session {
+    /// Nothing of the read in flight can be tried again (its answer began, or it cannot be
+    /// replayed as a whole): what was held back goes to the client now, ahead of anything else.
+    pub(super) fn drop_retry(&mut self) {
+        if !self.retry.held_back.is_empty() {
+            let held = self.retry.held_back.split();
+            self.client.wbuf.extend_from_slice(&held);
+        }
+        self.retry.forget_frames();
+    }
+
+    /// A simple Query read on a replica with nothing else in flight.
+    pub(super) fn arm_query(&mut self, query: Frame) {
+        self.drop_retry();
+        self.retry.complete = true;
+        self.retry.bytes = query.raw().len();
+        self.retry.frames.push(query);
+    }
+
+    /// Before an extended-protocol message is handled: whether it is to be kept for a second try.
+    /// A batch is kept from its first message when it starts with no backend held, outside any
+    /// transaction, in transaction pooling; a Close or a Flush, or a message of a batch not kept
+    /// from its start, ends the keeping.
+    pub(super) fn keeps_for_retry(&mut self, tag: u8) -> bool {
+        if self.retrying || matches!(tag, b'C' | b'H') {
+            self.drop_retry();
+            return false;
+        }
+        if self.between_batches {
+            self.drop_retry();
+            let may = self.held.is_none()
+                && self.pinned.is_none()
+                && !self.ignore_till_sync
+                && self.runtime.config.server.pool_mode == PoolMode::Transaction
+                && !self.in_transaction();
+            if may {
+                self.retry.complete = false;
+            }
+            return may;
+        }
+        if self.retry.is_armed() && !self.retry.complete {
+            return true;
+        }
+        self.drop_retry();
+        false
+    }
+
+    /// After the message was handled: kept, unless it stalled (it moves the batch to another
+    /// connection; a replay could not follow).
+    pub(super) fn kept_for_retry(&mut self, f: Frame, stalled: bool) {
+        if stalled || !self.retry.push(f) {
+            self.drop_retry();
+        }
+    }
+
+    /// One whole backend message, the read in flight watched: a going-away error before its
+    /// answer began sends it to another node; its acknowledgements are held back until then.
+    pub(super) fn on_backend(&mut self, raw: &[u8]) {
+        if !self.retry.is_armed() {
+            return self.handle_backend(raw);
+        }
+        let Some(h) = self.held.as_ref() else { return };
+        let tag = raw[0];
+        if tag == b'E' && super::responses::node_going_away(&raw[5..]) && replayable(h) {
+            self.backend_lost(&msg::error_message(&raw[5..]));
+            return;
+        }
+        if !reaches_client(h.ops.front(), tag) {
+            return self.handle_backend(raw);
+        }
+        if !acknowledgement(tag) || self.retry.held_back.len() > MAX_BYTES {
+            self.drop_retry();
+            return self.handle_backend(raw);
+        }
+        let mark = self.client.wbuf.len();
+        self.handle_backend(raw);
+        if self.client.wbuf.len() > mark {
+            let out = self.client.wbuf.split_off(mark);
+            self.retry.held_back.extend_from_slice(&out);
+        }
+    }
+
+    /// The held replica failed with the kept read unanswered: the read is handled again from its
+    /// first message. `false` if there is nothing to try again.
+    pub(super) fn try_again(&mut self, h: &Held, why: &str) -> bool {
+        if !self.retry.is_armed() || !replayable(h) {
+            self.drop_retry();
+            return false;
+        }
+        crate::health::mark_down(&h.checkout.node, why);
+        // The client never saw these: the second try sends them again.
+        self.retry.held_back.clear();
+        let frames = std::mem::take(&mut self.retry.frames);
+        self.retry.bytes = 0;
+        // The statements the batch's Parses created are created again by the replay (a name
+        // already taken before the batch would have failed it, and nothing is replayed then).
+        for f in &frames {
+            if f.tag() == b'P'
+                && let Ok(p) = msg::parse_parse(f.body())
+                && !p.name.is_empty()
+            {
+                self.stmts.remove(p.name);
+            }
+        }
+        let mut replay: VecDeque<Frame> = frames.into();
+        replay.append(&mut self.replay);
+        self.replay = replay;
+        self.retrying = true;
+        self.ignore_till_sync = false;
+        tracing::info!(client = self.handle.pid, node = %h.checkout.node.config.name, why, "read tried again on another node");
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Frame {
+        let mut b = bytes::BytesMut::new();
+        b.extend_from_slice(&[tag]);
+        b.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        b.extend_from_slice(body);
+        crate::protocol::pg::codec::decode_frame(&mut b, 1 << 22)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_kept_up_to_its_sync_and_bounded() {
+        let mut r = Retry::default();
+        assert!(r.push(frame(b'B', b"\0\0\0\0\0\0\0")));
+        assert!(r.push(frame(b'E', b"\0\0\0\0\0")));
+        assert!(r.is_armed() && !r.complete);
+        assert!(r.push(frame(b'S', b"")));
+        assert!(r.complete);
+        assert_eq!(r.frames.len(), 3);
+        let mut big = Retry::default();
+        let kept = (0..=MAX_FRAMES).filter(|_| big.push(frame(b'D', b"S\0"))).count();
+        assert_eq!(kept, MAX_FRAMES, "a batch over the bound is not kept");
+        let mut huge = Retry::default();
+        assert!(!huge.push(frame(b'P', &vec![b'x'; MAX_BYTES + 1])));
+    }
+
+    #[test]
+    fn only_swallowed_answers_leave_the_read_unanswered() {
+        assert!(!reaches_client(Some(&Op::SyncVars), b'C'));
+        assert!(!reaches_client(Some(&Op::Inject { forget: None }), b'1'));
+        assert!(reaches_client(Some(&Op::Inject { forget: None }), b'E'));
+        assert!(!reaches_client(Some(&Op::Evict { hash: 1 }), b'3'));
+        assert!(reaches_client(Some(&Op::Ext(ExtKind::Bind)), b'2'));
+        assert!(reaches_client(Some(&Op::Sync), b'Z'));
+        assert!(reaches_client(None, b'E'));
+        assert!(acknowledgement(b'1') && acknowledgement(b'T') && acknowledgement(b'n'));
+        assert!(!acknowledgement(b'D') && !acknowledgement(b'C') && !acknowledgement(b'Z'));
+        assert!(!acknowledgement(b'E') && !acknowledgement(b'N') && !acknowledgement(b'G'));
+    }
+}
