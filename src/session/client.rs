@@ -47,6 +47,9 @@ pub struct ClientConn {
     pub wbuf: BytesMut,
     /// Largest message accepted.
     pub max_message: usize,
+    /// How many times [`ClientConn::flush`] sent the buffer: bytes held back in it (a replica
+    /// read that may be tried again) are known not to have left while this stays the same.
+    pub flushes: u64,
 }
 
 impl ClientConn {
@@ -57,6 +60,7 @@ impl ClientConn {
             rbuf,
             wbuf: BytesMut::with_capacity(8192),
             max_message,
+            flushes: 0,
         })
     }
 
@@ -102,6 +106,7 @@ impl ClientConn {
     /// Sends everything buffered.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
+            self.flushes += 1;
             self.sock.write_all(&self.wbuf).await?;
             self.wbuf.clear();
         }

@@ -2,14 +2,12 @@
 //! prepared statements need it, and queued with the response it expects.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::client::SessionError;
 use super::sharding::Routed;
 use super::state::{ExtKind, Op, Stmt};
 use super::{Flow, Session};
-use crate::analyze::{Facts, Need, TxEffect};
-use crate::backend::Role;
+use crate::analyze::{Facts, TxEffect};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::rows;
@@ -105,19 +103,10 @@ impl Session {
         if let Some(e) = &facts.too_complex {
             return Ok(self.refuse_too_complex(e, false));
         }
-        if let Some(call) = &facts.proxy_call {
-            match self.signal_target(call, None) {
-                Some((terminate, target)) => {
-                    self.answer_signal_query(terminate, &target);
-                    return Ok(Flow::Continue);
-                }
-                // A pid of the server's own (from pg_stat_activity, say): the server answers.
-                None if matches!(call, crate::analyze::ProxyCall::Signal { .. }) => {}
-                None => {
-                    self.answer_ids_query(call);
-                    return Ok(Flow::Continue);
-                }
-            }
+        if let Some(call) = &facts.proxy_call
+            && self.answer_proxy_call(call)
+        {
+            return Ok(Flow::Continue);
         }
         if let Some(flow) = self.on_dealloc(&facts) {
             return Ok(flow);
@@ -254,20 +243,10 @@ impl Session {
         let Some(stmt) = self.lookup_statement(b.statement) else {
             return Ok(Flow::Continue);
         };
-        if let Some(call) = &stmt.facts.proxy_call {
-            let parts = rows::split_bind(&f.raw().slice_ref(b.rest))?;
-            match self.signal_target(call, Some(&parts)) {
-                Some((terminate, target)) => {
-                    self.bind_signal(b.portal, terminate, &target, &parts);
-                    return Ok(Flow::Continue);
-                }
-                // A pid of the server's own: the statement is prepared and bound there.
-                None if matches!(call, crate::analyze::ProxyCall::Signal { .. }) => {}
-                None => {
-                    self.bind_ids(b.portal, call, &parts);
-                    return Ok(Flow::Continue);
-                }
-            }
+        if let Some(call) = &stmt.facts.proxy_call
+            && self.bind_proxy_call(b.portal, call, &rows::split_bind(&f.raw().slice_ref(b.rest))?)
+        {
+            return Ok(Flow::Continue);
         }
         if self.multi_tx() {
             let single = !stmt.query.trim().trim_end_matches(';').contains(';');
@@ -379,7 +358,13 @@ impl Session {
     async fn on_execute(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let portal = msg::parse_execute(f.body())?;
         if self.multi_portal.as_ref().is_some_and(|p| p.name == portal) {
+            // Runs on other connections and writes to the client itself: not replayable.
+            self.drop_retry();
             return Box::pin(self.execute_multi(&f)).await;
+        }
+        if self.local_portal.as_ref().is_some_and(|(p, _)| p == portal) {
+            // IDs handed out, a signal sent: done once.
+            self.drop_retry();
         }
         if self.on_local_portal(b'E', portal) {
             return Ok(Flow::Continue);
@@ -503,81 +488,5 @@ impl Session {
         // A function call may write anything.
         held.only_read = false;
         Ok(Flow::Continue)
-    }
-
-    fn facts_of(&mut self, sql: &str) -> Arc<Facts> {
-        self.facts_keyed(sql, None)
-    }
-
-    /// The facts of `sql`; `key` is its literal-free cache key when the caller already has one.
-    pub(super) fn facts_keyed(&mut self, sql: &str, key: Option<&str>) -> Arc<Facts> {
-        if let Some((text, facts)) = &self.last_facts
-            && text == sql
-        {
-            return facts.clone();
-        }
-        let functions = &self.runtime.config.routing.primary_functions;
-        let limits = &self.runtime.config.server.limits;
-        let facts = match key {
-            Some(k) => self.shared.cache.get_keyed(k.to_owned(), sql, functions, limits),
-            None => self.shared.cache.get(sql, functions, limits),
-        };
-        if sql.len() > 4096 {
-            // Idle sessions should not keep a large text alive.
-            return facts;
-        }
-        match &mut self.last_facts {
-            Some((text, f)) if text.capacity() >= sql.len() => {
-                text.clear();
-                text.push_str(sql);
-                *f = facts.clone();
-            }
-            other => *other = Some((sql.to_owned(), facts.clone())),
-        }
-        facts
-    }
-
-    fn lookup_statement(&mut self, name: &str) -> Option<Arc<Stmt>> {
-        let found = if name.is_empty() {
-            self.unnamed.clone()
-        } else {
-            self.stmts.get(name).cloned()
-        };
-        if found.is_none() {
-            let m = if name.is_empty() {
-                "unnamed prepared statement does not exist".to_string()
-            } else {
-                format!("prepared statement \"{name}\" does not exist")
-            };
-            self.local_error(SqlState::INVALID_SQL_STATEMENT_NAME, &m);
-        }
-        found
-    }
-
-    /// Bookkeeping for a statement sent: pinning, transaction start, writes, counters.
-    fn note_statement(&mut self, facts: &Facts) {
-        if let Some(reason) = facts.pins_session
-            && self.pinned.is_none()
-        {
-            tracing::debug!(client = self.handle.pid, reason, "session pinned to its backend");
-            self.pinned = Some(reason);
-            if reason == "LISTEN" {
-                self.handle.listening();
-            }
-        }
-        let Some(held) = self.held.as_mut() else { return };
-        held.begin_pending |= matches!(facts.tx, TxEffect::Begin { .. });
-        if facts.need != Need::Read && facts.tx == TxEffect::None {
-            held.only_read = false;
-        }
-        let node = &held.checkout.node;
-        if node.role() == Role::Primary
-            && facts.need == Need::Primary
-            && facts.tx == TxEffect::None
-            && facts.set_ops.is_empty()
-        {
-            held.wrote = true;
-        }
-        node.stats.statements.fetch_add(1, Ordering::Relaxed);
     }
 }

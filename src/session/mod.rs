@@ -35,6 +35,7 @@ mod ryw;
 mod sharding;
 mod signal;
 pub mod state;
+mod statements;
 mod transaction;
 mod tx_legs;
 pub mod values;

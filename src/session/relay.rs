@@ -192,7 +192,8 @@ impl Session {
         let nothing_owed = self.held.as_ref().is_none_or(|h| h.ops.is_empty());
         let want_client_read = self.stalled.is_none() && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
         let want_backend_read = self.client.wbuf.len() <= HIGH_WATER;
-        let want_client_write = !self.client.wbuf.is_empty() || self.client.sock.wants_write();
+        let sendable = self.retry.sendable(self.client.wbuf.len());
+        let want_client_write = sendable > 0 || self.client.sock.wants_write();
         let client = &mut self.client;
         let mut backend = self.held.as_mut().map(|h| {
             let conn: &mut crate::backend::BackendConn = &mut h.checkout.conn;
@@ -201,7 +202,7 @@ impl Session {
         let shutdown = &mut self.shutdown;
         let handle = &self.handle;
         let event = std::future::poll_fn(|cx| {
-            if want_client_write && let Poll::Ready(r) = client.sock.poll_write(cx, &client.wbuf) {
+            if want_client_write && let Poll::Ready(r) = client.sock.poll_write(cx, &client.wbuf[..sendable]) {
                 return Poll::Ready(r.map(Event::ClientWrote).map_err(SessionError::from));
             }
             if let Some((stream, rbuf, wbuf)) = backend.as_mut() {
@@ -254,12 +255,17 @@ impl Session {
     }
 
     fn write_client(&mut self) -> Result<(), SessionError> {
-        let n = self.client.sock.try_write(&self.client.wbuf)?;
+        let sendable = self.retry.sendable(self.client.wbuf.len());
+        if sendable == 0 {
+            return Ok(());
+        }
+        let n = self.client.sock.try_write(&self.client.wbuf[..sendable])?;
         self.client_written(n);
         Ok(())
     }
 
     fn client_written(&mut self, n: usize) {
+        self.retry.sent(n);
         let _ = self.client.wbuf.split_to(n);
         if self.client.wbuf.is_empty() && self.client.wbuf.capacity() > KEEP_CAPACITY {
             self.client.wbuf = BytesMut::new();

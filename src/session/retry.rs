@@ -3,8 +3,9 @@
 //! A read sent to a replica outside a transaction is kept (the client's messages that asked it: a
 //! simple Query, or an extended-protocol batch up to its Sync) until the first byte of its answer
 //! proper (a row, a command tag, an error, ReadyForQuery) is forwarded. The acknowledgements that
-//! come before it (ParseComplete, BindComplete, parameter and row descriptions) are held back
-//! meanwhile: a server stopped mid-statement sends those, then its FATAL. If the replica's
+//! come before it (ParseComplete, BindComplete, parameter and row descriptions) are held back in
+//! the client's send buffer meanwhile (not sent, not copied): a server stopped mid-statement sends
+//! those, then its FATAL. If the replica's
 //! connection dies, or the server says it is going away, before the answer began, the replica
 //! leaves the rotation at once, the held-back acknowledgements are dropped, and the messages are
 //! handled again as if just received: routed anew (another replica, else the primary as
@@ -38,9 +39,12 @@ pub(super) struct Retry {
     bytes: usize,
     /// The batch's Sync is among them: later messages belong to another batch.
     complete: bool,
-    /// Acknowledgements of the backend (and answers of the proxy queued with them) not forwarded
-    /// yet: dropped if the read is tried again, forwarded before anything else otherwise.
-    held_back: bytes::BytesMut,
+    /// Where, in the client's send buffer, the acknowledgements of the backend (and answers of
+    /// the proxy queued with them) begin: nothing from there on is sent while the read may still
+    /// be tried again; cut off if it is. Kept in step as the buffer's front is written.
+    hold_from: Option<usize>,
+    /// `ClientConn::flushes` when the hold began.
+    hold_flushes: u64,
 }
 
 impl Retry {
@@ -52,6 +56,18 @@ impl Retry {
         if !self.frames.is_empty() {
             self.frames.clear();
             self.bytes = 0;
+        }
+    }
+
+    /// How much of the client's send buffer (`len` bytes) may be sent now.
+    pub(super) fn sendable(&self, len: usize) -> usize {
+        self.hold_from.map_or(len, |at| at.min(len))
+    }
+
+    /// `n` bytes from the front of the client's send buffer were sent.
+    pub(super) fn sent(&mut self, n: usize) {
+        if let Some(at) = &mut self.hold_from {
+            *at = at.saturating_sub(n);
         }
     }
 
@@ -109,10 +125,7 @@ impl Session {
     /// Nothing of the read in flight can be tried again (its answer began, or it cannot be
     /// replayed as a whole): what was held back goes to the client now, ahead of anything else.
     pub(super) fn drop_retry(&mut self) {
-        if !self.retry.held_back.is_empty() {
-            let held = self.retry.held_back.split();
-            self.client.wbuf.extend_from_slice(&held);
-        }
+        self.retry.hold_from = None;
         self.retry.forget_frames();
     }
 
@@ -155,7 +168,12 @@ impl Session {
     /// After the message was handled: kept, unless it stalled (it moves the batch to another
     /// connection; a replay could not follow).
     pub(super) fn kept_for_retry(&mut self, f: Frame, stalled: bool) {
-        if stalled || !self.retry.push(f) {
+        // Only a replica's answers are tried again: on the primary, nothing is kept.
+        let elsewhere = self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.checkout.node.role() != Role::Replica);
+        if stalled || elsewhere || !self.retry.push(f) {
             self.drop_retry();
         }
     }
@@ -175,16 +193,19 @@ impl Session {
         if !reaches_client(h.ops.front(), tag) {
             return self.handle_backend(raw);
         }
-        if !acknowledgement(tag) || self.retry.held_back.len() > MAX_BYTES {
+        let held = self
+            .retry
+            .hold_from
+            .map_or(0, |at| self.client.wbuf.len().saturating_sub(at));
+        if !acknowledgement(tag) || held > MAX_BYTES {
             self.drop_retry();
             return self.handle_backend(raw);
         }
-        let mark = self.client.wbuf.len();
-        self.handle_backend(raw);
-        if self.client.wbuf.len() > mark {
-            let out = self.client.wbuf.split_off(mark);
-            self.retry.held_back.extend_from_slice(&out);
+        if self.retry.hold_from.is_none() {
+            self.retry.hold_from = Some(self.client.wbuf.len());
+            self.retry.hold_flushes = self.client.flushes;
         }
+        self.handle_backend(raw);
     }
 
     /// The held replica failed with the kept read unanswered: the read is handled again from its
@@ -194,9 +215,16 @@ impl Session {
             self.drop_retry();
             return false;
         }
+        if let Some(at) = self.retry.hold_from.take() {
+            if self.client.flushes != self.retry.hold_flushes || at > self.client.wbuf.len() {
+                // Sent after all (a path that writes the whole buffer ran meanwhile).
+                self.drop_retry();
+                return false;
+            }
+            // The client never saw these: the second try sends them again.
+            self.client.wbuf.truncate(at);
+        }
         crate::health::mark_down(&h.checkout.node, why);
-        // The client never saw these: the second try sends them again.
-        self.retry.held_back.clear();
         let frames = std::mem::take(&mut self.retry.frames);
         self.retry.bytes = 0;
         // The statements the batch's Parses created are created again by the replay (a name
