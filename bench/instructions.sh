@@ -10,6 +10,9 @@
 #
 #   bench/instructions.sh [transactions-per-client]     (default 2500: 10,000 per mode)
 #   MODES="extended" narrows the modes (default: simple extended prepared).
+#   REPLICA=1 adds a streaming replica (pg_basebackup) that the reads go to: the replica path
+#   (rotation, the read kept for a second try) instead of the primary's. Checks every 30 s, so
+#   the monitor's queries stay out of the count.
 #
 # Needs: valgrind (callgrind_control), the PostgreSQL server packages (initdb, pgbench, psql),
 # python3, cargo.
@@ -27,7 +30,8 @@ chmod 755 "$WORK"
 AS=()
 if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK"; AS=(runuser -u postgres --); fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PG_PORT=$(free_port); SW_PORT=$(free_port)
+PG_PORT=$(free_port); SW_PORT=$(free_port); REP_PORT=$(free_port)
+REPLICA=${REPLICA:-0}
 VG_PID=""
 cleanup() {
     if [ -n "$VG_PID" ]; then
@@ -35,6 +39,7 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$VG_PID" 2>/dev/null || break; sleep 0.2; done
         kill -9 "$VG_PID" 2>/dev/null || true
     fi
+    "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/rep" -m immediate stop >/dev/null 2>&1 || true
     "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
@@ -46,6 +51,16 @@ trap "exit 130" INT TERM
     -o "-p $PG_PORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
 "$BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench
 "$BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -s 1 -q bench >/dev/null 2>&1
+
+REPLICAS=""
+if [ "$REPLICA" = 1 ]; then
+    "${AS[@]}" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$WORK/rep" -R -X stream -c fast >/dev/null
+    "${AS[@]}" "$BIN/pg_ctl" -D "$WORK/rep" -l "$WORK/rep.log" -w \
+        -o "-p $REP_PORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+    REPLICAS="replicas = [\"postgres://postgres@127.0.0.1:$REP_PORT/bench\"]
+[routing]
+lag_check_interval = \"30s\""
+fi
 
 cat > "$WORK/shardwire.toml" <<TOML
 [server]
@@ -59,6 +74,7 @@ auth = "trust"
 [[shards]]
 name = "main"
 primary = "postgres://postgres@127.0.0.1:$PG_PORT/bench"
+$REPLICAS
 TOML
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
     "$SW" serve --config "$WORK/shardwire.toml" 2>"$WORK/shardwire.log" &
@@ -69,6 +85,14 @@ for i in $(seq 120); do
     [ "$i" = 120 ] && { echo "shardwire did not accept connections within 60 s" >&2; exit 1; }
     sleep 0.5
 done
+
+if [ "$REPLICA" = 1 ]; then
+    for i in $(seq 60); do
+        [ "$("$BIN/psql" -h 127.0.0.1 -p "$SW_PORT" -U postgres -d bench -Atqc 'select pg_is_in_recovery()')" = t ] && break
+        [ "$i" = 60 ] && { echo "reads never reached the replica" >&2; exit 1; }
+        sleep 0.5
+    done
+fi
 
 pgb() { timeout 900 "$BIN/pgbench" -h 127.0.0.1 -p "$SW_PORT" -U postgres -n -S "$@" bench 2>&1; }
 # The total Ir of a dump: its `totals:` line (or `summary:`, the same count, in the header).

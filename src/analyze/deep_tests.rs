@@ -1,7 +1,8 @@
 //! Hostile statement texts: long chains, deep nesting, huge lists and random token soup, at and
 //! far beyond the limits, analyzed on a thread with shardwire's stack ([`STACK_SIZE`]) by
 //! every path a session takes: the facts, the shard shape of the exact text and of the text with
-//! its literals as parameters (the extended protocol's form), and printing and dropping the tree.
+//! its literals as parameters (the extended protocol's form), and printing and dropping the tree;
+//! and the MySQL front end's (its dialect's facts, its `?` template, their shapes).
 //! Each must give an answer or a refusal; a stack overflow aborts the test process.
 
 use std::collections::HashSet;
@@ -24,9 +25,21 @@ fn analyze_all(texts: Vec<String>) -> usize {
             let mut refused = 0;
             for sql in &texts {
                 let facts = analyze_within(sql, &HashSet::new(), &Limits::default());
+                // The MySQL front end's paths: its dialect's facts, the text with its literals
+                // as `?` (the prepared form), and the shard shape of both.
+                let my = super::mysql::analyze(sql, &HashSet::new(), &Limits::default());
+                assert_eq!(
+                    my.facts.too_complex.is_some(),
+                    facts.too_complex.is_some(),
+                    "both front ends refuse the same texts"
+                );
                 if facts.too_complex.is_some() {
                     refused += 1;
                     continue;
+                }
+                drop(super::shard::shape_mysql(sql, &map));
+                if let Some(text) = super::mysql::template(sql) {
+                    drop(super::shard::shape_mysql(&text, &map));
                 }
                 drop(shape(sql, &map));
                 if let Some((text, _)) = parameterize(sql) {

@@ -118,8 +118,10 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
     proxy
         .wait_for("the other replica back in rotation", |_| other().in_rotation)
         .await;
+    // A session of its own: `c` wrote, and reads its writes on the primary until replayed.
+    let reader = proxy.app().await;
     assert_eq!(
-        port_of(&c, "SELECT current_setting('port')").await,
+        port_of(&reader, "SELECT current_setting('port')").await,
         other_port.to_string()
     );
     let seen: i64 = repoint
@@ -184,6 +186,43 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_is_fenced() {
     assert_eq!(
         port_of(&c, "SELECT current_setting('port') /* shardwire: primary */").await,
         new_port.to_string()
+    );
+
+    // The DBA catches the configuration up: the promoted node named as the primary, the old one
+    // gone. RELOAD applies it as any topology change; writes and reads go on where they were.
+    let node = |port: u16| format!("\"postgres://postgres@127.0.0.1:{port}/app\"");
+    let caught_up = config.replace(&format!("{}, ", node(new_port)), "").replace(
+        &format!("primary = {}", node(old_port)),
+        &format!("primary = {}", node(new_port)),
+    );
+    assert!(
+        !caught_up.contains(&old_port.to_string()) && caught_up.matches(&new_port.to_string()).count() == 1,
+        "{caught_up}"
+    );
+    std::fs::write(&proxy.config_path, &caught_up).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let reloaded = proxy.shared.runtime.load().clusters[0].clone();
+    assert_eq!(reloaded.primary.role(), shardwire::backend::Role::Primary);
+    assert_eq!(reloaded.replicas.len(), 1);
+    for _ in 0..5 {
+        next += 1;
+        c.execute("INSERT INTO failover_log VALUES ($1)", &[&next])
+            .await
+            .unwrap();
+        acked.push(next);
+    }
+    assert_eq!(
+        port_of(&c, "SELECT current_setting('port') /* shardwire: primary */").await,
+        new_port.to_string()
+    );
+    proxy
+        .wait_for("the replica in rotation after the reload", |s| {
+            s.runtime.load().clusters[0].replicas[0].health.load().in_rotation
+        })
+        .await;
+    assert_eq!(
+        port_of(&reader, "SELECT current_setting('port')").await,
+        other_port.to_string()
     );
 
     // No acknowledged write is lost, and the old primary got none of the new ones.
