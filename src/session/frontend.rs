@@ -16,29 +16,6 @@ use crate::protocol::pg::sqlstate::SqlState;
 impl Session {
     pub(super) async fn on_client(&mut self, f: Frame) -> Result<Flow, SessionError> {
         let tag = f.tag();
-        let extended = matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S');
-        let kept = (extended && self.keeps_for_retry(tag)).then(|| f.clone());
-        let flow = self.dispatch(f).await?;
-        let stalled = matches!(flow, Flow::Stall(_));
-        if let Some(k) = kept {
-            self.kept_for_retry(k, stalled);
-        }
-        if !stalled {
-            match tag {
-                b'S' => {
-                    self.between_batches = true;
-                    self.retrying = false;
-                }
-                b'Q' | b'F' => self.between_batches = true,
-                _ if extended => self.between_batches = false,
-                _ => {}
-            }
-        }
-        Ok(flow)
-    }
-
-    async fn dispatch(&mut self, f: Frame) -> Result<Flow, SessionError> {
-        let tag = f.tag();
         tracing::trace!(client = self.handle.pid, tag = %(tag as char), held = self.held.is_some(), "client message");
         if self.ignore_till_sync && !matches!(tag, b'S' | b'X') {
             return Ok(Flow::Continue);

@@ -169,7 +169,12 @@ impl Session {
                     },
                 },
             };
-            match self.on_client(frame).await? {
+            // Here rather than in `on_client`: a future around every message's would cost a copy.
+            let tag = frame.tag();
+            let kept = self.keeps_for_retry(tag).then(|| frame.clone());
+            let flow = self.on_client(frame).await?;
+            self.handled(tag, kept, matches!(flow, Flow::Stall(_)));
+            match flow {
                 Flow::Continue => {}
                 Flow::Stall(f) => {
                     self.stalled = Some(f);

@@ -142,6 +142,9 @@ impl Session {
     /// transaction, in transaction pooling; a Close or a Flush, or a message of a batch not kept
     /// from its start, ends the keeping.
     pub(super) fn keeps_for_retry(&mut self, tag: u8) -> bool {
+        if !matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S') {
+            return false;
+        }
         if self.retrying || matches!(tag, b'C' | b'H') {
             self.drop_retry();
             return false;
@@ -165,16 +168,30 @@ impl Session {
         false
     }
 
-    /// After the message was handled: kept, unless it stalled (it moves the batch to another
-    /// connection; a replay could not follow).
-    pub(super) fn kept_for_retry(&mut self, f: Frame, stalled: bool) {
-        // Only a replica's answers are tried again: on the primary, nothing is kept.
-        let elsewhere = self
-            .held
-            .as_ref()
-            .is_some_and(|h| h.checkout.node.role() != Role::Replica);
-        if stalled || elsewhere || !self.retry.push(f) {
-            self.drop_retry();
+    /// After a client message was handled: `kept` (from [`Session::keeps_for_retry`]) is kept
+    /// unless the message stalled (it moves the batch to another connection; a replay could not
+    /// follow) or went to the primary (nothing there is tried again); and where batches begin.
+    pub(super) fn handled(&mut self, tag: u8, kept: Option<Frame>, stalled: bool) {
+        if let Some(f) = kept {
+            let elsewhere = self
+                .held
+                .as_ref()
+                .is_some_and(|h| h.checkout.node.role() != Role::Replica);
+            if stalled || elsewhere || !self.retry.push(f) {
+                self.drop_retry();
+            }
+        }
+        if stalled {
+            return;
+        }
+        match tag {
+            b'S' => {
+                self.between_batches = true;
+                self.retrying = false;
+            }
+            b'Q' | b'F' => self.between_batches = true,
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.between_batches = false,
+            _ => {}
         }
     }
 

@@ -158,6 +158,31 @@ async fn a_partition_is_reassigned_and_fenced_from_the_console() {
         .unwrap();
     assert_eq!(got, "k on s1");
 
+    // While a partition of the group is being moved, DDL on the group's tables is refused (the
+    // move's copy must match them), in both protocols; reads and writes go on; after it, DDL runs.
+    admin(&proxy, &format!("SET PARTITION users {p} STATE moving"))
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("ALTER TABLE users ADD COLUMN note text")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{e}");
+    assert!(e.as_db_error().unwrap().message().contains("is moving"), "{e:?}");
+    let e = c.execute("TRUNCATE users", &[]).await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{e}");
+    let n: String = c
+        .query_one("SELECT name FROM users WHERE id = $1", &[&k])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, "k on s1", "reads of the moving partition go on");
+    admin(&proxy, &format!("SET PARTITION users {p} STATE serving"))
+        .await
+        .unwrap();
+    c.batch_execute("ALTER TABLE users ADD COLUMN note text").await.unwrap();
+    c.batch_execute("ALTER TABLE users DROP COLUMN note").await.unwrap();
+
     // A transaction open across a change finishes on the route it started with (the mover
     // catches up its writes before the cutover); the next statement takes the new route.
     c.batch_execute("BEGIN").await.unwrap();
@@ -228,7 +253,7 @@ async fn a_partition_is_reassigned_and_fenced_from_the_console() {
         .unwrap()
         .unwrap_err();
     assert_eq!(code(&e), Some("40001"), "{e:?}");
-    assert_eq!(proxy.shared.runtime.load().config.map.version, 10);
+    assert_eq!(proxy.shared.runtime.load().config.map.version, 12);
     // A command with a typo names the way.
     let e = admin(&proxy, &format!("SET PARTITION users {p} INTO s1"))
         .await

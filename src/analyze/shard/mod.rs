@@ -23,6 +23,7 @@ use crate::shardmap::{ShardMap, TableRule};
 mod aggregates;
 mod columns;
 mod copy_options;
+mod ddl;
 mod dml;
 mod fill_ids;
 mod having;
@@ -32,6 +33,7 @@ mod scope;
 use aggregates::*;
 pub use columns::{with_columns, with_rows};
 use copy_options::*;
+use ddl::{during_move, is_ddl};
 use dml::*;
 pub use fill_ids::*;
 pub use having::*;
@@ -345,6 +347,11 @@ fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
         };
     }
     let (named, unsharded) = tables(stmt, map);
+    if is_ddl(stmt)
+        && let Some(refusal) = during_move(stmt, &named, map)
+    {
+        return Shape::Refuse(refusal);
+    }
     if named.is_empty() {
         return if is_ddl(stmt) {
             Shape::Broadcast
@@ -458,21 +465,4 @@ fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
         }
         _ => Shape::Refuse("this kind of statement is not supported on sharded tables".into()),
     }
-}
-
-fn is_ddl(stmt: &Statement) -> bool {
-    matches!(
-        stmt,
-        Statement::CreateTable(_)
-            | Statement::AlterTable(_)
-            | Statement::Drop { .. }
-            | Statement::CreateIndex(_)
-            | Statement::Truncate(_)
-            | Statement::CreateSchema { .. }
-            | Statement::CreateView(_)
-            | Statement::CreateSequence { .. }
-            | Statement::CreateExtension(_)
-            | Statement::AlterIndex { .. }
-            | Statement::Comment { .. }
-    )
 }
