@@ -171,9 +171,9 @@ impl Session {
             };
             // Here rather than in `on_client`: a future around every message's would cost a copy.
             let tag = frame.tag();
-            let kept = self.keeps_for_retry(tag).then(|| frame.clone());
+            self.keep_for_retry(&frame);
             let flow = self.on_client(frame).await?;
-            self.handled(tag, kept, matches!(flow, Flow::Stall(_)));
+            self.handled(tag, matches!(flow, Flow::Stall(_)));
             match flow {
                 Flow::Continue => {}
                 Flow::Stall(f) => {

@@ -45,6 +45,8 @@ pub(super) struct Retry {
     hold_from: Option<usize>,
     /// `ClientConn::flushes` when the hold began.
     hold_flushes: u64,
+    /// The batch's connection was checked to be a replica's.
+    routed: bool,
 }
 
 impl Retry {
@@ -137,78 +139,93 @@ impl Session {
         self.retry.frames.push(query);
     }
 
-    /// Before an extended-protocol message is handled: whether it is to be kept for a second try.
-    /// A batch is kept from its first message when it starts with no backend held, outside any
-    /// transaction, in transaction pooling; a Close or a Flush, or a message of a batch not kept
-    /// from its start, ends the keeping.
-    pub(super) fn keeps_for_retry(&mut self, tag: u8) -> bool {
-        if !matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S') {
-            return false;
-        }
-        if self.retrying || matches!(tag, b'C' | b'H') {
-            self.drop_retry();
-            return false;
-        }
-        if self.between_batches {
-            self.drop_retry();
-            let may = self.held.is_none()
-                && self.pinned.is_none()
-                && !self.ignore_till_sync
-                && self.runtime.config.server.pool_mode == PoolMode::Transaction
-                && !self.in_transaction();
-            if may {
-                self.retry.complete = false;
+    /// Before a client message is handled: kept for a second try if it belongs to a batch being
+    /// kept. A batch is kept from its first message when it starts with no backend held, outside
+    /// any transaction, in transaction pooling; a Close, a Flush or any message but Parse, Bind,
+    /// Describe, Execute and Sync ends the keeping. Inline: runs for every message.
+    #[inline]
+    pub(super) fn keep_for_retry(&mut self, f: &Frame) {
+        let tag = f.tag();
+        let keep = if self.between_batches {
+            self.start_batch(tag)
+        } else if self.retry.is_armed() && !self.retry.complete {
+            if matches!(tag, b'P' | b'B' | b'D' | b'E' | b'S') {
+                true
+            } else {
+                self.drop_retry();
+                false
             }
-            return may;
+        } else {
+            false
+        };
+        if keep && !self.retry.push(f.clone()) {
+            self.drop_retry();
         }
-        if self.retry.is_armed() && !self.retry.complete {
-            return true;
-        }
-        self.drop_retry();
-        false
     }
 
-    /// After a client message was handled: `kept` (from [`Session::keeps_for_retry`]) is kept
-    /// unless the message stalled (it moves the batch to another connection; a replay could not
-    /// follow) or went to the primary (nothing there is tried again); and where batches begin.
-    pub(super) fn handled(&mut self, tag: u8, kept: Option<Frame>, stalled: bool) {
-        if let Some(f) = kept {
-            let elsewhere = self
-                .held
-                .as_ref()
-                .is_some_and(|h| h.checkout.node.role() != Role::Replica);
-            if stalled || elsewhere || !self.retry.push(f) {
+    /// The first message of a batch: whether the batch is kept.
+    fn start_batch(&mut self, tag: u8) -> bool {
+        self.drop_retry();
+        if self.retrying || !matches!(tag, b'P' | b'B' | b'D' | b'E') {
+            return false;
+        }
+        self.retry.complete = false;
+        self.retry.routed = false;
+        self.held.is_none()
+            && self.pinned.is_none()
+            && !self.ignore_till_sync
+            && self.runtime.config.server.pool_mode == PoolMode::Transaction
+            && !self.in_transaction()
+    }
+
+    /// After a client message was handled: a batch that stalled (it moves to another
+    /// connection; a replay could not follow) or went to the primary (nothing there is tried
+    /// again) is not kept; and where batches begin. Inline: runs for every message.
+    #[inline]
+    pub(super) fn handled(&mut self, tag: u8, stalled: bool) {
+        if stalled {
+            if self.retry.is_armed() {
+                self.drop_retry();
+            }
+            return;
+        }
+        if self.retry.is_armed()
+            && !self.retry.routed
+            && let Some(h) = self.held.as_ref()
+        {
+            self.retry.routed = true;
+            if h.checkout.node.role() != Role::Replica {
                 self.drop_retry();
             }
         }
-        if stalled {
-            return;
-        }
-        match tag {
-            b'S' => {
-                self.between_batches = true;
-                self.retrying = false;
-            }
-            b'Q' | b'F' => self.between_batches = true,
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.between_batches = false,
-            _ => {}
+        self.between_batches = matches!(tag, b'S' | b'Q' | b'F');
+        if tag == b'S' {
+            self.retrying = false;
         }
     }
 
-    /// One whole backend message, the read in flight watched: a going-away error before its
-    /// answer began sends it to another node; its acknowledgements are held back until then.
+    /// One whole backend message.
+    #[inline]
     pub(super) fn on_backend(&mut self, raw: &[u8]) {
-        if !self.retry.is_armed() {
-            return self.handle_backend(raw);
+        if self.retry.is_armed() && self.watch_backend(raw) {
+            return;
         }
-        let Some(h) = self.held.as_ref() else { return };
+        self.handle_backend(raw);
+    }
+
+    /// A backend message while the read in flight may be tried again: a going-away error before
+    /// its answer began sends the read to another node (`true`: the message was dealt with); its
+    /// acknowledgements are held back until then.
+    #[inline(never)]
+    fn watch_backend(&mut self, raw: &[u8]) -> bool {
+        let Some(h) = self.held.as_ref() else { return false };
         let tag = raw[0];
         if tag == b'E' && super::responses::node_going_away(&raw[5..]) && replayable(h) {
             self.backend_lost(&msg::error_message(&raw[5..]));
-            return;
+            return true;
         }
         if !reaches_client(h.ops.front(), tag) {
-            return self.handle_backend(raw);
+            return false;
         }
         let held = self
             .retry
@@ -216,13 +233,11 @@ impl Session {
             .map_or(0, |at| self.client.wbuf.len().saturating_sub(at));
         if !acknowledgement(tag) || held > MAX_BYTES {
             self.drop_retry();
-            return self.handle_backend(raw);
-        }
-        if self.retry.hold_from.is_none() {
+        } else if self.retry.hold_from.is_none() {
             self.retry.hold_from = Some(self.client.wbuf.len());
             self.retry.hold_flushes = self.client.flushes;
         }
-        self.handle_backend(raw);
+        false
     }
 
     /// The held replica failed with the kept read unanswered: the read is handled again from its
