@@ -139,6 +139,7 @@ mod tests {
             visible: cols.len(),
             cols,
             grouped: having.is_some(),
+            one_row: false,
             having,
             order,
             limit: None,

@@ -301,6 +301,15 @@ impl Session {
         for (i, f) in out_fields.iter_mut().enumerate() {
             match m.cols[i] {
                 ColKind::Count | ColKind::Sum => f.format = client_format(i),
+                // The shards sent the counted expression itself: the client sees count's bigint.
+                ColKind::CountDistinct => {
+                    f.format = client_format(i);
+                    f.type_oid = oid::INT8;
+                    f.size = 8;
+                    f.modifier = -1;
+                    f.table = 0;
+                    f.column = 0;
+                }
                 ColKind::Avg { .. } => {
                     f.format = client_format(i);
                     if !matches!(f.type_oid, oid::FLOAT4 | oid::FLOAT8) {

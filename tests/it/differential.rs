@@ -221,6 +221,17 @@ fn read_corpus() -> Vec<String> {
     q.push("SELECT DISTINCT country, score FROM users WHERE score > 95 ORDER BY country, score".into());
     q.push("SELECT DISTINCT kind FROM events ORDER BY kind DESC".into());
     q.push("SELECT DISTINCT score FROM users ORDER BY score NULLS FIRST LIMIT 5".into());
+    // count(DISTINCT x) across shards: the shards group by x too, the merge counts values once.
+    q.push("SELECT count(DISTINCT country) FROM users".into());
+    q.push("SELECT count(DISTINCT score), count(*), sum(score), min(score), max(score), avg(score) FROM users".into());
+    q.push(
+        "SELECT country, count(DISTINCT score) AS scores FROM users GROUP BY country ORDER BY country NULLS FIRST"
+            .into(),
+    );
+    q.push("SELECT status, count(DISTINCT amount), count(DISTINCT amount) FROM orders GROUP BY status ORDER BY 2 DESC, status".into());
+    q.push("SELECT count(DISTINCT kind) FROM events WHERE weight > 1e9".into());
+    q.push("SELECT count(DISTINCT user_id) FROM orders WHERE status = 'new'".into());
+    q.push("SELECT score, count(DISTINCT country) FROM users WHERE score < 4 GROUP BY score ORDER BY count(DISTINCT country) DESC, score LIMIT 3".into());
     // Co-located joins.
     q.push("SELECT u.id, u.name, o.id, o.amount FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = 42 ORDER BY o.id".into());
     q.push(
@@ -248,7 +259,8 @@ fn read_corpus() -> Vec<String> {
 const REFUSED: &[&str] = &[
     "SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id",
     "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id",
-    "SELECT count(DISTINCT country) FROM users",
+    "SELECT count(DISTINCT country), count(DISTINCT score) FROM users",
+    "SELECT sum(DISTINCT score) FROM users",
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
     "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",
     "SELECT id FROM users UNION SELECT user_id FROM orders",
@@ -387,6 +399,14 @@ async fn same_rows_as_one_database() {
         (
             "SELECT id, amount FROM orders WHERE user_id = $1 ORDER BY id",
             vec![3, 77, 1500],
+        ),
+        (
+            "SELECT country, count(DISTINCT score), sum(score) FROM users WHERE score::bigint < $1 GROUP BY country ORDER BY country",
+            vec![0, 5, 50],
+        ),
+        (
+            "SELECT count(DISTINCT amount) FROM orders WHERE user_id < $1",
+            vec![0, 40],
         ),
         (
             "SELECT count(*), sum(amount), avg(amount) FROM orders WHERE user_id = $1",

@@ -22,6 +22,9 @@ pub enum ColKind {
         /// Hidden column holding the count.
         count_col: usize,
     },
+    /// COUNT(DISTINCT x), sent as `x` with the shards grouping by it as well: the merge counts
+    /// the distinct non-null values over every shard's groups.
+    CountDistinct,
 }
 
 /// One ORDER BY key over the merged result.
@@ -56,6 +59,9 @@ pub struct Merge {
     pub having: Option<Having>,
     /// ORDER BY of the merged rows.
     pub order: Vec<SortKey>,
+    /// Aggregates without GROUP BY whose shards group anyway (COUNT(DISTINCT)): with no rows at
+    /// all, the merge still answers the one row one database gives.
+    pub one_row: bool,
     /// LIMIT applied after merging.
     pub limit: Option<Operand>,
     /// OFFSET applied after merging.
@@ -145,6 +151,8 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     // A GROUP BY on the shard key puts every group on one shard: the shards' rows are final.
     let group_on_key = group_exprs.iter().any(|e| scope.key_of(e).is_some());
     let mut having = None;
+    // The argument of COUNT(DISTINCT ...), if any: the shards group by it too.
+    let mut distinct_arg: Option<Expr> = None;
     let n = sel.projection.len();
     for (i, item) in sel.projection.iter().enumerate() {
         let (expr, alias) = match item {
@@ -185,10 +193,38 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             );
         };
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct));
-        if distinct || f.filter.is_some() {
-            return refuse(
-                "aggregates with DISTINCT or FILTER across shards are not supported unless grouped by the shard key",
-            );
+        if f.filter.is_some() {
+            return refuse("aggregates with FILTER across shards are not supported unless grouped by the shard key");
+        }
+        if distinct {
+            let arg = match (&f.args, func_name(f).as_str()) {
+                (FunctionArguments::List(l), "count") if l.args.len() == 1 && l.clauses.is_empty() => {
+                    match &l.args[0] {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => e.clone(),
+                        _ => return refuse("count(DISTINCT ...) across shards takes one expression"),
+                    }
+                }
+                _ => {
+                    return refuse(
+                        "aggregates with DISTINCT across shards other than count(DISTINCT x) are not supported unless grouped by the shard key",
+                    );
+                }
+            };
+            if distinct_arg.as_ref().is_some_and(|d| strip(d) != strip(&arg)) {
+                return refuse("count(DISTINCT ...) of more than one expression across shards is not supported");
+            }
+            // Named as one database names the count: its alias, or `count`.
+            let alias = match &sel.projection[i] {
+                SelectItem::ExprWithAlias { alias, .. } => alias.clone(),
+                _ => Ident::with_quote('"', "count"),
+            };
+            shard_sel.projection[i] = SelectItem::ExprWithAlias {
+                expr: arg.clone(),
+                alias,
+            };
+            distinct_arg = Some(arg);
+            cols.push(ColKind::CountDistinct);
+            continue;
         }
         let kind = match mergeable(f) {
             Ok(Mergeable::Kind(kind)) => kind,
@@ -216,6 +252,17 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         cols.push(kind);
     }
     let grouped_merge = !group_on_key && (any_agg || !group_exprs.is_empty());
+    if let Some(arg) = &distinct_arg {
+        if sel.having.is_some() {
+            return refuse("HAVING with count(DISTINCT ...) across shards is not supported");
+        }
+        // Each shard gives one row per group and distinct value; the other aggregates (COUNT,
+        // SUM, MIN, MAX, AVG's parts) combine over those rows as over whole groups.
+        match &mut shard_sel.group_by {
+            GroupByExpr::Expressions(e, _) => e.push(arg.clone()),
+            GroupByExpr::All(_) => return refuse("GROUP BY ALL across shards is not supported"),
+        }
+    }
     if grouped_merge {
         // Every GROUP BY expression must be a selected plain column, so groups can be matched.
         for g in &group_exprs {
@@ -310,7 +357,12 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
                 && cols[col] != ColKind::Plain
                 && !matches!(
                     cols[col],
-                    ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max | ColKind::Avg { .. }
+                    ColKind::Count
+                        | ColKind::Sum
+                        | ColKind::Min
+                        | ColKind::Max
+                        | ColKind::Avg { .. }
+                        | ColKind::CountDistinct
                 )
             {
                 return refuse("ORDER BY on this column across shards is not supported");
@@ -408,6 +460,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         visible: n,
         cols,
         grouped: grouped_merge || distinct,
+        one_row: distinct_arg.is_some() && group_exprs.is_empty(),
         having,
         order,
         limit,

@@ -2,20 +2,21 @@
 //! are read, partial aggregates combined per group, HAVING applied to the merged groups, then
 //! the groups sorted and windowed. Memory grows with the number of groups, not of rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
 use super::having::eval_having;
-use super::{Value, average, cmp_keys, combine};
+use super::{Value, average, cmp_keys, combine, distinct_key};
 use crate::analyze::shard::{ColKind, Merge};
 use crate::exec::{Cells, Failure, Params, Row, RowSink, RowSource, Window};
 
-/// A merged group: the cells of its first row (MIN/MAX cells replaced by the winners') and the
-/// accumulated values of its aggregate columns.
+/// A merged group: the cells of its first row (MIN/MAX cells replaced by the winners'), the
+/// accumulated values of its aggregate columns, and the distinct values COUNT(DISTINCT) counts.
 pub(super) struct Group {
     pub cells: Row,
     pub acc: Vec<Value>,
+    pub distinct: HashSet<Vec<u8>>,
 }
 
 /// Key cells → index into `rows`.
@@ -39,12 +40,25 @@ fn aggregates(m: &Merge, cells: &impl Cells, row: &[Option<Bytes>]) -> Result<Ve
 impl Groups {
     fn add(&mut self, m: &Merge, key_cols: &[usize], row: Row, vals: Vec<Value>) -> Result<(), String> {
         let key: Row = key_cols.iter().map(|&i| row[i].clone()).collect();
+        // Every COUNT(DISTINCT) column carries the same expression: the first one's value counts.
+        let seen = m
+            .cols
+            .iter()
+            .position(|k| *k == ColKind::CountDistinct)
+            .and_then(|i| distinct_key(&vals[i]));
         let Some(&g) = self.index.get(&key) else {
             self.index.insert(key, self.rows.len());
-            self.rows.push(Group { cells: row, acc: vals });
+            self.rows.push(Group {
+                cells: row,
+                acc: vals,
+                distinct: seen.into_iter().collect(),
+            });
             return Ok(());
         };
         let group = &mut self.rows[g];
+        if let Some(v) = seen {
+            group.distinct.insert(v);
+        }
         for (i, k) in m.cols.iter().enumerate() {
             if *k == ColKind::Plain {
                 continue;
@@ -64,6 +78,7 @@ pub(super) fn group_value(m: &Merge, cells: &impl Cells, g: &Group, i: usize) ->
     match m.cols.get(i) {
         Some(ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max) => Ok(g.acc[i].clone()),
         Some(ColKind::Avg { count_col }) => average(&g.acc[i], &g.acc[*count_col]).map_err(|e| e.to_string()),
+        Some(ColKind::CountDistinct) => Ok(Value::Int(g.distinct.len() as i64)),
         _ => cells.decode(i, g.cells.get(i).and_then(|c| c.as_deref())),
     }
 }
@@ -90,6 +105,20 @@ pub async fn grouped<S: RowSource, K: RowSink>(
         }
     }
     let mut rows = groups.rows;
+    if rows.is_empty() && m.one_row {
+        // Aggregates without GROUP BY answer one row even over no rows: counts 0, the rest NULL.
+        let mut acc = vec![Value::Null; m.cols.len()];
+        for (i, k) in m.cols.iter().enumerate() {
+            if *k == ColKind::Count {
+                acc[i] = Value::Int(0);
+            }
+        }
+        rows.push(Group {
+            cells: vec![None; m.cols.len()],
+            acc,
+            distinct: HashSet::new(),
+        });
+    }
     if let Some(h) = &m.having {
         let mut kept = Vec::with_capacity(rows.len());
         for g in rows {
@@ -103,7 +132,10 @@ pub async fn grouped<S: RowSource, K: RowSink>(
     let mut finished: Vec<(Vec<Value>, Row)> = Vec::with_capacity(rows.len());
     for mut g in rows {
         for i in 0..m.visible {
-            if matches!(m.cols[i], ColKind::Count | ColKind::Sum | ColKind::Avg { .. }) {
+            if matches!(
+                m.cols[i],
+                ColKind::Count | ColKind::Sum | ColKind::Avg { .. } | ColKind::CountDistinct
+            ) {
                 let v = group_value(m, cells, &g, i).map_err(unmergeable)?;
                 g.cells[i] = cells.encode(i, &v).map_err(unmergeable)?;
             }

@@ -146,8 +146,49 @@ pub fn combine(kind: ColKind, a: &Value, b: &Value) -> Result<(Value, bool), Mer
             };
             (if replace { b.clone() } else { a.clone() }, replace)
         }
-        ColKind::Plain => (a.clone(), false),
+        // Counted from the distinct values a group collects (see `groups`), not combined.
+        ColKind::Plain | ColKind::CountDistinct => (a.clone(), false),
     })
+}
+
+/// The identity of a value for COUNT(DISTINCT): equal keys for values the database holds equal
+/// (numerics whatever their scale, either zero, any NaN); `None` for NULL, which is not counted.
+pub fn distinct_key(v: &Value) -> Option<Vec<u8>> {
+    let mut k = Vec::with_capacity(17);
+    match v {
+        Value::Null => return None,
+        Value::Int(i) => {
+            k.push(b'i');
+            k.extend_from_slice(&i.to_be_bytes());
+        }
+        Value::Float(f) => {
+            let f = if f.is_nan() {
+                f64::NAN
+            } else if *f == 0.0 {
+                0.0
+            } else {
+                *f
+            };
+            k.push(b'f');
+            k.extend_from_slice(&f.to_bits().to_be_bytes());
+        }
+        Value::Num(d) => {
+            let (mut mant, mut scale) = (d.mant, d.scale);
+            while scale > 0 && mant % 10 == 0 {
+                mant /= 10;
+                scale -= 1;
+            }
+            k.push(b'n');
+            k.extend_from_slice(&mant.to_be_bytes());
+            k.extend_from_slice(&scale.to_be_bytes());
+        }
+        Value::Text(t) => {
+            k.push(b't');
+            k.extend_from_slice(t);
+        }
+        Value::Bool(b) => k.extend_from_slice(&[b'b', *b as u8]),
+    }
+    Some(k)
 }
 
 /// AVG from the merged SUM and COUNT: numeric for exact sums (as PostgreSQL's avg of integers

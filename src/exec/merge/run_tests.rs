@@ -110,6 +110,7 @@ fn merge(visible: usize, cols: Vec<ColKind>, grouped: bool, order: Vec<SortKey>)
         visible,
         cols,
         grouped,
+        one_row: false,
         having: None,
         order,
         limit: None,
@@ -295,6 +296,58 @@ fn groups_combine_partial_aggregates_then_sort() {
             vec!["b", "1", "1", "x", "x", "1.00000000000000000000"],
         ]
     );
+}
+
+#[test]
+fn count_distinct_counts_values_over_every_shards_groups() {
+    // SELECT g, count(DISTINCT x), count(*), sum(y) ... GROUP BY g ORDER BY g; the shards ran
+    // SELECT g, x, count(*), sum(y) ... GROUP BY g, x: a value on two shards counts once, NULL
+    // not at all, and numerics equal whatever their scale.
+    let m = merge(
+        4,
+        vec![ColKind::Plain, ColKind::CountDistinct, ColKind::Count, ColKind::Sum],
+        true,
+        vec![key(0, false, false)],
+    );
+    let mut shards = vec![
+        shard(&[
+            &[Some("a"), Some("1.0"), Some("2"), Some("5")],
+            &[Some("a"), Some("2"), Some("1"), Some("1")],
+            &[Some("b"), None, Some("4"), Some("4")],
+        ]),
+        shard(&[
+            &[Some("a"), Some("1.00"), Some("1"), Some("2")],
+            &[Some("a"), Some("3"), Some("1"), Some("1")],
+            &[Some("b"), Some("7"), Some("1"), Some("1")],
+        ]),
+    ];
+    let mut client = Client::default();
+    block_on(run(
+        &mut shards,
+        &m,
+        &Text("tnii"),
+        &NoParams,
+        Window::default(),
+        &mut client,
+    ))
+    .unwrap();
+    assert_eq!(texts(&client), [vec!["a", "3", "5", "9"], vec!["b", "1", "5", "5"]]);
+
+    // Without GROUP BY, over no rows at all: one row, as one database answers (count 0).
+    let mut m = merge(2, vec![ColKind::CountDistinct, ColKind::Count], true, vec![]);
+    m.one_row = true;
+    let mut empty = vec![shard(&[]), shard(&[])];
+    let mut client = Client::default();
+    block_on(run(
+        &mut empty,
+        &m,
+        &Text("ii"),
+        &NoParams,
+        Window::default(),
+        &mut client,
+    ))
+    .unwrap();
+    assert_eq!(texts(&client), [vec!["0", "0"]]);
 }
 
 #[test]
