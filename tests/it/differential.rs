@@ -232,6 +232,17 @@ fn read_corpus() -> Vec<String> {
     q.push("SELECT count(DISTINCT kind) FROM events WHERE weight > 1e9".into());
     q.push("SELECT count(DISTINCT user_id) FROM orders WHERE status = 'new'".into());
     q.push("SELECT score, count(DISTINCT country) FROM users WHERE score < 4 GROUP BY score ORDER BY count(DISTINCT country) DESC, score LIMIT 3".into());
+    // UNION and UNION ALL over the group's tables: every shard runs the whole statement.
+    q.push(
+        "SELECT id FROM users WHERE score = 7 UNION ALL SELECT user_id FROM orders WHERE amount > 499.5 ORDER BY 1"
+            .into(),
+    );
+    q.push("SELECT country FROM users UNION SELECT status FROM orders ORDER BY country NULLS FIRST".into());
+    q.push("SELECT id AS n, name FROM users WHERE id < 5 UNION ALL SELECT id, status FROM orders WHERE user_id = 3 ORDER BY n DESC, name LIMIT 4 OFFSET 1".into());
+    q.push("SELECT user_id, status FROM orders WHERE user_id = 10 UNION SELECT id, country FROM users WHERE id = 10 ORDER BY 1, 2".into());
+    q.push("SELECT score FROM users WHERE score > 97 UNION SELECT score FROM users WHERE score < 2".into());
+    q.push("SELECT u.id, o.amount FROM users u JOIN orders o ON o.user_id = u.id WHERE o.amount > 499.8 UNION ALL SELECT id, 0 FROM users WHERE id = 1 ORDER BY 1, 2".into());
+    q.push("SELECT DISTINCT country FROM users UNION SELECT DISTINCT status FROM orders".into());
     // Co-located joins.
     q.push("SELECT u.id, u.name, o.id, o.amount FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = 42 ORDER BY o.id".into());
     q.push(
@@ -263,7 +274,11 @@ const REFUSED: &[&str] = &[
     "SELECT sum(DISTINCT score) FROM users",
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
     "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",
-    "SELECT id FROM users UNION SELECT user_id FROM orders",
+    "SELECT id FROM users INTERSECT SELECT user_id FROM orders",
+    "SELECT id FROM users EXCEPT SELECT user_id FROM orders",
+    "SELECT count(*) FROM users UNION ALL SELECT count(*) FROM orders",
+    "SELECT code FROM countries UNION ALL SELECT country FROM users",
+    "SELECT id FROM users UNION ALL SELECT id FROM events",
     "SELECT country, count(*) FROM users GROUP BY country HAVING count(DISTINCT score) > 1",
     "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) + 1 > 100",
     "UPDATE users SET id = id + 1 WHERE id = 5",

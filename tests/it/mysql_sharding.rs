@@ -259,6 +259,14 @@ fn corpus() -> Vec<String> {
     q.push("SELECT DISTINCT status FROM orders ORDER BY status".into());
     q.push("SELECT DISTINCT kind FROM events ORDER BY kind DESC".into());
     q.push("SELECT DISTINCT score FROM users ORDER BY score LIMIT 5".into());
+    q.push(
+        "SELECT id FROM users WHERE score = 7 UNION ALL SELECT user_id FROM orders WHERE amount > 499.5 ORDER BY 1"
+            .into(),
+    );
+    q.push(
+        "SELECT status FROM orders WHERE user_id < 50 UNION SELECT name FROM users WHERE id < 3 ORDER BY 1 LIMIT 6"
+            .into(),
+    );
     q.push("SELECT u.id, u.name, o.id, o.amount FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = 42 ORDER BY o.id".into());
     q.push(
         "SELECT u.id, o.id FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id IN (1, 2, 3) ORDER BY u.id, o.id"

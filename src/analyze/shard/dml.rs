@@ -115,7 +115,7 @@ pub(super) fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
         return Shape::Refuse("WITH queries over sharded tables are not supported across shards".into());
     }
     let SetExpr::Select(sel) = q.body.as_ref() else {
-        return Shape::Refuse("UNION, INTERSECT and EXCEPT over sharded tables are not supported across shards".into());
+        return super::union::union_shape(q, map, group);
     };
     let s = match scope(&sel.from, map) {
         Ok(s) => s,

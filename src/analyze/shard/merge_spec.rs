@@ -469,7 +469,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
 }
 
 /// `expr COLLATE "C"` (or "POSIX"): text compared byte by byte, whatever the database's collation.
-fn byte_collation(e: &Expr) -> bool {
+pub(super) fn byte_collation(e: &Expr) -> bool {
     matches!(e, Expr::Collate { collation, .. } if matches!(last_name(collation).to_ascii_lowercase().as_str(), "c" | "posix"))
 }
 

@@ -29,6 +29,7 @@ mod fill_ids;
 mod having;
 mod merge_spec;
 mod scope;
+mod union;
 
 use aggregates::*;
 pub use columns::{with_columns, with_rows};

@@ -19,10 +19,25 @@ pub(super) struct Group {
     pub distinct: HashSet<Vec<u8>>,
 }
 
-/// Key cells → index into `rows`.
+/// Group keys → index into `rows`. A key cell is the value as the database compares it when it
+/// can be decoded (numerics whatever their scale, either zero: the shards grouped them as equal,
+/// and so must the merge), its bytes otherwise; `None` is NULL.
 struct Groups {
-    index: HashMap<Row, usize>,
+    index: HashMap<Vec<Option<Vec<u8>>>, usize>,
     rows: Vec<Group>,
+}
+
+fn key_cell(cells: &impl Cells, col: usize, cell: Option<&Bytes>) -> Option<Vec<u8>> {
+    let raw = cell?;
+    match cells.decode(col, Some(raw)) {
+        Ok(v) => distinct_key(&v),
+        Err(_) => {
+            let mut k = Vec::with_capacity(raw.len() + 1);
+            k.push(b'r');
+            k.extend_from_slice(raw);
+            Some(k)
+        }
+    }
 }
 
 /// Decodes a row's aggregate columns (plain ones stay bytes and make the group key).
@@ -38,8 +53,15 @@ fn aggregates(m: &Merge, cells: &impl Cells, row: &[Option<Bytes>]) -> Result<Ve
 }
 
 impl Groups {
-    fn add(&mut self, m: &Merge, key_cols: &[usize], row: Row, vals: Vec<Value>) -> Result<(), String> {
-        let key: Row = key_cols.iter().map(|&i| row[i].clone()).collect();
+    fn add(
+        &mut self,
+        m: &Merge,
+        cells: &impl Cells,
+        key_cols: &[usize],
+        row: Row,
+        vals: Vec<Value>,
+    ) -> Result<(), String> {
+        let key: Vec<Option<Vec<u8>>> = key_cols.iter().map(|&i| key_cell(cells, i, row[i].as_ref())).collect();
         // Every COUNT(DISTINCT) column carries the same expression: the first one's value counts.
         let seen = m
             .cols
@@ -101,7 +123,7 @@ pub async fn grouped<S: RowSource, K: RowSink>(
     for source in sources.iter_mut() {
         while let Some(row) = source.next_row().await.map_err(Failure::Source)? {
             let vals = aggregates(m, cells, &row).map_err(unmergeable)?;
-            groups.add(m, &key_cols, row, vals).map_err(unmergeable)?;
+            groups.add(m, cells, &key_cols, row, vals).map_err(unmergeable)?;
         }
     }
     let mut rows = groups.rows;

@@ -333,6 +333,24 @@ fn count_distinct_counts_values_over_every_shards_groups() {
     .unwrap();
     assert_eq!(texts(&client), [vec!["a", "3", "5", "9"], vec!["b", "1", "5", "5"]]);
 
+    // Groups are matched as the database compares them: 1.5 and 1.50 are one group.
+    let m = merge(2, vec![ColKind::Plain, ColKind::Count], true, vec![]);
+    let mut shards = vec![
+        shard(&[&[Some("1.5"), Some("2")], &[None, Some("1")]]),
+        shard(&[&[Some("1.50"), Some("3")], &[None, Some("1")]]),
+    ];
+    let mut client = Client::default();
+    block_on(run(
+        &mut shards,
+        &m,
+        &Text("ni"),
+        &NoParams,
+        Window::default(),
+        &mut client,
+    ))
+    .unwrap();
+    assert_eq!(texts(&client), [vec!["1.5", "5"], vec!["NULL", "2"]]);
+
     // Without GROUP BY, over no rows at all: one row, as one database answers (count 0).
     let mut m = merge(2, vec![ColKind::CountDistinct, ColKind::Count], true, vec![]);
     m.one_row = true;

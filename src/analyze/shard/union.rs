@@ -1,0 +1,225 @@
+//! UNION and UNION ALL over sharded tables: every row of every branch lives on exactly one shard,
+//! so each shard runs the whole statement and the results are concatenated (UNION ALL) or
+//! de-duplicated once more across shards (UNION), ordered and windowed by the merge as one
+//! database would. Each branch must be one a shard answers in full for its own rows: a plain
+//! SELECT over the group's tables (joins on the key, reference tables beside them, GROUP BY on
+//! the key), with no aggregate, DISTINCT, LIMIT or window of its own to merge. INTERSECT and
+//! EXCEPT compare rows of different shards and are refused.
+
+use sqlparser::ast::{SetOperator, SetQuantifier};
+
+use super::*;
+
+/// The shape of a query whose body is a UNION of SELECTs over group `group`.
+pub(super) fn union_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
+    let (leaves, distinct) = match branches(q.body.as_ref()) {
+        Ok(b) => b,
+        Err(m) => return Shape::Refuse(m),
+    };
+    let mut conds = Vec::with_capacity(leaves.len());
+    for sel in &leaves {
+        let s = match scope(&sel.from, map) {
+            Ok(s) => s,
+            Err(m) => return Shape::Refuse(m),
+        };
+        if s.keys.is_empty() {
+            // A branch over reference tables alone would come back once from every shard.
+            return Shape::Refuse(
+                "a UNION branch without a sharded table across shards is not supported: every shard would return its rows"
+                    .into(),
+            );
+        }
+        if let Err(m) = no_sharded_subqueries(*sel, map, s.keys.len()) {
+            return Shape::Refuse(m);
+        }
+        match joined_cond(&sel.from, sel.selection.as_ref(), &s) {
+            Ok(c) => conds.push(c),
+            Err(m) => return Shape::Refuse(m),
+        }
+        let single = Query {
+            body: Box::new(SetExpr::Select(Box::new((*sel).clone()))),
+            order_by: None,
+            limit_clause: None,
+            ..q.clone()
+        };
+        match merge_plan(&single, sel, &s) {
+            Ok(m) if m.cols.iter().all(|k| *k == ColKind::Plain) && !m.grouped => {}
+            Ok(_) if distinct && is_plain_distinct(sel) => {}
+            Ok(_) => {
+                return Shape::Refuse(
+                    "a UNION branch with aggregates, GROUP BY or DISTINCT across shards is not supported; group on the shard key or query the branches separately"
+                        .into(),
+                );
+            }
+            Err(m) => return Shape::Refuse(m),
+        }
+    }
+    Shape::Group {
+        group,
+        cond: KeyCond::Or(conds),
+        write: false,
+        merge: union_merge(q, leaves[0], distinct).map(Box::new),
+    }
+}
+
+/// The SELECTs of a chain of UNIONs, left to right, and whether duplicates are removed. Walked
+/// with a stack: the chain's length is the input's.
+fn branches(body: &SetExpr) -> Result<(Vec<&Select>, bool), String> {
+    let mut leaves = Vec::new();
+    let mut distinct = None;
+    let mut stack = vec![body];
+    while let Some(e) = stack.pop() {
+        match e {
+            SetExpr::Select(s) => leaves.push(s.as_ref()),
+            SetExpr::SetOperation {
+                op: SetOperator::Union,
+                set_quantifier,
+                left,
+                right,
+            } => {
+                let d = match set_quantifier {
+                    SetQuantifier::All => false,
+                    SetQuantifier::None | SetQuantifier::Distinct => true,
+                    _ => return Err("this UNION form across shards is not supported".into()),
+                };
+                if distinct.is_some_and(|x| x != d) {
+                    return Err("UNION mixed with UNION ALL across shards is not supported".into());
+                }
+                distinct = Some(d);
+                // Right first: popped last, so branches come out left to right.
+                stack.push(right);
+                stack.push(left);
+            }
+            SetExpr::SetOperation { .. } => {
+                return Err("INTERSECT and EXCEPT over sharded tables are not supported across shards".into());
+            }
+            _ => return Err("a UNION branch in parentheses, VALUES or TABLE across shards is not supported".into()),
+        }
+    }
+    Ok((leaves, distinct.unwrap_or(false)))
+}
+
+/// A branch whose only merge work is its own DISTINCT, which the UNION's repeats anyway.
+fn is_plain_distinct(sel: &Select) -> bool {
+    let plain = Select {
+        distinct: None,
+        ..sel.clone()
+    };
+    matches!(sel.distinct, Some(Distinct::Distinct))
+        && calls(&plain).0.is_empty()
+        && matches!(&sel.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+}
+
+/// How the shards' results of the UNION combine: every column plain, de-duplicated for UNION,
+/// ordered by output columns (by position or by the first branch's names), LIMIT raised by
+/// OFFSET on the shards and applied after merging.
+fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, String> {
+    let n = first.projection.len();
+    let star = first
+        .projection
+        .iter()
+        .any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }));
+    if star && distinct {
+        return Err("UNION of SELECT * across shards is not supported; name the columns".into());
+    }
+    let names: Vec<Option<String>> = first
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(ident(alias)),
+            SelectItem::UnnamedExpr(Expr::Identifier(id)) => Some(ident(id)),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(p)) => p.last().map(ident),
+            _ => None,
+        })
+        .collect();
+    let mut order = Vec::new();
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(exprs) = &ob.kind else {
+            return Err("ORDER BY ALL across shards is not supported".into());
+        };
+        for o in exprs {
+            let desc = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+            if matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Using(_))) {
+                return Err("ORDER BY ... USING across shards is not supported".into());
+            }
+            let col = match strip(&o.expr) {
+                Expr::Value(v) => match &v.value {
+                    Value::Number(k, _) => k
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&k| k >= 1 && (star || k <= n))
+                        .map(|k| k - 1),
+                    _ => None,
+                },
+                Expr::Identifier(id) if !star => {
+                    let name = ident(id);
+                    let mut at = names
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, a)| a.as_deref() == Some(name.as_str()));
+                    match (at.next(), at.next()) {
+                        (Some((i, _)), None) => Some(i),
+                        (Some(_), Some(_)) => return Err(format!("ORDER BY \"{name}\" is ambiguous")),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let Some(col) = col else {
+                return Err(format!(
+                    "ORDER BY {} of a UNION across shards must name an output column (by name or position)",
+                    o.expr
+                ));
+            };
+            order.push(SortKey {
+                col,
+                desc,
+                nulls_first: o.options.nulls_first.unwrap_or(desc),
+                byte_order: byte_collation(&o.expr),
+            });
+        }
+    }
+    let (limit, offset) = match &q.limit_clause {
+        None => (None, None),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => {
+            let lit = |e: Option<&Expr>| -> Result<Option<Operand>, String> {
+                match e.map(operand) {
+                    None | Some(Some(Operand::Null)) => Ok(None),
+                    Some(Some(Operand::Lit(l))) => Ok(Some(Operand::Lit(l))),
+                    _ => Err("LIMIT and OFFSET of a UNION across shards must be numbers".into()),
+                }
+            };
+            (lit(limit.as_ref())?, lit(offset.as_ref().map(|o| &o.value))?)
+        }
+        Some(_) => return Err("this LIMIT form across shards is not supported".into()),
+    };
+    let mut shard_q = q.clone();
+    shard_q.limit_clause = None;
+    let params = renumber_params(&mut shard_q);
+    let mut sql = shard_q.to_string();
+    if !distinct && let Some(Operand::Lit(l)) = &limit {
+        let o = match &offset {
+            Some(Operand::Lit(o)) => o.parse::<i64>().unwrap_or(0),
+            _ => 0,
+        };
+        if let Ok(l) = l.parse::<i64>() {
+            sql.push_str(&format!(" LIMIT {}", l.saturating_add(o)));
+        }
+    }
+    Ok(Merge {
+        sql,
+        params,
+        visible: n,
+        cols: vec![ColKind::Plain; n],
+        grouped: distinct,
+        one_row: false,
+        having: None,
+        order,
+        limit,
+        offset,
+    })
+}
