@@ -47,7 +47,10 @@ impl Runtime {
                     .and_then(|p| p.clusters.iter().zip(&p.config.shards).find(|(_, old)| *old == s))
                     .map(|(c, _)| c.clone())
                     .unwrap_or_else(|| {
-                        let c = Cluster::new(s, &config.pool);
+                        let old = previous
+                            .filter(|p| p.config.pool == config.pool)
+                            .and_then(|p| p.clusters.iter().find(|o| o.name == s.name));
+                        let c = Cluster::rebuilt(s, &config.pool, old.map(|c| &**c));
                         // A failover followed before the rebuild still stands: writes stay on the
                         // promoted node (and the old primary fenced) if the new nodes include it.
                         let followed = previous

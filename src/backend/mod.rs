@@ -45,7 +45,20 @@ pub struct Cluster {
 impl Cluster {
     /// Builds nodes and pools (connections open lazily).
     pub fn new(s: &ShardConfig, pool: &PoolConfig) -> Arc<Cluster> {
-        let primary = Node::new(s.primary.clone(), Role::Primary, pool);
+        Cluster::rebuilt(s, pool, None)
+    }
+
+    /// Builds the shard anew after a change, keeping `old`'s nodes (their pools, open
+    /// connections, health and counters) where a node's configuration and role are unchanged:
+    /// adding or removing a replica drops no connection to the others. `old`'s pool settings
+    /// must be `pool`.
+    pub fn rebuilt(s: &ShardConfig, pool: &PoolConfig, old: Option<&Cluster>) -> Arc<Cluster> {
+        let node = |config: &crate::config::NodeConfig, role: Role| {
+            old.and_then(|o| o.nodes().find(|n| n.config == *config && n.role() == role))
+                .cloned()
+                .unwrap_or_else(|| Node::new(config.clone(), role, pool))
+        };
+        let primary = node(&s.primary, Role::Primary);
         Arc::new(Cluster {
             name: s.name.clone(),
             writer: ArcSwap::new(primary.clone()),
@@ -53,11 +66,7 @@ impl Cluster {
             collation: std::sync::OnceLock::new(),
             decision_table: std::sync::atomic::AtomicBool::new(false),
             primary,
-            replicas: s
-                .replicas
-                .iter()
-                .map(|r| Node::new(r.clone(), Role::Replica, pool))
-                .collect(),
+            replicas: s.replicas.iter().map(|r| node(r, Role::Replica)).collect(),
             rr: AtomicUsize::new(0),
             server_params: Mutex::new(None),
         })

@@ -110,6 +110,51 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+/// Adding and removing a replica by RELOAD keeps the connections to the nodes that did not
+/// change: the primary's server process stays the same across both reloads (before, the shard's
+/// pools were all rebuilt and every connection to it reopened).
+#[tokio::test]
+async fn a_replica_added_and_removed_at_runtime_drops_no_connection_to_the_primary() {
+    let topo = shared();
+    let with = topo.config("", "");
+    let replicas = format!(
+        "replicas = [\"postgres://postgres@127.0.0.1:{}/app\"]",
+        topo.replica_port
+    );
+    assert!(with.contains(&replicas));
+    let without = with.replace(&replicas, "replicas = []");
+    let proxy = Proxy::start(&without).await;
+    let admin = proxy.connect_db("admin", "admin", "shardwire").await.unwrap();
+    let app = proxy.connect("noryw", "noryw").await.unwrap();
+    let primary_pid = || async {
+        app.query_one("SELECT pg_backend_pid() /* shardwire: primary */", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    let before = primary_pid().await;
+    assert_eq!(primary_pid().await, before, "one idle connection, reused");
+    let node = || proxy.shared.runtime.load().clusters[0].primary.clone();
+    let primary_node = node();
+
+    std::fs::write(&proxy.config_path, &with).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    assert_eq!(proxy.shared.runtime.load().clusters[0].replicas.len(), 1);
+    assert!(
+        std::sync::Arc::ptr_eq(&node(), &primary_node),
+        "the primary's node kept"
+    );
+    assert_eq!(primary_pid().await, before, "the primary's connection kept");
+    proxy.wait_replicas_in_rotation().await;
+    assert!(crate::harness::on_replica(&app).await, "the added replica serves reads");
+
+    std::fs::write(&proxy.config_path, &without).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    assert!(proxy.shared.runtime.load().clusters[0].replicas.is_empty());
+    assert_eq!(primary_pid().await, before, "the primary's connection kept");
+    assert!(!crate::harness::on_replica(&app).await, "reads back on the primary");
+}
+
 #[tokio::test]
 async fn metrics_and_health_over_http() {
     let proxy = Proxy::start(&shared().config("", "")).await;
