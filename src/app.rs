@@ -47,10 +47,10 @@ impl Runtime {
                     .and_then(|p| p.clusters.iter().zip(&p.config.shards).find(|(_, old)| *old == s))
                     .map(|(c, _)| c.clone())
                     .unwrap_or_else(|| {
-                        let old = previous
-                            .filter(|p| p.config.pool == config.pool)
-                            .and_then(|p| p.clusters.iter().find(|o| o.name == s.name));
-                        let c = Cluster::rebuilt(s, &config.pool, old.map(|c| &**c));
+                        let old = previous.and_then(|p| p.clusters.iter().find(|o| o.name == s.name));
+                        // Nodes are kept only under the same pool settings (they hold the pools).
+                        let same_pool = previous.is_some_and(|p| p.config.pool == config.pool);
+                        let c = Cluster::rebuilt(s, &config.pool, old.map(|c| &**c), same_pool);
                         // A failover followed before the rebuild still stands: writes stay on the
                         // promoted node (and the old primary fenced) if the new nodes include it.
                         let followed = previous

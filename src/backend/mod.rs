@@ -33,6 +33,9 @@ pub struct Cluster {
     writer: ArcSwap<Node>,
     /// Failovers followed.
     pub failovers: AtomicU64,
+    /// A promotion was followed for this shard (by this cluster or one it was rebuilt from):
+    /// replicas must show they stream the new writer's timeline before they serve again.
+    pub after_failover: std::sync::atomic::AtomicBool,
     /// The database's collation, read the first time a cross-shard merge needs it.
     pub collation: std::sync::OnceLock<String>,
     /// The two-phase commit decision table is known to exist on the writer.
@@ -45,16 +48,17 @@ pub struct Cluster {
 impl Cluster {
     /// Builds nodes and pools (connections open lazily).
     pub fn new(s: &ShardConfig, pool: &PoolConfig) -> Arc<Cluster> {
-        Cluster::rebuilt(s, pool, None)
+        Cluster::rebuilt(s, pool, None, false)
     }
 
     /// Builds the shard anew after a change, keeping `old`'s nodes (their pools, open
-    /// connections, health and counters) where a node's configuration and role are unchanged:
-    /// adding or removing a replica drops no connection to the others. `old`'s pool settings
-    /// must be `pool`.
-    pub fn rebuilt(s: &ShardConfig, pool: &PoolConfig, old: Option<&Cluster>) -> Arc<Cluster> {
+    /// connections, health and counters) where a node's configuration and role are unchanged and
+    /// `keep_nodes` says `old`'s pool settings are `pool`: adding or removing a replica drops no
+    /// connection to the others. A followed failover carries over either way.
+    pub fn rebuilt(s: &ShardConfig, pool: &PoolConfig, old: Option<&Cluster>, keep_nodes: bool) -> Arc<Cluster> {
         let node = |config: &crate::config::NodeConfig, role: Role| {
-            old.and_then(|o| o.nodes().find(|n| n.config == *config && n.role() == role))
+            old.filter(|_| keep_nodes)
+                .and_then(|o| o.nodes().find(|n| n.config == *config && n.role() == role))
                 .cloned()
                 .unwrap_or_else(|| Node::new(config.clone(), role, pool))
         };
@@ -63,6 +67,9 @@ impl Cluster {
             name: s.name.clone(),
             writer: ArcSwap::new(primary.clone()),
             failovers: AtomicU64::new(0),
+            after_failover: std::sync::atomic::AtomicBool::new(
+                old.is_some_and(|o| o.after_failover.load(Ordering::Relaxed)),
+            ),
             collation: std::sync::OnceLock::new(),
             decision_table: std::sync::atomic::AtomicBool::new(false),
             primary,
@@ -90,6 +97,7 @@ impl Cluster {
             old.set_role(Role::Fenced);
             node.set_role(Role::Primary);
             self.failovers.fetch_add(1, Ordering::Relaxed);
+            self.after_failover.store(true, Ordering::Relaxed);
         }
     }
 

@@ -12,13 +12,25 @@
 pub struct Lineage {
     /// `pg_control_system().system_identifier`, if it could be read.
     pub system_id: Option<u64>,
-    /// The timeline its WAL receiver streams (`pg_stat_wal_receiver.received_tli`); `None` when
-    /// no receiver runs or the monitor's user may not see it.
-    pub received_tli: Option<u32>,
+    /// Its WAL receiver (`pg_stat_wal_receiver`).
+    pub receiver: Receiver,
+}
+
+/// What the monitor sees of a replica's WAL receiver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Receiver {
+    /// No receiver runs: the replica streams from nothing (its upstream is gone, or it only
+    /// restores from an archive).
+    #[default]
+    None,
+    /// One runs, but the monitor's user may not see its details (no `pg_read_all_stats`).
+    Hidden,
+    /// Streaming this timeline.
+    Timeline(u32),
 }
 
 /// The shard's cluster: the writer's system identifier once seen; before that, the one most
-/// replicas in recovery share (they are copies of the cluster by construction).
+/// replicas in recovery share (they are copies of the cluster by construction), or none on a tie.
 pub fn cluster_id(writer: Option<u64>, replicas: impl IntoIterator<Item = u64>) -> Option<u64> {
     if writer.is_some() {
         return writer;
@@ -30,7 +42,12 @@ pub fn cluster_id(writer: Option<u64>, replicas: impl IntoIterator<Item = u64>) 
             None => counts.push((id, 1)),
         }
     }
-    counts.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id)
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    match counts.as_slice() {
+        [(id, _)] => Some(*id),
+        [(id, a), (_, b), ..] if a > b => Some(*id),
+        _ => None,
+    }
 }
 
 /// Whether `node` is of another cluster than `cluster`, as far as can be told.
@@ -57,11 +74,12 @@ pub fn replica_refusal(
         ));
     }
     let w = writer_timeline?;
-    match node.received_tli {
-        Some(r) if r != w => Some(format!("streams timeline {r}, the primary is on timeline {w}")),
-        None if after_failover => Some(format!(
+    match node.receiver {
+        Receiver::Timeline(r) if r != w => Some(format!("streams timeline {r}, the primary is on timeline {w}")),
+        Receiver::None if after_failover => Some(format!(
             "not streaming since the failover to timeline {w}: point it at the new primary"
         )),
+        // Hidden: which timeline cannot be told; lag decides, as before any failover.
         _ => None,
     }
 }
@@ -73,7 +91,7 @@ mod tests {
     fn node(system_id: Option<u64>, received_tli: Option<u32>) -> Lineage {
         Lineage {
             system_id,
-            received_tli,
+            receiver: received_tli.map_or(Receiver::None, Receiver::Timeline),
         }
     }
 
@@ -81,6 +99,8 @@ mod tests {
     fn the_cluster_is_the_writers_or_the_replicas_majority() {
         assert_eq!(cluster_id(Some(7), [8, 8]), Some(7));
         assert_eq!(cluster_id(None, [8, 9, 8]), Some(8));
+        assert_eq!(cluster_id(None, [8, 9]), None, "a tie names no cluster");
+        assert_eq!(cluster_id(None, [9]), Some(9));
         assert_eq!(cluster_id(None, []), None);
     }
 
@@ -110,5 +130,11 @@ mod tests {
         assert!(replica_refusal(node(id, None), id, Some(2), true).is_some());
         // The writer's timeline unknown: nothing to compare.
         assert_eq!(replica_refusal(node(id, Some(1)), id, None, true), None);
+        // A receiver the monitor may not look into: lag decides, even after a failover.
+        let hidden = Lineage {
+            system_id: id,
+            receiver: Receiver::Hidden,
+        };
+        assert_eq!(replica_refusal(hidden, id, Some(2), true), None);
     }
 }

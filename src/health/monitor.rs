@@ -45,7 +45,7 @@ fn replica_sql() -> String {
          extract(epoch from (now() - pg_last_xact_replay_timestamp()))::float8, \
          CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
          CASE WHEN pg_is_in_recovery() THEN NULL ELSE {TIMELINE} END, \
-         (SELECT received_tli FROM pg_stat_wal_receiver)"
+         (SELECT CASE WHEN received_tli IS NULL THEN 'hidden' ELSE received_tli::text END FROM pg_stat_wal_receiver)"
     )
 }
 
@@ -69,7 +69,6 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
     // The shard's system identifier, once known; and whether this monitor followed a promotion
     // (replicas must then show they stream the new writer's timeline).
     let mut cluster_id: Option<u64> = None;
-    let mut after_failover = false;
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,6 +123,9 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
                 .map_to(node)
             });
         let checked = futures_util::future::join_all(checks).await;
+        // The writer's identifier whenever it is known (a vote among replicas only stands in
+        // while it is not).
+        cluster_id = writer_id.or(cluster_id);
         if cluster_id.is_none() {
             let in_recovery = checked.iter().filter_map(|(_, ((obs, _), l))| match obs {
                 Observation::Replica { in_recovery: true, .. } => l.system_id,
@@ -155,7 +157,6 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             );
             cluster.promote(node);
             writer_timeline = Some(timeline);
-            after_failover = true;
             last_primary_lsn = None;
             writer.health.store(Arc::new(NodeHealth {
                 reason: format!("fenced: replaced by {} (timeline {timeline})", node.config.name),
@@ -169,6 +170,7 @@ pub async fn run(cluster: Arc<Cluster>, settings: MonitorSettings, token: Cancel
             // In recovery but not replaying what the writer writes: out, whatever its lag says.
             let obs = match obs {
                 Observation::Replica { in_recovery: true, .. } => {
+                    let after_failover = cluster.after_failover.load(std::sync::atomic::Ordering::Relaxed);
                     match lineage::replica_refusal(l, cluster_id, writer_timeline, after_failover) {
                         Some(why) => Observation::Failed(why),
                         None => obs,
@@ -257,7 +259,10 @@ fn parse_replica_row(row: &[Option<String>], system_id: Option<u64>) -> (Checked
     };
     let lineage = Lineage {
         system_id,
-        received_tli: get(5).and_then(|v| v.parse::<u32>().ok()),
+        receiver: match get(5) {
+            None => lineage::Receiver::None,
+            Some(v) => v.parse().map_or(lineage::Receiver::Hidden, lineage::Receiver::Timeline),
+        },
     };
     ((obs, get(4).and_then(|v| v.parse::<u32>().ok())), lineage)
 }

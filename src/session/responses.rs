@@ -17,7 +17,7 @@ pub(super) fn node_going_away(body: &[u8]) -> bool {
 }
 
 /// An error with which the server ends the connection (FATAL or PANIC), rather than one statement.
-fn ends_connection(body: &[u8]) -> bool {
+pub(super) fn ends_connection(body: &[u8]) -> bool {
     // 'V' is the severity never translated; servers before 9.6 send only 'S'.
     msg::error_field(body, b'V')
         .or_else(|| msg::error_field(body, b'S'))

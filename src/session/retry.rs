@@ -30,6 +30,8 @@ use crate::protocol::pg::messages as msg;
 /// A batch with more messages or bytes than this is not kept: it is answered or fails as sent.
 const MAX_FRAMES: usize = 64;
 const MAX_BYTES: usize = 1 << 20;
+/// Acknowledgements held back beyond this are sent, and the read is not tried again.
+const MAX_HELD: usize = 64 * 1024;
 
 /// The read in flight that may be tried again, if any.
 #[derive(Default)]
@@ -220,9 +222,22 @@ impl Session {
     fn watch_backend(&mut self, raw: &[u8]) -> bool {
         let Some(h) = self.held.as_ref() else { return false };
         let tag = raw[0];
-        if tag == b'E' && super::responses::node_going_away(&raw[5..]) && replayable(h) {
-            self.backend_lost(&msg::error_message(&raw[5..]));
+        let body = &raw[5..];
+        // A FATAL naming a server going away, not an ERROR of class 08 a query raised itself (a
+        // dblink to a host that is down): that one is the answer, and the replica is fine.
+        if tag == b'E'
+            && super::responses::node_going_away(body)
+            && super::responses::ends_connection(body)
+            && replayable(h)
+        {
+            self.backend_lost(&msg::error_message(body));
             return true;
+        }
+        // Everything from the first backend message on belongs to the kept batch (the proxy's
+        // own answers queued with it, notices of the settings replay): held until it is answered.
+        if self.retry.hold_from.is_none() {
+            self.retry.hold_from = Some(self.client.wbuf.len());
+            self.retry.hold_flushes = self.client.flushes;
         }
         if !reaches_client(h.ops.front(), tag) {
             return false;
@@ -231,11 +246,10 @@ impl Session {
             .retry
             .hold_from
             .map_or(0, |at| self.client.wbuf.len().saturating_sub(at));
-        if !acknowledgement(tag) || held > MAX_BYTES {
+        // Below the relay's high-water mark, or the backend would stop being read while the
+        // client waits for what is held.
+        if !acknowledgement(tag) || held > MAX_HELD {
             self.drop_retry();
-        } else if self.retry.hold_from.is_none() {
-            self.retry.hold_from = Some(self.client.wbuf.len());
-            self.retry.hold_flushes = self.client.flushes;
         }
         false
     }

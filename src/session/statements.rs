@@ -33,6 +33,8 @@ impl Session {
             None if matches!(call, ProxyCall::Signal { .. }) => return false,
             None => self.bind_ids(portal, call, parts),
         }
+        // The signal was sent, the IDs taken, at Bind: a batch holding it is not replayed.
+        self.drop_retry();
         true
     }
 

@@ -272,6 +272,7 @@ const REFUSED: &[&str] = &[
     "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id",
     "SELECT count(DISTINCT country), count(DISTINCT score) FROM users",
     "SELECT sum(DISTINCT score) FROM users",
+    "SELECT 'x' AS label, count(DISTINCT score) FROM users",
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
     "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",
     "SELECT id FROM users INTERSECT SELECT user_id FROM orders",

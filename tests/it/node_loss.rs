@@ -21,13 +21,37 @@ async fn a_replica_that_dies_under_load_costs_no_client_an_error() {
     let reads = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
-    for _ in 0..8 {
+    for i in 0..8 {
         let c = proxy.app().await;
+        // Half the clients use a prepared statement under a setting of their own, so that most
+        // checkouts replay session settings before the read (the proxy's own answers and the
+        // replay's come ahead of the server's: none may reach the client twice on a retry).
+        let prepared = i % 2 == 1;
+        if prepared {
+            c.batch_execute(&format!("SET application_name = 'reader{i}'"))
+                .await
+                .unwrap();
+        }
         let (errors, reads, stop) = (errors.clone(), reads.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match c.simple_query("SELECT pg_is_in_recovery()").await {
+                // Prepared anew each time, under a new name: the server connection already has
+                // the text, so the proxy answers the Parse itself, ahead of the server's answers.
+                let read = if prepared {
+                    match c
+                        .prepare("SELECT pg_is_in_recovery(), current_setting('application_name')")
+                        .await
+                    {
+                        Ok(stmt) => c.query_one(&stmt, &[]).await.map(|r| {
+                            assert_eq!(r.get::<_, String>(1), format!("reader{i}"), "the session's setting");
+                        }),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    c.simple_query("SELECT pg_is_in_recovery()").await.map(|_| ())
+                };
+                match read {
                     Ok(_) => reads.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         eprintln!("read failed: {e:?}");

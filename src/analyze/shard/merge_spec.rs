@@ -253,6 +253,10 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     }
     let grouped_merge = !group_on_key && (any_agg || !group_exprs.is_empty());
     if let Some(arg) = &distinct_arg {
+        if group_exprs.is_empty() && cols.contains(&ColKind::Plain) {
+            // Over no rows the merge makes the one row up: it knows no value for a constant.
+            return refuse("constants beside count(DISTINCT ...) without GROUP BY across shards are not supported");
+        }
         if sel.having.is_some() {
             return refuse("HAVING with count(DISTINCT ...) across shards is not supported");
         }
