@@ -18,6 +18,7 @@ use crate::health::monitor::{self, MonitorSettings};
 use crate::session::registry::ClientRegistry;
 
 mod map_change;
+pub mod topology_change;
 mod watch;
 pub use map_change::MapChange;
 

@@ -160,7 +160,7 @@ impl Shared {
 
 /// Replaces `path` with `text` so that a reader (or a crash) sees the old file or the new one,
 /// never a part: a temporary file beside it, synced, renamed over it, and the folder synced.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

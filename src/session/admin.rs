@@ -55,6 +55,9 @@ pub enum Command {
         /// Only say what would change.
         dry_run: bool,
     },
+    /// ADD REPLICA <shard> '<url>' / REMOVE REPLICA <shard> '<url>': the configuration file
+    /// edited and reloaded.
+    ChangeReplicas(crate::app::topology_change::ReplicaChange),
     /// SHOW IDS: the ID generator.
     Ids,
     /// SHOW ROUTES: statements per plan kind.
@@ -68,7 +71,8 @@ pub enum Command {
 const HELP: &str = "SHOW SHARDS | SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW MAP | SHOW ROUTES | \
 SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE | SHOW MAP HISTORY | \
 SET PARTITION <group> <n> TO <shard> [DATA IN PLACE] [VERSION <v>] [DRY RUN] | \
-SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN] | DISABLE REPLICA <node> | ENABLE REPLICA <node>";
+SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN] | DISABLE REPLICA <node> | ENABLE REPLICA <node> | \
+ADD REPLICA <shard> '<url>' | REMOVE REPLICA <shard> '<url>'";
 
 impl Command {
     /// Parses a console query (case-insensitive, optional trailing semicolon).
@@ -83,6 +87,9 @@ impl Command {
             return Ok(Command::Route(rest.trim().to_owned()));
         }
         if let Some(c) = set_partition(trimmed)? {
+            return Ok(c);
+        }
+        if let Some(c) = change_replicas(trimmed)? {
             return Ok(c);
         }
         if let [verb, what, node] = trimmed.split_whitespace().collect::<Vec<_>>().as_slice()
@@ -119,6 +126,33 @@ impl Command {
             _ => return Err(format!("unknown admin command \"{}\"; commands: {HELP}", sql.trim())),
         })
     }
+}
+
+/// `ADD REPLICA <shard> '<url>'` or `REMOVE REPLICA ...`, or `None` for another command.
+fn change_replicas(sql: &str) -> Result<Option<Command>, String> {
+    let mut it = sql.splitn(3, char::is_whitespace);
+    let (Some(verb), Some(what)) = (it.next(), it.next()) else {
+        return Ok(None);
+    };
+    let add = verb.eq_ignore_ascii_case("add");
+    if !(add || verb.eq_ignore_ascii_case("remove")) || !what.eq_ignore_ascii_case("replica") {
+        return Ok(None);
+    }
+    let usage = "ADD REPLICA <shard> '<url>' or REMOVE REPLICA <shard> '<url>'";
+    let rest = it.next().unwrap_or("").trim();
+    let (shard, url) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let url = url.trim();
+    let url = match url.strip_prefix('\'').and_then(|u| u.strip_suffix('\'')) {
+        Some(u) if !shard.is_empty() && !u.is_empty() && !u.contains('\'') => u,
+        _ => return Err(format!("the shard and the URL in single quotes are needed; {usage}")),
+    };
+    Ok(Some(Command::ChangeReplicas(
+        crate::app::topology_change::ReplicaChange {
+            shard: shard.to_owned(),
+            url: url.to_owned(),
+            add,
+        },
+    )))
 }
 
 /// `SET PARTITION ...`, or `None` for another command.
@@ -273,6 +307,19 @@ async fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &s
                 }
                 Err(e) => {
                     let m = format!("map change refused, the running map stays: {e}");
+                    msg::error_response(out, Severity::Error, SqlState::CONFIG_FILE_ERROR, &m);
+                }
+            };
+        }
+        Command::ChangeReplicas(change) => {
+            let tag = if change.add { "ADD REPLICA" } else { "REMOVE REPLICA" };
+            return match shared.change_replicas(&change, user).await {
+                Ok(m) => {
+                    msg::error_response(out, Severity::Warning, SqlState::WARNING, &m);
+                    msg::command_complete(out, tag);
+                }
+                Err(e) => {
+                    let m = format!("replica change refused, the running configuration stays: {e}");
                     msg::error_response(out, Severity::Error, SqlState::CONFIG_FILE_ERROR, &m);
                 }
             };

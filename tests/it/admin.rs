@@ -153,6 +153,48 @@ async fn a_replica_added_and_removed_at_runtime_drops_no_connection_to_the_prima
     assert!(proxy.shared.runtime.load().clusters[0].replicas.is_empty());
     assert_eq!(primary_pid().await, before, "the primary's connection kept");
     assert!(!crate::harness::on_replica(&app).await, "reads back on the primary");
+
+    // The same from the console: the file is edited in place and reloaded.
+    let url = format!("postgres://postgres@127.0.0.1:{}/app", topo.replica_port);
+    admin.simple_query(&format!("ADD REPLICA main '{url}'")).await.unwrap();
+    let file = std::fs::read_to_string(&proxy.config_path).unwrap();
+    assert!(file.contains(&url), "written back: {file}");
+    assert_eq!(proxy.shared.runtime.load().clusters[0].replicas.len(), 1);
+    assert_eq!(primary_pid().await, before, "the primary's connection kept");
+    proxy.wait_replicas_in_rotation().await;
+    assert!(crate::harness::on_replica(&app).await, "the added replica serves reads");
+    // Mistakes are refused, naming the reason; the file and the running configuration stay.
+    let refused = |sql: String| {
+        let admin = &admin;
+        async move {
+            let e = admin.simple_query(&sql).await.unwrap_err();
+            e.as_db_error().unwrap().message().to_owned()
+        }
+    };
+    let m = refused(format!("ADD REPLICA main '{url}'")).await;
+    assert!(m.contains("already has this replica"), "{m}");
+    let m = refused("ADD REPLICA nosuch 'postgres://postgres@127.0.0.1:1/app'".into()).await;
+    assert!(m.contains("no shard named nosuch") && m.contains("main"), "{m}");
+    let m = refused("ADD REPLICA main 'postgres://postgres@127.0.0.1:1/app'".into()).await;
+    assert!(
+        m.contains("not reachable") && m.contains("127.0.0.1:1"),
+        "an unreachable node: {m}"
+    );
+    let m = refused("ADD REPLICA main".into()).await;
+    assert!(m.contains("single quotes"), "{m}");
+    assert_eq!(
+        std::fs::read_to_string(&proxy.config_path).unwrap(),
+        file,
+        "the file stays"
+    );
+    assert_eq!(proxy.shared.runtime.load().clusters[0].replicas.len(), 1);
+    admin
+        .simple_query(&format!("REMOVE REPLICA main '{url}'"))
+        .await
+        .unwrap();
+    assert!(proxy.shared.runtime.load().clusters[0].replicas.is_empty());
+    assert!(!std::fs::read_to_string(&proxy.config_path).unwrap().contains(&url));
+    assert_eq!(primary_pid().await, before, "the primary's connection kept");
 }
 
 #[tokio::test]
