@@ -29,7 +29,8 @@ pub async fn run(shared: Arc<Shared>, mut seen: u64, every: Duration, token: Can
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if fingerprint(&shared) == seen {
+        let now = fingerprint(&shared);
+        if now == seen {
             continue;
         }
         match shared.reload(false).await {
@@ -38,7 +39,9 @@ pub async fn run(shared: Arc<Shared>, mut seen: u64, every: Duration, token: Can
                 tracing::error!(error = %e, "files changed but were not applied; the running configuration stays")
             }
         }
-        // What the reload (or an admin command's write-back) left is the new baseline.
-        seen = fingerprint(&shared);
+        // The contents seen before the reload, not the files as they are after it: a write that
+        // landed meanwhile (or that the reload read half done) is seen at the next check. A write
+        // the reload already applied costs one more reload that changes nothing.
+        seen = now;
     }
 }

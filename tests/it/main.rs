@@ -17,6 +17,7 @@ mod inserts;
 mod lag;
 mod limits;
 mod map_admin;
+mod map_churn;
 mod map_swap;
 mod mysql;
 mod mysql_bad_input;
