@@ -425,6 +425,10 @@ async fn same_rows_as_one_database() {
             vec![0, 40],
         ),
         (
+            "SELECT id FROM users WHERE id < 50 UNION ALL SELECT user_id FROM orders WHERE user_id < 20 ORDER BY 1 DESC LIMIT $1",
+            vec![0, 3, 100],
+        ),
+        (
             "SELECT count(*), sum(amount), avg(amount) FROM orders WHERE user_id = $1",
             vec![5, 6],
         ),

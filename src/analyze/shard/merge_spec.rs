@@ -393,32 +393,9 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         return refuse("SELECT * with DISTINCT or aggregates across shards: name the columns");
     }
     cols.extend(hidden.iter().map(|(_, k)| *k));
-    let (limit, offset) = match &q.limit_clause {
-        None => (None, None),
-        Some(LimitClause::LimitOffset {
-            limit,
-            offset,
-            limit_by,
-        }) if limit_by.is_empty() => {
-            let l = match limit {
-                None => None,
-                Some(e) => match operand(e) {
-                    Some(Operand::Null) => None,
-                    Some(o) => Some(o),
-                    None => return refuse("LIMIT across shards must be a number or a parameter"),
-                },
-            };
-            let o = match offset {
-                None => None,
-                Some(off) => match operand(&off.value) {
-                    Some(Operand::Null) => None,
-                    Some(o) => Some(o),
-                    None => return refuse("OFFSET across shards must be a number or a parameter"),
-                },
-            };
-            (l, o)
-        }
-        Some(_) => return refuse("this LIMIT form across shards is not supported"),
+    let (limit, offset) = match window_of(q) {
+        Ok(w) => w,
+        Err(why) => return refuse(&why),
     };
     // The statement each shard runs: hidden columns appended, no OFFSET, LIMIT raised by OFFSET
     // (rows before the offset may come from any shard). With merging by group, every group row is
@@ -430,33 +407,9 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     // The shard statement may use fewer parameters than the client's (HAVING stays behind):
     // number the ones it keeps from $1.
     let mut params = renumber_params(&mut shard_q);
-    let mut param = |p: usize| {
-        params.iter().position(|&x| x == p).unwrap_or_else(|| {
-            params.push(p);
-            params.len() - 1
-        })
-    };
     let mut sql = shard_q.to_string();
     if !grouped_merge && !distinct {
-        match (&limit, &offset) {
-            (Some(Operand::Lit(l)), None) => sql.push_str(&format!(" LIMIT {l}")),
-            (Some(Operand::Lit(l)), Some(Operand::Lit(o))) => {
-                if let (Ok(l), Ok(o)) = (l.parse::<i64>(), o.parse::<i64>()) {
-                    sql.push_str(&format!(" LIMIT {}", l.saturating_add(o)));
-                }
-            }
-            (Some(Operand::Param(l)), None) => sql.push_str(&format!(" LIMIT ${}", param(*l) + 1)),
-            (Some(Operand::Param(l)), Some(o)) => {
-                let l = param(*l) + 1;
-                let o = match o {
-                    Operand::Param(p) => format!("${}", param(*p) + 1),
-                    Operand::Lit(x) => x.clone(),
-                    Operand::Null => "0".into(),
-                };
-                sql.push_str(&format!(" LIMIT (${l} + {o})"));
-            }
-            _ => {}
-        }
+        push_limit(&mut sql, &limit, &offset, &mut params);
     }
     Ok(Merge {
         sql,
@@ -470,6 +423,65 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         limit,
         offset,
     })
+}
+
+/// LIMIT and OFFSET of a query run on several shards (applied after merging): numbers or
+/// parameters.
+pub(super) fn window_of(q: &Query) -> Result<(Option<Operand>, Option<Operand>), String> {
+    let Some(clause) = &q.limit_clause else {
+        return Ok((None, None));
+    };
+    let LimitClause::LimitOffset {
+        limit,
+        offset,
+        limit_by,
+    } = clause
+    else {
+        return Err("this LIMIT form across shards is not supported".into());
+    };
+    if !limit_by.is_empty() {
+        return Err("this LIMIT form across shards is not supported".into());
+    }
+    let value = |e: Option<&Expr>, what: &str| match e.map(operand) {
+        None | Some(Some(Operand::Null)) => Ok(None),
+        Some(Some(o)) => Ok(Some(o)),
+        Some(None) => Err(format!("{what} across shards must be a number or a parameter")),
+    };
+    Ok((
+        value(limit.as_ref(), "LIMIT")?,
+        value(offset.as_ref().map(|o| &o.value), "OFFSET")?,
+    ))
+}
+
+/// The shards' LIMIT: the client's LIMIT raised by its OFFSET (the rows before the offset may
+/// come from any shard); `params` (the shard statement's parameters, as the client's indexes)
+/// gains those it uses.
+pub(super) fn push_limit(sql: &mut String, limit: &Option<Operand>, offset: &Option<Operand>, params: &mut Vec<usize>) {
+    let mut param = |p: usize| {
+        params.iter().position(|&x| x == p).unwrap_or_else(|| {
+            params.push(p);
+            params.len() - 1
+        })
+    };
+    match (limit, offset) {
+        (Some(Operand::Lit(l)), None) => sql.push_str(&format!(" LIMIT {l}")),
+        (Some(Operand::Lit(l)), Some(Operand::Lit(o))) => {
+            if let (Ok(l), Ok(o)) = (l.parse::<i64>(), o.parse::<i64>()) {
+                sql.push_str(&format!(" LIMIT {}", l.saturating_add(o)));
+            }
+        }
+        (Some(Operand::Param(l)), None) => sql.push_str(&format!(" LIMIT ${}", param(*l) + 1)),
+        (Some(Operand::Param(l)), Some(o)) => {
+            let l = param(*l) + 1;
+            let o = match o {
+                Operand::Param(p) => format!("${}", param(*p) + 1),
+                Operand::Lit(x) => x.clone(),
+                Operand::Null => "0".into(),
+            };
+            sql.push_str(&format!(" LIMIT (${l} + {o})"));
+        }
+        _ => {}
+    }
 }
 
 /// `expr COLLATE "C"` (or "POSIX"): text compared byte by byte, whatever the database's collation.

@@ -112,7 +112,7 @@ fn is_plain_distinct(sel: &Select) -> bool {
 
 /// How the shards' results of the UNION combine: every column plain, de-duplicated for UNION,
 /// ordered by output columns (by position or by the first branch's names), LIMIT raised by
-/// OFFSET on the shards and applied after merging.
+/// OFFSET on the shards (numbers or parameters) and applied after merging.
 fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, String> {
     let n = first.projection.len();
     let star = first
@@ -179,36 +179,13 @@ fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, Strin
             });
         }
     }
-    let (limit, offset) = match &q.limit_clause {
-        None => (None, None),
-        Some(LimitClause::LimitOffset {
-            limit,
-            offset,
-            limit_by,
-        }) if limit_by.is_empty() => {
-            let lit = |e: Option<&Expr>| -> Result<Option<Operand>, String> {
-                match e.map(operand) {
-                    None | Some(Some(Operand::Null)) => Ok(None),
-                    Some(Some(Operand::Lit(l))) => Ok(Some(Operand::Lit(l))),
-                    _ => Err("LIMIT and OFFSET of a UNION across shards must be numbers".into()),
-                }
-            };
-            (lit(limit.as_ref())?, lit(offset.as_ref().map(|o| &o.value))?)
-        }
-        Some(_) => return Err("this LIMIT form across shards is not supported".into()),
-    };
+    let (limit, offset) = window_of(q)?;
     let mut shard_q = q.clone();
     shard_q.limit_clause = None;
-    let params = renumber_params(&mut shard_q);
+    let mut params = renumber_params(&mut shard_q);
     let mut sql = shard_q.to_string();
-    if !distinct && let Some(Operand::Lit(l)) = &limit {
-        let o = match &offset {
-            Some(Operand::Lit(o)) => o.parse::<i64>().unwrap_or(0),
-            _ => 0,
-        };
-        if let Ok(l) = l.parse::<i64>() {
-            sql.push_str(&format!(" LIMIT {}", l.saturating_add(o)));
-        }
+    if !distinct {
+        push_limit(&mut sql, &limit, &offset, &mut params);
     }
     Ok(Merge {
         sql,
