@@ -40,11 +40,7 @@ fn rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
 async fn a_partition_is_reassigned_and_fenced_from_the_console() {
     let (topo, _guard) = sharded().await;
     let config = topo.config(MAP);
-    let map_path = config
-        .lines()
-        .find_map(|l| l.strip_prefix("map = \""))
-        .map(|p| p.trim_end_matches('"').to_owned())
-        .unwrap();
+    let map_path = crate::shards::map_path(&config);
     let proxy = Proxy::start(&config).await;
     let c = proxy.app().await;
     c.batch_execute("DROP TABLE IF EXISTS users").await.unwrap();
@@ -270,11 +266,7 @@ async fn file_changes_are_watched_and_unreachable_nodes_refused() {
     let config = topo
         .config(MAP)
         .replacen("[server]\n", "[server]\nwatch_files = \"100ms\"\n", 1);
-    let map_path = config
-        .lines()
-        .find_map(|l| l.strip_prefix("map = \""))
-        .map(|p| p.trim_end_matches('"').to_owned())
-        .unwrap();
+    let map_path = crate::shards::map_path(&config);
     let proxy = Proxy::start(&config).await;
     let version = || proxy.shared.runtime.load().config.map.version;
     let shared = proxy.shared.clone();

@@ -31,11 +31,7 @@ async fn fifty_changes_under_load_cost_clients_nothing() {
     let config = topo
         .config(MAP)
         .replacen("[server]\n", "[server]\nwatch_files = \"100ms\"\n", 1);
-    let map_path = config
-        .lines()
-        .find_map(|l| l.strip_prefix("map = \""))
-        .map(|p| p.trim_end_matches('"').to_owned())
-        .unwrap();
+    let map_path = crate::shards::map_path(&config);
     let direct: Vec<tokio_postgres::Client> = {
         let mut v = Vec::new();
         for p in &topo.shard_ports {

@@ -162,11 +162,7 @@ async fn generated_ids_fill_inserts_and_last_insert_id() {
     );
     assert!(map.contains("id_column"));
     let text = config(t).replace(MAP, &map);
-    let path = text
-        .lines()
-        .find_map(|l| l.strip_prefix("map = \""))
-        .map(|p| p.trim_end_matches('"').to_owned())
-        .unwrap();
+    let path = crate::shards::map_path(&text);
     std::fs::write(&path, &map).unwrap();
     let p = Proxy::start(&format!("{text}\n[ids]\nworker_id = 7\n")).await;
     let mut c = crate::mysql::connect(&p).await;

@@ -147,6 +147,15 @@ map = "{}"
     }
 }
 
+/// The shard map file a test configuration names (`[sharding] map = "..."`).
+pub fn map_path(config: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("map = \""))
+        .map(|p| p.trim_end_matches('"').to_owned())
+        .expect("the configuration names a map file")
+}
+
 static SHARDED: OnceLock<Sharded> = OnceLock::new();
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
