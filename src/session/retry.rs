@@ -41,9 +41,10 @@ pub(super) struct Retry {
     bytes: usize,
     /// The batch's Sync is among them: later messages belong to another batch.
     complete: bool,
-    /// Where, in the client's send buffer, the acknowledgements of the backend (and answers of
-    /// the proxy queued with them) begin: nothing from there on is sent while the read may still
-    /// be tried again; cut off if it is. Kept in step as the buffer's front is written.
+    /// Where, in the client's send buffer, what the batch's first backend message brought begins
+    /// (acknowledgements, the proxy's own answers queued with them, notices of the settings
+    /// replay): nothing from there on is sent while the read may still be tried again; cut off if
+    /// it is. Kept in step as the buffer's front is written.
     hold_from: Option<usize>,
     /// `ClientConn::flushes` when the hold began.
     hold_flushes: u64,
