@@ -255,6 +255,12 @@ fn read_corpus() -> Vec<String> {
     q.push("SELECT count(*) FROM users u JOIN orders o ON o.user_id = u.id WHERE o.status = 'new'".into());
     q.push("SELECT u.id, sum(o.amount) FROM users u JOIN orders o ON o.user_id = u.id GROUP BY u.id HAVING sum(o.amount) > 1500 ORDER BY u.id".into());
     q.push("SELECT u.id, o.id FROM users u, orders o WHERE o.user_id = u.id AND u.id = 77 ORDER BY o.id".into());
+    // Outer joins: a reference table kept beside a sharded one, on the one shard the key names.
+    q.push("SELECT c.code, u.id FROM countries c LEFT JOIN users u ON u.country = c.code WHERE u.id = 5".into());
+    q.push(
+        "SELECT u.id, c.name FROM users u LEFT JOIN countries c ON c.code = u.country WHERE u.id < 30 ORDER BY u.id"
+            .into(),
+    );
     // Reference tables, alone and joined.
     q.push("SELECT code, name, region FROM countries ORDER BY code".into());
     q.push("SELECT count(*) FROM countries".into());
@@ -272,6 +278,8 @@ const REFUSED: &[&str] = &[
     "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id",
     "SELECT count(DISTINCT country), count(DISTINCT score) FROM users",
     "SELECT sum(DISTINCT score) FROM users",
+    "SELECT c.code, u.id FROM countries c LEFT JOIN users u ON u.country = c.code AND u.id < 3",
+    "SELECT g, u.id FROM generate_series(1, 3) g LEFT JOIN users u ON u.id = g",
     "SELECT 'x' AS label, count(DISTINCT score) FROM users",
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
     "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",

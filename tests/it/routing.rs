@@ -49,7 +49,10 @@ async fn primary_only_views_are_read_on_the_primary() {
     // primary (1 s lag bound): a plain read must land on it once it is back.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !on_replica(&c).await {
-        assert!(std::time::Instant::now() < deadline, "plain reads still use the replica");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plain reads still use the replica"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let streaming = c

@@ -129,10 +129,17 @@ pub(super) fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
         Ok(c) => c,
         Err(m) => return Shape::Refuse(m),
     };
+    let merge = if outer_join_keeps_unsharded_rows(&sel.from, map) {
+        Err("an outer join keeping the rows of a reference table (or function, subquery) beside sharded tables \
+             returns those rows from every shard; filter the sharded table by its shard key, or join the other way round"
+            .to_string())
+    } else {
+        merge_plan(q, sel, &s)
+    };
     Shape::Group {
         group,
         cond,
         write: false,
-        merge: merge_plan(q, sel, &s).map(Box::new),
+        merge: merge.map(Box::new),
     }
 }

@@ -301,3 +301,35 @@ pub(super) fn no_sharded_subqueries(e: &impl Visit, map: &ShardMap, outer_tables
         Ok(())
     }
 }
+
+/// Whether an outer join keeps rows of tables that are not sharded (reference tables, functions,
+/// subqueries: the same rows on every shard) beside a side with sharded tables: each shard then
+/// returns those rows, NULL-extended where it holds no match, so a statement run on several shards
+/// would return them several times. On one shard the answer is one database's.
+pub(super) fn outer_join_keeps_unsharded_rows(from: &[TableWithJoins], map: &ShardMap) -> bool {
+    let sharded = |f: &TableFactor| match f {
+        TableFactor::Table { name, .. } => matches!(map.table(&last_name(name)), Some(TableRule::Sharded { .. })),
+        // Whatever a nested join or subquery holds, it may carry sharded rows: not the case looked for.
+        TableFactor::NestedJoin { .. } | TableFactor::Derived { .. } => true,
+        _ => false,
+    };
+    from.iter().any(|t| {
+        let mut left_sharded = sharded(&t.relation);
+        for j in &t.joins {
+            let right_sharded = sharded(&j.relation);
+            use sqlparser::ast::JoinOperator;
+            let (keeps_left, keeps_right) = match &j.join_operator {
+                JoinOperator::Left(_) | JoinOperator::LeftOuter(_) => (true, false),
+                JoinOperator::Right(_) | JoinOperator::RightOuter(_) => (false, true),
+                JoinOperator::FullOuter(_) => (true, true),
+                JoinOperator::OuterApply => (true, false),
+                _ => (false, false),
+            };
+            if (keeps_left && !left_sharded && right_sharded) || (keeps_right && !right_sharded && left_sharded) {
+                return true;
+            }
+            left_sharded |= right_sharded;
+        }
+        false
+    })
+}

@@ -54,11 +54,20 @@ pub(super) fn union_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
             Err(m) => return Shape::Refuse(m),
         }
     }
+    let merge = if leaves.iter().any(|sel| outer_join_keeps_unsharded_rows(&sel.from, map)) {
+        Err(
+            "a UNION branch whose outer join keeps the rows of a reference table (or function, subquery) returns \
+             them from every shard; filter by the shard key"
+                .to_string(),
+        )
+    } else {
+        union_merge(q, leaves[0], distinct)
+    };
     Shape::Group {
         group,
         cond: KeyCond::Or(conds),
         write: false,
-        merge: union_merge(q, leaves[0], distinct).map(Box::new),
+        merge: merge.map(Box::new),
     }
 }
 
