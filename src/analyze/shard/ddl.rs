@@ -33,6 +33,18 @@ pub(super) fn during_move(stmt: &Statement, named: &[(String, TableRule)], map: 
         Statement::Truncate(t) => t.table_names.iter().map(|t| super::last_name(&t.name)).collect(),
         _ => Vec::new(),
     };
+    // A DROP ... CASCADE of a schema, type or other object takes the tables depending on it
+    // along, naming none of them: refused while any partition moves.
+    if let Statement::Drop { cascade: true, .. } = stmt
+        && let Some(g) = map.groups.iter().find(|g| !g.states.is_empty())
+        && let Some((partition, state)) = g.states.iter().next()
+    {
+        return Some(format!(
+            "DROP ... CASCADE is refused while partition {partition} of group {group} is {state}: it may drop \
+             or change tables a move (`shardwire rebalance`) is copying; run it once the move is done",
+            group = g.name
+        ));
+    }
     let tables = named
         .iter()
         .map(|(n, r)| (n.as_str(), r))
@@ -111,6 +123,11 @@ mod tests {
                 }
             }
         }
+        // A cascading DROP names no table of the group but may take them along.
+        assert!(matches!(shape("DROP SCHEMA app CASCADE", &moving), Shape::Refuse(_)));
+        assert!(matches!(shape("DROP TYPE mood CASCADE", &fenced), Shape::Refuse(_)));
+        assert_eq!(shape("DROP SCHEMA app CASCADE", &serving), Shape::Broadcast);
+        assert_eq!(shape("DROP SCHEMA app", &moving), Shape::Broadcast);
         // Other tables' DDL, and the group's reads and writes, go on.
         assert_eq!(
             shape("ALTER TABLE countries ADD COLUMN c int", &moving),
