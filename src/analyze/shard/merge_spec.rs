@@ -311,25 +311,16 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             return refuse("ORDER BY ALL across shards is not supported");
         };
         for o in exprs {
-            let desc = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
-            if matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Using(_))) {
-                return refuse("ORDER BY ... USING across shards is not supported");
-            }
-            let nulls_first = o.options.nulls_first.unwrap_or(desc);
+            let (desc, nulls_first) = match direction(o) {
+                Ok(d) => d,
+                Err(why) => return refuse(&why),
+            };
             let star = sel
                 .projection
                 .iter()
                 .any(|i| !matches!(i, SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }));
             let col = match strip(&o.expr) {
-                Expr::Value(v) if matches!(&v.value, Value::Number(..)) => match &v.value {
-                    // With a wildcard the ordinal counts expanded columns; checked when rows arrive.
-                    Value::Number(k, _) => k
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|&k| k >= 1 && (star || k <= n))
-                        .map(|k| k - 1),
-                    _ => None,
-                },
+                e @ Expr::Value(v) if matches!(&v.value, Value::Number(..)) => ordinal(e, n, star),
                 // Items after a wildcard move when it expands: order by a hidden copy instead.
                 _ if star => None,
                 e => sel
@@ -423,70 +414,6 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         limit,
         offset,
     })
-}
-
-/// LIMIT and OFFSET of a query run on several shards (applied after merging): numbers or
-/// parameters.
-pub(super) fn window_of(q: &Query) -> Result<(Option<Operand>, Option<Operand>), String> {
-    let Some(clause) = &q.limit_clause else {
-        return Ok((None, None));
-    };
-    let LimitClause::LimitOffset {
-        limit,
-        offset,
-        limit_by,
-    } = clause
-    else {
-        return Err("this LIMIT form across shards is not supported".into());
-    };
-    if !limit_by.is_empty() {
-        return Err("this LIMIT form across shards is not supported".into());
-    }
-    let value = |e: Option<&Expr>, what: &str| match e.map(operand) {
-        None | Some(Some(Operand::Null)) => Ok(None),
-        Some(Some(o)) => Ok(Some(o)),
-        Some(None) => Err(format!("{what} across shards must be a number or a parameter")),
-    };
-    Ok((
-        value(limit.as_ref(), "LIMIT")?,
-        value(offset.as_ref().map(|o| &o.value), "OFFSET")?,
-    ))
-}
-
-/// The shards' LIMIT: the client's LIMIT raised by its OFFSET (the rows before the offset may
-/// come from any shard); `params` (the shard statement's parameters, as the client's indexes)
-/// gains those it uses.
-pub(super) fn push_limit(sql: &mut String, limit: &Option<Operand>, offset: &Option<Operand>, params: &mut Vec<usize>) {
-    let mut param = |p: usize| {
-        params.iter().position(|&x| x == p).unwrap_or_else(|| {
-            params.push(p);
-            params.len() - 1
-        })
-    };
-    match (limit, offset) {
-        (Some(Operand::Lit(l)), None) => sql.push_str(&format!(" LIMIT {l}")),
-        (Some(Operand::Lit(l)), Some(Operand::Lit(o))) => {
-            if let (Ok(l), Ok(o)) = (l.parse::<i64>(), o.parse::<i64>()) {
-                sql.push_str(&format!(" LIMIT {}", l.saturating_add(o)));
-            }
-        }
-        (Some(Operand::Param(l)), None) => sql.push_str(&format!(" LIMIT ${}", param(*l) + 1)),
-        (Some(Operand::Param(l)), Some(o)) => {
-            let l = param(*l) + 1;
-            let o = match o {
-                Operand::Param(p) => format!("${}", param(*p) + 1),
-                Operand::Lit(x) => x.clone(),
-                Operand::Null => "0".into(),
-            };
-            sql.push_str(&format!(" LIMIT (${l} + {o})"));
-        }
-        _ => {}
-    }
-}
-
-/// `expr COLLATE "C"` (or "POSIX"): text compared byte by byte, whatever the database's collation.
-pub(super) fn byte_collation(e: &Expr) -> bool {
-    matches!(e, Expr::Collate { collation, .. } if matches!(last_name(collation).to_ascii_lowercase().as_str(), "c" | "posix"))
 }
 
 /// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.

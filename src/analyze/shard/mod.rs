@@ -28,6 +28,7 @@ mod dml;
 mod fill_ids;
 mod having;
 mod merge_spec;
+mod order;
 mod scope;
 mod union;
 
@@ -39,6 +40,7 @@ use dml::*;
 pub use fill_ids::*;
 pub use having::*;
 pub use merge_spec::*;
+use order::*;
 use scope::*;
 
 /// A value in a statement: a literal (its text) or a parameter (0-based).

@@ -147,19 +147,9 @@ fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, Strin
             return Err("ORDER BY ALL across shards is not supported".into());
         };
         for o in exprs {
-            let desc = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
-            if matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Using(_))) {
-                return Err("ORDER BY ... USING across shards is not supported".into());
-            }
+            let (desc, nulls_first) = direction(o)?;
             let col = match strip(&o.expr) {
-                Expr::Value(v) => match &v.value {
-                    Value::Number(k, _) => k
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|&k| k >= 1 && (star || k <= n))
-                        .map(|k| k - 1),
-                    _ => None,
-                },
+                e @ Expr::Value(_) => ordinal(e, n, star),
                 Expr::Identifier(id) if !star => {
                     let name = ident(id);
                     let mut at = names
@@ -183,7 +173,7 @@ fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, Strin
             order.push(SortKey {
                 col,
                 desc,
-                nulls_first: o.options.nulls_first.unwrap_or(desc),
+                nulls_first,
                 byte_order: byte_collation(&o.expr),
             });
         }
