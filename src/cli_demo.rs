@@ -58,7 +58,7 @@ admin = true
     let config = shardwire::config::load(&path)?;
     let dir = sandbox.dir.clone();
     let workers = config.server.workers;
-    let result = shardwire::app::block_on(
+    let result = shardwire::serve::block_on(
         workers,
         serve(config, Some(path.clone()), move |bound, _| {
             let port = bound.pg.port();
@@ -182,7 +182,7 @@ password = "app"
     std::fs::write(&path, &config_text)?;
     let config = shardwire::config::load(&path)?;
     let workers = config.server.workers;
-    let result = shardwire::app::block_on(
+    let result = shardwire::serve::block_on(
         workers,
         serve(config, Some(path.clone()), move |bound, _| {
             let port = bound.mysql.map_or(0, |a| a.port());

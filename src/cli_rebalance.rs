@@ -117,7 +117,7 @@ pub fn run(cmd: RebalanceCmd) -> Result<()> {
             abort,
         } => {
             let m = Move { group, partition, to };
-            shardwire::app::block_on(1, async move { one(&path, &admin, &m, abort).await })?
+            shardwire::serve::block_on(1, async move { one(&path, &admin, &m, abort).await })?
         }
         RebalanceCmd::Apply {
             config: path,
@@ -132,7 +132,7 @@ pub fn run(cmd: RebalanceCmd) -> Result<()> {
                 .map(str::parse)
                 .collect::<Result<_, _>>()
                 .map_err(anyhow::Error::msg)?;
-            shardwire::app::block_on(1, async move {
+            shardwire::serve::block_on(1, async move {
                 for pm in moves {
                     let m = Move {
                         group: pm.group,

@@ -37,5 +37,6 @@ pub mod protocol;
 pub mod rebalance;
 pub mod sandbox;
 pub mod sandbox_mysql;
+pub mod serve;
 pub mod session;
 pub mod shardmap;

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use shardwire::app::{self, Bound, Shared};
+use shardwire::app::Shared;
+use shardwire::serve::Bound;
 
 mod cli_demo;
 mod cli_rebalance;
@@ -240,7 +241,7 @@ fn main() -> Result<()> {
         }
         Cmd::Serve { config } => {
             let c = shardwire::config::load(&config)?;
-            shardwire::app::block_on(c.server.workers, serve(c, Some(config), |_, _| {}))?
+            shardwire::serve::block_on(c.server.workers, serve(c, Some(config), |_, _| {}))?
         }
         Cmd::Demo {
             replicas,
@@ -307,7 +308,7 @@ async fn serve(
         tracing::info!("shutting down");
         stop.cancel();
     });
-    app::run(c, path, shutdown, |bound, shared| {
+    shardwire::serve::run(c, path, shutdown, |bound, shared| {
         tokio::spawn(reload_on_sighup(shared.clone()));
         on_bound(bound, shared);
     })

@@ -136,3 +136,36 @@ impl Facts {
         }
     }
 }
+
+/// Functions that write, take locks or read sequences: a call sends the statement to the primary.
+pub const DEFAULT_PRIMARY_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "currval",
+    "lastval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    "pg_notify",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn",
+    // The fate of a transaction is known where it ran: a standby may not have replayed it yet.
+    "txid_status",
+    "pg_xact_status",
+    "set_config",
+    "dblink_exec",
+    "lo_import",
+    "lo_create",
+    "lo_unlink",
+];

@@ -21,7 +21,7 @@ use super::fingerprint::{dollar_end, literal_end, quoted_end};
 pub const MAX_DEPTH: usize = 4_000;
 
 /// Stack of every thread that analyzes statements or handles their trees: shardwire's runtime
-/// builds its threads with it (`app::build_runtime`). Untouched stack costs address space only.
+/// builds its threads with it (`serve::build_runtime`). Untouched stack costs address space only.
 pub const STACK_SIZE: usize = 64 << 20;
 
 /// What a statement text may cost.

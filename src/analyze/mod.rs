@@ -20,7 +20,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use cache::AnalysisCache;
-pub use facts::{Count, Dealloc, Facts, Need, ProxyCall, SetOp, TxEffect};
+pub use facts::{Count, DEFAULT_PRIMARY_FUNCTIONS, Dealloc, Facts, Need, ProxyCall, SetOp, TxEffect};
 pub use limits::{Limits, TooComplex};
 
 /// Analyzes a statement text under the default [`Limits`]. `primary_functions` are lower-case

@@ -1,5 +1,5 @@
+use super::DEFAULT_PRIMARY_FUNCTIONS;
 use super::*;
-use crate::config::validate::DEFAULT_PRIMARY_FUNCTIONS;
 
 fn funcs() -> HashSet<String> {
     DEFAULT_PRIMARY_FUNCTIONS.iter().map(|s| s.to_string()).collect()

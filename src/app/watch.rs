@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 
 /// The contents of the configuration and map files, hashed.
-pub(super) fn fingerprint(shared: &Shared) -> u64 {
+pub fn fingerprint(shared: &Shared) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let map = shared.runtime.load().config.map_path.clone();
     for path in [shared.config_path.clone(), map].into_iter().flatten() {

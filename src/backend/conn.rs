@@ -67,11 +67,7 @@ pub struct BackendConn {
     pub broken: bool,
 }
 
-/// Most statements the proxy keeps prepared on one backend connection unless
-/// `pool.max_prepared_statements` says otherwise. Past it, the least recently used is closed on
-/// the server before another is prepared, so a client that prepares ever new texts cannot grow
-/// every backend's memory without bound (PgBouncer, PgCat and PgDog cap theirs the same way).
-pub const DEFAULT_MAX_PREPARED: usize = 500;
+pub use crate::config::validate::DEFAULT_MAX_PREPARED;
 
 /// The statements prepared on a backend connection, by hash, least recently used first out.
 pub struct Prepared {

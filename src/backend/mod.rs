@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod conn;
 pub mod leg;
 pub mod mysql;
+pub mod node_health;
 pub mod pool;
 pub mod twophase;
 

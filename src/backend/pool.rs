@@ -20,8 +20,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use super::conn::{BackendConn, BackendError};
+use crate::backend::node_health::NodeHealth;
 use crate::config::{NodeConfig, PoolConfig};
-use crate::health::NodeHealth;
 
 /// What a node is for now: the monitor changes it when it follows a failover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -63,6 +63,32 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         })
 }
 
+/// A validation error at `path` (the field, as the file names it).
+pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// One of the named `choices`, `default` when the field is absent.
+pub(crate) fn one_of<T: Copy>(
+    path: &str,
+    value: Option<&str>,
+    default: T,
+    choices: &[(&str, T)],
+) -> Result<T, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    choices
+        .iter()
+        .find(|(name, _)| *name == v)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let names: Vec<_> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            err(path, format!("`{v}` is not one of {}", names.join(", ")))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

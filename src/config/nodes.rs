@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::ConfigError;
-use super::validate::err;
+use super::err;
 
 /// The protocol a cluster's servers speak, from their URLs' scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::ConfigError;
+use super::err;
+use super::nodes::ShardConfig;
 use super::nodes::node;
 use super::raw::{RawConfig, RawShard};
-use super::validate::{ShardConfig, err};
 use crate::shardmap::{self, ShardMap};
 
 /// The shards in map order, the map (a one-shard map when none is configured) and its file.

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::ConfigError;
 use super::raw::RawTls;
-use super::validate::{err, one_of};
+use super::{err, one_of};
 
 /// Whether clients must use TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

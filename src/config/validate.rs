@@ -7,10 +7,16 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ConfigError;
 use super::nodes::node;
 pub use super::nodes::{Engine, NodeConfig, ShardConfig};
 use super::raw::{RawConfig, RawUser};
+use super::{ConfigError, err, one_of};
+
+/// Most statements the proxy keeps prepared on one backend connection unless
+/// `pool.max_prepared_statements` says otherwise. Past it, the least recently used is closed on
+/// the server before another is prepared, so a client that prepares ever new texts cannot grow
+/// every backend's memory without bound (PgBouncer, PgCat and PgDog cap theirs the same way).
+pub const DEFAULT_MAX_PREPARED: usize = 500;
 
 /// The validated configuration.
 #[derive(Debug)]
@@ -235,66 +241,9 @@ pub struct User {
     pub mysql_password: Option<String>,
 }
 
-/// Functions that write, take locks or read sequences: a call sends the statement to the primary.
-pub const DEFAULT_PRIMARY_FUNCTIONS: &[&str] = &[
-    "nextval",
-    "setval",
-    "currval",
-    "lastval",
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_advisory_xact_lock",
-    "pg_advisory_xact_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
-    "pg_try_advisory_xact_lock",
-    "pg_try_advisory_xact_lock_shared",
-    "pg_advisory_unlock",
-    "pg_advisory_unlock_shared",
-    "pg_advisory_unlock_all",
-    "pg_notify",
-    "txid_current",
-    "pg_current_xact_id",
-    "pg_current_wal_lsn",
-    "pg_current_wal_insert_lsn",
-    "pg_current_wal_flush_lsn",
-    // The fate of a transaction is known where it ran: a standby may not have replayed it yet.
-    "txid_status",
-    "pg_xact_status",
-    "set_config",
-    "dblink_exec",
-    "lo_import",
-    "lo_create",
-    "lo_unlink",
-];
-
-pub(super) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
 fn addr(path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse()
         .map_err(|_| err(path, format!("`{s}` is not an address like 127.0.0.1:6432")))
-}
-
-pub(super) fn one_of<T: Copy>(
-    path: &str,
-    value: Option<&str>,
-    default: T,
-    choices: &[(&str, T)],
-) -> Result<T, ConfigError> {
-    let Some(v) = value else { return Ok(default) };
-    choices
-        .iter()
-        .find(|(name, _)| *name == v)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            let names: Vec<_> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-            err(path, format!("`{v}` is not one of {}", names.join(", ")))
-        })
 }
 
 /// Validates a parsed file.
@@ -398,7 +347,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         max_prepared: match p.max_prepared_statements {
             Some(0) => return Err(err("pool.max_prepared_statements", "must be at least 1")),
             Some(n) => n,
-            None => crate::backend::conn::DEFAULT_MAX_PREPARED,
+            None => DEFAULT_MAX_PREPARED,
         },
     };
     if pool.min_size > pool.max_size.get() {
@@ -476,7 +425,10 @@ fn routing(raw: &RawConfig) -> Result<RoutingConfig, ConfigError> {
     if check_interval < Duration::from_millis(10) {
         return Err(err("routing.lag_check_interval", "must be at least 10ms"));
     }
-    let mut primary_functions: HashSet<String> = DEFAULT_PRIMARY_FUNCTIONS.iter().map(|s| s.to_string()).collect();
+    let mut primary_functions: HashSet<String> = crate::analyze::DEFAULT_PRIMARY_FUNCTIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     primary_functions.extend(r.primary_functions.iter().map(|f| f.to_ascii_lowercase()));
     Ok(RoutingConfig {
         max_lag: r.max_replica_lag.unwrap_or(Duration::from_secs(1)),

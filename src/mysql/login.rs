@@ -8,18 +8,16 @@ use std::time::Duration;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{HandshakePacket, HandshakeResponse};
 use mysql_common::proto::{MyDeserialize, MySerialize};
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use super::{ClientConn, ClientError};
 use crate::app::Shared;
 use crate::backend::mysql::conn::CAPABILITIES;
 use crate::config::TlsMode;
-use crate::net::{Socket, Stream};
+use crate::net::Stream;
 use crate::protocol::mysql::{CapabilityFlags, StatusFlags, auth, code, ok};
 
 /// A client must finish its login within this time.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// utf8mb4_general_ci, the collation announced in the handshake.
 const DEFAULT_COLLATION: u8 = 45;
@@ -35,52 +33,11 @@ pub(super) struct Login {
     pub multi_statements: bool,
 }
 
-pub(super) async fn handle(
-    stream: TcpStream,
+pub(super) async fn login(
+    mut client: ClientConn,
     id: u32,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) -> Result<(), ClientError> {
-    let max = shared.runtime.load().config.server.max_message_size;
-    let addr = stream.peer_addr()?;
-    let client = ClientConn::new(Stream::Plain(Socket::from_tokio(stream)?), max);
-    let Ok(r) = tokio::time::timeout(LOGIN_TIMEOUT, login(client, id, &shared)).await else {
-        return Ok(());
-    };
-    let (client, login) = r?;
-    let Some(login) = login else {
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.stream.close()).await;
-        return Ok(());
-    };
-    let mut client = client;
-    if shared.clients.len() >= shared.runtime.load().config.server.max_client_connections {
-        client
-            .refuse(
-                code::TOO_MANY_CONNECTIONS,
-                "08004",
-                "Too many connections (server.max_client_connections)",
-            )
-            .await;
-        return Ok(());
-    }
-    // Listed with the PostgreSQL clients (SHOW CLIENTS) and counted against the same limit.
-    let handle = shared.clients.register(
-        &login.user.name,
-        &login.db,
-        "mysql",
-        addr,
-        client.stream.tls_description(),
-    );
-    let pid = handle.pid;
-    let registry = shared.clone();
-    let result = super::session::Session::new(shared, client, login)
-        .run(shutdown, handle.kill.clone())
-        .await;
-    registry.clients.remove(pid);
-    result
-}
-
-async fn login(mut client: ClientConn, id: u32, shared: &Shared) -> Result<(ClientConn, Option<Login>), ClientError> {
+    shared: &Shared,
+) -> Result<(ClientConn, Option<Login>), ClientError> {
     let rt = shared.runtime.load_full();
     let cfg = &rt.config;
     let tls = cfg.server.tls.clone();

@@ -16,17 +16,18 @@ mod query;
 mod relay;
 mod scatter;
 mod session;
+mod statements;
 mod sync;
 pub mod xa;
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Shared;
-use crate::net::Stream;
+use crate::net::{Socket, Stream};
 use crate::protocol::mysql::{MAX_FRAME, code, err, put_packet, take_frame};
 
 /// Why a client's session ended.
@@ -158,6 +159,11 @@ impl ClientConn {
 /// Accepts MySQL clients until `shutdown`; then sessions end after their current command, and
 /// those still open after `server.shutdown_timeout` are cut off.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    tokio::spawn(xa::recover(
+        shared.clone(),
+        std::time::Duration::from_secs(10),
+        shutdown.clone(),
+    ));
     let ids = Arc::new(std::sync::atomic::AtomicU32::new(1));
     let grace_of = shared.clone();
     crate::net::accept::serve(
@@ -169,11 +175,57 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             let soft = shutdown.clone();
             let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move {
-                if let Err(e) = login::handle(stream, id, shared, soft).await {
+                if let Err(e) = handle(stream, id, shared, soft).await {
                     tracing::debug!(%addr, error = %e, "MySQL client session ended with an error");
                 }
             }
         },
     )
     .await;
+}
+
+/// One MySQL client: its login, then its session until it ends or shutdown.
+async fn handle(
+    stream: TcpStream,
+    id: u32,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    let max = shared.runtime.load().config.server.max_message_size;
+    let addr = stream.peer_addr()?;
+    let client = ClientConn::new(Stream::Plain(Socket::from_tokio(stream)?), max);
+    let Ok(r) = tokio::time::timeout(login::LOGIN_TIMEOUT, login::login(client, id, &shared)).await else {
+        return Ok(());
+    };
+    let (client, login) = r?;
+    let Some(login) = login else {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.stream.close()).await;
+        return Ok(());
+    };
+    let mut client = client;
+    if shared.clients.len() >= shared.runtime.load().config.server.max_client_connections {
+        client
+            .refuse(
+                code::TOO_MANY_CONNECTIONS,
+                "08004",
+                "Too many connections (server.max_client_connections)",
+            )
+            .await;
+        return Ok(());
+    }
+    // Listed with the PostgreSQL clients (SHOW CLIENTS) and counted against the same limit.
+    let handle = shared.clients.register(
+        &login.user.name,
+        &login.db,
+        "mysql",
+        addr,
+        client.stream.tls_description(),
+    );
+    let pid = handle.pid;
+    let registry = shared.clone();
+    let result = session::Session::new(shared, client, login)
+        .run(shutdown, handle.kill.clone())
+        .await;
+    registry.clients.remove(pid);
+    result
 }

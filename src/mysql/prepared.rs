@@ -6,7 +6,6 @@
 //! Long data (COM_STMT_SEND_LONG_DATA) is held until the execute and sent to the connection
 //! that runs it, just before.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -14,36 +13,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::ClientError;
 use super::query::Route;
 use super::session::Session;
-use crate::analyze::mysql::MyFacts;
-use crate::analyze::shard::Shape;
+use super::statements::Prepared;
 use crate::analyze::{Need, TxEffect};
 use crate::plan::shard::Params;
 use crate::protocol::mysql::execute::{Layout, param_texts, rewrite};
 use crate::protocol::mysql::response::Kind;
 use crate::protocol::mysql::{cmd, code};
-use crate::shardmap::ShardMap;
-
-/// A client's statement.
-pub(super) struct Prepared {
-    sql: Bytes,
-    params: u16,
-    facts: MyFacts,
-    /// Parameter types (2 bytes each) from the last execute that sent them.
-    types: Option<Bytes>,
-    /// Long data per parameter, in the order sent.
-    long: Vec<(u16, Bytes)>,
-    /// `SELECT LAST_INSERT_ID()`: answered by the session, with this column name.
-    last_id_column: Option<String>,
-    /// Its shape under the map it was computed with (parsed once per map, not per execute).
-    shape: Option<(Arc<ShardMap>, Arc<Shape>)>,
-}
-
-/// The client's statements by the ids it was given.
-#[derive(Default)]
-pub(super) struct Statements {
-    next: u32,
-    by_id: HashMap<u32, Prepared>,
-}
 
 /// Statements one client may keep prepared (MySQL's default max_prepared_stmt_count).
 const MAX_PER_CLIENT: usize = 16_382;

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use super::login::Login;
-use super::prepared::Statements;
+use super::statements::Statements;
 use super::sync::{Held, State, sync};
 use super::{ClientConn, ClientError};
 use crate::app::{Runtime, Shared};

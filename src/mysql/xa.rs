@@ -364,15 +364,22 @@ impl Session {
 }
 
 /// Finishes prepared branches a crash left behind, every `every` until `stop`: committed when
-/// the decision exists, rolled back when none does and they are older than a minute.
-pub async fn recover(shards: Vec<Arc<MyShard>>, default: usize, every: Duration, stop: CancellationToken) {
+/// the decision exists, rolled back when none does and they are older than a minute. Each round
+/// takes the shards of the configuration serving then (a reload may add or remove some).
+pub async fn recover(shared: Arc<crate::app::Shared>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for s in &shards {
+        let rt = shared.runtime.load_full();
+        let shards = &rt.mysql;
+        if shards.len() < 2 {
+            continue;
+        }
+        let default = rt.config.map.default_shard;
+        for s in shards {
             if let Err(e) = recover_shard(s, &shards[default]).await {
                 tracing::debug!(shard = %s.name, error = %e, "XA recovery check failed");
             }

@@ -47,7 +47,7 @@ mod tests {
     use crate::analyze::analyze;
 
     fn target(sql: &str, ctx: RouteContext) -> Target {
-        let funcs = crate::config::validate::DEFAULT_PRIMARY_FUNCTIONS
+        let funcs = crate::analyze::DEFAULT_PRIMARY_FUNCTIONS
             .iter()
             .map(|s| s.to_string())
             .collect();

@@ -33,7 +33,7 @@ impl Session {
             self.tx_refused = false;
             self.pending_begin = None;
             self.rollback_at_sync = self.held.is_some();
-            self.local_portal = Some((portal.to_owned(), super::ids::LocalPortal::Tag("ROLLBACK")));
+            self.local_portal = Some((portal.to_owned(), super::local_portal::LocalPortal::Tag("ROLLBACK")));
             self.answer_local(&msg::empty(b'2'));
             return Ok(Routed::Done(Flow::Continue));
         }
@@ -72,7 +72,7 @@ impl Session {
                 _ => None,
             };
             if let Some(tag) = tag {
-                self.local_portal = Some((portal.to_owned(), super::ids::LocalPortal::Tag(tag)));
+                self.local_portal = Some((portal.to_owned(), super::local_portal::LocalPortal::Tag(tag)));
                 self.answer_local(&msg::empty(b'2'));
                 return Ok(Routed::Done(Flow::Continue));
             }

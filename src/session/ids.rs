@@ -13,30 +13,6 @@ use crate::protocol::pg::sqlstate::SqlState;
 /// Most IDs one `next_ids` call hands out.
 pub const MAX_IDS_PER_CALL: u64 = 100_000;
 
-/// A portal the proxy answers itself.
-pub enum LocalPortal {
-    /// A statement with only a command tag (a deferred BEGIN, an empty transaction's end).
-    Tag(&'static str),
-    /// The answer of a signal call (`pg_terminate_backend`, `pg_cancel_backend`), one row.
-    Signal {
-        /// Column name.
-        column: &'static str,
-        /// The answer; taken by the first Execute.
-        value: Option<bool>,
-        /// Result format (0 text, 1 binary).
-        format: i16,
-    },
-    /// IDs, one per row.
-    Ids {
-        /// Column name.
-        column: &'static str,
-        /// The IDs.
-        ids: Vec<u64>,
-        /// Result format (0 text, 1 binary).
-        format: i16,
-    },
-}
-
 fn column(call: &ProxyCall) -> &'static str {
     match call {
         ProxyCall::NextId => "next_id",
@@ -175,7 +151,7 @@ impl Session {
                 let format = rows::format_at(&parts.result_formats, 0);
                 self.local_portal = Some((
                     portal.to_owned(),
-                    LocalPortal::Ids {
+                    super::local_portal::LocalPortal::Ids {
                         column: column(call),
                         ids,
                         format,

@@ -213,7 +213,7 @@ enum Login {
 struct LoginOk {
     user: Arc<crate::config::User>,
     vars: SessionVars,
-    handle: Arc<super::registry::ClientHandle>,
+    handle: Arc<crate::app::clients::ClientHandle>,
     runtime: Arc<crate::app::Runtime>,
 }
 

@@ -6,6 +6,7 @@ use bytes::BytesMut;
 
 use super::Session;
 use super::client::SessionError;
+use super::local_portal::LocalPortal;
 use super::state::Op;
 use super::state::Stmt;
 use crate::protocol::pg::messages::{self as msg, Severity};
@@ -142,7 +143,6 @@ impl Session {
     /// Describe, Execute or Close of the portal the proxy answers itself; `false` if `name` is
     /// another portal.
     pub(super) fn on_local_portal(&mut self, kind: u8, name: &str) -> bool {
-        use super::ids::LocalPortal;
         let Some((p, local)) = &mut self.local_portal else {
             return false;
         };

@@ -20,13 +20,13 @@ mod heavy;
 mod ids;
 mod insert_select;
 mod local;
+mod local_portal;
 mod multi;
 mod multi_copy;
 mod multi_write;
 mod prepared;
 pub use multi_write::DECISION_TABLE_DDL as TWO_PHASE_DECISION_DDL;
 pub mod listener;
-pub mod registry;
 mod relay;
 
 mod responses;
@@ -45,12 +45,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::app::clients::ClientHandle;
 use crate::app::{Runtime, Shared};
 use crate::backend::Checkout;
 use crate::config::User;
 use crate::protocol::pg::Frame;
 use client::ClientConn;
-use registry::ClientHandle;
 use state::{Ops, Portals, SessionVars, Stmt};
 
 /// The backend connection a session holds, with the responses it still owes.
@@ -210,7 +210,7 @@ pub struct Session {
     multi_portal: Option<multi::MultiPortal>,
     /// An extended-protocol portal the proxy answers itself (a deferred BEGIN, or the COMMIT or
     /// ROLLBACK of a transaction that never reached a shard), with its command tag.
-    local_portal: Option<(String, ids::LocalPortal)>,
+    local_portal: Option<(String, local_portal::LocalPortal)>,
     /// Answers the proxy gave itself while no backend was held, in the middle of an extended-
     /// protocol batch (ParseComplete of a deferred Parse): sent with the backend's first answers
     /// or at Sync, so the client gets one write, not two.

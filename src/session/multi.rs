@@ -231,7 +231,7 @@ impl Session {
                         &mut out,
                         "",
                         &self.wire(&m.sql),
-                        &super::multi_write::pick_types(param_types, &m.params),
+                        &rows::pick_types(param_types, &m.params),
                     );
                     rows::bind_with(&mut out, bind, Some(&m.params), &shard_formats);
                     msg::describe_or_close(&mut out, b'D', b'P', "");

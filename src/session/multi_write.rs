@@ -97,7 +97,7 @@ impl Session {
                 Source::Extended { param_types, bind } => {
                     let pick = split.then_some(&part.params[..]);
                     let types = match pick {
-                        Some(pk) => pick_types(param_types, pk),
+                        Some(pk) => rows::pick_types(param_types, pk),
                         None => param_types.to_vec(),
                     };
                     msg::parse_bytes(&mut out, "", &self.wire(&part.sql), &types);
@@ -298,21 +298,6 @@ impl Session {
     }
 }
 
-/// Parameter types for a subset of the client's parameters.
-pub(super) fn pick_types(param_types: &[u8], pick: &[usize]) -> Vec<u8> {
-    let n = param_types
-        .get(..2)
-        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
-    let mut out = (pick.len() as i16).to_be_bytes().to_vec();
-    for &i in pick {
-        match param_types.get(2 + 4 * i..6 + 4 * i) {
-            Some(t) if i < n => out.extend_from_slice(t),
-            _ => out.extend_from_slice(&0u32.to_be_bytes()),
-        }
-    }
-    out
-}
-
 /// One command tag for the shards' tags: counts added up ("INSERT 0 7", "UPDATE 12").
 pub fn combine_tags(tags: &[String]) -> String {
     let Some(first) = tags.first() else {
@@ -343,7 +328,13 @@ mod tests {
     #[test]
     fn parameter_types_follow_the_picked_parameters() {
         let types = [0, 3, 0, 0, 0, 20, 0, 0, 0, 25, 0, 0, 0, 23];
-        assert_eq!(pick_types(&types, &[2, 0]), vec![0, 2, 0, 0, 0, 23, 0, 0, 0, 20]);
-        assert_eq!(pick_types(&[0, 0], &[1]), vec![0, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            crate::protocol::pg::rows::pick_types(&types, &[2, 0]),
+            vec![0, 2, 0, 0, 0, 23, 0, 0, 0, 20]
+        );
+        assert_eq!(
+            crate::protocol::pg::rows::pick_types(&[0, 0], &[1]),
+            vec![0, 1, 0, 0, 0, 0]
+        );
     }
 }

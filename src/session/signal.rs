@@ -8,8 +8,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::Session;
-use super::registry::ClientHandle;
 use crate::analyze::{Count, ProxyCall};
+use crate::app::clients::ClientHandle;
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::oid;
 use crate::protocol::pg::rows::{self, BindParts};
@@ -146,7 +146,7 @@ impl Session {
             Signalled::Done(v) => {
                 self.local_portal = Some((
                     portal.to_owned(),
-                    super::ids::LocalPortal::Signal {
+                    super::local_portal::LocalPortal::Signal {
                         column: column(terminate),
                         value: Some(v),
                         format: rows::format_at(&parts.result_formats, 0),

@@ -241,7 +241,7 @@ impl Session {
         self.flush_early();
         match (outcome, portal) {
             (Ok(tag), Some(portal)) => {
-                self.local_portal = Some((portal.to_owned(), super::ids::LocalPortal::Tag(tag)));
+                self.local_portal = Some((portal.to_owned(), super::local_portal::LocalPortal::Tag(tag)));
                 self.answer_local(&msg::empty(b'2'));
             }
             (Ok(tag), None) => {

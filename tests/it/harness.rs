@@ -8,8 +8,9 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use shardwire::app::{Bound, Shared};
+use shardwire::app::Shared;
 use shardwire::sandbox::Sandbox;
+use shardwire::serve::Bound;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -230,8 +231,8 @@ impl Proxy {
         // On a runtime of its own, as `shardwire serve` runs it: threads with the stack that
         // statement analysis needs.
         std::thread::spawn(move || {
-            shardwire::app::block_on(1, async move {
-                shardwire::app::run(config, Some(p), token, move |b, s| {
+            shardwire::serve::block_on(1, async move {
+                shardwire::serve::run(config, Some(p), token, move |b, s| {
                     let _ = tx.send((b, s));
                 })
                 .await

@@ -1,5 +1,5 @@
 //! MySQL and MariaDB backends: connections ([`conn`]), a pool per node (bb8), and the shards of a
-//! MySQL cluster with their replicas' health (published by [`crate::health::mysql`]).
+//! MySQL cluster with their replicas' health (published by the MySQL monitor, `health::mysql`).
 
 pub mod conn;
 
@@ -11,8 +11,8 @@ use arc_swap::ArcSwap;
 
 pub use conn::{MyConn, MyError, TextResult};
 
+use crate::backend::node_health::NodeHealth;
 use crate::config::{NodeConfig, PoolConfig, ShardConfig};
-use crate::health::NodeHealth;
 
 /// bb8 manager: opens [`MyConn`]s to one node.
 pub struct Manager {

@@ -272,6 +272,22 @@ pub fn data_row(out: &mut BytesMut, cells: &[Option<Bytes>], n: usize) {
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
+/// The parameter-type section of a Parse (count, then an oid each) for a subset of the client's
+/// parameters, in the order `pick` names them; unknown (0) where the client gave none.
+pub fn pick_types(param_types: &[u8], pick: &[usize]) -> Vec<u8> {
+    let n = param_types
+        .get(..2)
+        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+    let mut out = (pick.len() as i16).to_be_bytes().to_vec();
+    for &i in pick {
+        match param_types.get(2 + 4 * i..6 + 4 * i) {
+            Some(t) if i < n => out.extend_from_slice(t),
+            _ => out.extend_from_slice(&0u32.to_be_bytes()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
