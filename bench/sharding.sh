@@ -15,6 +15,8 @@
 # would only add noise; the proxy's work is the same. Everything listens on 127.0.0.1.
 #
 #   bench/sharding.sh [seconds-per-run] [rounds]        (defaults: 5 s, 3 rounds)
+#   BASE_BIN=path/to/older/shardwire adds a second sharded proxy from that binary, measured as
+#   the targets base-point and base-scatter in the same rounds (a change's effect, alternating).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -30,7 +32,7 @@ chmod 755 "$WORK"
 AS=()
 if [ "$(id -u)" = 0 ]; then chown postgres: "$WORK"; AS=(runuser -u postgres --); fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PG_PORT=$(free_port); PLAIN_PORT=$(free_port); SHARD_PORT=$(free_port)
+PG_PORT=$(free_port); PLAIN_PORT=$(free_port); SHARD_PORT=$(free_port); BASE_PORT=$(free_port)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -103,11 +105,17 @@ TOML
 { common "$SHARD_PORT" "${SHARD_POOL:-20}"; printf '[sharding]\nmap = "map.toml"\n[ids]\nworker_id = 1\n'; for s in 0 1 2 3; do
     printf '[[shards]]\nname = "s%s"\nprimary = "postgres://postgres@127.0.0.1:%s/s%s"\n' "$s" "$PG_PORT" "$s"; done; } > "$WORK/sharded.toml"
 "$SW" check "$WORK/sharded.toml" >/dev/null
+if [ -n "${BASE_BIN:-}" ]; then
+    sed "s/127.0.0.1:$SHARD_PORT/127.0.0.1:$BASE_PORT/" "$WORK/sharded.toml" > "$WORK/base.toml"
+    RUST_LOG=warn "$BASE_BIN" serve --config "$WORK/base.toml" 2>"$WORK/base.log" & PIDS+=($!)
+fi
 RUST_LOG=warn "$SW" serve --config "$WORK/plain.toml" 2>"$WORK/plain.log" & PIDS+=($!)
 RUST_LOG=warn "$SW" serve --config "$WORK/sharded.toml" 2>"$WORK/sharded.log" & PIDS+=($!)
 sleep 1
 PLAIN_PID=$(pgrep -f "^$SW serve --config $WORK/plain.toml" | head -1)
 SHARD_PID=$(pgrep -f "^$SW serve --config $WORK/sharded.toml" | head -1)
+BASE_PID=""
+[ -n "${BASE_BIN:-}" ] && BASE_PID=$(pgrep -f "^$BASE_BIN serve --config $WORK/base.toml" | head -1)
 cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 
 printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "$ROWS" > "$WORK/point.sql"
@@ -119,13 +127,16 @@ printf '\\set a random(1, 10000)\n\\set b :a + 1000000\nBEGIN;\nUPDATE bench_tx 
 printf '\\set id random(1, 1000000000)\nINSERT INTO bench_events (id, v) VALUES (:id, 1);\n' > "$WORK/insert-given.sql"
 printf 'INSERT INTO bench_events (v) VALUES (1);\n' > "$WORK/insert-filled.sql"
 
-# PROFILE=1: record both proxies with perf during one simple-protocol point run each, then stop.
+# PROFILE=1: record both proxies with perf during one simple-protocol run each of the point
+# script (PROFILE=scatter: the scatter script, on the sharded proxy only), then stop.
 if [ -n "${PROFILE:-}" ]; then
-    for t in plain:$PLAIN_PORT:$PLAIN_PID sharded:$SHARD_PORT:$SHARD_PID; do
+    script=point; targets="plain:$PLAIN_PORT:$PLAIN_PID sharded:$SHARD_PORT:$SHARD_PID"
+    if [ "$PROFILE" = scatter ]; then script=scatter; targets="sharded:$SHARD_PORT:$SHARD_PID"; fi
+    for t in $targets; do
         IFS=: read -r name port pid <<<"$t"
         perf record -F 2000 -g -p "$pid" -o "/tmp/shardwire-$name.perf" -- sleep "$SECS" >/dev/null 2>&1 &
         perf_pid=$!
-        "$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -f "$WORK/point.sql" -M simple -c "$CLIENTS" -j 2 -T "$SECS" bench 2>&1 | grep '^tps'
+        "$BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -f "$WORK/$script.sql" -M simple -c "$CLIENTS" -j 2 -T "$SECS" bench 2>&1 | grep '^tps'
         wait "$perf_pid" || true
         echo "perf data: /tmp/shardwire-$name.perf" >&2
     done
@@ -142,6 +153,8 @@ for round in $(seq 1 "$ROUNDS"); do
                 sharded-point) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=point ;;
                 direct-scatter) port=$PG_PORT; db=plain; pid=""; script=scatter ;;
                 sharded-scatter) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=scatter ;;
+                base-point) port=$BASE_PORT; db=bench; pid=$BASE_PID; script=point ;;
+                base-scatter) port=$BASE_PORT; db=bench; pid=$BASE_PID; script=scatter ;;
                 insert-given) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=insert-given ;;
                 insert-filled) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=insert-filled ;;
                 direct-tx) port=$PG_PORT; db=plain; pid=""; script=tx-two ;;
@@ -173,7 +186,7 @@ def med(rs, k):
 print("| protocol | target | tps (median) | latency ms | proxy CPU µs/stmt |")
 print("|---|---|---|---|---|")
 for mode in ["simple", "extended"]:
-    for t in ["direct-point", "plain-point", "sharded-point", "direct-scatter", "sharded-scatter", "insert-given", "insert-filled", "direct-tx", "tx-one", "tx-two"]:
+    for t in ["direct-point", "plain-point", "base-point", "sharded-point", "direct-scatter", "base-scatter", "sharded-scatter", "insert-given", "insert-filled", "direct-tx", "tx-one", "tx-two"]:
         rs = g[(mode, t)]
         if not rs:
             continue
@@ -182,6 +195,12 @@ for mode in ["simple", "extended"]:
     p, s = med(g[(mode, "plain-point")], "cpu_us_per_tx"), med(g[(mode, "sharded-point")], "cpu_us_per_tx")
     if p and s:
         print(f"\n{mode}: single-shard routing CPU per statement vs the unsharded proxy path: {s / p:.2f}x")
+    b, n = med(g[(mode, "base-scatter")], "cpu_us_per_tx"), med(g[(mode, "sharded-scatter")], "cpu_us_per_tx")
+    if b and n:
+        print(f"{mode}: scatter CPU per statement, BASE_BIN vs this build: {b:.1f} vs {n:.1f} µs ({b / n:.2f}x lower)")
+    b, n = med(g[(mode, "base-point")], "cpu_us_per_tx"), med(g[(mode, "sharded-point")], "cpu_us_per_tx")
+    if b and n:
+        print(f"{mode}: routed point CPU per statement, BASE_BIN vs this build: {b:.1f} vs {n:.1f} µs ({n / b:.2f}x)")
     gv, fl = med(g[(mode, "insert-given")], "cpu_us_per_tx"), med(g[(mode, "insert-filled")], "cpu_us_per_tx")
     if gv and fl:
         print(f"{mode}: INSERT with a generated ID vs the ID given: {fl:.1f} vs {gv:.1f} µs proxy CPU per statement ({fl / gv:.2f}x)\n")

@@ -42,8 +42,8 @@ fn analyze_all(texts: Vec<String>) -> usize {
                     drop(super::shard::shape_mysql(&text, &map));
                 }
                 drop(shape(sql, &map));
-                if let Some((text, _)) = parameterize(sql) {
-                    drop(shape(&text, &map));
+                if let Some(lf) = parameterize(sql) {
+                    drop(shape(&lf.text, &map));
                 }
                 if let Ok(stmts) = sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)
                 {

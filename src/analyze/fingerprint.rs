@@ -56,15 +56,27 @@ pub fn fingerprint(sql: &str) -> String {
 /// parameter a client can send (PostgreSQL allows 65535).
 pub const LITERAL_PARAM_BASE: usize = 100_000;
 
+/// A text with its literals taken out by [`parameterize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiteralFree {
+    /// The text, literal `k` (from 0) replaced by the parameter `$<LITERAL_PARAM_BASE + k + 1>`.
+    pub text: String,
+    /// The literals' values (strings unquoted), in order.
+    pub values: Vec<String>,
+    /// Where each literal stands in the original text, as written (quotes included).
+    pub spans: Vec<std::ops::Range<usize>>,
+}
+
 /// The text with each plain string and numeric literal replaced by a parameter
 /// `$<LITERAL_PARAM_BASE + k + 1>`, and the literals' values in order; `None` when a literal has a
 /// form whose value is not its text (escape, bit, national and dollar-quoted strings, or a
 /// backslash). Statements that differ only in their literals share the text, so its analysis is
 /// reused; the values are bound back as parameters when routing.
-pub fn parameterize(sql: &str) -> Option<(String, Vec<String>)> {
+pub fn parameterize(sql: &str) -> Option<LiteralFree> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len() + 16);
     let mut values = Vec::new();
+    let mut spans = Vec::new();
     let mut i = 0;
     let mut last = 0;
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
@@ -94,6 +106,16 @@ pub fn parameterize(sql: &str) -> Option<(String, Vec<String>)> {
                 while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_') {
                     j += 1;
                 }
+                // `1e-5` is one number: its exponent's sign would otherwise split it in two.
+                if matches!(b[j - 1], b'e' | b'E')
+                    && matches!(b.get(j), Some(b'+' | b'-'))
+                    && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+                {
+                    j += 1;
+                    while j < b.len() && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                }
                 (j, Some(sql[i..j].to_owned()))
             }
             _ => {
@@ -106,12 +128,17 @@ pub fn parameterize(sql: &str) -> Option<(String, Vec<String>)> {
             out.push('$');
             out.push_str(&(LITERAL_PARAM_BASE + values.len() + 1).to_string());
             values.push(v);
+            spans.push(i..end);
             last = end;
         }
         i = end.max(i + 1);
     }
     out.push_str(&sql[last.min(sql.len())..]);
-    Some((out, values))
+    Some(LiteralFree {
+        text: out,
+        values,
+        spans,
+    })
 }
 
 /// End (exclusive) of a '...' literal starting at `start`, with '' and backslash escapes.
@@ -190,11 +217,18 @@ mod tests {
 
     #[test]
     fn literals_become_parameters() {
-        let (text, values) = super::parameterize("SELECT * FROM t WHERE id = 42 AND name = 'o''k' -- 7\n").unwrap();
-        assert_eq!(text, "SELECT * FROM t WHERE id = $100001 AND name = $100002 -- 7\n");
-        assert_eq!(values, ["42", "o'k"]);
-        let (text, values) = super::parameterize("SELECT \"x1\" FROM t2 WHERE a = $1").unwrap();
-        assert_eq!((text.as_str(), values.len()), ("SELECT \"x1\" FROM t2 WHERE a = $1", 0));
+        let sql = "SELECT * FROM t WHERE id = 42 AND name = 'o''k' AND r < 1e-5 -- 7\n";
+        let lf = super::parameterize(sql).unwrap();
+        assert_eq!(
+            lf.text,
+            "SELECT * FROM t WHERE id = $100001 AND name = $100002 AND r < $100003 -- 7\n"
+        );
+        assert_eq!(lf.values, ["42", "o'k", "1e-5"]);
+        let raw: Vec<&str> = lf.spans.iter().map(|r| &sql[r.clone()]).collect();
+        assert_eq!(raw, ["42", "'o''k'", "1e-5"]);
+        let lf = super::parameterize("SELECT \"x1\" FROM t2 WHERE a = $1 AND b = 2e+3-1").unwrap();
+        assert_eq!(lf.text, "SELECT \"x1\" FROM t2 WHERE a = $1 AND b = $100001-$100002");
+        assert_eq!(lf.values, ["2e+3", "1"]);
         assert!(super::parameterize("SELECT E'a\\nb'").is_none());
         assert!(super::parameterize("SELECT 'a\\b'").is_none());
         assert!(super::parameterize("SELECT $q$x$q$").is_none());

@@ -19,7 +19,7 @@ pub(super) enum Route {
     /// One shard.
     One(ShardId),
     /// Several shards, merged (reads).
-    Scatter(Vec<ShardId>, Box<crate::analyze::shard::Merge>),
+    Scatter(Vec<ShardId>, std::sync::Arc<crate::analyze::shard::Merge>),
     /// A write on several shards, atomic by XA: each shard's statement; `replicated` when every
     /// shard holds the same rows (one shard's count is the answer); the first generated ID.
     Write(Vec<(ShardId, String)>, bool, u64),

@@ -229,7 +229,7 @@ impl Session {
             Ok(r) => check(&r, &cols).map(|()| r),
         };
         let mut m = match refused {
-            Ok(r) => r,
+            Ok(r) => r.into_owned(),
             Err(why) => {
                 abandon(&mut legs);
                 self.error(code::NOT_SUPPORTED, "0A000", &why);

@@ -32,7 +32,7 @@ pub enum ShardPlan {
         /// Shards, ascending.
         shards: Vec<ShardId>,
         /// How to merge.
-        merge: Box<Merge>,
+        merge: std::sync::Arc<Merge>,
     },
     /// The same write on several shards, committed atomically.
     Write {

@@ -97,21 +97,21 @@ impl Session {
     /// (before the statement is sent on it). The first shard that is not in byte order is the
     /// one reported; `None` if a shard could not say (the merge then goes on as before).
     pub(super) async fn shards_collation(&self, shards: &[ShardId], legs: &mut [Leg]) -> Option<String> {
-        let mut found: Option<String> = None;
+        let mut found: Option<&String> = None;
         for (&s, leg) in shards.iter().zip(legs.iter_mut()) {
             let cluster = self.runtime.clusters.get(s)?;
             let c = match cluster.collation.get() {
-                Some(c) => c.clone(),
+                Some(c) => c,
                 None => {
                     let c = leg.rows(COLLATION_SQL).await.ok()?.into_iter().next()?;
-                    cluster.collation.get_or_init(|| c).clone()
+                    cluster.collation.get_or_init(|| c)
                 }
             };
-            if found.as_deref().is_none_or(byte_order) {
+            if found.is_none_or(|f| byte_order(f)) {
                 found = Some(c);
             }
         }
-        found
+        found.cloned()
     }
 }
 
@@ -144,6 +144,7 @@ mod tests {
             order,
             limit: None,
             offset: None,
+            literal_shaped: false,
         }
     }
 

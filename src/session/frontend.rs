@@ -75,7 +75,7 @@ impl Session {
             // Boxed: rare, and its future would otherwise be part of every Query's.
             Box::pin(self.facts_off_runtime(sql)).await
         } else {
-            self.facts_keyed(sql, literal_free.as_ref().map(|(key, _)| key.as_str()))
+            self.facts_keyed(sql, literal_free.as_ref().map(|lf| lf.text.as_str()))
         };
         if let Some(e) = &facts.too_complex {
             return Ok(self.refuse_too_complex(e, false));

@@ -34,8 +34,8 @@ impl Session {
             let facts = shared.cache.get(&text, &c.routing.primary_functions, &c.server.limits);
             if facts.too_complex.is_none() && !c.map.tables.is_empty() {
                 shared.shapes.get(&text, &c.map);
-                if let Some((literal_free, _)) = crate::analyze::fingerprint::parameterize(&text) {
-                    shared.shapes.get(&literal_free, &c.map);
+                if let Some(lf) = crate::analyze::fingerprint::parameterize(&text) {
+                    shared.shapes.get(&lf.text, &c.map);
                 }
             }
             facts

@@ -11,6 +11,7 @@ use super::insert_select::SelectFailure;
 use super::multi::{Outcome, Source};
 use super::state::Stmt;
 use super::{Flow, Session};
+use crate::analyze::fingerprint::LiteralFree;
 use crate::analyze::shard::Shape;
 use crate::analyze::{Facts, TxEffect};
 use crate::plan::shard::{self, Params, ShardPlan};
@@ -104,23 +105,34 @@ impl Session {
     }
 
     /// Plans a simple-protocol text: first with its literals as parameters (one cached analysis
-    /// for every text of the same shape); anything but a single shard is planned again from the
-    /// exact text, so rewritten statements and messages carry the real literals.
-    fn plan_simple(&mut self, sql: &str, literal_free: Option<(String, Vec<String>)>) -> (ShardPlan, bool) {
+    /// for every text of the same shape). One shard, or a scatter whose merge the literals do not
+    /// shape (the literals are put back into the shards' statement), are taken from there;
+    /// anything else is planned again from the exact text, so rewritten statements and messages
+    /// carry the real literals.
+    fn plan_simple(&mut self, sql: &str, literal_free: Option<LiteralFree>) -> (ShardPlan, bool) {
         let runtime = self.runtime.clone();
         let map = &runtime.config.map;
-        if let Some((text, literals)) = literal_free.or_else(|| crate::analyze::fingerprint::parameterize(sql)) {
-            let shape = self.shared.shapes.get(&text, map);
+        if let Some(lf) = literal_free.or_else(|| crate::analyze::fingerprint::parameterize(sql)) {
+            let shape = self.shared.shapes.get(&lf.text, map);
             if *shape != crate::analyze::shard::Shape::Unparsed {
                 let params = Params {
-                    literals: &literals,
+                    literals: &lf.values,
                     ..Params::default()
                 };
-                if let p @ ShardPlan::One(_) = shard::plan(&shape, map, &params) {
-                    if *shape == Shape::Broadcast {
-                        self.ddl_seen();
+                match shard::plan(&shape, map, &params) {
+                    p @ ShardPlan::One(_) => {
+                        if *shape == Shape::Broadcast {
+                            self.ddl_seen();
+                        }
+                        return (p, runs_anywhere(&shape));
                     }
-                    return (p, runs_anywhere(&shape));
+                    ShardPlan::Scatter { shards, merge } => {
+                        if let Some(merge) = merge.with_literals(sql, &lf) {
+                            let merge = Arc::new(merge);
+                            return (ShardPlan::Scatter { shards, merge }, false);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -168,7 +180,7 @@ impl Session {
         f: &Frame,
         sql: &str,
         facts: &Arc<Facts>,
-        literal_free: Option<(String, Vec<String>)>,
+        literal_free: Option<LiteralFree>,
     ) -> Result<Routed, SessionError> {
         if !self.route_start() {
             return Ok(Routed::Shard(self.default_shard()));

@@ -269,6 +269,17 @@ fn read_corpus() -> Vec<String> {
     q.push("SELECT u.id, c.region FROM users u JOIN countries c ON c.code = u.country ORDER BY u.id LIMIT 12".into());
     q.push("SELECT c.code, count(o.id) FROM orders o JOIN users u ON u.id = o.user_id JOIN countries c ON c.code = u.country WHERE u.id IN (10, 11, 12) GROUP BY c.code ORDER BY c.code".into());
     q.push("SELECT region, count(*) FROM countries GROUP BY region ORDER BY region".into());
+    // Scatters planned from the text with its literals taken out, the literals put back for the
+    // shards: quotes inside strings, exponents, LIMIT with OFFSET; and literals that shape the
+    // result (a constant column, an ordinal, an expression in ORDER BY), planned from the text.
+    q.push("SELECT id, name FROM users WHERE name <> 'o''k' AND score > 1e-1 ORDER BY id LIMIT 4 OFFSET 2".into());
+    q.push(
+        "SELECT id, kind FROM events WHERE kind IN ('kind1', 'kind3') AND weight < 2.5e+1 ORDER BY id DESC LIMIT 6"
+            .into(),
+    );
+    q.push("SELECT 'tag' AS t, 7 AS n, id FROM users WHERE id > 2990 ORDER BY id".into());
+    q.push("SELECT status, count(*) FROM orders WHERE amount > 250 GROUP BY 1 ORDER BY 1".into());
+    q.push("SELECT id FROM users WHERE id > 2900 ORDER BY id % 7, id LIMIT 5".into());
     q
 }
 

@@ -140,6 +140,6 @@ pub(super) fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
         group,
         cond,
         write: false,
-        merge: merge.map(Box::new),
+        merge: merge.map(Arc::new),
     }
 }

@@ -66,14 +66,19 @@ pub struct Merge {
     pub limit: Option<Operand>,
     /// OFFSET applied after merging.
     pub offset: Option<Operand>,
+    /// Made from a text whose literals were taken out as parameters
+    /// ([`crate::analyze::fingerprint::parameterize`]), and one of them stands where a literal
+    /// decides the result's shape (the select list, GROUP BY, ORDER BY, HAVING, DISTINCT: a
+    /// column's type, an ordinal): only the exact text's merge is right.
+    pub literal_shaped: bool,
 }
 
 impl Merge {
     /// The merge for a result of `total` columns: a wildcard expanded to more columns than the
     /// select list has items, which shifts the hidden columns (always the last ones, and plain).
-    pub fn resolve(&self, total: usize) -> Result<Merge, String> {
+    pub fn resolve(&self, total: usize) -> Result<std::borrow::Cow<'_, Merge>, String> {
         if total == self.cols.len() {
-            return Ok(self.clone());
+            return Ok(std::borrow::Cow::Borrowed(self));
         }
         if total < self.cols.len() {
             return Err(format!(
@@ -93,7 +98,7 @@ impl Merge {
         if m.order.iter().any(|k| k.col >= total) {
             return Err("ORDER BY position is not in the select list".into());
         }
-        Ok(m)
+        Ok(std::borrow::Cow::Owned(m))
     }
 }
 
@@ -413,7 +418,27 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         order,
         limit,
         offset,
+        literal_shaped: literal_in(&sel.projection)
+            || literal_in(&sel.group_by)
+            || literal_in(&q.order_by)
+            || literal_in(&sel.having)
+            || literal_in(&sel.distinct),
     })
+}
+
+/// A literal taken out of the text as a parameter stands somewhere in `node`.
+pub(super) fn literal_in<T: sqlparser::ast::Visit>(node: &T) -> bool {
+    let base = crate::analyze::fingerprint::LITERAL_PARAM_BASE;
+    sqlparser::ast::visit_expressions(node, |e| match e {
+        Expr::Value(v)
+            if matches!(&v.value, Value::Placeholder(p)
+                if p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n > base)) =>
+        {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
 }
 
 /// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.

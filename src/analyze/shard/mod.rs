@@ -27,6 +27,7 @@ mod ddl;
 mod dml;
 mod fill_ids;
 mod having;
+mod literals;
 mod merge_spec;
 mod order;
 mod scope;
@@ -93,7 +94,7 @@ pub enum Shape {
         /// UPDATE or DELETE.
         write: bool,
         /// For a SELECT: how to merge when several shards answer, or why it cannot be.
-        merge: Result<Box<Merge>, String>,
+        merge: Result<Arc<Merge>, String>,
     },
     /// INSERT ... VALUES into a sharded table.
     Insert {

@@ -67,7 +67,7 @@ pub(super) fn union_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
         group,
         cond: KeyCond::Or(conds),
         write: false,
-        merge: merge.map(Box::new),
+        merge: merge.map(Arc::new),
     }
 }
 
@@ -197,5 +197,8 @@ fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, Strin
         order,
         limit,
         offset,
+        // Each branch's select list shapes the result: any literal taken out of the text
+        // sends the statement to the exact text's plan.
+        literal_shaped: super::merge_spec::literal_in(q),
     })
 }

@@ -6,6 +6,66 @@
 use super::*;
 use crate::analyze::shard::shape;
 
+/// The plan a simple-protocol text gets from its literal-free analysis when that path takes it
+/// (a scatter whose merge its literals do not shape), to be compared with the exact text's.
+fn literal_free_scatter(sql: &str, map: &ShardMap) -> Option<ShardPlan> {
+    let lf = crate::analyze::fingerprint::parameterize(sql)?;
+    let params = Params {
+        literals: &lf.values,
+        ..Params::default()
+    };
+    match plan(&shape(&lf.text, map), map, &params) {
+        ShardPlan::Scatter { shards, merge } => Some(ShardPlan::Scatter {
+            shards,
+            merge: std::sync::Arc::new(merge.with_literals(sql, &lf)?),
+        }),
+        _ => None,
+    }
+}
+
+/// Statements of the golden files planned both ways (exact text, literal-free with the literals
+/// put back) that must print the same plan; how many took the literal-free path.
+fn same_without_parsing(path: &std::path::Path) -> (Vec<String>, usize) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (mut map, mut diffs, mut taken) = (None, Vec::new(), 0);
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(m) = line.strip_prefix("-- map: ") {
+            map = Some(crate::shardmap::load(&root.join(m.trim())).unwrap());
+        } else if let Some(sql) = line.strip_prefix("> ")
+            && !lines.peek().is_some_and(|l| l.starts_with("-- params: "))
+        {
+            let map = map.as_ref().expect("a `-- map:` line comes first");
+            if let Some(fast) = literal_free_scatter(sql, map) {
+                taken += 1;
+                let exact = explain(&plan(&shape(sql, map), map, &Params::default()), map);
+                if explain(&fast, map) != exact {
+                    diffs.push(format!("{sql}\n  exact: {exact}\n  fast:  {}", explain(&fast, map)));
+                }
+            }
+        }
+    }
+    (diffs, taken)
+}
+
+#[test]
+fn scatters_planned_without_parsing_the_text_are_the_exact_texts_plans() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans");
+    let (mut diffs, mut taken) = (Vec::new(), 0);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "plans") {
+            let (d, t) = same_without_parsing(&path);
+            diffs.extend(d);
+            taken += t;
+        }
+    }
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    eprintln!("{taken} golden statements took the literal-free path");
+    assert!(taken >= 10, "only {taken} golden statements took the literal-free path");
+}
+
 fn run_file(path: &std::path::Path) -> (String, String) {
     let text = std::fs::read_to_string(path).unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
