@@ -280,11 +280,31 @@ fn read_corpus() -> Vec<String> {
     q.push("SELECT 'tag' AS t, 7 AS n, id FROM users WHERE id > 2990 ORDER BY id".into());
     q.push("SELECT status, count(*) FROM orders WHERE amount > 250 GROUP BY 1 ORDER BY 1".into());
     q.push("SELECT id FROM users WHERE id > 2900 ORDER BY id % 7, id LIMIT 5".into());
+    // WITH queries whose parts all meet on one shard.
+    for k in [3, 42, 2999] {
+        q.push(format!(
+            "WITH mine AS (SELECT id, amount, status FROM orders WHERE user_id = {k}) \
+             SELECT u.name, m.id, m.amount FROM users u JOIN mine m ON true WHERE u.id = {k} ORDER BY m.id"
+        ));
+        q.push(format!(
+            "WITH big AS (SELECT user_id, sum(amount) AS total FROM orders WHERE user_id = {k} GROUP BY user_id), \
+             c AS (SELECT code, region FROM countries) \
+             SELECT b.total, c.region FROM big b, users u JOIN c ON c.code = u.country WHERE u.id = {k}"
+        ));
+    }
+    q.push(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4) \
+         SELECT n.i, o.id FROM n JOIN orders o ON o.user_id = 77 AND o.id % 5 = n.i ORDER BY n.i, o.id"
+            .into(),
+    );
     q
 }
 
 /// Statements that must be refused with 0A000.
 const REFUSED: &[&str] = &[
+    "WITH a AS (SELECT * FROM orders) SELECT * FROM a",
+    "WITH a AS (SELECT id FROM users WHERE id = 1) SELECT o.id FROM orders o JOIN a ON a.id = o.user_id",
+    "WITH users AS (SELECT 1 AS id) SELECT id FROM users",
     "SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id",
     "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id",
     "SELECT count(DISTINCT country), count(DISTINCT score) FROM users",

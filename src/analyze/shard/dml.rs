@@ -112,7 +112,7 @@ pub(super) fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: 
 
 pub(super) fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
     if q.with.is_some() {
-        return Shape::Refuse("WITH queries over sharded tables are not supported across shards".into());
+        return super::cte::with_shape(q, map, group);
     }
     let SetExpr::Select(sel) = q.body.as_ref() else {
         return super::union::union_shape(q, map, group);

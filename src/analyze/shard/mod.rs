@@ -23,6 +23,7 @@ use crate::shardmap::{ShardMap, TableRule};
 mod aggregates;
 mod columns;
 mod copy_options;
+mod cte;
 mod ddl;
 mod dml;
 mod fill_ids;
@@ -276,29 +277,54 @@ fn ident(i: &Ident) -> String {
 /// Every table name the statement mentions, by rule. A set-returning function in FROM
 /// (`generate_series(1, 10) g`) is not a table: it runs wherever the statement runs.
 fn tables(stmt: &impl Visit, map: &ShardMap) -> (Vec<(String, TableRule)>, bool) {
-    struct V<'a>(&'a ShardMap, Vec<(String, TableRule)>, bool, bool);
+    struct V<'a> {
+        map: &'a ShardMap,
+        named: Vec<(String, TableRule)>,
+        unsharded: bool,
+        function: bool,
+        /// WITH query names in scope: a relation by one of these names is no table.
+        ctes: Vec<String>,
+    }
     impl Visitor for V<'_> {
         type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            self.ctes.extend(cte::names(q));
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            let n = cte::names(q).count();
+            self.ctes.truncate(self.ctes.len() - n);
+            ControlFlow::Continue(())
+        }
         fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
             // Its name is visited next, as a relation.
-            self.3 = matches!(t, TableFactor::Table { args: Some(_), .. });
+            self.function = matches!(t, TableFactor::Table { args: Some(_), .. });
             ControlFlow::Continue(())
         }
         fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-            if std::mem::take(&mut self.3) {
+            if std::mem::take(&mut self.function) {
                 return ControlFlow::Continue(());
             }
             let n = last_name(r);
-            match self.0.table(&n) {
-                Some(rule) => self.1.push((n, rule.clone())),
-                None => self.2 = true,
+            if r.0.len() == 1 && self.ctes.contains(&n) {
+                return ControlFlow::Continue(());
+            }
+            match self.map.table(&n) {
+                Some(rule) => self.named.push((n, rule.clone())),
+                None => self.unsharded = true,
             }
             ControlFlow::Continue(())
         }
     }
-    let mut v = V(map, Vec::new(), false, false);
+    let mut v = V {
+        map,
+        named: Vec::new(),
+        unsharded: false,
+        function: false,
+        ctes: Vec::new(),
+    };
     let _ = stmt.visit(&mut v);
-    (v.1, v.2)
+    (v.named, v.unsharded)
 }
 
 fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
@@ -349,6 +375,9 @@ fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
                 }
             }
         };
+    }
+    if let Some(refusal) = cte::shadows_a_table(stmt, map) {
+        return Shape::Refuse(refusal);
     }
     let (named, unsharded) = tables(stmt, map);
     if is_ddl(stmt)
