@@ -292,6 +292,22 @@ fn read_corpus() -> Vec<String> {
              SELECT b.total, c.region FROM big b, users u JOIN c ON c.code = u.country WHERE u.id = {k}"
         ));
     }
+    // Subqueries each shard answers for its own rows: correlated on the key, or `key IN (SELECT key ...)`.
+    q.push(
+        "SELECT u.id, u.name FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.amount > 400) ORDER BY u.id LIMIT 15"
+            .into(),
+    );
+    q.push("SELECT count(*) FROM users u WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.status = 'void')".into());
+    q.push("SELECT id FROM users WHERE id IN (SELECT user_id FROM orders WHERE amount > 450) ORDER BY id".into());
+    q.push(
+        "SELECT id FROM users WHERE id IN (SELECT user_id FROM orders GROUP BY user_id HAVING count(*) > 3) AND score > 50 ORDER BY id"
+            .into(),
+    );
+    q.push(
+        "SELECT o.id, o.amount FROM orders o WHERE o.amount > (SELECT avg(o2.amount) FROM orders o2 WHERE o2.user_id = o.user_id) \
+         AND o.user_id < 40 ORDER BY o.id"
+            .into(),
+    );
     q.push(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4) \
          SELECT n.i, o.id FROM n JOIN orders o ON o.user_id = 77 AND o.id % 5 = n.i ORDER BY n.i, o.id"
@@ -313,7 +329,11 @@ const REFUSED: &[&str] = &[
     "SELECT g, u.id FROM generate_series(1, 3) g LEFT JOIN users u ON u.id = g",
     "SELECT 'x' AS label, count(DISTINCT score) FROM users",
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
-    "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",
+    "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",
+    "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders ORDER BY amount DESC LIMIT 5)",
+    "SELECT * FROM users WHERE id NOT IN (SELECT user_id FROM orders)",
+    "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.amount > 499)",
+    "SELECT u.id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) FROM users u",
     "SELECT id FROM users INTERSECT SELECT user_id FROM orders",
     "SELECT id FROM users EXCEPT SELECT user_id FROM orders",
     "SELECT count(*) FROM users UNION ALL SELECT count(*) FROM orders",

@@ -283,6 +283,10 @@ fn corpus() -> Vec<String> {
     q.push("SELECT u.id, c.name FROM users u JOIN countries c ON c.code = u.country WHERE u.id = 5".into());
     q.push("SELECT c.region, COUNT(*) FROM users u JOIN countries c ON c.code = u.country GROUP BY c.region ORDER BY c.region".into());
     q.push("SELECT u.id, c.region FROM users u JOIN countries c ON c.code = u.country ORDER BY u.id LIMIT 12".into());
+    // Subqueries each shard answers for its own rows, and WITH queries meeting on one shard.
+    q.push("SELECT u.id FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.amount > 450) ORDER BY u.id LIMIT 10".into());
+    q.push("SELECT id FROM users WHERE id IN (SELECT user_id FROM orders WHERE status = 'void' AND amount > 400) ORDER BY id".into());
+    q.push("WITH mine AS (SELECT id, amount FROM orders WHERE user_id = 42) SELECT u.name, m.id, m.amount FROM users u JOIN mine m WHERE u.id = 42 ORDER BY m.id".into());
     q
 }
 
@@ -294,6 +298,8 @@ const REFUSED: &[&str] = &[
     "SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id",
     "SELECT COUNT(DISTINCT country) FROM users",
     "SELECT 1 FROM users; SELECT 2 FROM users",
+    "SELECT id FROM users WHERE id IN (SELECT MAX(user_id) FROM orders)",
+    "WITH a AS (SELECT id FROM orders) SELECT COUNT(*) FROM a",
 ];
 
 fn sorted(mut r: Rows) -> Rows {

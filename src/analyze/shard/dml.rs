@@ -121,8 +121,7 @@ pub(super) fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
         Ok(s) => s,
         Err(m) => return Shape::Refuse(m),
     };
-    let outer = s.keys.len();
-    if let Err(m) = no_sharded_subqueries(q, map, outer) {
+    if let Err(m) = super::subquery::check(q, sel, map, &s) {
         return Shape::Refuse(m);
     }
     let cond = match joined_cond(&sel.from, sel.selection.as_ref(), &s) {

@@ -32,6 +32,7 @@ mod literals;
 mod merge_spec;
 mod order;
 mod scope;
+mod subquery;
 mod union;
 
 use aggregates::*;
