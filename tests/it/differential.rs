@@ -292,6 +292,17 @@ fn read_corpus() -> Vec<String> {
              SELECT b.total, c.region FROM big b, users u JOIN c ON c.code = u.country WHERE u.id = {k}"
         ));
     }
+    // Window functions partitioned by the shard key: each partition is on one shard.
+    q.push(
+        "SELECT user_id, id, row_number() OVER (PARTITION BY user_id ORDER BY amount DESC, id) AS r FROM orders \
+         WHERE user_id < 30 ORDER BY user_id, r"
+            .into(),
+    );
+    q.push(
+        "SELECT user_id, id, sum(amount) OVER (PARTITION BY user_id) AS total, count(*) OVER (PARTITION BY user_id, status) \
+         FROM orders WHERE amount > 480 ORDER BY user_id, id"
+            .into(),
+    );
     // Subqueries each shard answers for its own rows: correlated on the key, or `key IN (SELECT key ...)`.
     q.push(
         "SELECT u.id, u.name FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.amount > 400) ORDER BY u.id LIMIT 15"
@@ -329,6 +340,8 @@ const REFUSED: &[&str] = &[
     "SELECT g, u.id FROM generate_series(1, 3) g LEFT JOIN users u ON u.id = g",
     "SELECT 'x' AS label, count(DISTINCT score) FROM users",
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
+    "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
+    "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
     "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",
     "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders ORDER BY amount DESC LIMIT 5)",
     "SELECT * FROM users WHERE id NOT IN (SELECT user_id FROM orders)",

@@ -158,6 +158,13 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     let mut having = None;
     // The argument of COUNT(DISTINCT ...), if any: the shards group by it too.
     let mut distinct_arg: Option<Expr> = None;
+    let any_aggregate = sel.projection.iter().any(|i| !calls(i).0.is_empty()) || sel.having.is_some();
+    if let Some(o) = &q.order_by
+        && calls(o).1
+        && !(windows_by_key(o, scope) && (group_on_key || (group_exprs.is_empty() && !any_aggregate)))
+    {
+        return refuse(WINDOWS);
+    }
     let n = sel.projection.len();
     for (i, item) in sel.projection.iter().enumerate() {
         let (expr, alias) = match item {
@@ -181,10 +188,10 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             _ => None,
         }));
         let (aggs, window) = calls(expr);
-        if window {
-            return refuse(
-                "window functions across shards are not supported; filter on the shard key to stay on one shard",
-            );
+        // A window partitioned by the shard key has each partition on one shard, which computes
+        // it as one database would, unless rows are grouped across shards first.
+        if window && !(windows_by_key(expr, scope) && (group_on_key || (group_exprs.is_empty() && !any_aggregate))) {
+            return refuse(WINDOWS);
         }
         if aggs.is_empty() || group_on_key {
             any_agg |= !aggs.is_empty();
@@ -424,6 +431,26 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             || literal_in(&sel.having)
             || literal_in(&sel.distinct),
     })
+}
+
+const WINDOWS: &str = "window functions across shards are supported only partitioned by the shard key \
+     (PARTITION BY key) and without GROUP BY off the key; filter on the shard key to stay on one shard";
+
+/// Every window function in `node` has the shard key of a table in scope in its PARTITION BY.
+fn windows_by_key(node: &impl sqlparser::ast::Visit, scope: &Scope) -> bool {
+    sqlparser::ast::visit_expressions(node, |e| match e {
+        Expr::Function(f) => match &f.over {
+            None => ControlFlow::Continue(()),
+            Some(sqlparser::ast::WindowType::WindowSpec(spec))
+                if spec.partition_by.iter().any(|p| scope.key_of(p).is_some()) =>
+            {
+                ControlFlow::Continue(())
+            }
+            Some(_) => ControlFlow::Break(()),
+        },
+        _ => ControlFlow::Continue(()),
+    })
+    .is_continue()
 }
 
 /// A literal taken out of the text as a parameter stands somewhere in `node`.
