@@ -1,10 +1,13 @@
-//! Configuration: read a TOML file (`raw`), validate it into typed values (`validate`). `serve`,
-//! `check` and `RELOAD` all go through [`load`], so they accept and reject exactly the same files.
+//! Configuration: read a TOML file (`raw`), validate it (`validate`; logins and their secrets in
+//! `users`) into typed values (`typed`). `serve`, `check` and `RELOAD` all go through [`load`], so
+//! they accept and reject exactly the same files.
 
 mod nodes;
 pub mod raw;
 mod shards;
 pub mod tls;
+mod typed;
+mod users;
 pub mod validate;
 
 use std::path::Path;

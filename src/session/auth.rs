@@ -3,7 +3,7 @@
 //! postgres-protocol implements only the client side of SCRAM and pgwire's server side is tied to
 //! its own handler traits, so the server side of the exchange (RFC 5802/7677 message parsing and
 //! proof check) is written here over the `hmac` and `sha2` primitives; verifiers come from
-//! postgres-protocol (`config::validate`).
+//! postgres-protocol (`config::users`).
 
 use base64::Engine;
 use hmac::{Hmac, Mac};

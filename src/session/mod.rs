@@ -37,6 +37,8 @@ mod signal;
 pub mod state;
 mod statements;
 mod transaction;
+mod tx_control;
+mod tx_end;
 mod tx_legs;
 pub mod values;
 

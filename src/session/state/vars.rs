@@ -1,13 +1,11 @@
-//! Per-client state that must survive moving between backend connections: session parameters,
-//! prepared statements, and the queue of responses expected from the backend in use.
+//! Session parameters: what the client set (startup parameters, `options`, SET), kept as the
+//! statements that set them so any backend connection can be brought to the same settings, and
+//! a signature so a connection already there is not sent them again.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
-use bytes::Bytes;
-
-use crate::analyze::{Facts, SetOp};
+use crate::analyze::SetOp;
 
 /// Session parameters set by the client (startup parameters and SET), replayed on every backend
 /// connection it uses. Kept as the statements that set them.
@@ -219,188 +217,9 @@ pub fn quote_ident(s: &str) -> String {
     }
 }
 
-/// A prepared statement as the client named it.
-#[derive(Debug)]
-pub struct Stmt {
-    /// SQL text.
-    pub query: String,
-    /// Parameter types, raw (count and oids).
-    pub param_types: Bytes,
-    /// Identity of (text, types): the backend-side name is derived from it, so clients that
-    /// prepare the same statement share it on a backend connection.
-    pub hash: u64,
-    /// Analysis, done once at Parse.
-    pub facts: Arc<Facts>,
-    /// The text is ASCII: the same bytes in every client encoding, never converted.
-    pub ascii: bool,
-    /// The shard shape, with the map it was computed for (a reload with another map recomputes it).
-    pub shape: std::sync::OnceLock<(Arc<crate::shardmap::ShardMap>, Arc<crate::analyze::shard::Shape>)>,
-    /// For an INSERT that gets generated IDs: the statement with the ID column and one parameter
-    /// per row added, as parsed and as prepared on backends.
-    pub filled: std::sync::OnceLock<(Arc<sqlparser::ast::Statement>, Arc<Stmt>)>,
-    /// For an INSERT without a column list into a sharded table: the statement with its columns
-    /// named, as prepared on backends.
-    pub named: std::sync::OnceLock<Arc<Stmt>>,
-}
-
-impl Stmt {
-    /// Builds a statement and its identity.
-    pub fn new(query: &str, param_types: &[u8], facts: Arc<Facts>) -> Stmt {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        query.hash(&mut h);
-        param_types.hash(&mut h);
-        Stmt {
-            query: query.to_owned(),
-            param_types: Bytes::copy_from_slice(param_types),
-            hash: h.finish(),
-            facts,
-            ascii: query.is_ascii(),
-            shape: std::sync::OnceLock::new(),
-            filled: std::sync::OnceLock::new(),
-            named: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Name of the statement on backend connections.
-    pub fn backend_name(&self) -> String {
-        backend_name(self.hash)
-    }
-}
-
-/// The name under which the proxy prepares a statement on backends.
-pub fn backend_name(hash: u64) -> String {
-    format!("sw_{hash:016x}")
-}
-
-/// The extended-protocol message an [`Op::Ext`] answers.
-#[derive(Debug)]
-pub enum ExtKind {
-    /// Parse; on failure forget that the backend holds statement `forget`.
-    Parse {
-        /// Hash of a named statement marked prepared on the backend when sent.
-        forget: Option<u64>,
-        /// The client's name for it, dropped if the Parse fails.
-        client_name: Option<String>,
-    },
-    /// Bind.
-    Bind,
-    /// Describe (statement or portal).
-    Describe,
-    /// Execute; applies `set_ops` on success.
-    Execute {
-        /// Session parameter changes of the executed statement.
-        set_ops: Vec<SetOp>,
-    },
-    /// Close of a portal.
-    Close,
-}
-
-/// One response (group) expected from the backend, or one the proxy produces itself, in the order
-/// the client must see them.
-#[derive(Debug)]
-pub enum Op {
-    /// A simple Query: everything up to ReadyForQuery is forwarded.
-    Query {
-        /// Applied when the query completes without error.
-        set_ops: Vec<SetOp>,
-        /// An ErrorResponse was seen.
-        failed: bool,
-    },
-    /// An extended-protocol message.
-    Ext(ExtKind),
-    /// Sync: ReadyForQuery.
-    Sync,
-    /// A message the proxy answers itself (ParseComplete for a statement the backend already
-    /// holds, CloseComplete, an error), emitted when it reaches the front.
-    Synth(Bytes),
-    /// A Parse the proxy added before Bind/Describe: its ParseComplete is swallowed.
-    Inject {
-        /// Named statement hash to forget if it fails or is skipped.
-        forget: Option<u64>,
-    },
-    /// A Close of a statement the proxy prepared, to stay under `pool.max_prepared_statements`:
-    /// its CloseComplete is swallowed.
-    Evict {
-        /// The statement's hash, taken back if the Close is skipped after an error.
-        hash: u64,
-    },
-    /// Where the client ended a COPY FROM STDIN before the server said it started one: Syncs queued
-    /// before it are ignored by the server. Answers nothing.
-    CopyEnd,
-    /// The replay of session parameters: swallowed through ReadyForQuery.
-    SyncVars,
-    /// A Sync the proxy added to end a pipeline on this backend so the rest of the client's
-    /// pipeline can go to another node: its ReadyForQuery is swallowed. `failed`: an error came
-    /// before it, so the client's remaining messages are skipped until its own Sync, as the
-    /// server would have.
-    PipelineSync {
-        /// An error preceded it.
-        failed: bool,
-    },
-    /// A Bind of a statement that cannot exist, sent after an error the proxy raised itself in a
-    /// pipeline: it fails on the backend too, so the pipeline's implicit transaction (or the
-    /// transaction block) is rolled back at Sync as when the server raises an error, and nothing
-    /// the pipeline ran before the error is committed. Its ErrorResponse is swallowed.
-    Abort,
-    /// An extended-protocol BEGIN the proxy added in the middle of a pipeline, turning its
-    /// implicit transaction into a transaction block so it can span shards: its ParseComplete,
-    /// BindComplete and CommandComplete are swallowed.
-    HiddenBegin,
-    /// Something the proxy sent on its own (a Sync, a ROLLBACK): everything through its
-    /// ReadyForQuery is swallowed, errors included.
-    Hidden,
-    /// `pg_current_wal_lsn()` after a write, for read-your-writes: swallowed, value kept.
-    CaptureLsn {
-        /// The position read.
-        lsn: Option<u64>,
-        /// The shard written.
-        shard: crate::shardmap::ShardId,
-    },
-}
-
-/// The queue of expected responses of the backend connection in use.
-pub type Ops = VecDeque<Op>;
-
-/// The client's portals and the statements they were bound from. The unnamed portal, the one
-/// almost every client uses, has its own slot: no string key or hash per Bind.
-#[derive(Default)]
-pub struct Portals {
-    unnamed: Option<Arc<Stmt>>,
-    named: HashMap<String, Arc<Stmt>>,
-}
-
-impl Portals {
-    /// Binds `name` (empty: the unnamed portal) to `stmt`, replacing what it held.
-    pub fn insert(&mut self, name: &str, stmt: Arc<Stmt>) {
-        if name.is_empty() {
-            self.unnamed = Some(stmt);
-        } else {
-            self.named.insert(name.to_owned(), stmt);
-        }
-    }
-
-    /// The statement behind a portal.
-    pub fn get(&self, name: &str) -> Option<&Arc<Stmt>> {
-        if name.is_empty() {
-            self.unnamed.as_ref()
-        } else {
-            self.named.get(name)
-        }
-    }
-
-    /// Forgets a portal.
-    pub fn remove(&mut self, name: &str) {
-        if name.is_empty() {
-            self.unnamed = None;
-        } else {
-            self.named.remove(name);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-
+    use super::*;
     use crate::analyze::SetOp;
 
     fn set(v: &mut super::SessionVars, name: &str, value: &str) {
@@ -450,8 +269,6 @@ mod tests {
         v.apply(&sp(|name| SetOp::RollbackTo { name }, "s3"));
         assert_eq!(v.sig(), at_f);
     }
-    use super::*;
-
     #[test]
     fn the_client_encoding_is_read_back_from_its_setting() {
         let mut v = SessionVars::default();
@@ -508,15 +325,5 @@ mod tests {
                 ("search_path".into(), "c d".into())
             ]
         );
-    }
-
-    #[test]
-    fn statement_identity() {
-        let f = Arc::new(Facts::unparsed());
-        let a = Stmt::new("select $1", &[0, 1, 0, 0, 0, 23], f.clone());
-        let b = Stmt::new("select $1", &[0, 1, 0, 0, 0, 23], f.clone());
-        let c = Stmt::new("select $1", &[0, 0], f);
-        assert_eq!(a.backend_name(), b.backend_name());
-        assert_ne!(a.backend_name(), c.backend_name());
     }
 }
