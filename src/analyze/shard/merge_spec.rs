@@ -433,41 +433,6 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     })
 }
 
-const WINDOWS: &str = "window functions across shards are supported only partitioned by the shard key \
-     (PARTITION BY key) and without GROUP BY off the key; filter on the shard key to stay on one shard";
-
-/// Every window function in `node` has the shard key of a table in scope in its PARTITION BY.
-fn windows_by_key(node: &impl sqlparser::ast::Visit, scope: &Scope) -> bool {
-    sqlparser::ast::visit_expressions(node, |e| match e {
-        Expr::Function(f) => match &f.over {
-            None => ControlFlow::Continue(()),
-            Some(sqlparser::ast::WindowType::WindowSpec(spec))
-                if spec.partition_by.iter().any(|p| scope.key_of(p).is_some()) =>
-            {
-                ControlFlow::Continue(())
-            }
-            Some(_) => ControlFlow::Break(()),
-        },
-        _ => ControlFlow::Continue(()),
-    })
-    .is_continue()
-}
-
-/// A literal taken out of the text as a parameter stands somewhere in `node`.
-pub(super) fn literal_in<T: sqlparser::ast::Visit>(node: &T) -> bool {
-    let base = crate::analyze::fingerprint::LITERAL_PARAM_BASE;
-    sqlparser::ast::visit_expressions(node, |e| match e {
-        Expr::Value(v)
-            if matches!(&v.value, Value::Placeholder(p)
-                if p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n > base)) =>
-        {
-            ControlFlow::Break(())
-        }
-        _ => ControlFlow::Continue(()),
-    })
-    .is_break()
-}
-
 /// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.
 pub(super) fn plain_is_grouped(item: &SelectItem, group: &[Expr], i: usize) -> bool {
     let e = match item {

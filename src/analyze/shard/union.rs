@@ -199,6 +199,6 @@ fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, Strin
         offset,
         // Each branch's select list shapes the result: any literal taken out of the text
         // sends the statement to the exact text's plan.
-        literal_shaped: super::merge_spec::literal_in(q),
+        literal_shaped: super::locality::literal_in(q),
     })
 }
