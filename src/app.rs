@@ -17,6 +17,7 @@ use crate::health::monitor::{self, MonitorSettings};
 use clients::ClientRegistry;
 
 pub mod clients;
+pub mod cluster_sync;
 mod map_change;
 pub mod topology_change;
 pub mod watch;
@@ -187,6 +188,8 @@ pub struct Shared {
     map_history: std::sync::Mutex<std::collections::VecDeque<MapChange>>,
     /// Held while an admin command edits the map file.
     map_edit: tokio::sync::Mutex<()>,
+    /// The cluster's etcd, when `[cluster]` is configured.
+    pub cluster: cluster_sync::ClusterState,
 }
 
 impl Shared {
@@ -227,6 +230,7 @@ impl Shared {
             columns: Default::default(),
             map_history: Default::default(),
             map_edit: Default::default(),
+            cluster: Default::default(),
         })
     }
 
@@ -255,8 +259,17 @@ impl Shared {
                 message: "not serving from a config file".into(),
             });
         };
-        let config = crate::config::load(path)?;
+        let mut config = crate::config::load(path)?;
         let old = self.runtime.load_full();
+        if config.cluster.is_some() {
+            // The map is the cluster's, from etcd: the file's only seeded it.
+            config = config
+                .with_map((*old.config.map).clone())
+                .map_err(|m| ConfigError::Invalid {
+                    path: path.display().to_string(),
+                    message: m,
+                })?;
+        }
         let mut notes = Vec::new();
         if config.server.listen != old.config.server.listen || config.server.admin_http != old.config.server.admin_http
         {

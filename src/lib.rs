@@ -27,6 +27,7 @@ pub mod app;
 pub mod backend;
 pub mod config;
 pub mod copy_format;
+pub mod etcd;
 pub mod exec;
 pub mod health;
 pub mod ids;

@@ -102,6 +102,20 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    if let Some(c) = shared.runtime.load().config.cluster.clone() {
+        tokio::spawn(crate::app::cluster_sync::run(
+            shared.clone(),
+            c,
+            bound.pg.to_string(),
+            shutdown.clone(),
+        ));
+        // Clients get the cluster's map from the start when etcd answers soon; otherwise the
+        // file's until it does.
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while shared.cluster.status() != "connected" && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     on_bound(bound, shared.clone());
     if let Some(h) = http {
         tokio::spawn(crate::admin::http::serve(h, shared.clone(), shutdown.clone()));

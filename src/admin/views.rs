@@ -279,6 +279,48 @@ pub fn map_history(shared: &Shared) -> Table {
     }
 }
 
+/// SHOW CLUSTER: the instances sharing the shard map through etcd (this one alone without
+/// `[cluster]`), the map version each serves and how long ago it last reported.
+pub async fn cluster(shared: &Shared) -> Result<Table, String> {
+    let rt = shared.runtime.load_full();
+    let columns = vec!["name", "map_version", "heartbeat_age_ms", "listen", "pid", "this"];
+    let Some(c) = &rt.config.cluster else {
+        return Ok(Table {
+            columns,
+            rows: vec![vec![
+                s("(single instance: no [cluster])"),
+                s(rt.config.map.version.to_string()),
+                s("0"),
+                s(rt.config.server.listen.to_string()),
+                s(std::process::id().to_string()),
+                s("yes"),
+            ]],
+        });
+    };
+    let now = crate::etcd::now_ms();
+    let instances = shared
+        .cluster_instances()
+        .await
+        .map_err(|e| format!("cannot list the cluster's instances: {e}"))?;
+    Ok(Table {
+        columns,
+        rows: instances
+            .into_iter()
+            .map(|i| {
+                let this = if i.name == c.name { "yes" } else { "no" };
+                vec![
+                    s(&i.name),
+                    s(i.version.to_string()),
+                    s(now.saturating_sub(i.heartbeat_ms).to_string()),
+                    s(&i.listen),
+                    s(i.pid.to_string()),
+                    s(this),
+                ]
+            })
+            .collect(),
+    })
+}
+
 /// SHOW ROUTES: statements per shard plan kind.
 pub fn routes(shared: &Shared) -> Table {
     let rows = crate::app::PLAN_KINDS

@@ -1,5 +1,5 @@
 //! Changes to the running shard map from the admin console (`SET PARTITION ...`): the map file
-//! is edited (`shardmap::edit`), checked like any reload (a change that sends stored rows to
+//! (or, in a cluster, the map in etcd: `cluster_sync`) is edited (`shardmap::edit`), checked like any reload (a change that sends stored rows to
 //! another shard needs `DATA IN PLACE`), written back atomically (a temporary file, fsync,
 //! rename, fsync of the folder), and reloaded; or, with `DRY RUN`, only described. Every change
 //! applied is kept in a short history for `SHOW MAP HISTORY`.
@@ -67,6 +67,36 @@ impl Shared {
         // One change at a time in this process: the file is read, edited and written whole.
         let _one = self.map_edit.lock().await;
         let runtime = self.runtime.load_full();
+        let serving = &runtime.config.map;
+        if runtime.config.cluster.is_some() {
+            // The map lives in etcd: edited from its text there, stored by compare-and-swap.
+            let mut store = self.cluster.store(serving.version).await?;
+            let (text, revision) = store
+                .map()
+                .await
+                .map_err(|e| invalid("cluster.etcd", format!("{e}; nothing was changed")))?
+                .ok_or_else(|| invalid("cluster.etcd", "etcd holds no shard map yet; try again in a moment"))?;
+            let in_etcd =
+                crate::shardmap::parse(&text).map_err(|e| invalid(&format!("etcd: {}", e.path), e.message))?;
+            if in_etcd != **serving {
+                return Err(invalid(
+                    "cluster",
+                    format!(
+                        "this instance serves map version {} and etcd holds version {}: it is catching up; try again in a moment",
+                        serving.version, in_etcd.version
+                    ),
+                ));
+            }
+            let (new_text, new_map, summary) = edited(&text, serving, change, based_on, data_in_place, "etcd")?;
+            if dry_run {
+                return Ok(format!("dry run, nothing changed: {summary}"));
+            }
+            let acks = self
+                .store_map_change(store, &new_text, revision, new_map.version, by)
+                .await?;
+            tracing::info!(%by, change = %summary, "shard map changed by an admin command, through etcd");
+            return Ok(format!("{summary}; {acks}"));
+        }
         let Some(path) = runtime.config.map_path.clone() else {
             return Err(invalid(
                 "sharding.map",
@@ -77,46 +107,23 @@ impl Shared {
             path: path.display().to_string(),
             source,
         })?;
-        let serving = &runtime.config.map;
-        let on_disk = crate::shardmap::parse(&text)
-            .map_err(|e| invalid(&format!("{}: {}", path.display(), e.path), e.message))?;
+        let shown = path.display().to_string();
+        let on_disk = crate::shardmap::parse(&text).map_err(|e| invalid(&format!("{shown}: {}", e.path), e.message))?;
         if on_disk != **serving {
             return Err(invalid(
-                &path.display().to_string(),
+                &shown,
                 format!(
                     "the file holds changes not loaded yet (version {} on disk, {} serving): RELOAD them first, or undo them",
                     on_disk.version, serving.version
                 ),
             ));
         }
-        let (new_text, new_map) = edit::apply(&text, serving, change, based_on)
-            .map_err(|e| invalid(&format!("{}: {}", path.display(), e.path), e.message))?;
-        let moves = crate::shardmap::diff::moves(serving, &new_map);
-        if !moves.is_empty() && !data_in_place {
-            return Err(invalid(
-                &path.display().to_string(),
-                format!(
-                    "the change sends existing rows to another shard, where they are not yet: {}. Move the data first \
-                     (shardwire rebalance), or, if it is already there, add DATA IN PLACE",
-                    moves.join("; ")
-                ),
-            ));
-        }
-        let summary = format!(
-            "version {} -> {}: {change}{}",
-            serving.version,
-            new_map.version,
-            if moves.is_empty() {
-                String::new()
-            } else {
-                format!(" (moves {})", moves.join("; "))
-            }
-        );
+        let (new_text, new_map, summary) = edited(&text, serving, change, based_on, data_in_place, &shown)?;
         if dry_run {
             return Ok(format!("dry run, nothing changed: {summary}"));
         }
         write_atomically(&path, &new_text).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
+            path: shown.clone(),
             source,
         })?;
         if let Err(e) = self.reload_as(data_in_place, by).await {
@@ -156,6 +163,42 @@ impl Shared {
             .cloned()
             .collect()
     }
+}
+
+/// `text` (the serving map's) with `change` applied: the new text, the new map and a summary. A
+/// change that sends stored rows to another shard needs `data_in_place`.
+fn edited(
+    text: &str,
+    serving: &crate::shardmap::ShardMap,
+    change: &MapEdit,
+    based_on: Option<u64>,
+    data_in_place: bool,
+    shown: &str,
+) -> Result<(String, crate::shardmap::ShardMap, String), ConfigError> {
+    let (new_text, new_map) = edit::apply(text, serving, change, based_on)
+        .map_err(|e| invalid(&format!("{shown}: {}", e.path), e.message))?;
+    let moves = crate::shardmap::diff::moves(serving, &new_map);
+    if !moves.is_empty() && !data_in_place {
+        return Err(invalid(
+            shown,
+            format!(
+                "the change sends existing rows to another shard, where they are not yet: {}. Move the data first \
+                 (shardwire rebalance), or, if it is already there, add DATA IN PLACE",
+                moves.join("; ")
+            ),
+        ));
+    }
+    let summary = format!(
+        "version {} -> {}: {change}{}",
+        serving.version,
+        new_map.version,
+        if moves.is_empty() {
+            String::new()
+        } else {
+            format!(" (moves {})", moves.join("; "))
+        }
+    );
+    Ok((new_text, new_map, summary))
 }
 
 /// Replaces `path` with `text` so that a reader (or a crash) sees the old file or the new one,

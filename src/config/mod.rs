@@ -2,6 +2,7 @@
 //! `users`) into typed values (`typed`). `serve`, `check` and `RELOAD` all go through [`load`], so
 //! they accept and reject exactly the same files.
 
+mod cluster;
 mod nodes;
 pub mod raw;
 mod shards;
@@ -14,8 +15,8 @@ use std::path::Path;
 
 pub use tls::{TlsConfig, TlsMode};
 pub use validate::{
-    Auth, Balance, Config, Engine, Failover, IdsConfig, NodeConfig, PoolConfig, PoolMode, RoutingConfig, ScramVerifier,
-    ServerConfig, ShardConfig, User, WhenNoReplica, WorkerId,
+    Auth, Balance, ClusterConfig, Config, Engine, Failover, IdsConfig, NodeConfig, PoolConfig, PoolMode, RoutingConfig,
+    ScramVerifier, ServerConfig, ShardConfig, User, WhenNoReplica, WorkerId,
 };
 
 /// Why a configuration was rejected.

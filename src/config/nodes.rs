@@ -77,7 +77,7 @@ impl NodeConfig {
 }
 
 /// One shard: a primary and its replicas.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardConfig {
     /// Shard name.
     pub name: String,

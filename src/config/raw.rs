@@ -26,6 +26,23 @@ pub struct RawConfig {
     pub sharding: Option<RawSharding>,
     /// Globally unique IDs.
     pub ids: Option<RawIds>,
+    /// Several instances sharing one shard map through etcd.
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// etcd endpoints (`host:port` or `http://host:port`).
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster's keys (default `/shardwire`).
+    pub prefix: Option<String>,
+    /// This instance's name among the cluster's (default: host name and listen port).
+    pub name: Option<String>,
+    /// How long an instance stays listed without a heartbeat (default 5 s).
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
 }
 
 /// `[ids]`

@@ -17,7 +17,7 @@ use super::nodes::{NodeConfig, ShardConfig};
 pub const DEFAULT_MAX_PREPARED: usize = 500;
 
 /// The validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Listener and client-facing settings.
     pub server: ServerConfig,
@@ -36,6 +36,21 @@ pub struct Config {
     pub map_path: Option<std::path::PathBuf>,
     /// Globally unique IDs, when configured.
     pub ids: Option<IdsConfig>,
+    /// Sharing the shard map with other instances through etcd (`[cluster]`).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the shard map lives in etcd, shared by every instance of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd endpoints.
+    pub etcd: Vec<String>,
+    /// Prefix of the cluster's keys (no trailing `/`).
+    pub prefix: String,
+    /// This instance's name.
+    pub name: String,
+    /// An instance without a heartbeat for this long is no longer listed.
+    pub ttl: std::time::Duration,
 }
 
 /// Where the worker id comes from.
@@ -73,7 +88,7 @@ pub enum PoolMode {
 }
 
 /// `[server]`, typed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Client listener.
     pub listen: SocketAddr,
@@ -105,7 +120,7 @@ pub struct ServerConfig {
 }
 
 /// `[pool]`, typed.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Idle connections kept per node.
     pub min_size: u32,
@@ -140,7 +155,7 @@ pub enum Balance {
 }
 
 /// `[routing]`, typed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RoutingConfig {
     /// Time lag bound.
     pub max_lag: Duration,

@@ -11,8 +11,8 @@ use super::nodes::node;
 pub use super::nodes::{Engine, NodeConfig, ShardConfig};
 use super::raw::RawConfig;
 pub use super::typed::{
-    Auth, Balance, Config, DEFAULT_MAX_PREPARED, Failover, IdsConfig, PoolConfig, PoolMode, RoutingConfig,
-    ScramVerifier, ServerConfig, User, WhenNoReplica, WorkerId,
+    Auth, Balance, ClusterConfig, Config, DEFAULT_MAX_PREPARED, Failover, IdsConfig, PoolConfig, PoolMode,
+    RoutingConfig, ScramVerifier, ServerConfig, User, WhenNoReplica, WorkerId,
 };
 use super::users::user;
 use super::{ConfigError, err, one_of};
@@ -183,6 +183,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
             })
         }
     };
+    let cluster = super::cluster::cluster(&raw, server.listen)?;
     Ok(Config {
         server,
         pool,
@@ -192,6 +193,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         map: Arc::new(map),
         map_path,
         ids,
+        cluster,
     })
 }
 

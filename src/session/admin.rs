@@ -37,6 +37,8 @@ pub enum Command {
     Map,
     /// SHOW MAP HISTORY: the changes applied since start.
     MapHistory,
+    /// SHOW CLUSTER: the instances sharing the map through etcd, with the version each serves.
+    Cluster,
     /// DISABLE REPLICA <node> / ENABLE REPLICA <node>: out of (back into) the read rotation.
     Replica {
         /// The node's name, e.g. `s1/replica0` (as SHOW REPLICAS prints it).
@@ -69,7 +71,7 @@ pub enum Command {
 }
 
 const HELP: &str = "SHOW SHARDS | SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW MAP | SHOW ROUTES | \
-SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE | SHOW MAP HISTORY | \
+SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE | SHOW MAP HISTORY | SHOW CLUSTER | \
 SET PARTITION <group> <n> TO <shard> [DATA IN PLACE] [VERSION <v>] [DRY RUN] | \
 SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN] | DISABLE REPLICA <node> | ENABLE REPLICA <node> | \
 ADD REPLICA <shard> '<url>' | REMOVE REPLICA <shard> '<url>'";
@@ -115,6 +117,7 @@ impl Command {
             ["SHOW", "SHARDS"] => Command::Shards,
             ["SHOW", "MAP"] => Command::Map,
             ["SHOW", "MAP", "HISTORY"] => Command::MapHistory,
+            ["SHOW", "CLUSTER"] => Command::Cluster,
             ["SHOW", "IDS"] => Command::Ids,
             ["SHOW", "ROUTES"] => Command::Routes,
             ["SHOW", "CLIENTS"] => Command::Clients,
@@ -275,6 +278,10 @@ async fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &s
             rows: vec![vec![Some(HELP.into())]],
         },
         Command::MapHistory => views::map_history(shared),
+        Command::Cluster => match views::cluster(shared).await {
+            Ok(t) => t,
+            Err(m) => return msg::error_response(out, Severity::Error, SqlState::CONNECTION_FAILURE, &m),
+        },
         Command::Replica { node, disable } => {
             let rt = shared.runtime.load();
             return match rt

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod clients;
+mod cluster;
 mod collation;
 mod differential;
 mod drivers;

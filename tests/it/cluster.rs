@@ -1,0 +1,243 @@
+//! Two instances sharing one shard map through a real etcd (started here, on loopback): a change
+//! made through one is served by both within a second and acknowledged by both; two changes on
+//! the same base version, one through each, apply once; with etcd stopped both keep serving and
+//! refuse changes, and they take changes again once it is back.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Proxy, rand_suffix};
+use crate::shards::{MAP, sharded};
+
+/// An etcd server in a folder of its own.
+struct Etcd {
+    dir: std::path::PathBuf,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = std::env::temp_dir().join(format!("shardwire-etcd-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut e = Etcd {
+            dir,
+            client: free_port(),
+            peer: free_port(),
+            child: None,
+        };
+        e.run();
+        e
+    }
+
+    fn run(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}"), "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd runs (Debian package etcd-server; .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cluster_config(base: &str, etcd: &Etcd, prefix: &str, name: &str) -> String {
+    format!(
+        "{base}\n[cluster]\netcd = [\"127.0.0.1:{}\"]\nprefix = \"{prefix}\"\nname = \"{name}\"\nttl = \"2s\"\n",
+        etcd.client
+    )
+}
+
+async fn admin(p: &Proxy, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    let c = p.connect_db("admin", "admin", "shardwire").await.unwrap();
+    let msgs = c.simple_query(sql).await.map_err(|e| {
+        e.as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+    })?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+fn version(p: &Proxy) -> u64 {
+    p.shared.runtime.load().config.map.version
+}
+
+/// Waits until `p` serves map `v`; how long it took.
+async fn serves(p: &Proxy, v: u64, within: Duration) -> Duration {
+    let start = Instant::now();
+    while version(p) != v {
+        assert!(
+            start.elapsed() < within,
+            "still serving {} after {within:?}, wanted {v}",
+            version(p)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// SHOW CLUSTER as (name, map version).
+async fn members(p: &Proxy) -> Vec<(String, String)> {
+    admin(p, "SHOW CLUSTER")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect()
+}
+
+/// A partition of `users` on s0.
+fn partition_on_s0() -> u32 {
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    (1i64..)
+        .map(|k| map.locate("users", &k.to_string()).unwrap().0)
+        .find(|pl| pl.shard == 0)
+        .and_then(|pl| pl.partition)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_map_through_etcd() {
+    let (topo, _guard) = sharded().await;
+    let mut etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
+    let prefix = format!("/t{}", rand_suffix());
+    let a = Proxy::start(&cluster_config(&topo.config(MAP), &etcd, &prefix, "a")).await;
+    let b = Proxy::start(&cluster_config(&topo.config(MAP), &etcd, &prefix, "b")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = members(&a).await;
+        if m == [("a".to_string(), "1".to_string()), ("b".to_string(), "1".to_string())] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SHOW CLUSTER: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = partition_on_s0();
+    let c = a.app().await;
+    c.batch_execute("DROP TABLE IF EXISTS cluster_t").await.unwrap();
+    c.batch_execute("CREATE TABLE cluster_t (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+
+    // A change through one instance: the other serves it within a second, both acknowledge it.
+    let asked = Instant::now();
+    let done = admin(&a, &format!("SET PARTITION users {p} TO s1 DATA IN PLACE VERSION 1")).await;
+    assert!(done.is_ok(), "{done:?}");
+    assert_eq!(version(&a), 2);
+    serves(&b, 2, Duration::from_secs(1)).await;
+    let took = asked.elapsed();
+    println!("the other instance served the change {took:?} after it was asked for");
+    assert!(
+        took < Duration::from_secs(1),
+        "the change took {took:?} to reach the other instance"
+    );
+    assert_eq!(
+        members(&b).await,
+        [("a".to_string(), "2".to_string()), ("b".to_string(), "2".to_string())]
+    );
+    let route = admin(
+        &b,
+        &format!("SHOW ROUTE FOR SELECT * FROM users WHERE id = {}", {
+            let map = shardwire::shardmap::parse(MAP).unwrap();
+            (1i64..)
+                .find(|k| map.locate("users", &k.to_string()).unwrap().0.partition == Some(p))
+                .unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(route.iter().flatten().any(|c| c.contains("s1")), "{route:?}");
+    // A map change without DATA IN PLACE that moves rows is refused on either instance.
+    let moved = admin(&b, &format!("SET PARTITION users {p} TO s2 VERSION 2")).await;
+    assert!(moved.is_err_and(|m| m.contains("DATA IN PLACE")));
+
+    // Two changes on the same base version, one through each instance: one applies.
+    let (to_s2, to_s0) = (
+        format!("SET PARTITION users {p} TO s2 DATA IN PLACE VERSION 2"),
+        format!("SET PARTITION users {p} TO s0 DATA IN PLACE VERSION 2"),
+    );
+    let (x, y) = tokio::join!(admin(&a, &to_s2), admin(&b, &to_s0));
+    assert!(x.is_ok() != y.is_ok(), "exactly one applies: {x:?} / {y:?}");
+    serves(&a, 3, Duration::from_secs(1)).await;
+    serves(&b, 3, Duration::from_secs(1)).await;
+    assert_eq!(a.shared.runtime.load().config.map, b.shared.runtime.load().config.map);
+
+    // etcd stopped: both keep serving, changes are refused with the reason.
+    etcd.stop();
+    for (i, p) in [&a, &b].into_iter().enumerate() {
+        let c = p.app().await;
+        c.execute("INSERT INTO cluster_t (id, v) VALUES ($1, 'x')", &[&(i as i64 + 10)])
+            .await
+            .expect("writes with etcd down");
+        let n: i64 = c.query_one("SELECT count(*) FROM cluster_t", &[]).await.unwrap().get(0);
+        assert_eq!(n, i as i64 + 1, "reads with etcd down");
+    }
+    let refused = admin(&a, &format!("SET PARTITION users {p} TO s1 DATA IN PLACE VERSION 3")).await;
+    assert!(
+        refused.is_err_and(|m| m.contains("etcd")),
+        "a change with etcd down is refused"
+    );
+    assert_eq!((version(&a), version(&b)), (3, 3));
+
+    // etcd back: changes apply again and reach both.
+    let _etcd = tokio::task::spawn_blocking(move || {
+        etcd.run();
+        etcd
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match admin(&a, &format!("SET PARTITION users {p} TO s1 DATA IN PLACE VERSION 3")).await {
+            Ok(_) => break,
+            Err(m) => assert!(
+                Instant::now() < deadline,
+                "changes still refused after etcd came back: {m}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    serves(&b, 4, Duration::from_secs(1)).await;
+    a.app().await.batch_execute("DROP TABLE cluster_t").await.unwrap();
+}
