@@ -203,7 +203,7 @@ impl Shared {
         let ids = config.ids.as_ref().map(|i| {
             let fixed = match &i.worker {
                 crate::config::WorkerId::Fixed(w) => Some(*w),
-                crate::config::WorkerId::Leased { .. } => None,
+                crate::config::WorkerId::Leased { .. } | crate::config::WorkerId::Etcd { .. } => None,
             };
             let g = crate::ids::Generator::new(
                 i.epoch_ms,

@@ -167,6 +167,55 @@ impl Store {
         Ok(())
     }
 
+    /// Claims the lowest worker id up to `max` no live lease holds, under `lease`: the id and the last
+    /// millisecond its holders issued IDs in (recorded by [`Store::worker_issued`]).
+    pub async fn claim_worker(&mut self, lease: i64, holder: &str, max: u16) -> Result<Option<(u16, u64)>, StoreError> {
+        let taken = self
+            .client
+            .get(
+                format!("{}/workers/", self.prefix),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        let taken: Vec<String> = taken
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok().map(str::to_owned))
+            .collect();
+        for id in 0..=max {
+            let key = format!("{}/workers/{id}", self.prefix);
+            if taken.contains(&key) {
+                continue;
+            }
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, holder, Some(PutOptions::new().with_lease(lease)))]);
+            if self.client.txn(txn).await?.succeeded() {
+                let last = self.client.get(self.worker_last_key(id), None).await?;
+                let last_ms = last
+                    .kvs()
+                    .first()
+                    .and_then(|kv| kv.value_str().ok()?.parse().ok())
+                    .unwrap_or(0);
+                return Ok(Some((id, last_ms)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn worker_last_key(&self, id: u16) -> String {
+        format!("{}/worker-last-ms/{id}", self.prefix)
+    }
+
+    /// Records that worker `id` issued IDs up to `last_ms`: whoever holds the id next starts
+    /// after it, even on a clock that went back.
+    pub async fn worker_issued(&mut self, id: u16, last_ms: u64) -> Result<(), StoreError> {
+        self.client
+            .put(self.worker_last_key(id), last_ms.to_string(), None)
+            .await?;
+        Ok(())
+    }
+
     /// The instances listed now (their leases alive), by name.
     pub async fn instances(&mut self) -> Result<Vec<Instance>, StoreError> {
         let prefix = format!("{}/instances/", self.prefix);

@@ -102,6 +102,13 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    let etcd_ids = match shared.runtime.load().config.ids.as_ref().map(|i| &i.worker) {
+        Some(crate::config::WorkerId::Etcd { ttl }) => Some(*ttl),
+        _ => None,
+    };
+    if let (Some(ttl), Some(g), Some(c)) = (etcd_ids, &shared.ids, shared.runtime.load().config.cluster.clone()) {
+        tokio::spawn(crate::ids::etcd_lease::run(g.clone(), c, ttl, shutdown.clone()));
+    }
     if let Some(c) = shared.runtime.load().config.cluster.clone() {
         tokio::spawn(crate::app::cluster_sync::run(
             shared.clone(),

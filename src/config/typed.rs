@@ -65,6 +65,11 @@ pub enum WorkerId {
         /// Lease length.
         ttl: Duration,
     },
+    /// Leased through the cluster's etcd (`[ids] lease = "etcd"` with `[cluster]`).
+    Etcd {
+        /// Lease length.
+        ttl: Duration,
+    },
 }
 
 /// `[ids]`, typed.

@@ -158,6 +158,22 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
                     return Err(err("ids.worker_id", format!("{w} is out of range 0..=1023")));
                 }
                 (Some(w), None) => WorkerId::Fixed(w),
+                (None, Some(url)) if url == "etcd" => {
+                    if raw.cluster.is_none() {
+                        return Err(err(
+                            "ids.lease",
+                            "\"etcd\" leases worker ids through the cluster's etcd: configure [cluster] etcd = [...]",
+                        ));
+                    }
+                    let ttl = i.lease_ttl.unwrap_or(Duration::from_secs(10));
+                    if ttl < Duration::from_secs(2) {
+                        return Err(err(
+                            "ids.lease_ttl",
+                            "must be at least 2s with etcd (its leases count whole seconds)",
+                        ));
+                    }
+                    WorkerId::Etcd { ttl }
+                }
                 (None, Some(url)) => {
                     let ttl = i.lease_ttl.unwrap_or(Duration::from_secs(10));
                     if ttl < Duration::from_millis(300) {

@@ -10,6 +10,7 @@
 //! at sequence 0 (which skews the low bits). The clock is a trait so tests drive time by hand.
 #![warn(missing_docs)]
 
+pub mod etcd_lease;
 pub mod lease;
 
 use std::sync::Mutex;

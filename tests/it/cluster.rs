@@ -77,7 +77,8 @@ impl Drop for Etcd {
 
 fn cluster_config(base: &str, etcd: &Etcd, prefix: &str, name: &str) -> String {
     format!(
-        "{base}\n[cluster]\netcd = [\"127.0.0.1:{}\"]\nprefix = \"{prefix}\"\nname = \"{name}\"\nttl = \"2s\"\n",
+        "{base}\n[cluster]\netcd = [\"127.0.0.1:{}\"]\nprefix = \"{prefix}\"\nname = \"{name}\"\nttl = \"2s\"\n\
+         [ids]\nlease = \"etcd\"\nlease_ttl = \"2s\"\n",
         etcd.client
     )
 }
@@ -151,6 +152,51 @@ async fn two_instances_share_the_map_through_etcd() {
             break;
         }
         assert!(Instant::now() < deadline, "SHOW CLUSTER: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Worker ids leased through etcd: never the same, a restart included.
+    let ids = |p: &Proxy| p.shared.ids.clone().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while ids(&a).status().is_err() || ids(&b).status().is_err() {
+        assert!(
+            Instant::now() < until,
+            "no worker id leased: {:?} {:?}",
+            ids(&a).status(),
+            ids(&b).status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(ids(&a).worker(), ids(&b).worker());
+    let taken = ids(&b).worker();
+    drop(b);
+    let b = Proxy::start(&cluster_config(&topo.config(MAP), &etcd, &prefix, "b")).await;
+    while ids(&b).status().is_err() {
+        assert!(
+            Instant::now() < until,
+            "no worker id after a restart: {:?}",
+            ids(&b).status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(
+        ids(&a).worker(),
+        ids(&b).worker(),
+        "the restarted instance took {taken} before"
+    );
+    let mut all = std::collections::HashSet::new();
+    for p in [&a, &b] {
+        let c = p.app().await;
+        for r in c.query("SELECT shardwire.next_ids(500)", &[]).await.unwrap() {
+            assert!(all.insert(r.get::<_, i64>(0)), "an ID issued twice");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = members(&a).await;
+        if m == [("a".to_string(), "1".to_string()), ("b".to_string(), "1".to_string())] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SHOW CLUSTER after b's restart: {m:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let p = partition_on_s0();
