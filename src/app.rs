@@ -32,7 +32,9 @@ pub struct Runtime {
     pub clusters: Vec<Arc<Cluster>>,
     /// The shards of a MySQL cluster (empty for PostgreSQL), indexed like `clusters`.
     pub mysql: Vec<Arc<crate::backend::mysql::MyShard>>,
-    /// Stops this runtime's monitor when the last snapshot is dropped.
+    /// This runtime's monitors and recovery tasks: stopped when a reload replaces it.
+    monitor: CancellationToken,
+    /// Stops them when the last snapshot is dropped, too.
     _monitor: DropGuard,
 }
 
@@ -122,8 +124,21 @@ impl Runtime {
             config: Arc::new(config),
             clusters,
             mysql,
+            monitor: token.clone(),
             _monitor: token.drop_guard(),
         })
+    }
+
+    /// Called once `next` serves in its place: this runtime's monitors stop (`next` runs its own,
+    /// for the clusters it kept too), and the nodes `next` does not have are retired, so their
+    /// connections close even while idle sessions still hold this snapshot.
+    pub(crate) fn replaced_by(&self, next: &Runtime) {
+        self.monitor.cancel();
+        for n in self.nodes() {
+            if !next.nodes().any(|m| Arc::ptr_eq(m, n)) {
+                n.retire();
+            }
+        }
     }
 
     /// Every node of every shard.
@@ -316,7 +331,9 @@ impl Shared {
         }
         let map_changed = config.map != old.config.map;
         let versions = (old.config.map.version, config.map.version);
-        self.runtime.store(Runtime::new(config, Some(&old)));
+        let next = Runtime::new(config, Some(&old));
+        self.runtime.store(next.clone());
+        old.replaced_by(&next);
         if map_changed {
             let what = if moves.is_empty() {
                 "map reloaded".to_string()

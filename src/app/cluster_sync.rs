@@ -74,7 +74,9 @@ impl Shared {
         let config = old.config.with_map(map)?;
         let moves = crate::shardmap::diff::moves(&old.config.map, &config.map);
         let versions = (old.config.map.version, config.map.version);
-        self.runtime.store(super::Runtime::new(config, Some(&old)));
+        let next = super::Runtime::new(config, Some(&old));
+        self.runtime.store(next.clone());
+        old.replaced_by(&next);
         self.shapes.clear();
         self.forget_columns();
         self.stats.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

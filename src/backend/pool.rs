@@ -91,6 +91,8 @@ pub struct Node {
     hot: Mutex<Hot>,
     // std Mutex: a few field updates, never held across an await.
     breaker: Mutex<super::breaker::Breaker>,
+    /// Shared with the pool's manager: see [`Node::retire`].
+    retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Connections just released, most recent last, checked out out of bb8's sight.
@@ -141,6 +143,8 @@ pub struct BackendManager {
     node: NodeConfig,
     connect_timeout: std::time::Duration,
     max_prepared: usize,
+    /// The node left the configuration: no new connections, and none goes back to the pool.
+    retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl bb8::ManageConnection for BackendManager {
@@ -148,6 +152,12 @@ impl bb8::ManageConnection for BackendManager {
     type Error = BackendError;
 
     async fn connect(&self) -> Result<BackendConn, BackendError> {
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(BackendError::Refused {
+                node: self.node.name.clone(),
+                message: "the node was removed from the configuration".into(),
+            });
+        }
         let mut conn = BackendConn::connect(&self.node, self.connect_timeout).await?;
         conn.prepared.set_limit(self.max_prepared);
         Ok(conn)
@@ -158,7 +168,7 @@ impl bb8::ManageConnection for BackendManager {
     }
 
     fn has_broken(&self, conn: &mut BackendConn) -> bool {
-        conn.broken
+        conn.broken || self.retired.load(Ordering::Relaxed)
     }
 }
 
@@ -191,7 +201,7 @@ impl Drop for Checkout {
     fn drop(&mut self) {
         self.node.outstanding.fetch_sub(1, Ordering::Relaxed);
         let Some(conn) = self.conn.0.take() else { return };
-        if conn.broken {
+        if conn.broken || self.node.retired.load(Ordering::Relaxed) {
             // bb8 discards it (`has_broken`).
             return;
         }
@@ -249,10 +259,12 @@ impl Node {
     /// A node with a pool that opens connections lazily (and keeps `min_size` idle ones).
     pub fn new(config: NodeConfig, role: Role, pool: &PoolConfig) -> Arc<Node> {
         let failures = Arc::new(ConnectFailures::default());
+        let retired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let manager = BackendManager {
             node: config.clone(),
             connect_timeout: pool.connect_timeout,
             max_prepared: pool.max_prepared,
+            retired: retired.clone(),
         };
         let (max_size, checkout_timeout) = (pool.max_size.get(), pool.checkout_timeout);
         let pool = bb8::Pool::builder()
@@ -279,7 +291,33 @@ impl Node {
             failures,
             hot: Mutex::new(Hot::default()),
             breaker: Mutex::new(super::breaker::Breaker::default()),
+            retired,
         })
+    }
+
+    /// The node left the configuration (a reload removed it or rebuilt its pool): its idle
+    /// connections close now, those in use close when released, and it opens no new one.
+    /// Sessions still on an older snapshot may hold it until their next statement; without this
+    /// its connections would stay open as long as any idle session kept that snapshot.
+    pub fn retire(self: &Arc<Self>) {
+        tracing::info!(node = %self.config.name, "node left the configuration: its connections close");
+        self.retired.store(true, Ordering::Relaxed);
+        let hot = std::mem::take(&mut self.hot.lock().unwrap_or_else(|e| e.into_inner()).conns);
+        drop(hot);
+        let idle = self.pool.state().idle_connections;
+        if idle == 0 {
+            return;
+        }
+        // bb8 has no call that closes its idle connections: take each one out and discard it.
+        let node = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..idle {
+                match tokio::time::timeout(std::time::Duration::from_millis(100), node.pool.get_owned()).await {
+                    Ok(Ok(conn)) => drop(conn),
+                    _ => break,
+                }
+            }
+        });
     }
 
     /// The most recently released connection that is still open and silent, if any; otherwise,

@@ -34,4 +34,5 @@ mod session_state;
 mod sharding;
 mod shards;
 mod tls;
+mod topology_reload;
 mod transactions;
