@@ -1,13 +1,15 @@
 //! Reads tried again when their replica fails before answering.
 //!
 //! A read sent to a replica outside a transaction is kept (the client's messages that asked it: a
-//! simple Query, or an extended-protocol batch up to its Sync) until the first byte of its answer
-//! proper (a row, a command tag, an error, ReadyForQuery) is forwarded. The acknowledgements that
-//! come before it (ParseComplete, BindComplete, parameter and row descriptions) are held back in
-//! the client's send buffer meanwhile (not sent, not copied): a server stopped mid-statement sends
-//! those, then its FATAL. If the replica's
-//! connection dies, or the server says it is going away, before the answer began, the replica
-//! leaves the rotation at once, the held-back acknowledgements are dropped, and the messages are
+//! simple Query, or an extended-protocol batch up to its Sync) until its answer is let through to
+//! the client: at ReadyForQuery, an error, any message but those below, or past `MAX_HELD`. Until
+//! then the answer is held back in the client's send buffer (not sent, not copied): the
+//! acknowledgements (ParseComplete, BindComplete, parameter and row descriptions), and the rows and
+//! command tags too. A server stopped mid-statement sends what it has buffered, then its FATAL,
+//! in one write: PostgreSQL looks for the shutdown before each row it fetches and after each
+//! message it reads, so rows and even the command tag can come before the FATAL. If the replica's
+//! connection dies, or the server says it is going away, before the answer was let through, the
+//! replica leaves the rotation at once, what was held back is dropped, and the messages are
 //! handled again as if just received: routed anew (another replica, else the primary as
 //! configured), prepared again on the new connection. The client sees one answer, late, instead
 //! of an error.
@@ -30,7 +32,7 @@ use crate::protocol::pg::messages as msg;
 /// A batch with more messages or bytes than this is not kept: it is answered or fails as sent.
 const MAX_FRAMES: usize = 64;
 const MAX_BYTES: usize = 1 << 20;
-/// Acknowledgements held back beyond this are sent, and the read is not tried again.
+/// An answer held back beyond this is sent, and the read is not tried again.
 const MAX_HELD: usize = 64 * 1024;
 
 /// The read in flight that may be tried again, if any.
@@ -88,10 +90,13 @@ impl Retry {
     }
 }
 
-/// Messages that come before a statement's answer proper and that a second try sends again the
-/// same way: ParseComplete, BindComplete, ParameterDescription, NoData, RowDescription.
-fn acknowledgement(tag: u8) -> bool {
-    matches!(tag, b'1' | b'2' | b't' | b'n' | b'T')
+/// Messages of a read's answer that a second try sends again the same way, held back while the
+/// read may be tried again: ParseComplete, BindComplete, ParameterDescription, NoData,
+/// RowDescription, and the rows and their ends (DataRow, CommandComplete, EmptyQueryResponse,
+/// PortalSuspended): a server stopping may send its FATAL after any of them. ReadyForQuery, an
+/// error or anything else lets the answer through.
+fn held_back(tag: u8) -> bool {
+    matches!(tag, b'1' | b'2' | b't' | b'n' | b'T' | b'D' | b'C' | b'I' | b's')
 }
 
 /// Whether the responses still owed on `h` could all be asked again elsewhere: only reads on a
@@ -217,8 +222,8 @@ impl Session {
     }
 
     /// A backend message while the read in flight may be tried again: a going-away error before
-    /// its answer began sends the read to another node (`true`: the message was dealt with); its
-    /// acknowledgements are held back until then.
+    /// its answer was let through sends the read to another node (`true`: the message was dealt
+    /// with); the answer is held back until then.
     #[inline(never)]
     fn watch_backend(&mut self, raw: &[u8]) -> bool {
         let Some(h) = self.held.as_ref() else { return false };
@@ -249,7 +254,7 @@ impl Session {
             .map_or(0, |at| self.client.wbuf.len().saturating_sub(at));
         // Below the relay's high-water mark, or the backend would stop being read while the
         // client waits for what is held.
-        if !acknowledgement(tag) || held > MAX_HELD {
+        if !held_back(tag) || held > MAX_HELD {
             self.drop_retry();
         }
         false
@@ -333,8 +338,9 @@ mod tests {
         assert!(reaches_client(Some(&Op::Ext(ExtKind::Bind)), b'2'));
         assert!(reaches_client(Some(&Op::Sync), b'Z'));
         assert!(reaches_client(None, b'E'));
-        assert!(acknowledgement(b'1') && acknowledgement(b'T') && acknowledgement(b'n'));
-        assert!(!acknowledgement(b'D') && !acknowledgement(b'C') && !acknowledgement(b'Z'));
-        assert!(!acknowledgement(b'E') && !acknowledgement(b'N') && !acknowledgement(b'G'));
+        assert!(held_back(b'1') && held_back(b'T') && held_back(b'n'));
+        // A server stopped mid-read sends its FATAL after rows, and even after the command tag.
+        assert!(held_back(b'D') && held_back(b'C') && held_back(b's'));
+        assert!(!held_back(b'Z') && !held_back(b'E') && !held_back(b'N') && !held_back(b'G'));
     }
 }

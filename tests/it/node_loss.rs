@@ -87,6 +87,51 @@ async fn a_replica_that_dies_under_load_costs_no_client_an_error() {
     tokio::task::spawn_blocking(move || drop(sb)).await.unwrap();
 }
 
+/// A replica stopped while a read runs: PostgreSQL looks for the shutdown before each row it
+/// fetches and after each message it reads, so its FATAL can come after rows, even after the
+/// command tag, all in the read that brings the FATAL. None of it has reached the client: the read
+/// runs again on the primary (the only replica is gone), in the simple and the extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_rows_had_not_reached_the_client_runs_again() {
+    let sb = crate::harness::own_sandbox(1).await;
+    let config = crate::harness::sandbox_config(&sb, "2s");
+    let proxy = Proxy::start(&config).await;
+    proxy.wait_replicas_in_rotation().await;
+    // Eight rows, one every 150 ms: the server buffers them until its FATAL flushes them.
+    const SLOW: &str = "SELECT x FROM generate_series(1, 8) x WHERE pg_sleep(0.15) IS NOT NULL";
+    let mut reads = Vec::new();
+    for extended in [false, true, false, true] {
+        let c = proxy.app().await;
+        reads.push(tokio::spawn(async move {
+            if extended {
+                c.query(SLOW, &[]).await.map(|rows| rows.len())
+            } else {
+                c.simple_query(SLOW).await.map(|m| {
+                    m.iter()
+                        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+                        .count()
+                })
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let sb = tokio::task::spawn_blocking(move || {
+        let mut sb = sb;
+        sb.replicas[0].stop();
+        sb
+    })
+    .await
+    .unwrap();
+    for (i, r) in reads.into_iter().enumerate() {
+        let rows = r.await.unwrap();
+        assert_eq!(rows.as_ref().ok(), Some(&8), "read {i}: {rows:?}");
+    }
+    let health = proxy.shared.runtime.load().clusters[0].replicas[0].health.load_full();
+    assert!(!health.in_rotation, "the stopped replica left the rotation");
+    drop(proxy);
+    tokio::task::spawn_blocking(move || drop(sb)).await.unwrap();
+}
+
 /// The issue's own measure: pgbench -S with 8 clients in each protocol mode (simple Query; Parse,
 /// Bind, Execute, Sync; prepared Bind, Execute, Sync), one of two replicas stopped mid-run. No
 /// client aborts and no transaction fails: every read the stopped replica had not begun to answer
