@@ -52,6 +52,11 @@ enum Cmd {
         #[command(subcommand)]
         command: cli_rebalance::RebalanceCmd,
     },
+    /// The instances sharing a shard map through etcd ([cluster]): `cluster status`.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// Globally unique IDs: decode one, or measure the generator.
     Id {
         #[command(subcommand)]
@@ -83,6 +88,17 @@ enum Cmd {
         /// 127.0.0.1:3307, instead of PostgreSQL.
         #[arg(long)]
         mysql: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// List the instances etcd knows, the map version each serves and its last heartbeat, and the
+    /// map version etcd holds. Exits 1 when an instance serves another version than etcd's.
+    Status {
+        /// A configuration file with a [cluster] section.
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -206,6 +222,22 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Rebalance { command } => cli_rebalance::run(command),
+        Cmd::Cluster {
+            command: ClusterCmd::Status { config },
+        } => {
+            let c = shardwire::config::load(&config)?;
+            let Some(cluster) = c.cluster else {
+                anyhow::bail!(
+                    "{} has no [cluster] section: this instance shares nothing",
+                    config.display()
+                );
+            };
+            let behind = shardwire::serve::block_on(1, async move { cluster_status(&cluster).await })??;
+            if behind {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Diff { old, new } => {
             let map_of = |p: &PathBuf| -> Result<Arc<shardwire::shardmap::ShardMap>> {
                 Ok(match load_any(p)? {
@@ -251,6 +283,44 @@ fn main() -> Result<()> {
         } => cli_demo::demo(replicas, shards.max(1), &listen),
         Cmd::Demo { replicas, shards, .. } => cli_demo::demo_mysql(replicas, shards.max(1)),
     }
+}
+
+/// Prints the cluster's state; whether an instance serves another map version than etcd holds.
+async fn cluster_status(c: &shardwire::config::ClusterConfig) -> Result<bool> {
+    let mut store = tokio::time::timeout(std::time::Duration::from_secs(5), shardwire::etcd::Store::connect(c))
+        .await
+        .map_err(|_| anyhow::anyhow!("etcd ({}) did not answer within 5 s", c.etcd.join(", ")))??;
+    let etcd_version = match store.map().await? {
+        Some((text, _)) => shardwire::shardmap::parse(&text)
+            .map(|m| m.version.to_string())
+            .unwrap_or_else(|e| format!("invalid ({e})")),
+        None => "none yet".into(),
+    };
+    println!(
+        "etcd {} prefix {}: map version {etcd_version}",
+        c.etcd.join(","),
+        c.prefix
+    );
+    let now = shardwire::etcd::now_ms();
+    let instances = store.instances().await?;
+    println!(
+        "{:<24} {:>11} {:>17}  {:<22} pid",
+        "name", "map_version", "heartbeat_age_ms", "listen"
+    );
+    let mut behind = false;
+    for i in &instances {
+        behind |= i.version.to_string() != etcd_version;
+        println!(
+            "{:<24} {:>11} {:>17}  {:<22} {}",
+            i.name,
+            i.version,
+            now.saturating_sub(i.heartbeat_ms),
+            i.listen,
+            i.pid
+        );
+    }
+    println!("{} instance(s)", instances.len());
+    Ok(behind)
 }
 
 /// UTC time of Unix seconds, as `YYYY-MM-DD HH:MM:SS.mmm UTC` (civil-from-days, no time crate).
