@@ -10,7 +10,7 @@ use crate::harness::{Proxy, rand_suffix};
 use crate::shards::{MAP, sharded};
 
 /// An etcd server in a folder of its own.
-struct Etcd {
+pub struct Etcd {
     dir: std::path::PathBuf,
     client: u16,
     peer: u16,
@@ -26,7 +26,7 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
-    fn start() -> Etcd {
+    pub fn start() -> Etcd {
         let dir = std::env::temp_dir().join(format!("shardwire-etcd-{}", rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut e = Etcd {
@@ -39,7 +39,7 @@ impl Etcd {
         e
     }
 
-    fn run(&mut self) {
+    pub fn run(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.client);
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let child = Command::new("etcd")
@@ -60,7 +60,7 @@ impl Etcd {
         }
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -75,7 +75,7 @@ impl Drop for Etcd {
     }
 }
 
-fn cluster_config(base: &str, etcd: &Etcd, prefix: &str, name: &str) -> String {
+pub fn cluster_config(base: &str, etcd: &Etcd, prefix: &str, name: &str) -> String {
     format!(
         "{base}\n[cluster]\netcd = [\"127.0.0.1:{}\"]\nprefix = \"{prefix}\"\nname = \"{name}\"\nttl = \"2s\"\n\
          [ids]\nlease = \"etcd\"\nlease_ttl = \"2s\"\n",
@@ -83,7 +83,7 @@ fn cluster_config(base: &str, etcd: &Etcd, prefix: &str, name: &str) -> String {
     )
 }
 
-async fn admin(p: &Proxy, sql: &str) -> Result<Vec<Vec<String>>, String> {
+pub async fn admin(p: &Proxy, sql: &str) -> Result<Vec<Vec<String>>, String> {
     let c = p.connect_db("admin", "admin", "shardwire").await.unwrap();
     let msgs = c.simple_query(sql).await.map_err(|e| {
         e.as_db_error()
@@ -100,7 +100,7 @@ async fn admin(p: &Proxy, sql: &str) -> Result<Vec<Vec<String>>, String> {
         .collect())
 }
 
-fn version(p: &Proxy) -> u64 {
+pub fn version(p: &Proxy) -> u64 {
     p.shared.runtime.load().config.map.version
 }
 

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod clients;
 mod cluster;
+mod cluster_churn;
 mod collation;
 mod differential;
 mod drivers;

@@ -12,7 +12,7 @@ use crate::harness::Proxy;
 use crate::shards::{MAP, sharded};
 
 /// shardwire's connections to a shard opened since `since` (the shard's clock).
-async fn proxy_pids(c: &tokio_postgres::Client, since: &str) -> Vec<i32> {
+pub async fn proxy_pids(c: &tokio_postgres::Client, since: &str) -> Vec<i32> {
     c.query(
         "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
          AND application_name <> 'shardwire-monitor' AND backend_start >= $1::text::timestamptz ORDER BY pid",

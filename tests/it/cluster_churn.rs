@@ -1,0 +1,197 @@
+//! Fifty shard-map changes, valid and invalid alternately, to two instances sharing their map
+//! through a real etcd, while clients of both read and write (both protocols, transactions over
+//! two shards, scatters): through either instance's console, through etcd directly (as a DBA with
+//! etcdctl would), and through a configuration file RELOAD. No client sees an error, no connection
+//! to a shard is dropped, every valid change is served by both instances within one second, every
+//! invalid one leaves both serving the map they had.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Etcd, admin, cluster_config, version};
+use crate::harness::{Proxy, rand_suffix};
+use crate::map_churn::proxy_pids;
+use crate::shards::{MAP, sharded};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_changes_through_two_instances_and_etcd_cost_clients_nothing() {
+    let (topo, _guard) = sharded().await;
+    let etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
+    let prefix = format!("/churn{}", rand_suffix());
+    let direct: Vec<tokio_postgres::Client> = {
+        let mut v = Vec::new();
+        for p in &topo.shard_ports {
+            v.push(crate::harness::direct(*p).await);
+        }
+        v
+    };
+    let since: String = direct[0].query_one("SELECT now()::text", &[]).await.unwrap().get(0);
+    let config_a = cluster_config(&topo.config(MAP), &etcd, &prefix, "a");
+    let a = Proxy::start(&config_a).await;
+    let b = Proxy::start(&cluster_config(&topo.config(MAP), &etcd, &prefix, "b")).await;
+    let setup = a.app().await;
+    setup.batch_execute("DROP TABLE IF EXISTS users").await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)")
+        .await
+        .unwrap();
+    for id in 1..=60i64 {
+        setup
+            .execute("INSERT INTO users VALUES ($1, 'u', 'x', 0)", &[&id])
+            .await
+            .unwrap();
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (errors, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for kind in 0..4u32 {
+        let c = if kind % 2 == 0 { a.app().await } else { b.app().await };
+        let (stop, errors, done) = (stop.clone(), errors.clone(), done.clone());
+        load.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut k = kind as i64;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                k = k % 60 + 1;
+                let r = match kind {
+                    0 => c
+                        .simple_query(&format!("UPDATE users SET score = score + 1 WHERE id = {k}"))
+                        .await
+                        .map(|_| ()),
+                    1 => c
+                        .query_one("SELECT name FROM users WHERE id = $1", &[&k])
+                        .await
+                        .map(|_| ()),
+                    2 => {
+                        let other = (k + 29) % 60 + 1;
+                        async {
+                            c.batch_execute("BEGIN").await?;
+                            c.execute("UPDATE users SET score = score - 1 WHERE id = $1", &[&k])
+                                .await?;
+                            c.execute("UPDATE users SET score = score + 1 WHERE id = $1", &[&other])
+                                .await?;
+                            c.batch_execute("COMMIT").await
+                        }
+                        .await
+                    }
+                    _ => c.query_one("SELECT count(*) FROM users", &[]).await.map(|_| ()),
+                };
+                match r {
+                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("client {kind}: {e:?}");
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut before = Vec::new();
+    for d in &direct {
+        before.push(proxy_pids(d, &since).await);
+    }
+
+    // What a DBA with etcdctl would do: read the map's text and store another.
+    let cluster = a.shared.runtime.load().config.cluster.clone().unwrap();
+    let mut store = shardwire::etcd::Store::connect(&cluster).await.unwrap();
+    let (mut valid, mut refused) = (0, 0);
+    for i in 0..50u32 {
+        let v = version(&a);
+        assert_eq!(version(&b), v);
+        if i % 2 == 0 {
+            let state = if i / 2 % 2 == 0 { "moving" } else { "serving" };
+            match i / 2 % 4 {
+                0 => {
+                    admin(&a, &format!("SET PARTITION users 5 STATE {state} VERSION {v}"))
+                        .await
+                        .unwrap();
+                }
+                1 => {
+                    admin(&b, &format!("SET PARTITION users 5 STATE {state} VERSION {v}"))
+                        .await
+                        .unwrap();
+                }
+                2 => {
+                    let (text, rev) = store.map().await.unwrap().unwrap();
+                    let next = text.replacen(&format!("version = {v}"), &format!("version = {}", v + 1), 1);
+                    assert!(store.replace_map(&next, rev).await.unwrap());
+                }
+                _ => {
+                    // The rest of the configuration still comes from the file.
+                    let lag = format!("max_replica_lag = \"{}s\"", i + 1);
+                    std::fs::write(
+                        &a.config_path,
+                        config_a.replacen("[routing]\n", &format!("[routing]\n{lag}\n"), 1),
+                    )
+                    .unwrap();
+                    admin(&a, "RELOAD").await.unwrap();
+                    assert_eq!(
+                        a.shared.runtime.load().config.routing.max_lag,
+                        Duration::from_secs(u64::from(i) + 1)
+                    );
+                    valid += 1;
+                    continue;
+                }
+            }
+            served_by_both(&a, &b, v + 1).await;
+            valid += 1;
+        } else {
+            let e = match i / 2 % 4 {
+                0 => admin(&b, &format!("SET PARTITION users 5 STATE serving VERSION {}", v - 1)).await,
+                1 => admin(&a, "SET PARTITION users 5 TO s2").await,
+                2 => {
+                    // A map that does not validate, stored straight into etcd, then put right.
+                    let (text, rev) = store.map().await.unwrap().unwrap();
+                    let bad = text
+                        .replacen(&format!("version = {v}"), &format!("version = {}", v + 1), 1)
+                        .replacen("\"0-20\"", "\"0-19\"", 1);
+                    assert!(store.replace_map(&bad, rev).await.unwrap());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let (_, rev) = store.map().await.unwrap().unwrap();
+                    assert!(store.replace_map(&text, rev).await.unwrap());
+                    Err("stored straight into etcd".to_string())
+                }
+                _ => admin(&a, "SET PARTITON users 5 STATE moving").await,
+            };
+            assert!(e.is_err(), "change {i} refused: {e:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!((version(&a), version(&b)), (v, v), "change {i}: the running map stays");
+            refused += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let statements = done.load(Ordering::Relaxed);
+    eprintln!("{valid} changes applied, {refused} refused, {statements} client statements");
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "client errors");
+    assert!(statements > 200, "the load ran throughout ({statements} statements)");
+    assert_eq!(a.shared.runtime.load().config.map, b.shared.runtime.load().config.map);
+    for (s, d) in direct.iter().enumerate() {
+        let after = proxy_pids(d, &since).await;
+        let dropped: Vec<&i32> = before[s].iter().filter(|p| !after.contains(p)).collect();
+        assert!(dropped.is_empty(), "s{s}: connections dropped: {dropped:?}");
+    }
+    let v = version(&a);
+    admin(&a, &format!("SET PARTITION users 5 STATE serving VERSION {v}"))
+        .await
+        .ok();
+    setup.batch_execute("DROP TABLE users").await.unwrap();
+}
+
+/// Waits until both instances serve map version `v`, for at most one second.
+async fn served_by_both(a: &Proxy, b: &Proxy, v: u64) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while version(a) != v || version(b) != v {
+        assert!(
+            Instant::now() < deadline,
+            "version {v} served by both within 1 s (a {}, b {})",
+            version(a),
+            version(b)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
