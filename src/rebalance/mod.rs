@@ -218,6 +218,42 @@ impl Ctx {
         })
     }
 
+    /// Waits until every instance `SHOW CLUSTER` lists (this one alone without `[cluster]`)
+    /// serves the map version this one serves; at most `within`.
+    async fn all_serve(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let rows: Vec<Vec<String>> = self
+                .admin
+                .simple_query("SHOW CLUSTER")
+                .await?
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let mine = rows
+                .iter()
+                .find(|r| r.get(5).is_some_and(|t| t == "yes"))
+                .map(|r| r[1].clone());
+            let behind: Vec<String> = rows
+                .iter()
+                .filter(|r| Some(&r[1]) != mine.as_ref())
+                .map(|r| format!("{} (serving map version {})", r[0], r[1]))
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("not acknowledged within {within:?} by {}", behind.join(", "));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn run(&self, from: &str) -> Result<Report> {
         let (g, p) = (&self.group, self.partition);
         let mut report = Report::default();
@@ -235,6 +271,15 @@ impl Ctx {
                 "copied" => {
                     let fenced = Instant::now();
                     self.admin(&format!("SET PARTITION {g} {p} STATE fenced")).await?;
+                    if let Err(e) = self.all_serve(Duration::from_secs(2)).await {
+                        // An instance that does not hold the partition's statements could write
+                        // to the source during the final copy: no cutover.
+                        self.admin(&format!("SET PARTITION {g} {p} STATE moving")).await?;
+                        bail!(
+                            "cutover rolled back, the partition keeps serving from {}: {e}; run the move again to retry",
+                            self.source_name
+                        );
+                    }
                     // A statement planned just before the fence may not have reached the source yet.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     self.drain().await?;

@@ -287,3 +287,99 @@ async fn two_instances_share_the_map_through_etcd() {
     serves(&b, 4, Duration::from_secs(1)).await;
     a.app().await.batch_execute("DROP TABLE cluster_t").await.unwrap();
 }
+
+/// A partition move with two instances serving: its cutover waits until both hold the
+/// partition's statements, and rolls back, leaving the partition on its source, while an instance
+/// listed in etcd does not acknowledge (a record whose map version never moves: an instance stuck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_waits_for_every_instance_and_rolls_back_without_one() {
+    let (topo, _guard) = sharded().await;
+    let etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
+    let prefix = format!("/mv{}", rand_suffix());
+    let config_a = cluster_config(&topo.config(MAP), &etcd, &prefix, "a");
+    let a = Proxy::start(&config_a).await;
+    let b = Proxy::start(&cluster_config(&topo.config(MAP), &etcd, &prefix, "b")).await;
+    let c = a.app().await;
+    crate::sharding::each(&c, crate::sharding::SCHEMA).await;
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    let part = |k: i64| map.locate("users", &k.to_string()).unwrap().0;
+    let first = (1i64..).find(|k| part(*k).shard == 0).unwrap();
+    let p = part(first).partition.unwrap();
+    c.batch_execute(&format!("INSERT INTO users (id, name, score) VALUES ({first}, 'k', 0)"))
+        .await
+        .unwrap();
+    topo.shard(1)
+        .await
+        .batch_execute("DROP TABLE IF EXISTS shardwire_moves")
+        .await
+        .unwrap();
+
+    // An instance that never catches up, as etcd lists it.
+    let cluster = a.shared.runtime.load().config.cluster.clone().unwrap();
+    let mut store = shardwire::etcd::Store::connect(&cluster).await.unwrap();
+    let mut lease = store.lease(Duration::from_secs(10)).await.unwrap();
+    let stuck = shardwire::etcd::Instance {
+        name: "stuck".into(),
+        version: 1,
+        heartbeat_ms: shardwire::etcd::now_ms(),
+        listen: "127.0.0.1:1".into(),
+        pid: 1,
+    };
+    store.publish(&stuck, lease.id).await.unwrap();
+    let lease_id = lease.id;
+    let keep = tokio::spawn(async move {
+        loop {
+            lease.renew().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+
+    let config = shardwire::config::parse(&config_a).unwrap();
+    let admin_url = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", a.port());
+    let m = shardwire::rebalance::Move {
+        group: "users".into(),
+        partition: p,
+        to: "s1".into(),
+    };
+    let e = shardwire::rebalance::move_partition(&config, &admin_url, &m, false)
+        .await
+        .expect_err("the cutover waits for every instance");
+    let why = format!("{e:#}");
+    assert!(why.contains("rolled back") && why.contains("stuck"), "{why}");
+    // Rolled back: the partition is not fenced, still on s0, and writes to it work on both.
+    for px in [&a, &b] {
+        let map = px.shared.runtime.load().config.map.clone();
+        let (pl, _) = map.locate("users", &first.to_string()).unwrap();
+        assert_eq!(map.shards[pl.shard], "s0");
+        px.app()
+            .await
+            .execute("UPDATE users SET score = score + 1 WHERE id = $1", &[&first])
+            .await
+            .unwrap();
+    }
+
+    // The stuck instance gone: the move completes, and both instances route to the target.
+    keep.abort();
+    store.revoke(lease_id).await.unwrap();
+    shardwire::rebalance::move_partition(&config, &admin_url, &m, false)
+        .await
+        .unwrap();
+    for px in [&a, &b] {
+        let map = px.shared.runtime.load().config.map.clone();
+        let (pl, _) = map.locate("users", &first.to_string()).unwrap();
+        assert_eq!(
+            map.shards[pl.shard],
+            "s1",
+            "{}",
+            px.shared.runtime.load().config.map.version
+        );
+    }
+    let score: i32 = topo
+        .shard(1)
+        .await
+        .query_one("SELECT score FROM users WHERE id = $1", &[&first])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(score, 2, "both writes made before the move are on the target");
+}
