@@ -23,6 +23,7 @@
 
 pub mod plan;
 pub mod sql;
+mod verify;
 
 use std::time::{Duration, Instant};
 
@@ -69,8 +70,9 @@ struct Ctx {
     partition: u32,
     source_name: String,
     target_name: String,
-    /// (table, `WHERE` filter of the partition's rows).
-    tables: Vec<(String, String)>,
+    /// (table, `WHERE` filter of the partition's rows, key column).
+    tables: Vec<(String, String, String)>,
+    key_type: KeyType,
 }
 
 async fn connect(url_or: &tokio_postgres::Config) -> Result<Client> {
@@ -141,14 +143,15 @@ pub async fn move_partition(config: &Config, admin_url: &str, m: &Move, abort: b
         .iter()
         .position(|s| *s == source_name)
         .ok_or_else(|| anyhow!("the move's source {source_name} is no longer in the map"))?;
-    let tables: Vec<(String, String)> = {
-        let mut t: Vec<(String, String)> = map
+    let tables: Vec<(String, String, String)> = {
+        let mut t: Vec<(String, String, String)> = map
             .tables
             .iter()
             .filter_map(|(name, rule)| match rule {
                 TableRule::Sharded { group, key } if *group == gid => Some((
                     name.clone(),
                     sql::in_partition(g.key_type, &sql::ident(key), m.partition, partitions),
+                    key.clone(),
                 )),
                 _ => None,
             })
@@ -170,6 +173,7 @@ pub async fn move_partition(config: &Config, admin_url: &str, m: &Move, abort: b
         source_name,
         target_name: m.to.clone(),
         tables,
+        key_type: g.key_type,
     };
     if abort {
         if step == "switched" {
@@ -302,7 +306,7 @@ impl Ctx {
                     step = "switched".into();
                 }
                 "switched" => {
-                    for (t, filter) in &self.tables {
+                    for (t, filter, _) in &self.tables {
                         self.source
                             .execute(&format!("DELETE FROM {} WHERE {filter}", sql::ident(t)), &[])
                             .await?;
@@ -318,7 +322,7 @@ impl Ctx {
     /// Copies every table's partition rows from the source, replacing the target's; the rows.
     async fn copy(&self) -> Result<u64> {
         let mut rows = 0;
-        for (t, filter) in &self.tables {
+        for (t, filter, _) in &self.tables {
             let table = sql::ident(t);
             self.target
                 .execute(&format!("DELETE FROM {table} WHERE {filter}"), &[])
@@ -375,15 +379,18 @@ impl Ctx {
 
     /// Both sides hold the same rows of the partition, table by table.
     async fn verify(&self) -> Result<()> {
-        for (t, filter) in &self.tables {
+        for (t, filter, key) in &self.tables {
             let q = sql::fingerprint(t, filter);
             let a = self.source.query_one(&q, &[]).await?;
             let b = self.target.query_one(&q, &[]).await?;
             let (an, ah): (i64, String) = (a.get(0), a.get(1));
             let (bn, bh): (i64, String) = (b.get(0), b.get(1));
             if (an, &ah) != (bn, &bh) {
+                let range = verify::differing_range(&self.source, &self.target, t, key, self.key_type, filter)
+                    .await
+                    .unwrap_or_else(|e| format!("(the range could not be narrowed: {e})"));
                 bail!(
-                    "{t}: {an} rows on {} but {bn} on {} (or their contents differ)",
+                    "{t}: {an} rows on {} and {bn} on {}, contents differing {range}",
                     self.source_name,
                     self.target_name
                 );
@@ -396,7 +403,7 @@ impl Ctx {
     async fn roll_back(&self) -> Result<()> {
         let (g, p) = (&self.group, self.partition);
         self.admin(&format!("SET PARTITION {g} {p} STATE serving")).await?;
-        for (t, filter) in &self.tables {
+        for (t, filter, _) in &self.tables {
             self.target
                 .execute(&format!("DELETE FROM {} WHERE {filter}", sql::ident(t)), &[])
                 .await?;

@@ -195,3 +195,99 @@ fn proxy_config_path(text: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// A copy that differs from the source (a trigger on the target changes one row as it arrives)
+/// stops the move at its check, before anything is deleted from the source, with a message naming
+/// the table and the key range of the difference; the move rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_difference_on_the_target_stops_the_move_naming_the_key_range() {
+    let (topo, _guard) = sharded().await;
+    let config_text = topo.config(MAP);
+    let proxy = Proxy::start(&config_text).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    let first = (1i64..)
+        .find(|k| map.locate("users", &k.to_string()).unwrap().0.shard == 0)
+        .unwrap();
+    let p = map.locate("users", &first.to_string()).unwrap().0.partition.unwrap();
+    let in_p = shardwire::rebalance::sql::in_partition(shardwire::shardmap::KeyType::Int, "id", p, 64);
+    let source = topo.shard(0).await;
+    source
+        .batch_execute(&format!(
+            "INSERT INTO users (id, name, score) SELECT g, 'u', 0 FROM generate_series(1, 250000) g WHERE {}",
+            shardwire::rebalance::sql::in_partition(shardwire::shardmap::KeyType::Int, "g", p, 64)
+        ))
+        .await
+        .unwrap();
+    let ids: Vec<i64> = source
+        .query(&format!("SELECT id FROM users WHERE {in_p} ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(ids.len() > 3000, "{} rows in the partition", ids.len());
+    let skewed = ids[ids.len() / 2];
+    let target = topo.shard(1).await;
+    target
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS shardwire_moves;
+             CREATE OR REPLACE FUNCTION sw_skew() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN IF NEW.id = {skewed} THEN NEW.score := NEW.score + 1; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER sw_skew BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION sw_skew();"
+        ))
+        .await
+        .unwrap();
+    let config = shardwire::config::parse(&config_text).unwrap();
+    let admin = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", proxy.port());
+    let m = shardwire::rebalance::Move {
+        group: "users".into(),
+        partition: p,
+        to: "s1".into(),
+    };
+    let e = shardwire::rebalance::move_partition(&config, &admin, &m, false)
+        .await
+        .expect_err("the check finds the difference");
+    target
+        .batch_execute("DROP TRIGGER sw_skew ON users; DROP FUNCTION sw_skew()")
+        .await
+        .unwrap();
+    let why = format!("{e:#}");
+    eprintln!("{why}");
+    let range = why
+        .split("keys [")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("{why}"));
+    let (lo, hi) = range.split_once(", ").unwrap();
+    let (lo, hi): (i64, i64) = (lo.parse().unwrap_or(i64::MIN), hi.parse().unwrap_or(i64::MAX));
+    assert!(why.contains("users") && lo <= skewed && skewed < hi, "{why}");
+    assert!(hi.saturating_sub(lo) < 250_000, "the range is narrowed: {why}");
+    // Nothing left the source; the target's copy is gone; the map is unchanged.
+    assert_eq!(
+        count_where(topo, 0, &format!("SELECT count(*) FROM users WHERE {in_p}")).await,
+        ids.len() as i64
+    );
+    assert_eq!(
+        count_where(topo, 1, &format!("SELECT count(*) FROM users WHERE {in_p}")).await,
+        0
+    );
+    assert_eq!(
+        proxy
+            .shared
+            .runtime
+            .load()
+            .config
+            .map
+            .locate("users", &first.to_string())
+            .unwrap()
+            .0
+            .shard,
+        0
+    );
+    source
+        .batch_execute(&format!("DELETE FROM users WHERE {in_p}"))
+        .await
+        .unwrap();
+}
