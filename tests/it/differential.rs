@@ -292,6 +292,10 @@ fn read_corpus() -> Vec<String> {
              SELECT b.total, c.region FROM big b, users u JOIN c ON c.code = u.country WHERE u.id = {k}"
         ));
     }
+    // FETCH FIRST, as LIMIT.
+    q.push("SELECT id, name FROM users ORDER BY id OFFSET 7 ROWS FETCH FIRST 12 ROWS ONLY".into());
+    q.push("SELECT id FROM users WHERE score > 90 ORDER BY score DESC, id FETCH FIRST ROW ONLY".into());
+    q.push("SELECT status, count(*) FROM orders GROUP BY status ORDER BY status FETCH NEXT 2 ROWS ONLY".into());
     // Window functions partitioned by the shard key: each partition is on one shard.
     q.push(
         "SELECT user_id, id, row_number() OVER (PARTITION BY user_id ORDER BY amount DESC, id) AS r FROM orders \
@@ -340,6 +344,7 @@ const REFUSED: &[&str] = &[
     "SELECT g, u.id FROM generate_series(1, 3) g LEFT JOIN users u ON u.id = g",
     "SELECT 'x' AS label, count(DISTINCT score) FROM users",
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
+    "SELECT id FROM users ORDER BY score FETCH FIRST 3 ROWS WITH TIES",
     "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
     "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
     "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",

@@ -137,9 +137,6 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         t
     };
     let refuse = |rule: &str| Err(format!("{rule} (tables {})", tables.join(", ")));
-    if q.fetch.is_some() {
-        return refuse("FETCH FIRST across shards is not supported; use LIMIT");
-    }
     if matches!(sel.distinct, Some(Distinct::On(_))) {
         return refuse("DISTINCT ON across shards is not supported");
     }
@@ -407,6 +404,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     let mut shard_q = q.clone();
     *shard_q.body = SetExpr::Select(Box::new(shard_sel));
     shard_q.limit_clause = None;
+    shard_q.fetch = None;
     // The shard statement may use fewer parameters than the client's (HAVING stays behind):
     // number the ones it keeps from $1.
     let mut params = renumber_params(&mut shard_q);

@@ -32,29 +32,37 @@ pub(super) fn ordinal(e: &Expr, n: usize, star: bool) -> Option<usize> {
 /// LIMIT and OFFSET of a query run on several shards (applied after merging): numbers or
 /// parameters.
 pub(super) fn window_of(q: &Query) -> Result<(Option<Operand>, Option<Operand>), String> {
-    let Some(clause) = &q.limit_clause else {
-        return Ok((None, None));
-    };
-    let LimitClause::LimitOffset {
-        limit,
-        offset,
-        limit_by,
-    } = clause
-    else {
-        return Err("this LIMIT form across shards is not supported".into());
-    };
-    if !limit_by.is_empty() {
-        return Err("this LIMIT form across shards is not supported".into());
-    }
     let value = |e: Option<&Expr>, what: &str| match e.map(operand) {
         None | Some(Some(Operand::Null)) => Ok(None),
         Some(Some(o)) => Ok(Some(o)),
         Some(None) => Err(format!("{what} across shards must be a number or a parameter")),
     };
-    Ok((
-        value(limit.as_ref(), "LIMIT")?,
-        value(offset.as_ref().map(|o| &o.value), "OFFSET")?,
-    ))
+    let (mut limit, offset) = match &q.limit_clause {
+        None => (None, None),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => (
+            value(limit.as_ref(), "LIMIT")?,
+            value(offset.as_ref().map(|o| &o.value), "OFFSET")?,
+        ),
+        Some(_) => return Err("this LIMIT form across shards is not supported".into()),
+    };
+    // FETCH FIRST n ROWS ONLY is LIMIT n (one row when n is left out).
+    if let Some(f) = &q.fetch {
+        if f.with_ties || f.percent {
+            return Err("FETCH FIRST ... WITH TIES or PERCENT across shards is not supported; use LIMIT".into());
+        }
+        if limit.is_some() {
+            return Err("LIMIT and FETCH FIRST together are not supported".into());
+        }
+        limit = match &f.quantity {
+            None => Some(Operand::Lit("1".into())),
+            Some(e) => value(Some(e), "FETCH FIRST")?,
+        };
+    }
+    Ok((limit, offset))
 }
 
 /// The shards' LIMIT: the client's LIMIT raised by its OFFSET (the rows before the offset may

@@ -181,6 +181,7 @@ fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, Strin
     let (limit, offset) = window_of(q)?;
     let mut shard_q = q.clone();
     shard_q.limit_clause = None;
+    shard_q.fetch = None;
     let mut params = renumber_params(&mut shard_q);
     let mut sql = shard_q.to_string();
     if !distinct {
