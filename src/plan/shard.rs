@@ -389,11 +389,15 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
                 Some(Operand::Null) => "null".into(),
             };
             format!(
-                "scatter {} merge cols=[{}] grouped={}{} order=[{}] limit={} offset={}\n  each shard runs: {}",
+                "scatter {} merge cols=[{}] grouped={}{}{} order=[{}] limit={} offset={}\n  each shard runs: {}",
                 names(shards),
                 cols.join(", "),
                 merge.grouped,
                 if merge.having.is_some() { " having" } else { "" },
+                match merge.distinct_on {
+                    0 => String::new(),
+                    n => format!(" distinct_on={n}"),
+                },
                 order.join(", "),
                 op(&merge.limit),
                 op(&merge.offset),

@@ -144,6 +144,7 @@ mod tests {
             order,
             limit: None,
             offset: None,
+            distinct_on: 0,
             literal_shaped: false,
         }
     }

@@ -292,6 +292,13 @@ fn read_corpus() -> Vec<String> {
              SELECT b.total, c.region FROM big b, users u JOIN c ON c.code = u.country WHERE u.id = {k}"
         ));
     }
+    // DISTINCT ON: the first row of each key over every shard.
+    q.push("SELECT DISTINCT ON (status) status, id, amount FROM orders ORDER BY status, amount DESC, id".into());
+    q.push(
+        "SELECT DISTINCT ON (country) country, id, score FROM users ORDER BY country, score, id LIMIT 5 OFFSET 2"
+            .into(),
+    );
+    q.push("SELECT DISTINCT ON (kind) kind, weight, id FROM events ORDER BY kind DESC, weight NULLS FIRST, id".into());
     // FETCH FIRST, as LIMIT.
     q.push("SELECT id, name FROM users ORDER BY id OFFSET 7 ROWS FETCH FIRST 12 ROWS ONLY".into());
     q.push("SELECT id FROM users WHERE score > 90 ORDER BY score DESC, id FETCH FIRST ROW ONLY".into());
@@ -345,6 +352,7 @@ const REFUSED: &[&str] = &[
     "SELECT 'x' AS label, count(DISTINCT score) FROM users",
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
     "SELECT id FROM users ORDER BY score FETCH FIRST 3 ROWS WITH TIES",
+    "SELECT DISTINCT ON (country) country, id FROM users",
     "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
     "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
     "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",

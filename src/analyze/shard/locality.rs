@@ -38,3 +38,24 @@ pub(super) fn literal_in<T: sqlparser::ast::Visit>(node: &T) -> bool {
     })
     .is_break()
 }
+
+/// DISTINCT ON across shards: the number of leading ORDER BY keys it names (0 without it). The
+/// merge keeps the first row of each key in the merged order, which is one database's answer when
+/// the ORDER BY starts with the DISTINCT ON expressions (PostgreSQL requires it) and rows are not
+/// grouped across shards first.
+pub(super) fn distinct_on_keys(q: &Query, sel: &Select, grouped: bool) -> Result<usize, &'static str> {
+    let Some(Distinct::On(on)) = &sel.distinct else {
+        return Ok(0);
+    };
+    if grouped {
+        return Err("DISTINCT ON with aggregates or GROUP BY across shards is not supported");
+    }
+    let leading = match q.order_by.as_ref().map(|o| &o.kind) {
+        Some(OrderByKind::Expressions(e)) => e,
+        _ => return Err("DISTINCT ON across shards needs an ORDER BY that starts with its expressions"),
+    };
+    if leading.len() < on.len() || on.iter().zip(leading).any(|(a, b)| strip(a) != strip(&b.expr)) {
+        return Err("DISTINCT ON across shards needs an ORDER BY that starts with its expressions");
+    }
+    Ok(on.len())
+}

@@ -66,6 +66,9 @@ pub struct Merge {
     pub limit: Option<Operand>,
     /// OFFSET applied after merging.
     pub offset: Option<Operand>,
+    /// `DISTINCT ON` over the first this many ORDER BY keys (0: none): each shard sends its first
+    /// row per key, and the merge keeps the first of each key over every shard.
+    pub distinct_on: usize,
     /// Made from a text whose literals were taken out as parameters
     /// ([`crate::analyze::fingerprint::parameterize`]), and one of them stands where a literal
     /// decides the result's shape (the select list, GROUP BY, ORDER BY, HAVING, DISTINCT: a
@@ -137,9 +140,6 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         t
     };
     let refuse = |rule: &str| Err(format!("{rule} (tables {})", tables.join(", ")));
-    if matches!(sel.distinct, Some(Distinct::On(_))) {
-        return refuse("DISTINCT ON across shards is not supported");
-    }
     let mut shard_sel = sel.clone();
     let mut cols: Vec<ColKind> = Vec::new();
     let mut hidden: Vec<(SelectItem, ColKind)> = Vec::new();
@@ -412,6 +412,10 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     if !grouped_merge && !distinct {
         push_limit(&mut sql, &limit, &offset, &mut params);
     }
+    let distinct_on = match distinct_on_keys(q, sel, grouped_merge) {
+        Ok(n) => n,
+        Err(why) => return refuse(why),
+    };
     Ok(Merge {
         sql,
         params,
@@ -423,6 +427,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         order,
         limit,
         offset,
+        distinct_on,
         literal_shaped: literal_in(&sel.projection)
             || literal_in(&sel.group_by)
             || literal_in(&q.order_by)

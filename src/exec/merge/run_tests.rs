@@ -115,6 +115,7 @@ fn merge(visible: usize, cols: Vec<ColKind>, grouped: bool, order: Vec<SortKey>)
         order,
         limit: None,
         offset: None,
+        distinct_on: 0,
         literal_shaped: false,
     }
 }
@@ -485,4 +486,60 @@ fn failures_say_whose_they_are() {
     ));
     assert!(matches!(r, Err(Failure::Unmergeable(_))), "{r:?}");
     assert!(client.rows.is_empty());
+}
+
+#[test]
+fn distinct_on_keeps_the_first_row_of_each_key_over_every_shard() {
+    // SELECT DISTINCT ON (a) a, b ... ORDER BY a, b: each shard sends its first row per a.
+    let mut m = merge(
+        2,
+        vec![ColKind::Plain, ColKind::Plain],
+        false,
+        vec![key(0, false, false), key(1, false, false)],
+    );
+    m.distinct_on = 1;
+    let shards = || {
+        vec![
+            shard(&[
+                &[Some("1"), Some("5")],
+                &[Some("2"), Some("1")],
+                &[Some("3"), Some("9")],
+                &[None, Some("7")],
+            ]),
+            shard(&[
+                &[Some("1"), Some("2")],
+                &[Some("3"), Some("4")],
+                &[Some("4"), Some("0")],
+                &[None, Some("3")],
+            ]),
+        ]
+    };
+    let mut all = shards();
+    let mut client = Client::default();
+    block_on(run(
+        &mut all,
+        &m,
+        &Text("ii"),
+        &NoParams,
+        Window::default(),
+        &mut client,
+    ))
+    .unwrap();
+    // NULL keys are one key, as in DISTINCT ON; NULLs sort last ascending.
+    assert_eq!(
+        texts(&client),
+        [["1", "2"], ["2", "1"], ["3", "4"], ["4", "0"], ["NULL", "3"]]
+    );
+    let mut all = shards();
+    let mut client = Client::default();
+    let window = Window {
+        limit: Some(2),
+        offset: 1,
+    };
+    block_on(run(&mut all, &m, &Text("ii"), &NoParams, window, &mut client)).unwrap();
+    assert_eq!(
+        texts(&client),
+        [["2", "1"], ["3", "4"]],
+        "the window counts keys, not rows"
+    );
 }

@@ -1,5 +1,6 @@
 //! Rows merged as they stream: shard results concatenated, or interleaved by ORDER BY keeping one
-//! pending row per shard, with LIMIT stopping early (the rest of the shards' rows are never read).
+//! pending row per shard, with LIMIT stopping early (the rest of the shards' rows are never read),
+//! and DISTINCT ON keeping the first row of each key.
 
 use bytes::Bytes;
 
@@ -61,6 +62,10 @@ pub async fn stream<S: RowSource, K: RowSink>(
         }
         return Ok(sent);
     }
+    // DISTINCT ON: the key of the last row taken; a row with the same key comes after it in the
+    // merged order and is not the first of its key.
+    let on = m.distinct_on.min(m.order.len());
+    let mut last_on: Option<Vec<Value>> = None;
     let mut heads: Vec<Option<KeyedRow>> = Vec::with_capacity(sources.len());
     for source in sources.iter_mut() {
         heads.push(keyed(source, m, cells).await?);
@@ -79,14 +84,26 @@ pub async fn stream<S: RowSource, K: RowSink>(
             };
         }
         let Some(b) = best else { return Ok(sent) };
-        let (_, row) = heads[b].take().unwrap_or_default();
-        if skipped < window.offset {
-            skipped += 1;
-        } else {
-            sink.row(&row, m.visible).await.map_err(Failure::Sink)?;
-            sent += 1;
-            if done(sent) {
-                return Ok(sent);
+        let (keys, row) = heads[b].take().unwrap_or_default();
+        let first_of_key = on == 0
+            || match &last_on {
+                Some(prev) => !cmp_keys(&keys[..on], prev, &m.order[..on])
+                    .map_err(|e| Failure::Unmergeable(e.to_string()))?
+                    .is_eq(),
+                None => true,
+            };
+        if first_of_key {
+            if on > 0 {
+                last_on = Some(keys[..on].to_vec());
+            }
+            if skipped < window.offset {
+                skipped += 1;
+            } else {
+                sink.row(&row, m.visible).await.map_err(Failure::Sink)?;
+                sent += 1;
+                if done(sent) {
+                    return Ok(sent);
+                }
             }
         }
         heads[b] = keyed(&mut sources[b], m, cells).await?;
