@@ -144,6 +144,7 @@ mod tests {
             order,
             limit: None,
             offset: None,
+            exprs: Vec::new(),
             distinct_on: 0,
             literal_shaped: false,
         }

@@ -300,7 +300,8 @@ impl Session {
         let mut out_fields: Vec<Field> = shard_fields.iter().take(m.visible).cloned().collect();
         for (i, f) in out_fields.iter_mut().enumerate() {
             match m.cols[i] {
-                ColKind::Count | ColKind::Sum => f.format = client_format(i),
+                // An expression over aggregates keeps the type the shards gave it.
+                ColKind::Count | ColKind::Sum | ColKind::Expr(_) => f.format = client_format(i),
                 // The shards sent the counted expression itself: the client sees count's bigint.
                 ColKind::CountDistinct => {
                     f.format = client_format(i);

@@ -114,6 +114,14 @@ pub fn encode(type_oid: u32, format: i16, v: &Value) -> Result<Option<Vec<u8>>, 
     if *v == Value::Null {
         return Ok(None);
     }
+    // A merged value computed for an integer column of a narrower type (an expression over
+    // aggregates): out of its range is PostgreSQL's error, never a truncated number.
+    if let Value::Int(i) = v
+        && ((type_oid == oid::INT4 && i32::try_from(*i).is_err())
+            || (type_oid == oid::INT2 && i16::try_from(*i).is_err()))
+    {
+        return Err(format!("integer out of range ({i}) for type oid {type_oid}"));
+    }
     if format == 0 {
         return Ok(Some(
             match v {

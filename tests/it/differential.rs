@@ -292,6 +292,19 @@ fn read_corpus() -> Vec<String> {
              SELECT b.total, c.region FROM big b, users u JOIN c ON c.code = u.country WHERE u.id = {k}"
         ));
     }
+    // Expressions over aggregates, computed from the merged aggregates with PostgreSQL's types.
+    q.push("SELECT sum(score) + 1 FROM users".into());
+    // Shards without a matching row would divide by zero computing it themselves.
+    q.push(
+        "SELECT count(*) / count(*) AS one, sum(score) * 1.0 / count(*) AS mean FROM users WHERE id = 5 OR score = -1"
+            .into(),
+    );
+    q.push("SELECT status, sum(amount) / count(*) AS mean, round(avg(amount), 2) AS r, max(amount) - min(amount) AS spread FROM orders GROUP BY status ORDER BY status".into());
+    q.push("SELECT country, count(*) * 100 / 3000 AS pct_int, sum(score) / count(*) AS int_div FROM users GROUP BY country ORDER BY country".into());
+    q.push("SELECT sum(amount)::float8 / count(*) AS f, round(sum(amount) * 1.5, 1) AS m, -max(score) AS neg FROM orders, users WHERE users.id = orders.user_id".into());
+    q.push("SELECT kind, round(avg(weight)) AS r0, (sum(weight) + 1) / count(weight) AS per FROM events GROUP BY kind ORDER BY r0 DESC, kind".into());
+    q.push("SELECT round(sum(amount) / count(*), 3), count(*)::float8 / 7 FROM orders WHERE id < 0".into());
+    q.push("SELECT round(sum(amount) / count(*), 3) AS r3, (count(*) + 2)::float8 / 7 AS f FROM orders".into());
     // DISTINCT ON: the first row of each key over every shard.
     q.push("SELECT DISTINCT ON (status) status, id, amount FROM orders ORDER BY status, amount DESC, id".into());
     q.push(
@@ -353,6 +366,8 @@ const REFUSED: &[&str] = &[
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
     "SELECT id FROM users ORDER BY score FETCH FIRST 3 ROWS WITH TIES",
     "SELECT DISTINCT ON (country) country, id FROM users",
+    "SELECT status, sum(amount) / count(DISTINCT user_id) FROM orders GROUP BY status",
+    "SELECT sum(amount) FILTER (WHERE amount > 5) * 2 FROM orders",
     "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
     "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
     "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",
@@ -370,7 +385,6 @@ const REFUSED: &[&str] = &[
     "UPDATE users SET id = id + 1 WHERE id = 5",
     "INSERT INTO users (name) VALUES ('nokey')",
     "INSERT INTO users SELECT * FROM users",
-    "SELECT sum(score) + 1 FROM users",
     "WITH x AS (SELECT id FROM users) SELECT count(*) FROM x",
 ];
 

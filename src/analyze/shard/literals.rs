@@ -52,6 +52,7 @@ impl Merge {
             one_row: self.one_row,
             limit,
             offset,
+            exprs: self.exprs.clone(),
             distinct_on: self.distinct_on,
             literal_shaped: false,
         })

@@ -25,6 +25,9 @@ pub enum ColKind {
     /// COUNT(DISTINCT x), sent as `x` with the shards grouping by it as well: the merge counts
     /// the distinct non-null values over every shard's groups.
     CountDistinct,
+    /// An expression over aggregates ([`Merge::exprs`] at this index): computed by the merge
+    /// from hidden aggregate columns; the shards' own value only gives the column its type.
+    Expr(usize),
 }
 
 /// One ORDER BY key over the merged result.
@@ -66,6 +69,8 @@ pub struct Merge {
     pub limit: Option<Operand>,
     /// OFFSET applied after merging.
     pub offset: Option<Operand>,
+    /// Expressions over aggregates, for [`ColKind::Expr`] columns.
+    pub exprs: Vec<AggExpr>,
     /// `DISTINCT ON` over the first this many ORDER BY keys (0: none): each shard sends its first
     /// row per key, and the merge keeps the first of each key over every shard.
     pub distinct_on: usize,
@@ -155,6 +160,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     let mut having = None;
     // The argument of COUNT(DISTINCT ...), if any: the shards group by it too.
     let mut distinct_arg: Option<Expr> = None;
+    let mut exprs: Vec<AggExpr> = Vec::new();
     let any_aggregate = sel.projection.iter().any(|i| !calls(i).0.is_empty()) || sel.having.is_some();
     if let Some(o) = &q.order_by
         && calls(o).1
@@ -196,11 +202,46 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             continue;
         }
         any_agg = true;
-        let Expr::Function(f) = strip(expr) else {
-            return refuse(
-                "an expression over aggregates across shards is not supported; select the aggregates and compute in the application",
-            );
+        // A bare aggregate, also under casts (each shard's cast value merges as the aggregate
+        // does), except AVG, whose cast applies to the quotient the merge computes.
+        let mut bare = expr;
+        while let Expr::Nested(x) = bare {
+            bare = x;
+        }
+        let f = match (bare, strip(expr)) {
+            (Expr::Function(f), _) | (Expr::Cast { .. }, Expr::Function(f))
+                if f.over.is_none()
+                    && is_aggregate_name(&func_name(f))
+                    && (matches!(bare, Expr::Function(_)) || func_name(f) != "avg") =>
+            {
+                f
+            }
+            _ => {
+                // The shards compute the expression over their rows (for its type); the merge
+                // recomputes it from the aggregates, carried in hidden columns.
+                let mut add = |f: &Function| hidden_aggregate(f, n, &mut hidden);
+                match agg_expr(expr, &mut add) {
+                    Ok(e) => {
+                        // Computed on the shards only for its type and name: under a CASE that
+                        // never runs it, so a shard whose own rows would make it fail (a count of
+                        // zero divided by) cannot fail the statement.
+                        let alias = match &sel.projection[i] {
+                            SelectItem::ExprWithAlias { alias, .. } => alias.clone(),
+                            _ => Ident::with_quote('"', column_name(expr).0),
+                        };
+                        shard_sel.projection[i] = SelectItem::ExprWithAlias {
+                            expr: never_evaluated(expr),
+                            alias,
+                        };
+                        cols.push(ColKind::Expr(exprs.len()));
+                        exprs.push(e);
+                        continue;
+                    }
+                    Err(why) => return refuse(&why),
+                }
+            }
         };
+
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct));
         if f.filter.is_some() {
             return refuse("aggregates with FILTER across shards are not supported unless grouped by the shard key");
@@ -367,6 +408,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
                         | ColKind::Max
                         | ColKind::Avg { .. }
                         | ColKind::CountDistinct
+                        | ColKind::Expr(_)
                 )
             {
                 return refuse("ORDER BY on this column across shards is not supported");
@@ -427,6 +469,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         order,
         limit,
         offset,
+        exprs,
         distinct_on,
         literal_shaped: literal_in(&sel.projection)
             || literal_in(&sel.group_by)
@@ -434,6 +477,29 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             || literal_in(&sel.having)
             || literal_in(&sel.distinct),
     })
+}
+
+/// An aggregate inside an expression over aggregates as hidden columns (AVG as its sum and
+/// count); the index of the column whose merged value is the aggregate's.
+fn hidden_aggregate(f: &Function, n: usize, hidden: &mut Vec<(SelectItem, ColKind)>) -> Result<usize, String> {
+    let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some());
+    if distinct || f.filter.is_some() || !f.within_group.is_empty() {
+        return Err("an expression over aggregates with DISTINCT or FILTER across shards is not supported".into());
+    }
+    if let FunctionArguments::List(l) = &f.args
+        && l.args.len() != 1
+    {
+        return Err("aggregates with several arguments across shards are not supported".into());
+    }
+    let at = n + hidden.len();
+    match mergeable(f)? {
+        Mergeable::Kind(kind) => hidden.push((SelectItem::UnnamedExpr(Expr::Function(f.clone())), kind)),
+        Mergeable::Avg { sum, count } => {
+            hidden.push((SelectItem::UnnamedExpr(*sum), ColKind::Avg { count_col: at + 1 }));
+            hidden.push((SelectItem::UnnamedExpr(*count), ColKind::Count));
+        }
+    }
+    Ok(at)
 }
 
 /// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.

@@ -20,6 +20,7 @@ use std::ops::ControlFlow;
 
 use crate::shardmap::{ShardMap, TableRule};
 
+mod agg_expr;
 mod aggregates;
 mod columns;
 mod copy_options;
@@ -37,6 +38,8 @@ mod subquery;
 mod tables;
 mod union;
 
+pub use agg_expr::{AggExpr, Arith, CastTo};
+use agg_expr::{agg_expr, column_name, never_evaluated};
 use aggregates::*;
 pub use columns::{with_columns, with_rows};
 use copy_options::*;

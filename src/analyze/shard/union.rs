@@ -200,6 +200,7 @@ fn union_merge(q: &Query, first: &Select, distinct: bool) -> Result<Merge, Strin
         offset,
         // Each branch's select list shapes the result: any literal taken out of the text
         // sends the statement to the exact text's plan.
+        exprs: Vec::new(),
         distinct_on: 0,
         literal_shaped: super::locality::literal_in(q),
     })

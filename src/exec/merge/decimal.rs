@@ -122,6 +122,44 @@ impl Decimal {
     pub fn to_f64(self) -> f64 {
         self.mant as f64 / 10f64.powi(self.scale as i32)
     }
+
+    /// The nearest double, as PostgreSQL converts numeric to double precision (through its
+    /// text, correctly rounded).
+    pub fn to_f64_exact(self) -> f64 {
+        self.to_string().parse().unwrap_or(f64::NAN)
+    }
+
+    /// Exact product, at the sum of the scales (PostgreSQL's numeric multiplication).
+    pub fn checked_mul(self, o: Decimal) -> Result<Decimal, Overflow> {
+        Ok(Decimal {
+            mant: self.mant.checked_mul(o.mant).ok_or(Overflow)?,
+            scale: self.scale.checked_add(o.scale).ok_or(Overflow)?,
+        })
+    }
+
+    /// Rounded half away from zero to `digits` after the point (tens, hundreds... when negative),
+    /// shown with `max(digits, 0)` of them, as PostgreSQL's `round(numeric, int)`.
+    pub fn round_to(self, digits: i32) -> Result<Decimal, Overflow> {
+        let shown = digits.max(0) as u32;
+        if digits >= self.scale as i32 {
+            return Ok(Decimal {
+                mant: self.rescale(shown)?,
+                scale: shown,
+            });
+        }
+        // Drop (scale - digits) digits, rounding half away from zero.
+        let drop = (self.scale as i64 - digits as i64) as u32;
+        let unit = pow10(drop)?;
+        let (q, r) = (self.mant / unit, self.mant % unit);
+        let q = if r.abs() * 2 >= unit { q + r.signum() } else { q };
+        // q counts units of 10^-digits; shown at scale max(digits, 0).
+        let mant = if digits < 0 {
+            q.checked_mul(pow10((-digits) as u32)?).ok_or(Overflow)?
+        } else {
+            q
+        };
+        Ok(Decimal { mant, scale: shown })
+    }
 }
 
 impl PartialOrd for Decimal {

@@ -101,6 +101,10 @@ pub(super) fn group_value(m: &Merge, cells: &impl Cells, g: &Group, i: usize) ->
         Some(ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max) => Ok(g.acc[i].clone()),
         Some(ColKind::Avg { count_col }) => average(&g.acc[i], &g.acc[*count_col]).map_err(|e| e.to_string()),
         Some(ColKind::CountDistinct) => Ok(Value::Int(g.distinct.len() as i64)),
+        Some(ColKind::Expr(k)) => {
+            let e = m.exprs.get(*k).ok_or("an expression over aggregates is missing")?;
+            super::expr::eval(e, &mut |c| group_value(m, cells, g, c)).map_err(|e| e.to_string())
+        }
         _ => cells.decode(i, g.cells.get(i).and_then(|c| c.as_deref())),
     }
 }
@@ -156,7 +160,7 @@ pub async fn grouped<S: RowSource, K: RowSink>(
         for i in 0..m.visible {
             if matches!(
                 m.cols[i],
-                ColKind::Count | ColKind::Sum | ColKind::Avg { .. } | ColKind::CountDistinct
+                ColKind::Count | ColKind::Sum | ColKind::Avg { .. } | ColKind::CountDistinct | ColKind::Expr(_)
             ) {
                 let v = group_value(m, cells, &g, i).map_err(unmergeable)?;
                 g.cells[i] = cells.encode(i, &v).map_err(unmergeable)?;

@@ -5,6 +5,7 @@
 //! plan of what to merge is [`crate::analyze::shard::Merge`]; [`run`] merges shard streams.
 
 pub mod decimal;
+mod expr;
 mod groups;
 mod having;
 #[cfg(test)]
@@ -147,7 +148,7 @@ pub fn combine(kind: ColKind, a: &Value, b: &Value) -> Result<(Value, bool), Mer
             (if replace { b.clone() } else { a.clone() }, replace)
         }
         // Counted from the distinct values a group collects (see `groups`), not combined.
-        ColKind::Plain | ColKind::CountDistinct => (a.clone(), false),
+        ColKind::Plain | ColKind::CountDistinct | ColKind::Expr(_) => (a.clone(), false),
     })
 }
 

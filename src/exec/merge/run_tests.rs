@@ -115,6 +115,7 @@ fn merge(visible: usize, cols: Vec<ColKind>, grouped: bool, order: Vec<SortKey>)
         order,
         limit: None,
         offset: None,
+        exprs: Vec::new(),
         distinct_on: 0,
         literal_shaped: false,
     }
