@@ -5,13 +5,11 @@
 //! to a shard is dropped, every valid change is served by both instances within one second, every
 //! invalid one leaves both serving the map they had.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Etcd, admin, cluster_config, version};
 use crate::harness::{Proxy, rand_suffix};
-use crate::map_churn::proxy_pids;
+use crate::map_churn::{Load, proxy_pids};
 use crate::shards::{MAP, sharded};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,50 +41,11 @@ async fn fifty_changes_through_two_instances_and_etcd_cost_clients_nothing() {
             .unwrap();
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (errors, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for kind in 0..4u32 {
-        let c = if kind % 2 == 0 { a.app().await } else { b.app().await };
-        let (stop, errors, done) = (stop.clone(), errors.clone(), done.clone());
-        load.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut k = kind as i64;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                k = k % 60 + 1;
-                let r = match kind {
-                    0 => c
-                        .simple_query(&format!("UPDATE users SET score = score + 1 WHERE id = {k}"))
-                        .await
-                        .map(|_| ()),
-                    1 => c
-                        .query_one("SELECT name FROM users WHERE id = $1", &[&k])
-                        .await
-                        .map(|_| ()),
-                    2 => {
-                        let other = (k + 29) % 60 + 1;
-                        async {
-                            c.batch_execute("BEGIN").await?;
-                            c.execute("UPDATE users SET score = score - 1 WHERE id = $1", &[&k])
-                                .await?;
-                            c.execute("UPDATE users SET score = score + 1 WHERE id = $1", &[&other])
-                                .await?;
-                            c.batch_execute("COMMIT").await
-                        }
-                        .await
-                    }
-                    _ => c.query_one("SELECT count(*) FROM users", &[]).await.map(|_| ()),
-                };
-                match r {
-                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("client {kind}: {e:?}");
-                        errors.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        clients.push(if i % 2 == 0 { a.app().await } else { b.app().await });
     }
+    let load = Load::start(clients);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut before = Vec::new();
     for d in &direct {
@@ -161,13 +120,9 @@ async fn fifty_changes_through_two_instances_and_etcd_cost_clients_nothing() {
             refused += 1;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    let statements = done.load(Ordering::Relaxed);
+    let (statements, errors) = load.stop().await;
     eprintln!("{valid} changes applied, {refused} refused, {statements} client statements");
-    assert_eq!(errors.load(Ordering::Relaxed), 0, "client errors");
+    assert_eq!(errors, 0, "client errors");
     assert!(statements > 200, "the load ran throughout ({statements} statements)");
     assert_eq!(a.shared.runtime.load().config.map, b.shared.runtime.load().config.map);
     for (s, d) in direct.iter().enumerate() {

@@ -55,51 +55,11 @@ async fn fifty_changes_under_load_cost_clients_nothing() {
     }
 
     // The load: single statements in both protocols, transactions over two shards, scatters.
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut load = Vec::new();
-    for kind in 0..4u32 {
-        let c = proxy.app().await;
-        let (stop, errors, done) = (stop.clone(), errors.clone(), done.clone());
-        load.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut k = kind as i64;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                k = k % 60 + 1;
-                let r = match kind {
-                    0 => c
-                        .simple_query(&format!("UPDATE users SET score = score + 1 WHERE id = {k}"))
-                        .await
-                        .map(|_| ()),
-                    1 => c
-                        .query_one("SELECT name FROM users WHERE id = $1", &[&k])
-                        .await
-                        .map(|_| ()),
-                    2 => {
-                        let other = (k + 29) % 60 + 1;
-                        let tx = async {
-                            c.batch_execute("BEGIN").await?;
-                            c.execute("UPDATE users SET score = score - 1 WHERE id = $1", &[&k])
-                                .await?;
-                            c.execute("UPDATE users SET score = score + 1 WHERE id = $1", &[&other])
-                                .await?;
-                            c.batch_execute("COMMIT").await
-                        };
-                        tx.await
-                    }
-                    _ => c.query_one("SELECT count(*) FROM users", &[]).await.map(|_| ()),
-                };
-                match r {
-                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("client {kind}: {e:?}");
-                        errors.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(proxy.app().await);
     }
+    let load = Load::start(clients);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut before = Vec::new();
     for d in &direct {
@@ -181,13 +141,9 @@ async fn fifty_changes_under_load_cost_clients_nothing() {
             refused += 1;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    let statements = done.load(Ordering::Relaxed);
+    let (statements, errors) = load.stop().await;
     eprintln!("{valid} changes applied, {refused} refused, {statements} client statements");
-    assert_eq!(errors.load(Ordering::Relaxed), 0, "client errors");
+    assert_eq!(errors, 0, "client errors");
     assert!(statements > 200, "the load ran throughout ({statements} statements)");
     for (s, d) in direct.iter().enumerate() {
         let after = proxy_pids(d, &since).await;
@@ -202,4 +158,76 @@ async fn fifty_changes_under_load_cost_clients_nothing() {
     // run: DDL on the group waits for that).
     admin.simple_query("SET PARTITION users 5 STATE serving").await.unwrap();
     setup.batch_execute("DROP TABLE users").await.unwrap();
+}
+
+/// Four clients over `users` (ids 1-60): a simple-protocol UPDATE, an extended-protocol SELECT,
+/// a transaction over two shards and a scatter count, each in a loop until stopped (at most 120 s).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    errors: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(clients: Vec<tokio_postgres::Client>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (errors, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut tasks = Vec::new();
+        for (kind, c) in clients.into_iter().enumerate() {
+            let (stop, errors, done) = (stop.clone(), errors.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut k = kind as i64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    k = k % 60 + 1;
+                    let r = match kind % 4 {
+                        0 => c
+                            .simple_query(&format!("UPDATE users SET score = score + 1 WHERE id = {k}"))
+                            .await
+                            .map(|_| ()),
+                        1 => c
+                            .query_one("SELECT name FROM users WHERE id = $1", &[&k])
+                            .await
+                            .map(|_| ()),
+                        2 => {
+                            let other = (k + 29) % 60 + 1;
+                            async {
+                                c.batch_execute("BEGIN").await?;
+                                c.execute("UPDATE users SET score = score - 1 WHERE id = $1", &[&k])
+                                    .await?;
+                                c.execute("UPDATE users SET score = score + 1 WHERE id = $1", &[&other])
+                                    .await?;
+                                c.batch_execute("COMMIT").await
+                            }
+                            .await
+                        }
+                        _ => c.query_one("SELECT count(*) FROM users", &[]).await.map(|_| ()),
+                    };
+                    match r {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            eprintln!("client {kind}: {e:?}");
+                            errors.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            }));
+        }
+        Load {
+            stop,
+            errors,
+            done,
+            tasks,
+        }
+    }
+
+    /// Stops the clients: the statements they completed, and the errors they saw.
+    pub async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (self.done.load(Ordering::Relaxed), self.errors.load(Ordering::Relaxed))
+    }
 }

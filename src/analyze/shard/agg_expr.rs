@@ -175,3 +175,30 @@ pub(super) fn column_name(e: &Expr) -> (String, u8) {
         _ => ("?column?".into(), 0),
     }
 }
+
+/// An aggregate inside an expression over aggregates as hidden columns (AVG as its sum and
+/// count); the index of the column whose merged value is the aggregate's.
+pub(super) fn hidden_aggregate(
+    f: &Function,
+    n: usize,
+    hidden: &mut Vec<(SelectItem, ColKind)>,
+) -> Result<usize, String> {
+    let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some());
+    if distinct || f.filter.is_some() || !f.within_group.is_empty() {
+        return Err("an expression over aggregates with DISTINCT or FILTER across shards is not supported".into());
+    }
+    if let FunctionArguments::List(l) = &f.args
+        && l.args.len() != 1
+    {
+        return Err("aggregates with several arguments across shards are not supported".into());
+    }
+    let at = n + hidden.len();
+    match mergeable(f)? {
+        Mergeable::Kind(kind) => hidden.push((SelectItem::UnnamedExpr(Expr::Function(f.clone())), kind)),
+        Mergeable::Avg { sum, count } => {
+            hidden.push((SelectItem::UnnamedExpr(*sum), ColKind::Avg { count_col: at + 1 }));
+            hidden.push((SelectItem::UnnamedExpr(*count), ColKind::Count));
+        }
+    }
+    Ok(at)
+}

@@ -479,29 +479,6 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     })
 }
 
-/// An aggregate inside an expression over aggregates as hidden columns (AVG as its sum and
-/// count); the index of the column whose merged value is the aggregate's.
-fn hidden_aggregate(f: &Function, n: usize, hidden: &mut Vec<(SelectItem, ColKind)>) -> Result<usize, String> {
-    let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some());
-    if distinct || f.filter.is_some() || !f.within_group.is_empty() {
-        return Err("an expression over aggregates with DISTINCT or FILTER across shards is not supported".into());
-    }
-    if let FunctionArguments::List(l) = &f.args
-        && l.args.len() != 1
-    {
-        return Err("aggregates with several arguments across shards are not supported".into());
-    }
-    let at = n + hidden.len();
-    match mergeable(f)? {
-        Mergeable::Kind(kind) => hidden.push((SelectItem::UnnamedExpr(Expr::Function(f.clone())), kind)),
-        Mergeable::Avg { sum, count } => {
-            hidden.push((SelectItem::UnnamedExpr(*sum), ColKind::Avg { count_col: at + 1 }));
-            hidden.push((SelectItem::UnnamedExpr(*count), ColKind::Count));
-        }
-    }
-    Ok(at)
-}
-
 /// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.
 pub(super) fn plain_is_grouped(item: &SelectItem, group: &[Expr], i: usize) -> bool {
     let e = match item {

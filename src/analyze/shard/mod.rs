@@ -39,7 +39,7 @@ mod tables;
 mod union;
 
 pub use agg_expr::{AggExpr, Arith, CastTo};
-use agg_expr::{agg_expr, column_name, never_evaluated};
+use agg_expr::{agg_expr, column_name, hidden_aggregate, never_evaluated};
 use aggregates::*;
 pub use columns::{with_columns, with_rows};
 use copy_options::*;
