@@ -294,6 +294,13 @@ fn read_corpus() -> Vec<String> {
     }
     // Expressions over aggregates, computed from the merged aggregates with PostgreSQL's types.
     q.push("SELECT sum(score) + 1 FROM users".into());
+    // FILTER: each shard aggregates its own rows that pass it.
+    q.push("SELECT status, count(*) FILTER (WHERE amount > 250) AS big, sum(amount) FILTER (WHERE user_id < 100) AS few, avg(amount) FILTER (WHERE amount < 50) AS small FROM orders GROUP BY status ORDER BY status".into());
+    q.push("SELECT count(*) FILTER (WHERE score > 50) * 100 / count(*) AS pct, max(score) FILTER (WHERE country = 'fr') FROM users".into());
+    q.push(
+        "SELECT country FROM users GROUP BY country HAVING count(*) FILTER (WHERE score > 90) > 5 ORDER BY country"
+            .into(),
+    );
     // Shards without a matching row would divide by zero computing it themselves.
     q.push(
         "SELECT count(*) / count(*) AS one, sum(score) * 1.0 / count(*) AS mean FROM users WHERE id = 5 OR score = -1"
@@ -367,7 +374,7 @@ const REFUSED: &[&str] = &[
     "SELECT id FROM users ORDER BY score FETCH FIRST 3 ROWS WITH TIES",
     "SELECT DISTINCT ON (country) country, id FROM users",
     "SELECT status, sum(amount) / count(DISTINCT user_id) FROM orders GROUP BY status",
-    "SELECT sum(amount) FILTER (WHERE amount > 5) * 2 FROM orders",
+    "SELECT count(DISTINCT user_id) FILTER (WHERE amount > 5) FROM orders",
     "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
     "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
     "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",

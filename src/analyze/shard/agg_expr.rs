@@ -184,8 +184,10 @@ pub(super) fn hidden_aggregate(
     hidden: &mut Vec<(SelectItem, ColKind)>,
 ) -> Result<usize, String> {
     let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some());
-    if distinct || f.filter.is_some() || !f.within_group.is_empty() {
-        return Err("an expression over aggregates with DISTINCT or FILTER across shards is not supported".into());
+    if distinct || !f.within_group.is_empty() {
+        return Err(
+            "an expression over aggregates with DISTINCT or WITHIN GROUP across shards is not supported".into(),
+        );
     }
     if let FunctionArguments::List(l) = &f.args
         && l.args.len() != 1

@@ -151,10 +151,7 @@ pub(super) fn having_term(
     let Expr::Function(f) = target else {
         return Err(format!("{e} must be a selected column or an aggregate"));
     };
-    if matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some())
-        || f.filter.is_some()
-        || f.over.is_some()
-    {
+    if matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some()) || f.over.is_some() {
         return Err(format!("{e} cannot be merged"));
     }
     match mergeable(f)? {

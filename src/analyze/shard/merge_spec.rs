@@ -243,8 +243,9 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         };
 
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct));
-        if f.filter.is_some() {
-            return refuse("aggregates with FILTER across shards are not supported unless grouped by the shard key");
+        // FILTER restricts the rows each shard aggregates, which merge as unfiltered ones do.
+        if f.filter.is_some() && distinct {
+            return refuse("count(DISTINCT ...) FILTER across shards is not supported unless grouped by the shard key");
         }
         if distinct {
             let arg = match (&f.args, func_name(f).as_str()) {
