@@ -253,6 +253,31 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
         },
         Shape::InsertNoColumns { table } => ShardPlan::NeedColumns { table: table.clone() },
         Shape::InsertSelect { select } => ShardPlan::InsertSelect { select: select.clone() },
+        Shape::CopyQuery {
+            group,
+            cond,
+            header,
+            plain,
+        } => {
+            let g = &map.groups[*group];
+            if let Some(s) = one_shard(cond, g, params) {
+                return ShardPlan::One(s);
+            }
+            let shards: Vec<ShardId> = shards_of(cond, g, params).into_iter().collect();
+            match shards[..] {
+                [] => ShardPlan::One(map.default_shard),
+                [one] => ShardPlan::One(one),
+                _ if !plain => ShardPlan::Refuse(
+                    "COPY (SELECT ...) TO STDOUT over several shards copies plain rows only (no ORDER BY, LIMIT, DISTINCT \
+                     or aggregates): filter by the shard key to stay on one shard, or run the SELECT itself"
+                        .into(),
+                ),
+                _ => ShardPlan::CopyOut {
+                    shards,
+                    header: *header,
+                },
+            }
+        }
         Shape::CopyOut { group, header } => ShardPlan::CopyOut {
             shards: map.groups[*group].holders().into_iter().collect(),
             header: *header,

@@ -662,6 +662,32 @@ async fn copy_to_stdout_streams_every_shard() {
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     assert_eq!(String::from_utf8(chunks.concat()).unwrap().lines().count(), 91);
     c.batch_execute("ROLLBACK").await.unwrap();
+    // COPY (SELECT ...): on the one shard its key condition names, or each shard's plain rows.
+    let copy = |sql: &'static str| {
+        let c = &c;
+        async move {
+            let chunks: Vec<bytes::Bytes> = c.copy_out(sql).await?.try_collect().await?;
+            Ok::<String, tokio_postgres::Error>(String::from_utf8(chunks.concat()).unwrap())
+        }
+    };
+    assert_eq!(
+        copy("COPY (SELECT id, name FROM users WHERE id = 7) TO STDOUT")
+            .await
+            .unwrap(),
+        "7\tu7\n"
+    );
+    let text = copy("COPY (SELECT id FROM users WHERE id > 80) TO STDOUT (FORMAT csv, HEADER)")
+        .await
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "id", "{text}");
+    let mut ids: Vec<i64> = lines[1..].iter().map(|l| l.parse().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (81..=90).collect::<Vec<i64>>());
+    let e = copy("COPY (SELECT id FROM users ORDER BY id) TO STDOUT")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("0A000"), "{e:?}");
     let e = c
         .batch_execute("COPY users TO STDOUT (FORMAT binary)")
         .await

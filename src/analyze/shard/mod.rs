@@ -128,6 +128,19 @@ pub enum Shape {
         /// CSV HEADER: only the first shard's header line is kept.
         header: bool,
     },
+    /// `COPY (SELECT ...) TO STDOUT` over a group's tables (text or CSV): on the one shard its key
+    /// conditions allow, or, for a plain selection of rows, each shard's rows in turn.
+    CopyQuery {
+        /// The group.
+        group: usize,
+        /// The SELECT's key condition.
+        cond: KeyCond,
+        /// CSV HEADER: only the first shard's header line is kept.
+        header: bool,
+        /// Rows as each shard selects them make the answer (no ORDER BY, LIMIT, DISTINCT or
+        /// aggregate to merge): the shards' outputs can be concatenated.
+        plain: bool,
+    },
     /// INSERT ... SELECT into a sharded table: the SELECT (planned on its own) is read first,
     /// and its rows inserted as VALUES, split by key ([`with_rows`]).
     InsertSelect {
@@ -282,9 +295,68 @@ fn ident(i: &Ident) -> String {
     }
 }
 
+/// The shape of `COPY (SELECT ...) TO STDOUT` when the SELECT reads sharded tables.
+fn copy_query(stmt: &Statement, map: &ShardMap) -> Option<Shape> {
+    let Statement::Copy {
+        source: sqlparser::ast::CopySource::Query(q),
+        to: true,
+        target: sqlparser::ast::CopyTarget::Stdout,
+        options,
+        legacy_options,
+        ..
+    } = stmt
+    else {
+        return None;
+    };
+    let (named, unsharded) = tables(q.as_ref(), map);
+    let groups: BTreeSet<usize> = named
+        .iter()
+        .filter_map(|(_, r)| match r {
+            TableRule::Sharded { group, .. } => Some(*group),
+            _ => None,
+        })
+        .collect();
+    let group = *groups.iter().next()?;
+    if groups.len() > 1 || unsharded {
+        return Some(Shape::Refuse(
+            "COPY (SELECT ...) over tables of different groups or tables the shard map does not name is not supported"
+                .into(),
+        ));
+    }
+    let header = match copy_format(options, legacy_options) {
+        Ok(f) => f.header,
+        Err(m) => return Some(Shape::Refuse(format!("COPY (SELECT ...) TO STDOUT: {m}"))),
+    };
+    Some(match select_shape(q, map, group) {
+        Shape::Group {
+            cond,
+            merge,
+            write: false,
+            ..
+        } => Shape::CopyQuery {
+            group,
+            cond,
+            header,
+            plain: merge.as_ref().is_ok_and(|m| {
+                m.cols.iter().all(|k| *k == ColKind::Plain)
+                    && !m.grouped
+                    && m.order.is_empty()
+                    && m.limit.is_none()
+                    && m.offset.is_none()
+                    && m.distinct_on == 0
+            }),
+        },
+        Shape::Refuse(m) => Shape::Refuse(m),
+        _ => Shape::Refuse("this COPY (SELECT ...) over sharded tables is not supported".into()),
+    })
+}
+
 fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
     if let Some(select) = columns::insert_select_source(stmt, map) {
         return Shape::InsertSelect { select };
+    }
+    if let Some(shape) = copy_query(stmt, map) {
+        return shape;
     }
     if let Statement::Copy {
         source,

@@ -10,7 +10,7 @@ use crate::shardmap::{Group, ShardMap};
 /// `Some(ShardPlan::Fenced)` when `shape` touches a fenced partition under `map`.
 pub(super) fn check(shape: &Shape, map: &ShardMap, params: &Params) -> Option<ShardPlan> {
     let (group, keys): (usize, Option<Vec<&Operand>>) = match shape {
-        Shape::Group { group, cond, .. } => (*group, values_of(cond)),
+        Shape::Group { group, cond, .. } | Shape::CopyQuery { group, cond, .. } => (*group, values_of(cond)),
         Shape::Insert { group, keys, .. } => (*group, Some(keys.iter().collect())),
         Shape::InsertFill { group, .. } | Shape::CopyIn { group, .. } => (*group, None),
         _ => return None,
