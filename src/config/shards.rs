@@ -10,11 +10,20 @@ use super::nodes::node;
 use super::raw::{RawConfig, RawShard};
 use crate::shardmap::{self, ShardMap};
 
-/// The shards in map order, the map (a one-shard map when none is configured) and its file.
-pub(super) fn shards_and_map(
-    raw: &RawConfig,
-    base: Option<&Path>,
-) -> Result<(Vec<ShardConfig>, ShardMap, Option<std::path::PathBuf>), ConfigError> {
+/// The shards, the map, its file, and the shards besides.
+pub(super) struct Sharding {
+    /// In map order.
+    pub shards: Vec<ShardConfig>,
+    /// A one-shard map when none is configured.
+    pub map: ShardMap,
+    /// The map's file.
+    pub path: Option<std::path::PathBuf>,
+    /// Entries the map does not name (only with `[cluster]`, where the map is etcd's).
+    pub spare: Vec<ShardConfig>,
+}
+
+/// The shards in map order, the map and its file.
+pub(super) fn shards_and_map(raw: &RawConfig, base: Option<&Path>) -> Result<Sharding, ConfigError> {
     let mut by_name = HashMap::new();
     for (i, s) in raw.shards.iter().enumerate() {
         if by_name.insert(s.name.as_str(), (i, s)).is_some() {
@@ -34,7 +43,12 @@ pub(super) fn shards_and_map(
                 ),
             ));
         };
-        return Ok((vec![shard(0, s)?], ShardMap::single(&s.name), None));
+        return Ok(Sharding {
+            shards: vec![shard(0, s)?],
+            map: ShardMap::single(&s.name),
+            path: None,
+            spare: Vec::new(),
+        });
     };
     let path = match base {
         Some(b) => b.join(&sharding.map),
@@ -51,13 +65,26 @@ pub(super) fn shards_and_map(
         })?;
         shards.push(shard(i, s)?);
     }
-    if let Some((_, (i, s))) = by_name.into_iter().min_by_key(|(_, (i, _))| *i) {
+    let mut rest: Vec<(usize, &RawShard)> = by_name.into_values().collect();
+    rest.sort_by_key(|(i, _)| *i);
+    if raw.cluster.is_none()
+        && let Some((i, s)) = rest.first()
+    {
         return Err(err(
             format!("shards[{i}]"),
             format!("shard `{}` is not in the shard map", s.name),
         ));
     }
-    Ok((shards, map, Some(path)))
+    let spare = rest
+        .into_iter()
+        .map(|(i, s)| shard(i, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Sharding {
+        shards,
+        map,
+        path: Some(path),
+        spare,
+    })
 }
 
 fn shard(i: usize, s: &RawShard) -> Result<ShardConfig, ConfigError> {

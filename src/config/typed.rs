@@ -30,6 +30,9 @@ pub struct Config {
     /// The shards, in the order of the shard map's `shards` (a [`crate::shardmap::ShardId`]
     /// indexes this list).
     pub shards: Vec<ShardConfig>,
+    /// With `[cluster]`: `[[shards]]` entries the serving map does not name yet (a shard being
+    /// added: every instance gets its entry first, then the map in etcd names it).
+    pub spare_shards: Vec<ShardConfig>,
     /// Which shard holds which rows; one shard and no sharded tables when no map is configured.
     pub map: Arc<crate::shardmap::ShardMap>,
     /// The map's file (`[sharding] map`), which admin map commands edit.

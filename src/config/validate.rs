@@ -24,7 +24,12 @@ fn addr(path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
 
 /// Validates a parsed file.
 pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let (shards, map, map_path) = super::shards::shards_and_map(&raw, base)?;
+    let super::shards::Sharding {
+        shards,
+        map,
+        path: map_path,
+        spare: spare_shards,
+    } = super::shards::shards_and_map(&raw, base)?;
     let default_db = shards[map.default_shard].primary.dbname.clone();
     let s = &raw.server;
     let server = ServerConfig {
@@ -206,6 +211,7 @@ pub fn validate(raw: RawConfig, base: Option<&std::path::Path>) -> Result<Config
         routing,
         users,
         shards,
+        spare_shards,
         map: Arc::new(map),
         map_path,
         ids,
