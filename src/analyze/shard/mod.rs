@@ -24,6 +24,7 @@ mod agg_expr;
 mod aggregates;
 mod columns;
 mod copy_options;
+mod copy_query;
 mod cte;
 mod ddl;
 mod dml;
@@ -43,6 +44,7 @@ use agg_expr::{agg_expr, column_name, hidden_aggregate, never_evaluated};
 use aggregates::*;
 pub use columns::{with_columns, with_rows};
 use copy_options::*;
+use copy_query::copy_query;
 use ddl::{during_move, is_ddl};
 use dml::*;
 pub use fill_ids::*;
@@ -293,62 +295,6 @@ fn ident(i: &Ident) -> String {
     } else {
         i.value.to_ascii_lowercase()
     }
-}
-
-/// The shape of `COPY (SELECT ...) TO STDOUT` when the SELECT reads sharded tables.
-fn copy_query(stmt: &Statement, map: &ShardMap) -> Option<Shape> {
-    let Statement::Copy {
-        source: sqlparser::ast::CopySource::Query(q),
-        to: true,
-        target: sqlparser::ast::CopyTarget::Stdout,
-        options,
-        legacy_options,
-        ..
-    } = stmt
-    else {
-        return None;
-    };
-    let (named, unsharded) = tables(q.as_ref(), map);
-    let groups: BTreeSet<usize> = named
-        .iter()
-        .filter_map(|(_, r)| match r {
-            TableRule::Sharded { group, .. } => Some(*group),
-            _ => None,
-        })
-        .collect();
-    let group = *groups.iter().next()?;
-    if groups.len() > 1 || unsharded {
-        return Some(Shape::Refuse(
-            "COPY (SELECT ...) over tables of different groups or tables the shard map does not name is not supported"
-                .into(),
-        ));
-    }
-    let header = match copy_format(options, legacy_options) {
-        Ok(f) => f.header,
-        Err(m) => return Some(Shape::Refuse(format!("COPY (SELECT ...) TO STDOUT: {m}"))),
-    };
-    Some(match select_shape(q, map, group) {
-        Shape::Group {
-            cond,
-            merge,
-            write: false,
-            ..
-        } => Shape::CopyQuery {
-            group,
-            cond,
-            header,
-            plain: merge.as_ref().is_ok_and(|m| {
-                m.cols.iter().all(|k| *k == ColKind::Plain)
-                    && !m.grouped
-                    && m.order.is_empty()
-                    && m.limit.is_none()
-                    && m.offset.is_none()
-                    && m.distinct_on == 0
-            }),
-        },
-        Shape::Refuse(m) => Shape::Refuse(m),
-        _ => Shape::Refuse("this COPY (SELECT ...) over sharded tables is not supported".into()),
-    })
 }
 
 fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
