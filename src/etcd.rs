@@ -14,8 +14,6 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::ClusterConfig;
-
 /// Every request gives up after this long: an instance never waits on etcd for longer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -63,10 +61,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to the configured endpoints.
-    pub async fn connect(c: &ClusterConfig) -> Result<Store, StoreError> {
-        let endpoints: Vec<String> = c
-            .etcd
+    /// Connects to `endpoints` (`[cluster] etcd`), for the keys under `prefix`.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Store, StoreError> {
+        let endpoints: Vec<String> = endpoints
             .iter()
             .map(|e| {
                 if e.starts_with("http://") {
@@ -83,7 +80,7 @@ impl Store {
         let client = Client::connect(endpoints, Some(options)).await?;
         Ok(Store {
             client,
-            prefix: c.prefix.clone(),
+            prefix: prefix.to_owned(),
         })
     }
 

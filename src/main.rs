@@ -287,9 +287,12 @@ fn main() -> Result<()> {
 
 /// Prints the cluster's state; whether an instance serves another map version than etcd holds.
 async fn cluster_status(c: &shardwire::config::ClusterConfig) -> Result<bool> {
-    let mut store = tokio::time::timeout(std::time::Duration::from_secs(5), shardwire::etcd::Store::connect(c))
-        .await
-        .map_err(|_| anyhow::anyhow!("etcd ({}) did not answer within 5 s", c.etcd.join(", ")))??;
+    let mut store = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        shardwire::etcd::Store::connect(&c.etcd, &c.prefix),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("etcd ({}) did not answer within 5 s", c.etcd.join(", ")))??;
     let etcd_version = match store.map().await? {
         Some((text, _)) => shardwire::shardmap::parse(&text)
             .map(|m| m.version.to_string())

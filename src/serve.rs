@@ -107,7 +107,13 @@ pub async fn run(
         _ => None,
     };
     if let (Some(ttl), Some(g), Some(c)) = (etcd_ids, &shared.ids, shared.runtime.load().config.cluster.clone()) {
-        tokio::spawn(crate::ids::etcd_lease::run(g.clone(), c, ttl, shutdown.clone()));
+        let at = crate::ids::etcd_lease::EtcdLease {
+            endpoints: c.etcd,
+            prefix: c.prefix,
+            name: c.name,
+            ttl,
+        };
+        tokio::spawn(crate::ids::etcd_lease::run(g.clone(), at, shutdown.clone()));
     }
     if let Some(c) = shared.runtime.load().config.cluster.clone() {
         tokio::spawn(crate::app::cluster_sync::run(

@@ -167,7 +167,7 @@ pub async fn run(shared: Arc<Shared>, c: ClusterConfig, listen: String, stop: Ca
 }
 
 async fn member(shared: &Shared, c: &ClusterConfig, listen: &str, stop: &CancellationToken) -> Result<(), StoreError> {
-    let mut store = Store::connect(c).await?;
+    let mut store = Store::connect(&c.etcd, &c.prefix).await?;
     let (text, revision) = match store.map().await? {
         Some(m) => m,
         None => {

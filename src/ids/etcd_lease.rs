@@ -11,16 +11,29 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{Generator, MAX_WORKER};
-use crate::config::ClusterConfig;
 use crate::etcd::{Lease, Store, StoreError};
 
+/// Where the cluster's etcd is (`[cluster]`), and this instance's name there.
+#[derive(Debug, Clone)]
+pub struct EtcdLease {
+    /// etcd endpoints.
+    pub endpoints: Vec<String>,
+    /// The cluster's key prefix.
+    pub prefix: String,
+    /// This instance's name.
+    pub name: String,
+    /// Lease length.
+    pub ttl: Duration,
+}
+
 /// Holds a worker id for `generator` until cancelled.
-pub async fn run(generator: Arc<Generator>, cluster: ClusterConfig, ttl: Duration, token: CancellationToken) {
-    let holder = format!("{} (pid {})", cluster.name, std::process::id());
+pub async fn run(generator: Arc<Generator>, lease: EtcdLease, token: CancellationToken) {
+    let ttl = lease.ttl;
+    let holder = format!("{} (pid {})", lease.name, std::process::id());
     loop {
         let outcome = tokio::select! {
             () = token.cancelled() => return,
-            r = hold(&generator, &cluster, ttl, &holder) => r,
+            r = hold(&generator, &lease, &holder) => r,
         };
         let why = match outcome {
             Ok(()) => "the worker id lease ended".to_string(),
@@ -35,8 +48,9 @@ pub async fn run(generator: Arc<Generator>, cluster: ClusterConfig, ttl: Duratio
     }
 }
 
-async fn hold(generator: &Generator, cluster: &ClusterConfig, ttl: Duration, holder: &str) -> Result<(), StoreError> {
-    let mut store = Store::connect(cluster).await?;
+async fn hold(generator: &Generator, lease_at: &EtcdLease, holder: &str) -> Result<(), StoreError> {
+    let ttl = lease_at.ttl;
+    let mut store = Store::connect(&lease_at.endpoints, &lease_at.prefix).await?;
     let started = Instant::now();
     let mut lease: Lease = store.lease(ttl).await?;
     let Some((worker, last_ms)) = store.claim_worker(lease.id, holder, MAX_WORKER).await? else {

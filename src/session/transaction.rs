@@ -16,9 +16,8 @@ use super::{Ensure, Flow, Session};
 use crate::analyze::Facts;
 use crate::plan::{self, Target};
 use crate::protocol::pg::Frame;
-use crate::protocol::pg::messages::{self as msg, Severity};
+use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::rows;
-use crate::protocol::pg::sqlstate::SqlState;
 use crate::shardmap::ShardId;
 
 /// Parse, Bind and Execute of an unnamed `BEGIN`, sent in the middle of a pipeline: PostgreSQL
@@ -134,15 +133,7 @@ impl Session {
             b'E' => {
                 // The server already holds the transaction failed: the answer is its own, and
                 // ROLLBACK TO a savepoint (which goes there) recovers it, as on one database.
-                let m = "current transaction is aborted, commands ignored until end of transaction block";
-                if extended {
-                    self.local_error(SqlState::IN_FAILED_SQL_TRANSACTION, m);
-                } else {
-                    let mut b = bytes::BytesMut::new();
-                    msg::error_response(&mut b, Severity::Error, SqlState::IN_FAILED_SQL_TRANSACTION, m);
-                    msg::ready_for_query(&mut b, b'E');
-                    self.respond_synth(b.freeze());
-                }
+                self.answer_aborted(extended);
                 return Ok(Ensure::Failed);
             }
             // The transaction ended here (its pipeline failed and rolled back): the connection

@@ -91,19 +91,24 @@ impl Session {
         Ok(None)
     }
 
+    /// PostgreSQL's answer to a statement in a failed transaction (25P02), in order.
+    pub(super) fn answer_aborted(&mut self, extended: bool) {
+        let m = "current transaction is aborted, commands ignored until end of transaction block";
+        if extended {
+            self.local_error(SqlState::IN_FAILED_SQL_TRANSACTION, m);
+        } else {
+            let mut b = bytes::BytesMut::new();
+            msg::error_response(&mut b, Severity::Error, SqlState::IN_FAILED_SQL_TRANSACTION, m);
+            msg::ready_for_query(&mut b, b'E');
+            self.respond_synth(b.freeze());
+        }
+    }
+
     /// After a refusal inside a transaction: ROLLBACK (or COMMIT, which then rolls back) ends it;
     /// anything else fails as PostgreSQL fails it.
     pub(super) fn in_refused_transaction(&mut self, facts: &Facts, extended: bool) -> Flow {
         if facts.tx != TxEffect::End {
-            let m = "current transaction is aborted, commands ignored until end of transaction block";
-            if extended {
-                self.local_error(SqlState::IN_FAILED_SQL_TRANSACTION, m);
-            } else {
-                let mut b = bytes::BytesMut::new();
-                msg::error_response(&mut b, Severity::Error, SqlState::IN_FAILED_SQL_TRANSACTION, m);
-                msg::ready_for_query(&mut b, b'E');
-                self.respond_synth(b.freeze());
-            }
+            self.answer_aborted(extended);
             return Flow::Continue;
         }
         self.tx_refused = false;

@@ -316,7 +316,9 @@ async fn a_move_waits_for_every_instance_and_rolls_back_without_one() {
 
     // An instance that never catches up, as etcd lists it.
     let cluster = a.shared.runtime.load().config.cluster.clone().unwrap();
-    let mut store = shardwire::etcd::Store::connect(&cluster).await.unwrap();
+    let mut store = shardwire::etcd::Store::connect(&cluster.etcd, &cluster.prefix)
+        .await
+        .unwrap();
     let mut lease = store.lease(Duration::from_secs(10)).await.unwrap();
     let stuck = shardwire::etcd::Instance {
         name: "stuck".into(),

@@ -29,17 +29,7 @@ async fn fifty_changes_through_two_instances_and_etcd_cost_clients_nothing() {
     let a = Proxy::start(&config_a).await;
     let b = Proxy::start(&cluster_config(&topo.config(MAP), &etcd, &prefix, "b")).await;
     let setup = a.app().await;
-    setup.batch_execute("DROP TABLE IF EXISTS users").await.unwrap();
-    setup
-        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)")
-        .await
-        .unwrap();
-    for id in 1..=60i64 {
-        setup
-            .execute("INSERT INTO users VALUES ($1, 'u', 'x', 0)", &[&id])
-            .await
-            .unwrap();
-    }
+    Load::create_users(&setup).await;
 
     let mut clients = Vec::new();
     for i in 0..4 {
@@ -54,7 +44,9 @@ async fn fifty_changes_through_two_instances_and_etcd_cost_clients_nothing() {
 
     // What a DBA with etcdctl would do: read the map's text and store another.
     let cluster = a.shared.runtime.load().config.cluster.clone().unwrap();
-    let mut store = shardwire::etcd::Store::connect(&cluster).await.unwrap();
+    let mut store = shardwire::etcd::Store::connect(&cluster.etcd, &cluster.prefix)
+        .await
+        .unwrap();
     let (mut valid, mut refused) = (0, 0);
     for i in 0..50u32 {
         let v = version(&a);

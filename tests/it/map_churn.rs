@@ -42,17 +42,7 @@ async fn fifty_changes_under_load_cost_clients_nothing() {
     let since: String = direct[0].query_one("SELECT now()::text", &[]).await.unwrap().get(0);
     let proxy = Proxy::start(&config).await;
     let setup = proxy.app().await;
-    setup.batch_execute("DROP TABLE IF EXISTS users").await.unwrap();
-    setup
-        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)")
-        .await
-        .unwrap();
-    for id in 1..=60i64 {
-        setup
-            .execute("INSERT INTO users VALUES ($1, 'u', 'x', 0)", &[&id])
-            .await
-            .unwrap();
-    }
+    Load::create_users(&setup).await;
 
     // The load: single statements in both protocols, transactions over two shards, scatters.
     let mut clients = Vec::new();
@@ -170,6 +160,19 @@ pub struct Load {
 }
 
 impl Load {
+    /// The table the load works on: `users` with ids 1-60.
+    pub async fn create_users(c: &tokio_postgres::Client) {
+        c.batch_execute("DROP TABLE IF EXISTS users").await.unwrap();
+        c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)")
+            .await
+            .unwrap();
+        for id in 1..=60i64 {
+            c.execute("INSERT INTO users VALUES ($1, 'u', 'x', 0)", &[&id])
+                .await
+                .unwrap();
+        }
+    }
+
     pub fn start(clients: Vec<tokio_postgres::Client>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (errors, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
