@@ -19,6 +19,7 @@ use clients::ClientRegistry;
 pub mod clients;
 pub mod cluster_sync;
 mod map_change;
+pub mod moves_watch;
 pub mod topology_change;
 pub mod watch;
 pub use map_change::MapChange;
@@ -205,9 +206,21 @@ pub struct Shared {
     map_edit: tokio::sync::Mutex<()>,
     /// The cluster's etcd, when `[cluster]` is configured.
     pub cluster: cluster_sync::ClusterState,
+    /// Partition moves as last read from the shards (`moves_watch`, `SHOW MOVES`).
+    moves: std::sync::Mutex<Vec<crate::rebalance::status::MoveStatus>>,
 }
 
 impl Shared {
+    /// Partition moves as last read from the shards.
+    pub fn moves(&self) -> Vec<crate::rebalance::status::MoveStatus> {
+        self.moves.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps `moves` as the latest read.
+    pub fn set_moves(&self, moves: Vec<crate::rebalance::status::MoveStatus>) {
+        *self.moves.lock().unwrap_or_else(|e| e.into_inner()) = moves;
+    }
+
     /// Forgets the column lists read from catalogs (a table may have changed).
     pub fn forget_columns(&self) {
         self.columns.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -246,6 +259,7 @@ impl Shared {
             map_history: Default::default(),
             map_edit: Default::default(),
             cluster: Default::default(),
+            moves: Default::default(),
         })
     }
 
@@ -274,14 +288,36 @@ impl Shared {
                 message: "not serving from a config file".into(),
             });
         };
-        let mut config = crate::config::load(path)?;
+        // Off the runtime: reading the file and deriving password verifiers take a while.
+        let file = path.clone();
+        let config = tokio::task::spawn_blocking(move || crate::config::load(&file))
+            .await
+            .map_err(|e| ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: format!("loading the file failed: {e}"),
+            })??;
+        self.apply_config(config, data_in_place, by, &path.display().to_string())
+            .await
+    }
+
+    /// Swaps in `config` (from `source`, named in errors) if it may replace the running one: a
+    /// map that moves stored rows needs `data_in_place`, a changed map a higher version, new
+    /// nodes must be reachable.
+    pub(crate) async fn apply_config(
+        &self,
+        mut config: Config,
+        data_in_place: bool,
+        by: &str,
+        source: &str,
+    ) -> Result<String, ConfigError> {
+        let path = source;
         let old = self.runtime.load_full();
         if config.cluster.is_some() {
             // The map is the cluster's, from etcd: the file's only seeded it.
             config = config
                 .with_map((*old.config.map).clone())
                 .map_err(|m| ConfigError::Invalid {
-                    path: path.display().to_string(),
+                    path: path.to_owned(),
                     message: m,
                 })?;
         }
@@ -292,7 +328,7 @@ impl Shared {
         }
         if config.map != old.config.map && config.map.version <= old.config.map.version {
             return Err(ConfigError::Invalid {
-                path: path.display().to_string(),
+                path: path.to_owned(),
                 message: format!(
                     "the shard map changed but its version did not go up (serving {}, file {}): raise `version` with every change",
                     old.config.map.version, config.map.version
@@ -302,7 +338,7 @@ impl Shared {
         let moves = crate::shardmap::diff::moves(&old.config.map, &config.map);
         if !moves.is_empty() && !data_in_place {
             return Err(ConfigError::Invalid {
-                path: path.display().to_string(),
+                path: path.to_owned(),
                 message: format!(
                     "the new shard map sends existing rows to other shards, where they are not yet: {}. \
                      Move the data first; if it is already in place, run RELOAD DATA IN PLACE",
@@ -352,7 +388,7 @@ impl Shared {
         } else {
             "configuration reloaded; new backend pools built"
         };
-        tracing::info!(path = %path.display(), reused_pools = reused, "{what}");
+        tracing::info!(path = %path, reused_pools = reused, "{what}");
         Ok(if notes.is_empty() {
             what.to_string()
         } else {

@@ -6,7 +6,20 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
 use shardwire::rebalance::plan::{Goal, PlannedMove, plan};
-use shardwire::rebalance::{Move, move_partition};
+use shardwire::rebalance::{Action, Move, Options};
+
+/// How a move runs, shared by `move` and `apply`.
+#[derive(clap::Args, Clone)]
+pub struct MoveOpts {
+    /// The longest a partition's statements are held at its cutover (then they are released,
+    /// the partition keeps serving where it was, and the cutover is tried again).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    hold: std::time::Duration,
+    /// Stop after the switch with changes flowing back to the old shard, so the move can still be
+    /// rolled back without losing a write; finish it later with `complete` (or `move --abort`).
+    #[arg(long)]
+    keep_way_back: bool,
+}
 
 #[derive(Subcommand)]
 pub enum RebalanceCmd {
@@ -42,9 +55,38 @@ pub enum RebalanceCmd {
         /// The target shard.
         #[arg(long)]
         to: String,
-        /// Roll back an unfinished move of this partition instead.
+        /// Roll back an unfinished move of this partition instead (after its switch: a cutover
+        /// back to the old shard, with the writes made in between).
         #[arg(long)]
         abort: bool,
+        #[command(flatten)]
+        opts: MoveOpts,
+    },
+    /// Finish a move left waiting with --keep-way-back: the changes stop flowing back and the
+    /// old shard's copy of the partition is deleted.
+    Complete {
+        /// The configuration file shardwire serves.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The admin console of the running shardwire.
+        #[arg(long)]
+        admin: String,
+        /// The table group.
+        #[arg(long)]
+        group: String,
+        /// The hash partition.
+        #[arg(long)]
+        partition: u32,
+        /// The shard it moved to.
+        #[arg(long)]
+        to: String,
+    },
+    /// Print the partition moves recorded on the shards (under way, stopped, finished), with
+    /// their step, rows copied of the total, replication lag and time left.
+    Status {
+        /// The configuration file shardwire serves.
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Run the moves of a plan file, one after another.
     Apply {
@@ -56,6 +98,11 @@ pub enum RebalanceCmd {
         admin: String,
         /// The plan (`shardwire rebalance plan` output).
         plan: PathBuf,
+        /// Moves run at once (each holds a replication slot and worker on its shards).
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        #[command(flatten)]
+        opts: MoveOpts,
     },
 }
 
@@ -63,24 +110,35 @@ fn config(path: &std::path::Path) -> Result<shardwire::config::Config> {
     shardwire::config::load(path).with_context(|| format!("loading {}", path.display()))
 }
 
-async fn one(path: &std::path::Path, admin: &str, m: &Move, abort: bool) -> Result<()> {
+async fn one(path: &std::path::Path, admin: &str, m: &Move, action: Action, opts: &MoveOpts) -> Result<()> {
     // The map changes with every move: read it again each time.
     let c = config(path)?;
-    let r = move_partition(&c, admin, m, abort).await?;
-    if abort {
-        println!(
+    let options = Options {
+        hold: opts.hold,
+        keep_way_back: opts.keep_way_back,
+    };
+    let r = shardwire::rebalance::run(&c, admin, m, action, &options)
+        .await
+        .with_context(|| format!("partition {} of {} to {}", m.partition, m.group, m.to))?;
+    match action {
+        Action::Abort => println!(
             "rolled back: partition {} of {} serves where it was",
             m.partition, m.group
-        );
-    } else {
-        println!(
-            "moved partition {} of {} to {}: {} rows in the final copy, statements on it held {:.0} ms",
+        ),
+        Action::Complete => println!("completed: partition {} of {} is on {}", m.partition, m.group, m.to),
+        Action::Run => println!(
+            "moved partition {} of {} to {}: {} rows, statements on it held {:.0} ms{}",
             m.partition,
             m.group,
             m.to,
             r.rows,
-            r.fenced_for.as_secs_f64() * 1000.0
-        );
+            r.fenced_for.as_secs_f64() * 1000.0,
+            if opts.keep_way_back {
+                " (changes flow back until `complete`)"
+            } else {
+                ""
+            }
+        ),
     }
     Ok(())
 }
@@ -115,14 +173,63 @@ pub fn run(cmd: RebalanceCmd) -> Result<()> {
             partition,
             to,
             abort,
+            opts,
         } => {
             let m = Move { group, partition, to };
-            shardwire::serve::block_on(1, async move { one(&path, &admin, &m, abort).await })?
+            let action = if abort { Action::Abort } else { Action::Run };
+            shardwire::serve::block_on(1, async move { one(&path, &admin, &m, action, &opts).await })?
+        }
+        RebalanceCmd::Status { config: path } => {
+            let c = config(&path)?;
+            let (moves, errors) =
+                shardwire::serve::block_on(1, async move { shardwire::rebalance::status::read(&c.shards).await })?;
+            println!("group\tpartition\tsource\ttarget\tstep\tmode\trows\tlag_ms\teta_s\tdetail");
+            for m in &moves {
+                let opt = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}/{}\t{}\t{}\t{}",
+                    m.group,
+                    m.partition,
+                    m.source,
+                    m.target,
+                    m.step,
+                    m.mode,
+                    opt(m.rows_copied),
+                    opt(m.rows_total),
+                    opt(m.lag_ms),
+                    m.eta_secs().map_or("-".to_string(), |e| format!("{e:.0}")),
+                    m.detail
+                );
+            }
+            for e in &errors {
+                eprintln!("unreadable: {e}");
+            }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                bail!("{} shard(s) could not be read", errors.len())
+            }
+        }
+        RebalanceCmd::Complete {
+            config: path,
+            admin,
+            group,
+            partition,
+            to,
+        } => {
+            let m = Move { group, partition, to };
+            let opts = MoveOpts {
+                hold: std::time::Duration::from_secs(2),
+                keep_way_back: false,
+            };
+            shardwire::serve::block_on(1, async move { one(&path, &admin, &m, Action::Complete, &opts).await })?
         }
         RebalanceCmd::Apply {
             config: path,
             admin,
             plan: file,
+            parallel,
+            opts,
         } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let moves: Vec<PlannedMove> = text
@@ -132,17 +239,52 @@ pub fn run(cmd: RebalanceCmd) -> Result<()> {
                 .map(str::parse)
                 .collect::<Result<_, _>>()
                 .map_err(anyhow::Error::msg)?;
-            shardwire::serve::block_on(1, async move {
-                for pm in moves {
-                    let m = Move {
-                        group: pm.group,
-                        partition: pm.partition,
-                        to: pm.to,
-                    };
-                    one(&path, &admin, &m, false).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            })?
+            shardwire::serve::block_on(
+                2,
+                async move { apply(&path, &admin, moves, parallel.max(1), &opts).await },
+            )?
         }
     }
+}
+
+/// Runs a plan's moves, `parallel` at a time; stops starting new ones after the first failure.
+async fn apply(
+    path: &std::path::Path,
+    admin: &str,
+    moves: Vec<PlannedMove>,
+    parallel: usize,
+    opts: &MoveOpts,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<()>> = futures_util::stream::iter(moves)
+        .map(|pm| {
+            let failed = &failed;
+            async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let m = Move {
+                    group: pm.group,
+                    partition: pm.partition,
+                    to: pm.to,
+                };
+                let r = one(path, admin, &m, Action::Run, opts).await;
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let errors: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if !errors.is_empty() {
+        bail!("{} move(s) failed:\n{}", errors.len(), errors.join("\n"));
+    }
+    Ok(())
 }

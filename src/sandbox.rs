@@ -316,8 +316,15 @@ impl PgInstance {
             "full_page_writes=off",
             "max_connections=300",
             "shared_buffers=64MB",
-            "wal_level=replica",
-            "max_wal_senders=10",
+            // Logical: partition moves stream a partition's changes with PostgreSQL's own
+            // logical replication (`rebalance`).
+            "wal_level=logical",
+            "max_wal_senders=20",
+            "max_replication_slots=20",
+            "max_logical_replication_workers=8",
+            "max_worker_processes=16",
+            // New subscriptions start their workers at once rather than up to 5 s later.
+            "wal_retrieve_retry_interval=200ms",
             "hot_standby=on",
             "max_prepared_transactions=64",
             "wal_receiver_status_interval=1s",

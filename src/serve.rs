@@ -129,6 +129,7 @@ pub async fn run(
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+    tokio::spawn(crate::app::moves_watch::run(shared.clone(), shutdown.clone()));
     on_bound(bound, shared.clone());
     if let Some(h) = http {
         tokio::spawn(crate::admin::http::serve(h, shared.clone(), shutdown.clone()));

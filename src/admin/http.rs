@@ -82,6 +82,16 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
         .expect("static headers are valid")
 }
 
+/// Labels of one partition move.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MoveLabels {
+    group: String,
+    partition: String,
+    source: String,
+    target: String,
+    step: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     node: String,
@@ -132,6 +142,42 @@ pub fn metrics(shared: &Shared) -> String {
     );
     reg.register("replica_lag_bytes", "WAL bytes not yet replayed", lag_bytes);
     reg.register("replica_lag_seconds", "Seconds behind the primary", lag_secs);
+    let moves = shared.moves();
+    let move_step = Family::<MoveLabels, Gauge>::default();
+    let move_copied = Family::<MoveLabels, Gauge>::default();
+    let move_total = Family::<MoveLabels, Gauge>::default();
+    let move_lag = Family::<MoveLabels, Gauge>::default();
+    for m in moves.iter().filter(|m| m.open()) {
+        let l = MoveLabels {
+            group: m.group.clone(),
+            partition: m.partition.to_string(),
+            source: m.source.clone(),
+            target: m.target.clone(),
+            step: m.step.clone(),
+        };
+        move_step.get_or_create(&l).set(1);
+        if let Some(v) = m.rows_copied {
+            move_copied.get_or_create(&l).set(v);
+        }
+        if let Some(v) = m.rows_total {
+            move_total.get_or_create(&l).set(v);
+        }
+        if let Some(v) = m.lag_ms {
+            move_lag.get_or_create(&l).set(v);
+        }
+    }
+    reg.register("move", "Partition moves under way, by step (1 per move)", move_step);
+    reg.register("move_rows_copied", "Rows a partition move has copied", move_copied);
+    reg.register(
+        "move_rows_total",
+        "Rows of the partition when its move began",
+        move_total,
+    );
+    reg.register(
+        "move_lag_ms",
+        "A partition move's replication lag at its last check",
+        move_lag,
+    );
     let clients = Gauge::<i64>::default();
     clients.set(shared.clients.len() as i64);
     reg.register("clients", "Connected clients", clients);

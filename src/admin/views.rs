@@ -321,6 +321,58 @@ pub async fn cluster(shared: &Shared) -> Result<Table, String> {
     })
 }
 
+/// SHOW MOVES: the partition moves recorded on the shards (open ones and the last finished
+/// ones), with their step, progress and lag, read now.
+pub async fn moves(shared: &Shared) -> Result<Table, String> {
+    let rt = shared.runtime.load_full();
+    let (moves, errors) = crate::rebalance::status::read(&rt.config.shards).await;
+    if !errors.is_empty() && moves.is_empty() {
+        return Err(format!("cannot read the moves: {}", errors.join("; ")));
+    }
+    shared.set_moves(moves.clone());
+    let opt = |v: Option<i64>| v.map(|v| v.to_string());
+    Ok(Table {
+        columns: vec![
+            "group",
+            "partition",
+            "source",
+            "target",
+            "step",
+            "mode",
+            "rows_total",
+            "rows_copied",
+            "lag_ms",
+            "step_secs",
+            "eta_secs",
+            "detail",
+        ],
+        rows: moves
+            .iter()
+            .map(|m| {
+                vec![
+                    s(&m.group),
+                    s(m.partition),
+                    s(&m.source),
+                    s(&m.target),
+                    s(&m.step),
+                    s(&m.mode),
+                    opt(m.rows_total),
+                    opt(m.rows_copied),
+                    opt(m.lag_ms),
+                    s(format!("{:.1}", m.step_secs)),
+                    m.eta_secs().map(|e| format!("{e:.0}")),
+                    s(&m.detail),
+                ]
+            })
+            .chain(errors.iter().map(|e| {
+                let mut row = vec![None; 12];
+                row[11] = s(format!("unreadable: {e}"));
+                row
+            }))
+            .collect(),
+    })
+}
+
 /// SHOW ROUTES: statements per shard plan kind.
 pub fn routes(shared: &Shared) -> Table {
     let rows = crate::app::PLAN_KINDS

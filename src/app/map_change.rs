@@ -122,13 +122,23 @@ impl Shared {
         if dry_run {
             return Ok(format!("dry run, nothing changed: {summary}"));
         }
-        write_atomically(&path, &new_text).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        if let Err(e) = self.reload_as(data_in_place, by).await {
+        write_off_runtime(&path, &new_text)
+            .await
+            .map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+        // Only the map changed: the rest of the running configuration stays as it is (the file
+        // is not read again, so a change to it waits for RELOAD as before).
+        let config = runtime
+            .config
+            .as_ref()
+            .clone()
+            .with_map(new_map.clone())
+            .map_err(|m| invalid(&shown, m))?;
+        if let Err(e) = self.apply_config(config, data_in_place, by, &shown).await {
             // The file no longer matches what serves: put the old one back.
-            let _ = write_atomically(&path, &text);
+            let _ = write_off_runtime(&path, &text).await;
             return Err(e);
         }
         tracing::info!(%by, change = %summary, "shard map changed by an admin command");
@@ -203,6 +213,15 @@ fn edited(
 
 /// Replaces `path` with `text` so that a reader (or a crash) sees the old file or the new one,
 /// never a part: a temporary file beside it, synced, renamed over it, and the folder synced.
+/// [`write_atomically`] on a blocking thread: its fsyncs can take long on a busy disk, and the
+/// runtime's workers serve clients meanwhile.
+pub(super) async fn write_off_runtime(path: &Path, text: &str) -> std::io::Result<()> {
+    let (path, text) = (path.to_owned(), text.to_owned());
+    tokio::task::spawn_blocking(move || write_atomically(&path, &text))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 pub(super) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()

@@ -7,7 +7,7 @@
 use toml_edit::{DocumentMut, Item, Value};
 
 use super::Shared;
-use super::map_change::write_atomically;
+use super::map_change::write_off_runtime;
 use crate::config::ConfigError;
 
 /// Adding or removing one replica.
@@ -88,13 +88,15 @@ impl Shared {
             ));
         }
         let new_text = edit(&text, change).map_err(|m| invalid(&shown, m))?;
-        write_atomically(&path, &new_text).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        write_off_runtime(&path, &new_text)
+            .await
+            .map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
         if let Err(e) = self.reload_as(false, by).await {
             // The file no longer matches what serves: put the old one back.
-            let _ = write_atomically(&path, &text);
+            let _ = write_off_runtime(&path, &text).await;
             return Err(e);
         }
         let what = if change.add { "added to" } else { "removed from" };

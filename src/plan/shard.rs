@@ -377,6 +377,7 @@ fn insert_part(stmt: &Statement, shard: ShardId, rows: &[usize]) -> InsertPart {
 }
 
 mod fence;
+pub use fence::moved;
 #[cfg(test)]
 mod tests;
 

@@ -1,46 +1,64 @@
 //! `shardwire rebalance`: moving hash partitions between live shards while the application reads
 //! and writes through shardwire.
 //!
-//! A move is a resumable state machine whose state is kept in the target shard's
+//! A move is a resumable state machine whose step is recorded in the target shard's
 //! `shardwire_moves` table (so a crash or SIGKILL of the tool resumes, or rolls back, from the
 //! last step recorded), and which changes the map only through a running shardwire's admin
-//! console (so every change is validated, versioned and written back there):
+//! console (so every change is validated, versioned, shared with every instance and
+//! acknowledged). With logical replication available on both shards (`logical`, `logical.rs`):
 //!
-//! 1. `started`: the partition is marked `moving`; every table of its group is copied to the
-//!    target (`COPY ... TO STDOUT` / `FROM STDIN`, binary, rows selected by PostgreSQL's own
-//!    partition hash), replacing any earlier partial copy. The application keeps writing.
-//! 2. `copied`: the partition is `fenced`: statements that touch it wait in shardwire, others run.
-//!    Transactions already open on the source are waited for (bounded), then the partition's rows
-//!    are copied again (now that nothing writes them) and both sides compared (count and checksum).
-//! 3. `verified`: the map gives the partition to the target (`DATA IN PLACE`) and it serves
-//!    again: the waiting statements run on the target.
-//! 4. `switched`: the source's copy of the partition is deleted. `done`.
+//! 1. `started`: the partition is marked `moving` (DDL on its group is refused until the move
+//!    ends); missing tables are created on the target; a row-filtered publication of the
+//!    partition on the source, a subscription on the target (`repl.rs`).
+//! 2. `syncing`: the subscription copies the rows from a snapshot, then applies every change
+//!    since; the application keeps writing. `caught_up` once a barrier comes through quickly.
+//! 3. cutover: the partition is `fenced` (its statements wait in shardwire, others run) and every
+//!    instance must serve that map; transactions already open on the source are waited for; a
+//!    barrier through the stream says the target has every change; both sides are compared
+//!    (count and checksum per table); `verified`; the map gives the partition to the target and
+//!    the statements run there. All of it within the hold (default 2 s): past it the statements
+//!    are released, the partition keeps serving from the source, and the cutover is tried again.
+//! 4. `switched` → `reversing`: the forward stream stops, one from the target back to the source
+//!    starts at the switch's WAL position, so a rollback now is a cutover the other way that
+//!    loses no write (`returning` → `aborted`).
+//! 5. `completing` → `done`: the way back stops, the source's copy is deleted, publications and
+//!    slots are dropped, the partition serves.
 //!
-//! Any failure before `verified` rolls back: the partition serves from the source again and the
-//! target's copy is deleted. The fenced window lasts one copy of the partition: small partitions
-//! (many per shard) keep it short. Catching up changes by logical replication, to shorten it to a
-//! moment, is not done yet.
+//! Without logical replication (`copy`, `fenced_copy.rs`) the partition is copied while it
+//! serves and copied again while fenced: the statements wait for one whole copy.
+//!
+//! Any failure before the switch rolls back: the partition serves from the source again and the
+//! target's copy is deleted.
 
+mod ctx;
+mod fenced_copy;
+mod logical;
 pub mod plan;
+mod repl;
+mod schema;
 pub mod sql;
+pub mod status;
 mod verify;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::{SinkExt, TryStreamExt};
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::Config;
 use crate::shardmap::{KeyType, Partitioning, TableRule};
+use ctx::Ctx;
+
+pub use repl::BARRIER_DDL;
 
 /// The state table, on the target shard.
 pub const STATE_DDL: &str = "CREATE TABLE IF NOT EXISTS shardwire_moves (group_name text NOT NULL, partition int NOT NULL, \
     source text NOT NULL, target text NOT NULL, step text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), \
-    PRIMARY KEY (group_name, partition))";
-
-/// How long a fenced move waits for transactions already open on the source.
-const DRAIN_WAIT: Duration = Duration::from_secs(30);
+    PRIMARY KEY (group_name, partition)); \
+    ALTER TABLE shardwire_moves ADD COLUMN IF NOT EXISTS mode text, ADD COLUMN IF NOT EXISTS lsn text, \
+    ADD COLUMN IF NOT EXISTS detail text, ADD COLUMN IF NOT EXISTS rows_total bigint, \
+    ADD COLUMN IF NOT EXISTS rows_copied bigint, ADD COLUMN IF NOT EXISTS lag_ms bigint, \
+    ADD COLUMN IF NOT EXISTS step_at timestamptz";
 
 /// One partition to move.
 #[derive(Debug, Clone)]
@@ -53,37 +71,61 @@ pub struct Move {
     pub to: String,
 }
 
+/// What to do with a move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start it, or resume it from its recorded step.
+    Run,
+    /// Roll it back: before the switch by dropping the target's copy, after it by a cutover back
+    /// to the source.
+    Abort,
+    /// Finish a move left waiting in `reversing`.
+    Complete,
+}
+
+/// How a move runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The longest the partition's statements are held at a cutover.
+    pub hold: Duration,
+    /// Stop after the switch with changes flowing back to the source, for `complete` or
+    /// `abort` later.
+    pub keep_way_back: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            hold: Duration::from_secs(2),
+            keep_way_back: false,
+        }
+    }
+}
+
 /// What a move did.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// Rows of the partition copied in the final (fenced) copy, over all tables.
+    /// Rows of the partition on the target at the check, over all tables.
     pub rows: u64,
     /// How long statements on the partition were held.
     pub fenced_for: Duration,
 }
 
-struct Ctx {
-    source: Client,
-    target: Client,
-    admin: Client,
-    group: String,
-    partition: u32,
-    source_name: String,
-    target_name: String,
-    /// (table, `WHERE` filter of the partition's rows, key column).
-    tables: Vec<(String, String, String)>,
-    key_type: KeyType,
-}
-
-async fn connect(url_or: &tokio_postgres::Config) -> Result<Client> {
-    let (c, conn) = url_or.connect(NoTls).await?;
+async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
+    let (c, conn) = config.connect(NoTls).await?;
     tokio::spawn(conn);
     Ok(c)
 }
 
-/// Moves a partition to `m.to` (or resumes, or with `abort` rolls back, a move of it left
-/// unfinished), changing the map through the admin console at `admin_url`.
+/// Runs a move with the default options (`abort`: [`Action::Abort`], else [`Action::Run`]).
 pub async fn move_partition(config: &Config, admin_url: &str, m: &Move, abort: bool) -> Result<Report> {
+    let action = if abort { Action::Abort } else { Action::Run };
+    run(config, admin_url, m, action, &Options::default()).await
+}
+
+/// Moves a partition to `m.to`, or resumes, completes or rolls back a move of it left
+/// unfinished; the map changes through the admin console at `admin_url`.
+pub async fn run(config: &Config, admin_url: &str, m: &Move, action: Action, opts: &Options) -> Result<Report> {
     let map = &config.map;
     let g = map
         .groups
@@ -110,17 +152,17 @@ pub async fn move_partition(config: &Config, admin_url: &str, m: &Move, abort: b
     let target_db = connect(&config.shards[target].primary.pg_config(timeout))
         .await
         .with_context(|| format!("connecting to {}", m.to))?;
-    target_db.batch_execute(STATE_DDL).await?;
+    schema::locked(&target_db, STATE_DDL).await?;
     let recorded = target_db
         .query_opt(
-            "SELECT source, target, step FROM shardwire_moves WHERE group_name = $1 AND partition = $2",
+            "SELECT source, target, step, coalesce(mode, 'copy') FROM shardwire_moves WHERE group_name = $1 AND partition = $2",
             &[&m.group, &(m.partition as i32)],
         )
         .await?
-        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)));
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(3)));
     // The source: where the map has it now, or, resuming after the switch, where the move began.
-    let (source_name, step) = match recorded {
-        Some((src, tgt, step)) if step != "done" && step != "aborted" => {
+    let (source_name, step, mode) = match recorded {
+        Some((src, tgt, step, mode)) if step != "done" && step != "aborted" => {
             if tgt != m.to {
                 bail!(
                     "a move of partition {} of {} to {tgt} is unfinished: resume or abort that one",
@@ -128,14 +170,25 @@ pub async fn move_partition(config: &Config, admin_url: &str, m: &Move, abort: b
                     m.group
                 );
             }
-            (src, step)
+            (src, step, Some(mode))
         }
+        Some((_, tgt, step, _)) if step == "done" && tgt == m.to && action == Action::Abort => bail!(
+            "the move of partition {} of {} to {tgt} is complete: move it back with a new move",
+            m.partition,
+            m.group
+        ),
+        _ if action != Action::Run => bail!(
+            "no unfinished move of partition {} of {} to {}",
+            m.partition,
+            m.group,
+            m.to
+        ),
         _ => {
             let src = map.shards[owner[m.partition as usize]].clone();
             if src == m.to {
                 bail!("partition {} of {} is already on {}", m.partition, m.group, m.to);
             }
-            (src, "new".to_owned())
+            (src, "new".to_owned(), None)
         }
     };
     let source = map
@@ -162,252 +215,95 @@ pub async fn move_partition(config: &Config, admin_url: &str, m: &Move, abort: b
     if g.key_type == KeyType::Text {
         tracing::info!("text keys hash with the column's collation on PostgreSQL: it must be deterministic");
     }
+    let source_node = config.shards[source].primary.clone();
+    let source_db = connect(&source_node.pg_config(timeout))
+        .await
+        .with_context(|| format!("connecting to {source_name}"))?;
+    for c in [&source_db, &target_db] {
+        schema::locked(c, BARRIER_DDL).await?;
+    }
+    if step == "new" {
+        let created = schema::ensure(&source_db, &target_db, &tables).await?;
+        if !created.is_empty() {
+            tracing::info!("created on {}: {}", m.to, created.join(", "));
+        }
+    }
+    let mode = match mode {
+        Some(mode) => mode,
+        None => match repl::unsupported(&source_db, &target_db, &tables).await? {
+            None => "logical".to_owned(),
+            Some(why) => {
+                tracing::warn!(
+                    "moving without logical replication, statements on the partition wait for a whole copy: {why}"
+                );
+                "copy".to_owned()
+            }
+        },
+    };
     let ctx = Ctx {
-        source: connect(&config.shards[source].primary.pg_config(timeout))
-            .await
-            .with_context(|| format!("connecting to {source_name}"))?,
+        source: source_db,
         target: target_db,
         admin,
+        source_node,
+        target_node: config.shards[target].primary.clone(),
         group: m.group.clone(),
         partition: m.partition,
         source_name,
         target_name: m.to.clone(),
         tables,
         key_type: g.key_type,
+        mode,
     };
-    if abort {
-        if step == "switched" {
+    let logical = ctx.mode == "logical";
+    let switched = switched_step(&step);
+    if action == Action::Abort && !switched {
+        if logical {
+            ctx.roll_back_logical().await?;
+        } else {
+            ctx.roll_back_copy().await?;
+        }
+        return Ok(Report::default());
+    }
+    if !logical {
+        if action == Action::Abort {
             bail!(
                 "the map already gives the partition to {}: finish the move (run it again) instead",
                 m.to
             );
         }
-        ctx.roll_back().await?;
-        return Ok(Report::default());
+        return match ctx.run_copy(&step).await {
+            Err(e) if !switched => Err(roll_back(&ctx, e).await),
+            r => r,
+        };
     }
-    match ctx.run(&step).await {
-        Ok(r) => Ok(r),
-        Err(e) if step != "verified" && step != "switched" => {
-            let why = format!("{e:#}");
-            if let Err(r) = ctx.roll_back().await {
-                bail!("{why}; rolling back failed too: {r:#} (run the move again with --abort)");
-            }
-            bail!(
-                "{why}; the move was rolled back (the partition serves from {})",
-                ctx.source_name
-            );
+    match ctx.run_logical(&step, action, opts).await {
+        Err(e) if !switched && !e.to_string().contains(logical::HOLD_TIMED_OUT) => {
+            // Unless the move got past the check (then it goes on when run again).
+            let past = ctx.recorded_step().await.is_ok_and(|s| s != step && switched_step(&s));
+            if past { Err(e) } else { Err(roll_back(&ctx, e).await) }
         }
-        Err(e) => Err(e),
+        r => r,
     }
 }
 
-impl Ctx {
-    async fn record(&self, step: &str) -> Result<()> {
-        self.target
-            .execute(
-                "INSERT INTO shardwire_moves (group_name, partition, source, target, step) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (group_name, partition) DO UPDATE SET source = $3, target = $4, step = $5, updated_at = now()",
-                &[&self.group, &(self.partition as i32), &self.source_name, &self.target_name, &step],
-            )
-            .await?;
-        Ok(())
-    }
+/// Steps from which a move only goes on (or back by a cutover the other way).
+fn switched_step(step: &str) -> bool {
+    ["verified", "switched", "reversing", "completing", "returning"].contains(&step)
+}
 
-    async fn admin(&self, command: &str) -> Result<()> {
-        self.admin.simple_query(command).await.map(|_| ()).map_err(|e| {
-            anyhow!(
-                "{command}: {}",
-                e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
-            )
-        })
-    }
-
-    /// Waits until every instance `SHOW CLUSTER` lists (this one alone without `[cluster]`)
-    /// serves the map version this one serves; at most `within`.
-    async fn all_serve(&self, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let rows: Vec<Vec<String>> = self
-                .admin
-                .simple_query("SHOW CLUSTER")
-                .await?
-                .iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => {
-                        Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
-                    }
-                    _ => None,
-                })
-                .collect();
-            let mine = rows
-                .iter()
-                .find(|r| r.get(5).is_some_and(|t| t == "yes"))
-                .map(|r| r[1].clone());
-            let behind: Vec<String> = rows
-                .iter()
-                .filter(|r| Some(&r[1]) != mine.as_ref())
-                .map(|r| format!("{} (serving map version {})", r[0], r[1]))
-                .collect();
-            if behind.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("not acknowledged within {within:?} by {}", behind.join(", "));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn run(&self, from: &str) -> Result<Report> {
-        let (g, p) = (&self.group, self.partition);
-        let mut report = Report::default();
-        let mut step = from.to_owned();
-        loop {
-            match step.as_str() {
-                "new" | "started" => {
-                    self.record("started").await?;
-                    self.admin(&format!("SET PARTITION {g} {p} STATE moving")).await?;
-                    let n = self.copy().await?;
-                    tracing::info!(group = %g, partition = p, rows = n, "partition copied while serving");
-                    self.record("copied").await?;
-                    step = "copied".into();
-                }
-                "copied" => {
-                    let fenced = Instant::now();
-                    self.admin(&format!("SET PARTITION {g} {p} STATE fenced")).await?;
-                    if let Err(e) = self.all_serve(Duration::from_secs(2)).await {
-                        // An instance that does not hold the partition's statements could write
-                        // to the source during the final copy: no cutover.
-                        self.admin(&format!("SET PARTITION {g} {p} STATE moving")).await?;
-                        bail!(
-                            "cutover rolled back, the partition keeps serving from {}: {e}; run the move again to retry",
-                            self.source_name
-                        );
-                    }
-                    // A statement planned just before the fence may not have reached the source yet.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    self.drain().await?;
-                    report.rows = self.copy().await?;
-                    self.verify().await?;
-                    self.record("verified").await?;
-                    self.admin(&format!("SET PARTITION {g} {p} TO {} DATA IN PLACE", self.target_name))
-                        .await?;
-                    self.admin(&format!("SET PARTITION {g} {p} STATE serving")).await?;
-                    report.fenced_for = fenced.elapsed();
-                    self.record("switched").await?;
-                    step = "switched".into();
-                }
-                "verified" => {
-                    // Resumed after the check: the switch is safe to repeat.
-                    self.admin(&format!("SET PARTITION {g} {p} TO {} DATA IN PLACE", self.target_name))
-                        .await?;
-                    self.admin(&format!("SET PARTITION {g} {p} STATE serving")).await?;
-                    self.record("switched").await?;
-                    step = "switched".into();
-                }
-                "switched" => {
-                    for (t, filter, _) in &self.tables {
-                        self.source
-                            .execute(&format!("DELETE FROM {} WHERE {filter}", sql::ident(t)), &[])
-                            .await?;
-                    }
-                    self.record("done").await?;
-                    return Ok(report);
-                }
-                other => bail!("unknown move step `{other}` in shardwire_moves"),
-            }
-        }
-    }
-
-    /// Copies every table's partition rows from the source, replacing the target's; the rows.
-    async fn copy(&self) -> Result<u64> {
-        let mut rows = 0;
-        for (t, filter, _) in &self.tables {
-            let table = sql::ident(t);
-            self.target
-                .execute(&format!("DELETE FROM {table} WHERE {filter}"), &[])
-                .await
-                .with_context(|| format!("clearing {t} on {} (does the table exist there?)", self.target_name))?;
-            let out = self
-                .source
-                .copy_out(&format!(
-                    "COPY (SELECT * FROM {table} WHERE {filter}) TO STDOUT (FORMAT binary)"
-                ))
-                .await?;
-            let sink = self
-                .target
-                .copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
-                .await?;
-            futures_util::pin_mut!(out);
-            futures_util::pin_mut!(sink);
-            while let Some(chunk) = out.try_next().await? {
-                sink.send(chunk).await?;
-            }
-            rows += sink.finish().await?;
-        }
-        Ok(rows)
-    }
-
-    /// Waits for transactions open on the source since before the fence (they may still write
-    /// the partition on their old route).
-    async fn drain(&self) -> Result<()> {
-        let fence_at: std::time::SystemTime = self.source.query_one("SELECT now()", &[]).await?.get(0);
-        let started = Instant::now();
-        loop {
-            let open: i64 = self
-                .source
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                     AND backend_type = 'client backend' AND xact_start < $1",
-                    &[&fence_at],
-                )
-                .await?
-                .get(0);
-            if open == 0 {
-                return Ok(());
-            }
-            if started.elapsed() > DRAIN_WAIT {
-                bail!(
-                    "{open} transaction(s) opened before the fence are still open on {} after {} s",
-                    self.source_name,
-                    DRAIN_WAIT.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Both sides hold the same rows of the partition, table by table.
-    async fn verify(&self) -> Result<()> {
-        for (t, filter, key) in &self.tables {
-            let q = sql::fingerprint(t, filter);
-            let a = self.source.query_one(&q, &[]).await?;
-            let b = self.target.query_one(&q, &[]).await?;
-            let (an, ah): (i64, String) = (a.get(0), a.get(1));
-            let (bn, bh): (i64, String) = (b.get(0), b.get(1));
-            if (an, &ah) != (bn, &bh) {
-                let range = verify::differing_range(&self.source, &self.target, t, key, self.key_type, filter)
-                    .await
-                    .unwrap_or_else(|e| format!("(the range could not be narrowed: {e})"));
-                bail!(
-                    "{t}: {an} rows on {} and {bn} on {}, contents differing {range}",
-                    self.source_name,
-                    self.target_name
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Back to before the move: the partition serves from the source, the target's copy goes.
-    async fn roll_back(&self) -> Result<()> {
-        let (g, p) = (&self.group, self.partition);
-        self.admin(&format!("SET PARTITION {g} {p} STATE serving")).await?;
-        for (t, filter, _) in &self.tables {
-            self.target
-                .execute(&format!("DELETE FROM {} WHERE {filter}", sql::ident(t)), &[])
-                .await?;
-        }
-        self.record("aborted").await
+/// Rolls a failed move back; the error to report.
+async fn roll_back(ctx: &Ctx, e: anyhow::Error) -> anyhow::Error {
+    let why = format!("{e:#}");
+    let r = if ctx.mode == "logical" {
+        ctx.roll_back_logical().await
+    } else {
+        ctx.roll_back_copy().await
+    };
+    match r {
+        Ok(()) => anyhow!(
+            "{why}; the move was rolled back (the partition serves from {})",
+            ctx.source_name
+        ),
+        Err(r) => anyhow!("{why}; rolling back failed too: {r:#} (run the move again with --abort)"),
     }
 }

@@ -39,6 +39,8 @@ pub enum Command {
     MapHistory,
     /// SHOW CLUSTER: the instances sharing the map through etcd, with the version each serves.
     Cluster,
+    /// SHOW MOVES: partition moves and their progress, read from the shards.
+    Moves,
     /// DISABLE REPLICA <node> / ENABLE REPLICA <node>: out of (back into) the read rotation.
     Replica {
         /// The node's name, e.g. `s1/replica0` (as SHOW REPLICAS prints it).
@@ -46,7 +48,7 @@ pub enum Command {
         /// Take it out.
         disable: bool,
     },
-    /// SET PARTITION <group> <n> TO <shard> | STATE <state> [DATA IN PLACE] [VERSION <v>] [DRY RUN]
+    /// SET PARTITION <group> <n> TO <shard> [STATE <state>] | STATE <state> [DATA IN PLACE] [VERSION <v>] [DRY RUN]
     SetPartition {
         /// The change.
         change: crate::shardmap::edit::MapEdit,
@@ -71,8 +73,8 @@ pub enum Command {
 }
 
 const HELP: &str = "SHOW SHARDS | SHOW REPLICAS | SHOW POOLS | SHOW CLIENTS | SHOW STATS | SHOW MAP | SHOW ROUTES | \
-SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE | SHOW MAP HISTORY | SHOW CLUSTER | \
-SET PARTITION <group> <n> TO <shard> [DATA IN PLACE] [VERSION <v>] [DRY RUN] | \
+SHOW ROUTE FOR <statement> | SHOW IDS | SHOW VERSION | SHOW HELP | RELOAD | RELOAD DATA IN PLACE | SHOW MAP HISTORY | SHOW CLUSTER | SHOW MOVES | \
+SET PARTITION <group> <n> TO <shard> [STATE <state>] [DATA IN PLACE] [VERSION <v>] [DRY RUN] | \
 SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN] | DISABLE REPLICA <node> | ENABLE REPLICA <node> | \
 ADD REPLICA <shard> '<url>' | REMOVE REPLICA <shard> '<url>'";
 
@@ -118,6 +120,7 @@ impl Command {
             ["SHOW", "MAP"] => Command::Map,
             ["SHOW", "MAP", "HISTORY"] => Command::MapHistory,
             ["SHOW", "CLUSTER"] => Command::Cluster,
+            ["SHOW", "MOVES"] => Command::Moves,
             ["SHOW", "IDS"] => Command::Ids,
             ["SHOW", "ROUTES"] => Command::Routes,
             ["SHOW", "CLIENTS"] => Command::Clients,
@@ -165,7 +168,7 @@ fn set_partition(sql: &str) -> Result<Option<Command>, String> {
     if !(is(0, "SET") && is(1, "PARTITION")) {
         return Ok(None);
     }
-    let usage = "SET PARTITION <group> <n> TO <shard> [DATA IN PLACE] [VERSION <v>] [DRY RUN], \
+    let usage = "SET PARTITION <group> <n> TO <shard> [STATE <state>] [DATA IN PLACE] [VERSION <v>] [DRY RUN], \
                  or SET PARTITION <group> <n> STATE serving|moving|fenced [VERSION <v>] [DRY RUN] | DISABLE REPLICA <node> | ENABLE REPLICA <node>";
     let (Some(group), Some(n), Some(value)) = (words.get(2), words.get(3), words.get(5)) else {
         return Err(format!("incomplete command; {usage}"));
@@ -173,11 +176,24 @@ fn set_partition(sql: &str) -> Result<Option<Command>, String> {
     let partition: u32 = n
         .parse()
         .map_err(|_| format!("`{n}` is not a partition number; {usage}"))?;
+    let mut i = 6;
     let change = if is(4, "TO") {
+        // `TO <shard> STATE <state>`: both in one change (a move's switch lifts its fence).
+        let state = if is(6, "STATE") {
+            let v = words.get(7).ok_or_else(|| format!("STATE needs a state; {usage}"))?;
+            i = 8;
+            Some(
+                crate::shardmap::PartitionState::parse(v)
+                    .ok_or_else(|| format!("`{v}` is not one of serving, moving, fenced"))?,
+            )
+        } else {
+            None
+        };
         crate::shardmap::edit::MapEdit::Assign {
             group: group.to_string(),
             partition,
             shard: value.to_string(),
+            state,
         }
     } else if is(4, "STATE") {
         let state = crate::shardmap::PartitionState::parse(value)
@@ -191,7 +207,6 @@ fn set_partition(sql: &str) -> Result<Option<Command>, String> {
         return Err(format!("expected TO or STATE after the partition number; {usage}"));
     };
     let (mut based_on, mut data_in_place, mut dry_run) = (None, false, false);
-    let mut i = 6;
     while i < words.len() {
         if is(i, "DATA") && is(i + 1, "IN") && is(i + 2, "PLACE") {
             data_in_place = true;
@@ -282,6 +297,10 @@ async fn execute(out: &mut bytes::BytesMut, sql: &str, shared: &Shared, user: &s
             Ok(t) => t,
             Err(m) => return msg::error_response(out, Severity::Error, SqlState::CONNECTION_FAILURE, &m),
         },
+        Command::Moves => match views::moves(shared).await {
+            Ok(t) => t,
+            Err(m) => return msg::error_response(out, Severity::Error, SqlState::CONNECTION_FAILURE, &m),
+        },
         Command::Replica { node, disable } => {
             let rt = shared.runtime.load();
             return match rt
@@ -369,11 +388,26 @@ mod tests {
                 change: MapEdit::Assign {
                     group: "users".into(),
                     partition: 17,
-                    shard: "s2".into()
+                    shard: "s2".into(),
+                    state: None,
                 },
                 based_on: Some(4),
                 data_in_place: true,
                 dry_run: true,
+            })
+        );
+        assert_eq!(
+            Command::parse("SET PARTITION users 17 TO s2 STATE moving DATA IN PLACE"),
+            Ok(Command::SetPartition {
+                change: MapEdit::Assign {
+                    group: "users".into(),
+                    partition: 17,
+                    shard: "s2".into(),
+                    state: Some(crate::shardmap::PartitionState::Moving),
+                },
+                based_on: None,
+                data_in_place: true,
+                dry_run: false,
             })
         );
         assert_eq!(

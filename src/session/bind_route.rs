@@ -11,7 +11,7 @@ use super::state::Stmt;
 use super::{Flow, Session};
 use crate::analyze::TxEffect;
 use crate::analyze::shard::Shape;
-use crate::plan::shard::{self, Params, ShardPlan};
+use crate::plan::shard::{Params, ShardPlan};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::rows::BindParts;
@@ -94,7 +94,7 @@ impl Session {
         if *shape == Shape::Broadcast {
             self.ddl_seen();
         }
-        let mut plan = shard::plan(&shape, &map, &params);
+        let mut plan = self.plan_checked(&shape, &map, &params);
         let mut stmt = stmt.clone();
         let mut filled_bind = false;
         if let ShardPlan::NeedColumns { table } = &plan {
@@ -110,7 +110,7 @@ impl Session {
                         .clone();
                     stmt = named;
                     shape = self.shared.shapes.get(&stmt.query, &map);
-                    plan = shard::plan(&shape, &map, &params);
+                    plan = self.plan_checked(&shape, &map, &params);
                     filled_bind = true;
                 }
                 None => {
@@ -194,7 +194,7 @@ impl Session {
                 keys,
                 stmt: filled_ast,
             };
-            plan = shard::plan(&insert, &map, &params);
+            plan = self.plan_checked(&insert, &map, &params);
             stmt = filled_stmt;
             filled_bind = true;
         }

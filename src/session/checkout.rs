@@ -134,6 +134,7 @@ impl Session {
             copy_in: false,
             rolled_back: false,
             only_read: true,
+            joined: self.shared.runtime.load().config.map.clone(),
         };
         if held.checkout.conn.vars_sig != self.vars.sig() {
             msg::query(&mut held.wbuf, &self.vars.replay_sql(held.checkout.conn.vars_sig));

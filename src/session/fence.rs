@@ -1,13 +1,24 @@
 //! Statements that touch a fenced partition (a move's cutover, see `shardmap::states`) wait for
 //! the map to say where it serves, polling the shared snapshot, for at most [`FENCE_WAIT`]. A
-//! session outside a transaction then takes the new map; one inside a transaction goes on only
-//! if the partition stayed where it was: otherwise its earlier work there would be left behind on
-//! the old shard, so it gets 40001 and runs again.
+//! session outside a transaction (or in one that has not reached a shard yet) then takes the new
+//! map; one whose transaction holds shard connections goes on only if the partition stayed where
+//! it was: otherwise its earlier work there would be left behind on the old shard, so it gets
+//! 40001 and runs again.
+//!
+//! A session in a transaction plans by the map snapshot it took when the transaction began, so
+//! [`Session::plan_checked`] also looks at the shared map: a partition fenced or moved since
+//! counts as fenced, except on a connection this transaction already had to the partition's
+//! shard from before the fence: such transactions finish where they began (a move waits for
+//! them to end before it switches; after a manual `DATA IN PLACE` change the DBA's copy must
+//! catch up their writes). Without that, a transaction that reached the old shard
+//! only after the move's check could write there after the switch, and the write would be lost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Session;
+use crate::analyze::shard::Shape;
+use crate::plan::shard::{self, Params, ShardPlan};
 use crate::protocol::pg::sqlstate::SqlState;
 use crate::shardmap::{Partitioning, ShardId, ShardMap};
 
@@ -22,7 +33,46 @@ fn owner(map: &ShardMap, group: &str, partition: u32) -> Option<ShardId> {
     }
 }
 
+/// The name of the shard holding `partition` of `group` under `map`, unless it is fenced there.
+fn serving_at<'m>(map: &'m ShardMap, group: &str, partition: u32) -> Option<&'m str> {
+    let g = map.groups.iter().find(|g| g.name == group)?;
+    if g.fenced(partition) {
+        return None;
+    }
+    owner(map, group, partition).map(|s| map.shards[s].as_str())
+}
+
 impl Session {
+    /// [`shard::plan`] under this session's snapshot `map`, or `Fenced` when the shared map has
+    /// since fenced or moved a partition the statement touches (see the module docs).
+    pub(super) fn plan_checked(&self, shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
+        let plan = shard::plan(shape, map, params);
+        if matches!(plan, ShardPlan::Fenced { .. } | ShardPlan::Refuse(_))
+            || (self.held.is_none() && self.parked.is_empty())
+        {
+            return plan;
+        }
+        let current = self.shared.runtime.load();
+        let now = &current.config.map;
+        if std::ptr::eq(&**now, map) {
+            return plan;
+        }
+        let Some((group, partition)) = shard::moved(shape, map, now, params) else {
+            return plan;
+        };
+        let was = serving_at(map, &group, partition);
+        let joined_before = |joined: &ShardMap| was.is_some() && serving_at(joined, &group, partition) == was;
+        let before_fence = self
+            .held
+            .iter()
+            .chain(&self.parked)
+            .any(|h| Some(map.shards[h.shard].as_str()) == was && joined_before(&h.joined));
+        if before_fence {
+            return plan;
+        }
+        ShardPlan::Fenced { group, partition }
+    }
+
     /// Waits until partition `partition` of `group` is no longer fenced in the shared map.
     pub(super) async fn wait_unfenced(&mut self, group: &str, partition: u32) -> Result<(), (SqlState, String)> {
         let started = Instant::now();
@@ -32,8 +82,10 @@ impl Session {
             let fenced = map.groups.iter().any(|g| g.name == group && g.fenced(partition));
             if !fenced {
                 let old = &self.runtime.config.map;
-                if (self.held.is_some() || self.in_transaction())
-                    && (owner(old, group, partition) != owner(map, group, partition) || old.shards != map.shards)
+                // A transaction that has not reached any shard yet (a BEGIN waiting for its
+                // first statement) left nothing behind: it simply starts on the new map.
+                let touched = self.held.is_some() || !self.parked.is_empty() || self.implicit_multi;
+                if touched && (owner(old, group, partition) != owner(map, group, partition) || old.shards != map.shards)
                 {
                     return Err((
                         SqlState::SERIALIZATION_FAILURE,

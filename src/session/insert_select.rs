@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use super::Session;
 use crate::backend::leg::Leg;
 use crate::plan::Target;
-use crate::plan::shard::{self, Params, ShardPlan};
+use crate::plan::shard::{Params, ShardPlan};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::rows::{self, BindParts};
@@ -53,7 +53,7 @@ impl Session {
         }
         let map = self.runtime.config.map.clone();
         let shape = self.shared.shapes.get(select, &map);
-        let shard = match shard::plan(&shape, &map, &Params::default()) {
+        let shard = match self.plan_checked(&shape, &map, &Params::default()) {
             ShardPlan::One(s) => match &self.held {
                 Some(h) if matches!(*shape, crate::analyze::shard::Shape::Neutral) => h.shard,
                 _ => s,

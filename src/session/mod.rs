@@ -80,6 +80,8 @@ struct Held {
     /// Everything run on it since checkout only read: inside a transaction spanning shards, it
     /// commits without two-phase commit.
     only_read: bool,
+    /// The shared map when it joined the session (`fence::plan_checked`).
+    joined: Arc<crate::shardmap::ShardMap>,
 }
 
 impl Held {

@@ -14,7 +14,7 @@ use super::{Flow, Session};
 use crate::analyze::fingerprint::LiteralFree;
 use crate::analyze::shard::Shape;
 use crate::analyze::{Facts, TxEffect};
-use crate::plan::shard::{self, Params, ShardPlan};
+use crate::plan::shard::{Params, ShardPlan};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages::{self as msg, Severity};
 use crate::protocol::pg::rows::BindParts;
@@ -119,7 +119,7 @@ impl Session {
                     literals: &lf.values,
                     ..Params::default()
                 };
-                match shard::plan(&shape, map, &params) {
+                match self.plan_checked(&shape, map, &params) {
                     p @ ShardPlan::One(_) => {
                         if *shape == Shape::Broadcast {
                             self.ddl_seen();
@@ -140,7 +140,10 @@ impl Session {
         if *shape == Shape::Broadcast {
             self.ddl_seen();
         }
-        (shard::plan(&shape, map, &Params::default()), runs_anywhere(&shape))
+        (
+            self.plan_checked(&shape, map, &Params::default()),
+            runs_anywhere(&shape),
+        )
     }
 
     /// DDL: a table's columns may change. Forgotten now, and again when the transaction it
@@ -155,7 +158,7 @@ impl Session {
     /// Plans an exact text (one the proxy rewrote).
     fn plan_text(&self, sql: &str) -> ShardPlan {
         let map = &self.runtime.config.map;
-        shard::plan(&self.shared.shapes.get(sql, map), map, &Params::default())
+        self.plan_checked(&self.shared.shapes.get(sql, map), map, &Params::default())
     }
 
     /// A statement any shard can answer runs where the session already is.
@@ -307,7 +310,7 @@ impl Session {
                 keys,
                 stmt: Arc::new(stmt),
             };
-            plan = shard::plan(&filled, &map, &Params::default());
+            plan = self.plan_checked(&filled, &map, &Params::default());
         }
         let sql = rewritten.as_deref().unwrap_or(sql);
         match plan {

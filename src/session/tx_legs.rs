@@ -120,6 +120,8 @@ impl Session {
                 copy_in: false,
                 rolled_back: false,
                 only_read: !w && !wrote_now,
+                // When the legs joined is not kept: now is later, so never taken for before a fence.
+                joined: self.shared.runtime.load().config.map.clone(),
             };
             if self.held.is_none() && held_shard.is_none_or(|s| s == shard) {
                 self.handle.set_backend(Some((

@@ -19,6 +19,8 @@ pub enum MapEdit {
         partition: u32,
         /// Shard name.
         shard: String,
+        /// Its state from now on, in the same change (a move's switch lifts its fence with it).
+        state: Option<PartitionState>,
     },
     /// Hash partition `partition` of `group` is in `state`.
     State {
@@ -38,7 +40,14 @@ impl std::fmt::Display for MapEdit {
                 group,
                 partition,
                 shard,
-            } => write!(f, "partition {partition} of group {group} to shard {shard}"),
+                state,
+            } => {
+                write!(f, "partition {partition} of group {group} to shard {shard}")?;
+                match state {
+                    Some(s) => write!(f, ", {s}"),
+                    None => Ok(()),
+                }
+            }
             MapEdit::State {
                 group,
                 partition,
@@ -94,7 +103,7 @@ pub fn apply(
         .as_table_like_mut()
         .ok_or_else(|| err(format!("groups.{group}"), "not a table in the file"))?;
     match edit {
-        MapEdit::Assign { shard, .. } => {
+        MapEdit::Assign { shard, state, .. } => {
             let id = map
                 .shards
                 .iter()
@@ -116,27 +125,32 @@ pub fn apply(
                 }
             }
             table.insert("assignment", Item::Value(Value::InlineTable(assignment)));
-        }
-        MapEdit::State { state, .. } => {
-            let mut states = table
-                .get("states")
-                .and_then(|i| i.as_inline_table().cloned())
-                .unwrap_or_default();
-            states.remove(&partition.to_string());
-            if *state != PartitionState::Serving {
-                states.insert(partition.to_string(), Value::from(state.to_string()));
-            }
-            if states.is_empty() {
-                table.remove("states");
-            } else {
-                table.insert("states", Item::Value(Value::InlineTable(states)));
+            if let Some(state) = state {
+                set_state(table, partition, *state);
             }
         }
+        MapEdit::State { state, .. } => set_state(table, partition, *state),
     }
     doc["version"] = toml_edit::value((map.version + 1) as i64);
     let text = doc.to_string();
     let new = super::parse(&text)?;
     Ok((text, new))
+}
+
+fn set_state(table: &mut dyn toml_edit::TableLike, partition: u32, state: PartitionState) {
+    let mut states = table
+        .get("states")
+        .and_then(|i| i.as_inline_table().cloned())
+        .unwrap_or_default();
+    states.remove(&partition.to_string());
+    if state != PartitionState::Serving {
+        states.insert(partition.to_string(), Value::from(state.to_string()));
+    }
+    if states.is_empty() {
+        table.remove("states");
+    } else {
+        table.insert("states", Item::Value(Value::InlineTable(states)));
+    }
 }
 
 /// Partition numbers as compact ranges: `0-20,25,30-31`.
@@ -183,6 +197,7 @@ key = "id"
             group: "users".into(),
             partition: 2,
             shard: "s1".into(),
+            state: None,
         };
         let (text, new) = apply(MAP, &map, &edit, Some(4)).unwrap();
         assert!(text.starts_with("# the DBA's comment stays"), "{text}");
@@ -203,16 +218,19 @@ key = "id"
                 group: "users".into(),
                 partition: 8,
                 shard: "s1".into(),
+                state: None,
             },
             MapEdit::Assign {
                 group: "users".into(),
                 partition: 1,
                 shard: "s9".into(),
+                state: None,
             },
             MapEdit::Assign {
                 group: "orders".into(),
                 partition: 1,
                 shard: "s1".into(),
+                state: None,
             },
         ] {
             assert!(apply(MAP, &map, &bad, None).is_err(), "{bad}");

@@ -371,12 +371,18 @@ pub async fn primary_i64(topo: &Topology, sql: &str) -> i64 {
 }
 
 /// A primary with `replicas` streaming replicas of this test's own, for tests that stop, kill or
-/// promote its servers (the shared topologies must stay whole for the others).
+/// promote its servers (the shared topologies must stay whole for the others). Started from a
+/// thread that stays (parked) for the rest of the run: the servers die with the thread that
+/// started them (parent-death signal), and a pooled blocking thread exits when idle.
 pub async fn own_sandbox(replicas: usize) -> shardwire::sandbox::Sandbox {
-    tokio::task::spawn_blocking(move || shardwire::sandbox::Sandbox::start(replicas))
-        .await
-        .unwrap()
-        .expect("a sandbox of the test's own")
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(shardwire::sandbox::Sandbox::start(replicas));
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.await.unwrap().expect("a sandbox of the test's own")
 }
 
 /// A config serving `sb` as one shard (100 ms checks), with the users `app` and `admin`.

@@ -30,6 +30,8 @@ mod mysql_xa;
 mod node_loss;
 mod protocol;
 mod rebalance;
+mod rebalance_kill;
+mod rebalance_load;
 mod routing;
 mod session_state;
 mod sharding;

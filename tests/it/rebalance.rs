@@ -235,7 +235,8 @@ async fn a_difference_on_the_target_stops_the_move_naming_the_key_range() {
             "DROP TABLE IF EXISTS shardwire_moves;
              CREATE OR REPLACE FUNCTION sw_skew() RETURNS trigger LANGUAGE plpgsql AS
                $$ BEGIN IF NEW.id = {skewed} THEN NEW.score := NEW.score + 1; END IF; RETURN NEW; END $$;
-             CREATE TRIGGER sw_skew BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION sw_skew();"
+             CREATE TRIGGER sw_skew BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION sw_skew();
+             ALTER TABLE users ENABLE ALWAYS TRIGGER sw_skew;"
         ))
         .await
         .unwrap();
@@ -290,4 +291,95 @@ async fn a_difference_on_the_target_stops_the_move_naming_the_key_range() {
         .batch_execute(&format!("DELETE FROM users WHERE {in_p}"))
         .await
         .unwrap();
+}
+
+/// A transaction that began on another shard before a partition moved, and reaches the
+/// partition only after the switch, is told to run again (40001): its session planned by the
+/// map it began with, and writing to the old shard then would strand the write there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_older_than_a_move_does_not_write_to_the_old_shard() {
+    let (topo, _guard) = sharded().await;
+    let config_text = topo.config(MAP);
+    let proxy = Proxy::start(&config_text).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    let at = |k: i64| map.locate("users", &k.to_string()).unwrap().0;
+    let on_s0 = (1i64..).find(|k| at(*k).shard == 0).unwrap();
+    let on_s1 = (1i64..).find(|k| at(*k).shard == 1).unwrap();
+    let p = at(on_s0).partition.unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name, score) VALUES ({on_s0}, 'a', 0), ({on_s1}, 'b', 0)"
+    ))
+    .await
+    .unwrap();
+    let tx = proxy.app().await;
+    tx.batch_execute(&format!("BEGIN; UPDATE users SET score = 1 WHERE id = {on_s1}"))
+        .await
+        .unwrap();
+    let config = shardwire::config::parse(&config_text).unwrap();
+    let admin = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", proxy.port());
+    let m = shardwire::rebalance::Move {
+        group: "users".into(),
+        partition: p,
+        to: "s2".into(),
+    };
+    let keep = shardwire::rebalance::Options {
+        keep_way_back: true,
+        ..Default::default()
+    };
+    shardwire::rebalance::run(&config, &admin, &m, shardwire::rebalance::Action::Run, &keep)
+        .await
+        .unwrap();
+    let e = tx
+        .batch_execute(&format!("UPDATE users SET score = 1 WHERE id = {on_s0}"))
+        .await
+        .expect_err("the partition moved while the transaction was open");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE),
+        "{e:?}"
+    );
+    tx.batch_execute("ROLLBACK").await.unwrap();
+    // Nothing was written on the old shard; run again, the transaction goes to the new one.
+    assert_eq!(
+        count_where(
+            topo,
+            0,
+            &format!("SELECT count(*) FROM users WHERE id = {on_s0} AND score = 1")
+        )
+        .await,
+        0
+    );
+    for s in [
+        "BEGIN".to_string(),
+        format!("UPDATE users SET score = 1 WHERE id = {on_s1}"),
+        format!("UPDATE users SET score = 1 WHERE id = {on_s0}"),
+        "COMMIT".to_string(),
+    ] {
+        tx.batch_execute(&s).await.unwrap();
+    }
+    assert_eq!(
+        count_where(
+            topo,
+            2,
+            &format!("SELECT count(*) FROM users WHERE id = {on_s0} AND score = 1")
+        )
+        .await,
+        1
+    );
+    let config = shardwire::config::load(&proxy.config_path).unwrap();
+    shardwire::rebalance::run(
+        &config,
+        &admin,
+        &m,
+        shardwire::rebalance::Action::Complete,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count_where(topo, 0, &format!("SELECT count(*) FROM users WHERE id = {on_s0}")).await,
+        0
+    );
 }

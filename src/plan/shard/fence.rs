@@ -5,7 +5,7 @@
 
 use super::{Params, ShardPlan, key_value};
 use crate::analyze::shard::{KeyCond, Operand, Shape};
-use crate::shardmap::{Group, ShardMap};
+use crate::shardmap::{Group, Partitioning, ShardMap};
 
 /// `Some(ShardPlan::Fenced)` when `shape` touches a fenced partition under `map`.
 pub(super) fn check(shape: &Shape, map: &ShardMap, params: &Params) -> Option<ShardPlan> {
@@ -29,6 +29,38 @@ pub(super) fn check(shape: &Shape, map: &ShardMap, params: &Params) -> Option<Sh
         group: g.name.clone(),
         partition: touched,
     })
+}
+
+/// The first partition `shape` touches that `new` fences or gives to another shard than `old`
+/// (the map a session's open transaction planned by): (group name, partition). A statement
+/// whose keys are unknown touches every partition of its group.
+pub fn moved(shape: &Shape, old: &ShardMap, new: &ShardMap, params: &Params) -> Option<(String, u32)> {
+    let (group, keys): (usize, Option<Vec<&Operand>>) = match shape {
+        Shape::Group { group, cond, .. } | Shape::CopyQuery { group, cond, .. } => (*group, values_of(cond)),
+        Shape::Insert { group, keys, .. } => (*group, Some(keys.iter().collect())),
+        Shape::InsertFill { group, .. } | Shape::CopyIn { group, .. } => (*group, None),
+        _ => return None,
+    };
+    let g_old = old.groups.get(group)?;
+    let g_new = new.groups.iter().find(|g| g.name == g_old.name)?;
+    let (Partitioning::Hash { owner: was }, Partitioning::Hash { owner: is }) =
+        (&g_old.partitioning, &g_new.partitioning)
+    else {
+        return None;
+    };
+    let changed = |p: u32| {
+        g_new.fenced(p) || was.get(p as usize).map(|s| &old.shards[*s]) != is.get(p as usize).map(|s| &new.shards[*s])
+    };
+    let any = || (0..is.len() as u32).find(|p| changed(*p));
+    let touched = match keys {
+        Some(ops) => ops.into_iter().find_map(|o| match partition_of(g_new, o, params) {
+            Some(u32::MAX) => None,
+            Some(p) => changed(p).then_some(p),
+            None => any(),
+        }),
+        None => any(),
+    }?;
+    Some((g_new.name.clone(), touched))
 }
 
 /// The key values a condition narrows to, when it is a plain list (or an AND holding one).
