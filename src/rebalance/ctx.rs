@@ -211,8 +211,8 @@ impl Ctx {
         let mut rows = 0;
         for (t, filter, key) in &self.tables {
             let q = sql::fingerprint(t, filter);
-            let a = self.source.query_one(&q, &[]).await?;
-            let b = self.target.query_one(&q, &[]).await?;
+            // Both sides at once: the check runs inside the cutover's hold.
+            let (a, b) = futures_util::try_join!(self.source.query_one(&q, &[]), self.target.query_one(&q, &[]))?;
             let (an, ah): (i64, String) = (a.get(0), a.get(1));
             let (bn, bh): (i64, String) = (b.get(0), b.get(1));
             if (an, &ah) != (bn, &bh) {

@@ -14,6 +14,8 @@ use super::{Action, Options, Report};
 
 /// Catch-up is close enough to try a cutover when a barrier comes through within this.
 const CAUGHT_UP: Duration = Duration::from_millis(500);
+/// How long catch-up may fail to get the lag under [`CAUGHT_UP`] once the copy is done.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(300);
 /// Cutover attempts before the move stops (resumable) instead of trying again.
 const ATTEMPTS: u32 = 3;
 
@@ -126,7 +128,17 @@ impl Ctx {
         let totals = self.count_source().await?;
         let started = Instant::now();
         let mut last_report = Instant::now();
+        let mut copied_at: Option<Instant> = None;
         loop {
+            let failures = repl::errors(&self.target, &name).await?;
+            if failures > 0 {
+                bail!(
+                    "the subscription on {} failed {failures} time(s) copying or applying the partition's rows \
+                     (a row already there? see {}'s log)",
+                    self.target_name,
+                    self.target_name
+                );
+            }
             let tables = repl::sync_state(&self.target, &name, &self.tables).await?;
             let copied: i64 = tables
                 .iter()
@@ -134,6 +146,14 @@ impl Ctx {
                 .map(|((done, running), total)| if *done { *total } else { *running })
                 .sum();
             if tables.iter().all(|(done, _)| *done) {
+                let since = *copied_at.get_or_insert_with(Instant::now);
+                if since.elapsed() > CATCH_UP_LIMIT {
+                    bail!(
+                        "replication lag stayed above {} ms for {} s after the copy: the target does not keep up with the writes",
+                        CAUGHT_UP.as_millis(),
+                        CATCH_UP_LIMIT.as_secs()
+                    );
+                }
                 match repl::barrier(&self.source, &self.target, &name, Duration::from_secs(5)).await {
                     Ok(lag) if lag <= CAUGHT_UP => {
                         let ms = lag.as_millis() as i64;

@@ -274,6 +274,17 @@ pub async fn sync_state(c: &Client, name: &str, tables: &[(String, String, Strin
     Ok(out)
 }
 
+/// How often the workers of subscription `name` failed (applying a change, copying a table):
+/// PostgreSQL retries them forever, so a move must notice and stop.
+pub async fn errors(c: &Client, name: &str) -> Result<i64> {
+    Ok(c.query_opt(
+        "SELECT (apply_error_count + sync_error_count)::int8 FROM pg_stat_subscription_stats WHERE subname = $1",
+        &[&name],
+    )
+    .await?
+    .map_or(0, |r| r.get(0)))
+}
+
 /// Marks a point in stream `name` on the publisher and waits, at most `within`, until the
 /// subscriber has applied it: then every change committed on the publisher before this call is
 /// on the subscriber. The time it took.
