@@ -109,13 +109,34 @@ for p in $(seq 0 $((MOVES - 1))); do
 rows, s, heap = $rows, $copy_s, $HEAP
 print('%-9s %8d %9.2f %10.0f %8.1f %9s %8s' % ($p, rows, s, rows / s, heap / 16 / s / 1e6, '$lag', '$hold'))"
 done
+# Catch-up rate: one more move, paused once caught up (the tool's test hook), then one
+# transaction straight on s0 adding 1000 to every row of that partition; the time until the
+# target has applied it is the rate the subscription works off a backlog at (while pgbench goes
+# on). Then the paused tool is killed and the move resumed to its end.
+p=$MOVES
+SHARDWIRE_MOVE_PAUSE_AT=caught_up RUST_LOG=warn "$SW" rebalance move --config "$WORK/sw.toml" --admin "$ADMIN" \
+    --group users --partition "$p" --to s1 >"$WORK/paused.log" 2>&1 & PAUSED=$!
+PIDS+=("$PAUSED")
+disown "$PAUSED"
+for _ in $(seq 1 1200); do grep -q "paused at caught_up" "$WORK/paused.log" && break; sleep 0.1; done
+F="((((hashint8extended(id::int8, 8816678312871386365)) % 16 + 16) % 16 + 3) % 16 = $p)"
+t0=$(date +%s.%N)
+n=$(psql0 -At -c "WITH u AS (UPDATE users SET score = score + 1000 WHERE $F RETURNING 1) SELECT count(*) FROM u")
+t1=$(date +%s.%N)
+until [ "$(psql1 -At -c "SELECT count(*) FROM users WHERE $F AND score < 1000")" = 0 ]; do sleep 0.02; done
+t2=$(date +%s.%N)
+python3 -c "n, a, b, c = $n, $t0, $t1, $t2; print('catch-up: %d row updates in one transaction (%.2f s on the source) applied on the target %.2f s after its commit: %.0f rows/s' % (n, b - a, c - b, n / (c - b)))"
+kill -9 "$PAUSED" 2>/dev/null || true
+out=$(NO_COLOR=1 RUST_LOG=warn "$SW" rebalance move --config "$WORK/sw.toml" --admin "$ADMIN" --group users --partition "$p" --to s1 2>&1)
+echo "resumed after SIGKILL: ${out##*$'\n'}"
 sleep 2
 kill -TERM "$BENCH" 2>/dev/null || true
 wait "$BENCH" 2>/dev/null || true
 # pgbench's log: client, tx, latency (us), script, epoch s, epoch us.
 cat "$WORK"/tx.* | python3 -c "
 import sys
-lat = sorted(int(l.split()[2]) for l in sys.stdin if l.strip())
+# The last lines may be cut short by the stop.
+lat = sorted(int(f[2]) for f in (l.split() for l in sys.stdin) if len(f) >= 6)
 n = len(lat)
 print('client transactions: %d, p50 %.1f ms, p99 %.1f ms, p100 %.1f ms' % (n, lat[n//2]/1000, lat[int(n*0.99)]/1000, lat[-1]/1000))"
 grep -E '^(number of failed|tps)' "$WORK/pgbench.out" || true
