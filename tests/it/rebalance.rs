@@ -10,6 +10,18 @@ use crate::harness::Proxy;
 use crate::sharding::{SCHEMA, each};
 use crate::shards::{MAP, SHARDS, sharded};
 
+/// Slots, publications and subscriptions on a server: a finished move leaves none.
+pub async fn replication_objects(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication) \
+         + (SELECT count(*) FROM pg_subscription)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 async fn count_where(topo: &crate::shards::Sharded, shard: usize, sql: &str) -> i64 {
     topo.shard(shard).await.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -381,5 +393,79 @@ async fn a_transaction_older_than_a_move_does_not_write_to_the_old_shard() {
     assert_eq!(
         count_where(topo, 0, &format!("SELECT count(*) FROM users WHERE id = {on_s0}")).await,
         0
+    );
+}
+
+/// Without logical replication for a table (here: its replica identity does not include the
+/// shard key), the move falls back to copying under the fence, and still completes with every
+/// acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_without_logical_replication_copies_under_the_fence() {
+    let (topo, _guard) = sharded().await;
+    let config_text = topo.config(MAP);
+    let proxy = Proxy::start(&config_text).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    let first = (1i64..)
+        .find(|k| map.locate("users", &k.to_string()).unwrap().0.shard == 0)
+        .unwrap();
+    let p = map.locate("users", &first.to_string()).unwrap().0.partition.unwrap();
+    let in_p = format!(
+        "SELECT count(*) FROM users WHERE {}",
+        shardwire::rebalance::sql::in_partition(shardwire::shardmap::KeyType::Int, "id", p, 64)
+    );
+    let values: Vec<String> = (1..=500).map(|i| format!("({i}, 'u{i}', 0)")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name, score) VALUES {}",
+        values.join(",")
+    ))
+    .await
+    .unwrap();
+    let before = count_where(topo, 0, &in_p).await;
+    topo.shard(0)
+        .await
+        .batch_execute("ALTER TABLE users REPLICA IDENTITY NOTHING")
+        .await
+        .unwrap();
+    let config = shardwire::config::parse(&config_text).unwrap();
+    let admin = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", proxy.port());
+    let m = shardwire::rebalance::Move {
+        group: "users".into(),
+        partition: p,
+        to: "s1".into(),
+    };
+    let r = shardwire::rebalance::move_partition(&config, &admin, &m, false).await;
+    topo.shard(0)
+        .await
+        .batch_execute("ALTER TABLE users REPLICA IDENTITY DEFAULT")
+        .await
+        .unwrap();
+    r.unwrap();
+    let mode: String = topo
+        .shard(1)
+        .await
+        .query_one(
+            "SELECT mode FROM shardwire_moves WHERE group_name = 'users' AND partition = $1",
+            &[&(p as i32)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "copy");
+    assert_eq!(count_where(topo, 0, &in_p).await, 0);
+    assert_eq!(count_where(topo, 1, &in_p).await, before);
+    assert_eq!(replication_objects(&topo.shard(0).await).await, 0);
+    c.execute("UPDATE users SET score = 7 WHERE id = $1", &[&first])
+        .await
+        .unwrap();
+    assert_eq!(
+        count_where(
+            topo,
+            1,
+            &format!("SELECT count(*) FROM users WHERE id = {first} AND score = 7")
+        )
+        .await,
+        1
     );
 }

@@ -173,29 +173,20 @@ async fn a_move_killed_at_each_step_resumes_and_a_rollback_after_the_cutover_kee
 
     let config = proxy.config_path.display().to_string();
     let admin = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", proxy.port());
-    let args = |p: u32, extra: &[&'static str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "rebalance",
-            "move",
-            "--config",
-            &config,
-            "--admin",
-            &admin,
-            "--group",
-            "users",
-            "--to",
-            "s1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(["--partition".to_string(), p.to_string()]);
+    // `rebalance <command>` of partition `p` of users to s1.
+    let args = |command: &str, p: u32, extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = ["rebalance", command, "--config", &config, "--admin", &admin]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = p.to_string();
+        a.extend(["--group", "users", "--to", "s1", "--partition", &p].map(String::from));
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
 
     for (p, step) in parts.iter().zip(STEPS) {
-        let a = args(*p, &[]);
+        let a = args("move", *p, &[]);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         kill_at(&a, step).await;
         // SHOW MOVES names the step the tool stopped at.
@@ -227,7 +218,7 @@ async fn a_move_killed_at_each_step_resumes_and_a_rollback_after_the_cutover_kee
 
     // Kept with its way back, then rolled back after the cutover (the rollback killed once).
     let back = parts[7];
-    let a = args(back, &["--keep-way-back"]);
+    let a = args("move", back, &["--keep-way-back"]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let out = tool(&a).await;
     assert!(out.contains("flow back"), "{out}");
@@ -238,7 +229,7 @@ async fn a_move_killed_at_each_step_resumes_and_a_rollback_after_the_cutover_kee
         later.1 > moved.1,
         "writes go to the new shard: {moved:?} then {later:?}"
     );
-    let a = args(back, &["--abort"]);
+    let a = args("move", back, &["--abort"]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     kill_at(&a, "returning").await;
     let out = tool(&a).await;
@@ -252,30 +243,14 @@ async fn a_move_killed_at_each_step_resumes_and_a_rollback_after_the_cutover_kee
 
     // Kept with its way back, then completed.
     let done = parts[8];
-    let a = args(done, &["--keep-way-back"]);
+    let a = args("move", done, &["--keep-way-back"]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     tool(&a).await;
     assert!(
         in_partition(&topo.shard(0).await, done).await.0 > 0,
         "the old copy stays until complete"
     );
-    let a: Vec<String> = [
-        "rebalance",
-        "complete",
-        "--config",
-        &config,
-        "--admin",
-        &admin,
-        "--group",
-        "users",
-        "--to",
-        "s1",
-        "--partition",
-        "8",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let a = args("complete", done, &[]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let out = tool(&a).await;
     assert!(out.contains("completed"), "{out}");
@@ -298,17 +273,7 @@ async fn a_move_killed_at_each_step_resumes_and_a_rollback_after_the_cutover_kee
     assert_eq!(rows, keys.len() as i64, "rows lost or duplicated");
     assert_eq!(score, acked.load(Ordering::Relaxed), "acknowledged writes lost");
     for s in 0..3 {
-        let left: i64 = topo
-            .shard(s)
-            .await
-            .query_one(
-                "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication) \
-                 + (SELECT count(*) FROM pg_subscription)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let left = crate::rebalance::replication_objects(&topo.shard(s).await).await;
         assert_eq!(left, 0, "replication objects left on s{s}");
     }
 }

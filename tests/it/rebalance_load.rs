@@ -319,15 +319,7 @@ async fn a_quarter_of_the_partitions_moves_to_a_new_shard_under_load() {
     assert_eq!(orders_found.len(), logs.iter().map(|l| l.orders.len()).sum::<usize>());
     // Nothing of the moves is left behind: no slots, publications or subscriptions.
     for (s, client) in shards.iter().enumerate() {
-        let left: i64 = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication) \
-                 + (SELECT count(*) FROM pg_subscription)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let left = crate::rebalance::replication_objects(client).await;
         assert_eq!(left, 0, "replication objects left on shard {s}");
     }
     drop(fourth);
