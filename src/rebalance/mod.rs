@@ -254,6 +254,20 @@ pub async fn run(config: &Config, admin_url: &str, m: &Move, action: Action, opt
         key_type: g.key_type,
         mode,
     };
+    match (action, step.as_str()) {
+        (Action::Abort, "completing") => bail!(
+            "the move of partition {} of {} is completing (its way back is gone): run it again to finish, \
+             then move the partition back with a new move",
+            m.partition,
+            m.group
+        ),
+        (Action::Complete, "returning") => bail!(
+            "the move of partition {} of {} is being rolled back: run it with --abort to finish that",
+            m.partition,
+            m.group
+        ),
+        _ => {}
+    }
     let logical = ctx.mode == "logical";
     let switched = switched_step(&step);
     if action == Action::Abort && !switched {
