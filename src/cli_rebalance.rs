@@ -21,6 +21,26 @@ pub struct MoveOpts {
     keep_way_back: bool,
 }
 
+/// One partition's move, and where shardwire serves: shared by `move` and `complete`.
+#[derive(clap::Args)]
+pub struct WhichMove {
+    /// The configuration file shardwire serves.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The admin console of the running shardwire, e.g. postgres://admin:pw@127.0.0.1:6432/shardwire.
+    #[arg(long)]
+    admin: String,
+    /// The table group.
+    #[arg(long)]
+    group: String,
+    /// The hash partition.
+    #[arg(long)]
+    partition: u32,
+    /// The target shard.
+    #[arg(long)]
+    to: String,
+}
+
 #[derive(Subcommand)]
 pub enum RebalanceCmd {
     /// Print the partition moves that even out partitions per shard, one per line
@@ -40,21 +60,8 @@ pub enum RebalanceCmd {
     /// Move one partition to a shard, while shardwire serves (or resume, or --abort, a move of it
     /// left unfinished).
     Move {
-        /// The configuration file shardwire serves.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The admin console of the running shardwire, e.g. postgres://admin:pw@127.0.0.1:6432/shardwire.
-        #[arg(long)]
-        admin: String,
-        /// The table group.
-        #[arg(long)]
-        group: String,
-        /// The hash partition.
-        #[arg(long)]
-        partition: u32,
-        /// The target shard.
-        #[arg(long)]
-        to: String,
+        #[command(flatten)]
+        which: WhichMove,
         /// Roll back an unfinished move of this partition instead (after its switch: a cutover
         /// back to the old shard, with the writes made in between).
         #[arg(long)]
@@ -65,21 +72,8 @@ pub enum RebalanceCmd {
     /// Finish a move left waiting with --keep-way-back: the changes stop flowing back and the
     /// old shard's copy of the partition is deleted.
     Complete {
-        /// The configuration file shardwire serves.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The admin console of the running shardwire.
-        #[arg(long)]
-        admin: String,
-        /// The table group.
-        #[arg(long)]
-        group: String,
-        /// The hash partition.
-        #[arg(long)]
-        partition: u32,
-        /// The shard it moved to.
-        #[arg(long)]
-        to: String,
+        #[command(flatten)]
+        which: WhichMove,
     },
     /// Print the partition moves recorded on the shards (under way, stopped, finished), with
     /// their step, rows copied of the total, replication lag and time left.
@@ -143,6 +137,16 @@ async fn one(path: &std::path::Path, admin: &str, m: &Move, action: Action, opts
     Ok(())
 }
 
+fn run_one(which: WhichMove, action: Action, opts: MoveOpts) -> Result<()> {
+    let m = Move {
+        group: which.group,
+        partition: which.partition,
+        to: which.to,
+    };
+    let (path, admin) = (which.config, which.admin);
+    shardwire::serve::block_on(1, async move { one(&path, &admin, &m, action, &opts).await })?
+}
+
 pub fn run(cmd: RebalanceCmd) -> Result<()> {
     match cmd {
         RebalanceCmd::Plan {
@@ -166,18 +170,9 @@ pub fn run(cmd: RebalanceCmd) -> Result<()> {
             eprintln!("{} move(s) (map version {})", moves.len(), c.map.version);
             Ok(())
         }
-        RebalanceCmd::Move {
-            config: path,
-            admin,
-            group,
-            partition,
-            to,
-            abort,
-            opts,
-        } => {
-            let m = Move { group, partition, to };
+        RebalanceCmd::Move { which, abort, opts } => {
             let action = if abort { Action::Abort } else { Action::Run };
-            shardwire::serve::block_on(1, async move { one(&path, &admin, &m, action, &opts).await })?
+            run_one(which, action, opts)
         }
         RebalanceCmd::Status { config: path } => {
             let c = config(&path)?;
@@ -210,19 +205,12 @@ pub fn run(cmd: RebalanceCmd) -> Result<()> {
                 bail!("{} shard(s) could not be read", errors.len())
             }
         }
-        RebalanceCmd::Complete {
-            config: path,
-            admin,
-            group,
-            partition,
-            to,
-        } => {
-            let m = Move { group, partition, to };
+        RebalanceCmd::Complete { which } => {
             let opts = MoveOpts {
                 hold: std::time::Duration::from_secs(2),
                 keep_way_back: false,
             };
-            shardwire::serve::block_on(1, async move { one(&path, &admin, &m, Action::Complete, &opts).await })?
+            run_one(which, Action::Complete, opts)
         }
         RebalanceCmd::Apply {
             config: path,

@@ -22,6 +22,38 @@ pub async fn replication_objects(c: &tokio_postgres::Client) -> i64 {
     .get(0)
 }
 
+/// A proxy over the test shards with the schema made; the first key on s0 and its partition; the
+/// configuration and admin console URL a move takes.
+struct Setup {
+    proxy: Proxy,
+    c: tokio_postgres::Client,
+    config: shardwire::config::Config,
+    admin: String,
+    first: i64,
+    p: u32,
+}
+
+async fn setup(topo: &crate::shards::Sharded) -> Setup {
+    let config_text = topo.config(MAP);
+    let proxy = Proxy::start(&config_text).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let map = shardwire::shardmap::parse(MAP).unwrap();
+    let first = (1i64..)
+        .find(|k| map.locate("users", &k.to_string()).unwrap().0.shard == 0)
+        .unwrap();
+    let p = map.locate("users", &first.to_string()).unwrap().0.partition.unwrap();
+    let admin = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", proxy.port());
+    Setup {
+        config: shardwire::config::parse(&config_text).unwrap(),
+        proxy,
+        c,
+        admin,
+        first,
+        p,
+    }
+}
+
 async fn count_where(topo: &crate::shards::Sharded, shard: usize, sql: &str) -> i64 {
     topo.shard(shard).await.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -214,15 +246,14 @@ fn proxy_config_path(text: &str) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_difference_on_the_target_stops_the_move_naming_the_key_range() {
     let (topo, _guard) = sharded().await;
-    let config_text = topo.config(MAP);
-    let proxy = Proxy::start(&config_text).await;
-    let c = proxy.app().await;
-    each(&c, SCHEMA).await;
-    let map = shardwire::shardmap::parse(MAP).unwrap();
-    let first = (1i64..)
-        .find(|k| map.locate("users", &k.to_string()).unwrap().0.shard == 0)
-        .unwrap();
-    let p = map.locate("users", &first.to_string()).unwrap().0.partition.unwrap();
+    let Setup {
+        proxy,
+        c: _,
+        config,
+        admin,
+        first,
+        p,
+    } = setup(topo).await;
     let in_p = shardwire::rebalance::sql::in_partition(shardwire::shardmap::KeyType::Int, "id", p, 64);
     let source = topo.shard(0).await;
     source
@@ -252,8 +283,6 @@ async fn a_difference_on_the_target_stops_the_move_naming_the_key_range() {
         ))
         .await
         .unwrap();
-    let config = shardwire::config::parse(&config_text).unwrap();
-    let admin = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", proxy.port());
     let m = shardwire::rebalance::Move {
         group: "users".into(),
         partition: p,
@@ -402,15 +431,14 @@ async fn a_transaction_older_than_a_move_does_not_write_to_the_old_shard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_without_logical_replication_copies_under_the_fence() {
     let (topo, _guard) = sharded().await;
-    let config_text = topo.config(MAP);
-    let proxy = Proxy::start(&config_text).await;
-    let c = proxy.app().await;
-    each(&c, SCHEMA).await;
-    let map = shardwire::shardmap::parse(MAP).unwrap();
-    let first = (1i64..)
-        .find(|k| map.locate("users", &k.to_string()).unwrap().0.shard == 0)
-        .unwrap();
-    let p = map.locate("users", &first.to_string()).unwrap().0.partition.unwrap();
+    let Setup {
+        proxy: _proxy,
+        c,
+        config,
+        admin,
+        first,
+        p,
+    } = setup(topo).await;
     let in_p = format!(
         "SELECT count(*) FROM users WHERE {}",
         shardwire::rebalance::sql::in_partition(shardwire::shardmap::KeyType::Int, "id", p, 64)
@@ -428,8 +456,6 @@ async fn a_move_without_logical_replication_copies_under_the_fence() {
         .batch_execute("ALTER TABLE users REPLICA IDENTITY NOTHING")
         .await
         .unwrap();
-    let config = shardwire::config::parse(&config_text).unwrap();
-    let admin = format!("postgres://admin:admin@127.0.0.1:{}/shardwire", proxy.port());
     let m = shardwire::rebalance::Move {
         group: "users".into(),
         partition: p,
