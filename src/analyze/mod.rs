@@ -8,6 +8,7 @@ pub mod facts;
 pub mod fingerprint;
 pub mod limits;
 pub mod mysql;
+pub mod script;
 pub mod shard;
 
 use std::collections::HashSet;

@@ -384,6 +384,9 @@ impl Session {
                 "partition {partition} of group {group} is being moved: retry in a moment"
             )),
             ShardPlan::CopySplit { .. } | ShardPlan::CopyOut { .. } => Route::Refuse("COPY is PostgreSQL's".into()),
+            ShardPlan::Statements => Route::Refuse(
+                "a query string with several statements for different shards: send the statements one at a time".into(),
+            ),
         }
     }
 }

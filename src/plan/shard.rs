@@ -84,6 +84,9 @@ pub enum ShardPlan {
         /// The partition.
         partition: u32,
     },
+    /// A query string whose statements need different shards: the session runs them one at a
+    /// time, each on its own shards, in the string's transaction.
+    Statements,
     /// Not run; the reason.
     Refuse(String),
 }
@@ -113,6 +116,7 @@ impl ShardPlan {
             | ShardPlan::GenerateIds { .. }
             | ShardPlan::NeedColumns { .. }
             | ShardPlan::InsertSelect { .. }
+            | ShardPlan::Statements
             | ShardPlan::Fenced { .. } => Vec::new(),
         }
     }
@@ -125,6 +129,7 @@ impl ShardPlan {
             ShardPlan::Write { .. } => "broadcast",
             ShardPlan::InsertSplit { .. } | ShardPlan::CopySplit { .. } => "insert-split",
             ShardPlan::Refuse(_) | ShardPlan::Fenced { .. } => "refused",
+            ShardPlan::Statements => "statements",
             ShardPlan::GenerateIds { .. } | ShardPlan::NeedColumns { .. } | ShardPlan::InsertSelect { .. } => {
                 "insert-split"
             }
@@ -226,19 +231,20 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
     match shape {
         Shape::Unparsed | Shape::Neutral | Shape::Unsharded | Shape::ReferenceRead => ShardPlan::One(map.default_shard),
         Shape::Several(shapes) => {
+            // One shard for all: the string goes there whole. Otherwise each statement runs on
+            // its own shards, unless one is refused (then none runs).
             let mut shard = None;
+            let mut several = false;
             for s in shapes.iter().filter(|s| **s != Shape::Neutral) {
                 match plan(s, map, params) {
                     ShardPlan::One(x) if shard.is_none_or(|y| y == x) => shard = Some(x),
                     ShardPlan::Refuse(m) => return ShardPlan::Refuse(m),
                     f @ ShardPlan::Fenced { .. } => return f,
-                    _ => {
-                        return ShardPlan::Refuse(
-                            "a query string with several statements runs on more than one shard; send the statements one at a time"
-                                .into(),
-                        );
-                    }
+                    _ => several = true,
                 }
+            }
+            if several {
+                return ShardPlan::Statements;
             }
             ShardPlan::One(shard.unwrap_or(map.default_shard))
         }
@@ -467,6 +473,9 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
         ShardPlan::Fenced { group, partition } => {
             format!("waits: partition {partition} of group {group} is fenced (a move's cutover)")
         }
+        ShardPlan::Statements => "statements: each statement of the string on its own shards, one after another, \
+                                   in the string's transaction"
+            .to_string(),
         ShardPlan::Refuse(m) => format!("refused (0A000): {m}"),
     }
 }

@@ -213,6 +213,15 @@ impl Session {
                 Ok(Routed::Done(Flow::Continue))
             }
             ShardPlan::Fenced { group, partition } => Ok(Routed::Fenced(group, partition)),
+            ShardPlan::Statements => {
+                // As the server answers a Parse of several statements.
+                self.fail_statement(
+                    SqlState::SYNTAX_ERROR,
+                    true,
+                    "cannot insert multiple commands into a prepared statement",
+                );
+                Ok(Routed::Done(Flow::Continue))
+            }
             multi => {
                 if self.pinned.is_some() {
                     self.refuse(

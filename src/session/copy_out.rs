@@ -90,7 +90,7 @@ impl Session {
                         if !skip {
                             self.client.wbuf.extend_from_slice(f.raw());
                             if self.client.wbuf.len() >= FLUSH_AT {
-                                self.client.flush().await.map_err(|_| SessionError::Gone)?;
+                                self.flush_client().await?;
                             }
                         }
                     }

@@ -150,6 +150,7 @@ async fn handle(
                 lent_from: None,
                 switch_wait: false,
                 implicit_multi: false,
+                script: None,
                 rollback_at_sync: false,
                 ddl_in_tx: false,
                 tx_refused: false,

@@ -32,6 +32,7 @@ mod relay;
 mod responses;
 mod retry;
 mod ryw;
+mod script;
 mod sharding;
 mod signal;
 pub mod state;
@@ -202,6 +203,8 @@ pub struct Session {
     /// A pipeline's implicit transaction was made a transaction block to span shards: the
     /// client's Sync commits it on every shard.
     implicit_multi: bool,
+    /// A query string run statement by statement (`script`).
+    script: Option<Box<script::Script>>,
     /// The extended-protocol ROLLBACK of a failed transaction was answered here: the held
     /// connection rolls back at the client's Sync (it skips everything until a Sync).
     rollback_at_sync: bool,

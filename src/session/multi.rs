@@ -125,6 +125,7 @@ impl Session {
             | ShardPlan::GenerateIds { .. }
             | ShardPlan::NeedColumns { .. }
             | ShardPlan::InsertSelect { .. }
+            | ShardPlan::Statements
             | ShardPlan::Fenced { .. } => Ok(Outcome::Failed),
         };
         self.shared.stats.record_plan(plan.kind());
@@ -338,6 +339,7 @@ impl Session {
         };
         let mut sink = ClientRows {
             client: &mut self.client,
+            script: self.script.as_deref_mut(),
         };
         let result = match bind {
             Some(b) => exec::merge::run(legs, m, &cells, &values::BindParams(b), window, &mut sink).await,
@@ -384,6 +386,8 @@ impl RowSource for Leg {
 /// Merged rows into the client's buffer, flushed as it fills.
 struct ClientRows<'a> {
     client: &'a mut super::client::ClientConn,
+    /// A query string run statement by statement: it looks at the output before it is sent.
+    script: Option<&'a mut super::script::Script>,
 }
 
 impl RowSink for ClientRows<'_> {
@@ -392,7 +396,7 @@ impl RowSink for ClientRows<'_> {
     async fn row(&mut self, cells: &[Option<Bytes>], visible: usize) -> Result<(), SessionError> {
         rows::data_row(&mut self.client.wbuf, cells, visible);
         if self.client.wbuf.len() >= FLUSH_AT {
-            self.client.flush().await.map_err(|_| SessionError::Gone)?;
+            super::script::flush(self.client, self.script.as_deref_mut()).await?;
         }
         Ok(())
     }

@@ -116,7 +116,7 @@ impl Session {
         if let Some(g) = copy_in {
             self.client.wbuf.extend_from_slice(g.raw());
         }
-        self.client.flush().await.map_err(|_| SessionError::Gone)?;
+        self.flush_client().await?;
         // Rows from the client, each to the shard of its key.
         let g = &map.groups[*group];
         let mut splitter = RowSplitter::default();

@@ -136,6 +136,10 @@ impl Session {
             // a transaction, the held one quiet.
             return self.held.as_ref().is_none_or(|h| self.switch_wait && h.quiet());
         }
+        if self.script.is_some() {
+            // The next statement of a query string starts once the one before has answered.
+            return self.held.as_ref().is_none_or(|h| h.quiet());
+        }
         if !self.replay.is_empty() {
             return self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
         }
@@ -161,6 +165,11 @@ impl Session {
                     self.switch_wait = false;
                     f
                 }
+                None if self.script.is_some() => match self.script_next().await? {
+                    super::script::Next::Frame(f) => f,
+                    super::script::Next::Wait => return Ok(Flow::Continue),
+                    super::script::Next::Ended => continue,
+                },
                 None => match self.replay.pop_front() {
                     Some(f) => f,
                     None => match self.client.try_frame()? {
@@ -197,7 +206,7 @@ impl Session {
         let nothing_owed = self.held.as_ref().is_none_or(|h| h.ops.is_empty());
         let want_client_read = self.stalled.is_none() && self.held.as_ref().is_none_or(|h| h.wbuf.len() <= HIGH_WATER);
         let want_backend_read = self.client.wbuf.len() <= HIGH_WATER;
-        let sendable = self.retry.sendable(self.client.wbuf.len());
+        let sendable = self.client_sendable();
         let want_client_write = sendable > 0 || self.client.sock.wants_write();
         let client = &mut self.client;
         let mut backend = self.held.as_mut().map(|h| {
@@ -260,7 +269,7 @@ impl Session {
     }
 
     fn write_client(&mut self) -> Result<(), SessionError> {
-        let sendable = self.retry.sendable(self.client.wbuf.len());
+        let sendable = self.client_sendable();
         if sendable == 0 {
             return Ok(());
         }
@@ -271,6 +280,7 @@ impl Session {
 
     fn client_written(&mut self, n: usize) {
         self.retry.sent(n);
+        self.script_sent(n);
         let _ = self.client.wbuf.split_to(n);
         if self.client.wbuf.is_empty() && self.client.wbuf.capacity() > KEEP_CAPACITY {
             self.client.wbuf = BytesMut::new();

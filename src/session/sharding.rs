@@ -326,6 +326,7 @@ impl Session {
                 self.refuse(false, &m);
                 Ok(Routed::Done(Flow::Continue))
             }
+            ShardPlan::Statements => Ok(Routed::Done(self.start_script(f, sql))),
             ShardPlan::Fenced { group, partition } => {
                 if let Err((code, m)) = Box::pin(self.wait_unfenced(&group, partition)).await {
                     self.fail_statement(code, false, &m);

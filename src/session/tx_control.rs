@@ -59,6 +59,10 @@ impl Session {
             .get(..19)
             .is_some_and(|p| p.eq_ignore_ascii_case("prepare transaction"));
         if !single_statement && (facts.tx != TxEffect::None || savepoint) {
+            if !extended {
+                // Each statement on its own: a COMMIT in the string must end every shard's part.
+                return Ok(Some(self.start_script(f, sql)));
+            }
             self.refuse(
                 extended,
                 "transaction control in a query string with several statements, in a transaction spanning shards: send \

@@ -62,7 +62,7 @@ impl Session {
     }
 
     /// Ends the transaction on every shard it joined; the command tag, or why it rolled back.
-    async fn finish_multi(&mut self, rollback: bool) -> Result<&'static str, (SqlState, String)> {
+    pub(super) async fn finish_multi(&mut self, rollback: bool) -> Result<&'static str, (SqlState, String)> {
         let mut all: Vec<Held> = std::mem::take(&mut self.parked);
         all.extend(self.held.take());
         self.handle.set_backend(None);

@@ -673,6 +673,7 @@ async fn same_rows_as_one_database() {
             }
         }
     }
+    eprintln!("differential: {checked} checked, {} refused", REFUSED.len());
     assert!(checked >= 150, "the corpus has {checked} queries");
     assert!(
         failures.is_empty(),

@@ -33,6 +33,7 @@ mod rebalance;
 mod rebalance_kill;
 mod rebalance_load;
 mod routing;
+mod scripts;
 mod session_state;
 mod sharding;
 mod shards;

@@ -12,7 +12,7 @@ fn code(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())
 }
 
-async fn names(topo: &crate::shards::Sharded, keys: &[i64]) -> Vec<(i64, String)> {
+pub(crate) async fn names(topo: &crate::shards::Sharded, keys: &[i64]) -> Vec<(i64, String)> {
     let list: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
     let mut out = Vec::new();
     for s in 0..SHARDS {
@@ -33,7 +33,7 @@ async fn names(topo: &crate::shards::Sharded, keys: &[i64]) -> Vec<(i64, String)
     out
 }
 
-fn sorted(mut v: Vec<(i64, &str)>) -> Vec<(i64, String)> {
+pub(crate) fn sorted(mut v: Vec<(i64, &str)>) -> Vec<(i64, String)> {
     v.sort();
     v.into_iter().map(|(k, n)| (k, n.to_string())).collect()
 }
@@ -443,9 +443,11 @@ async fn transfers_keep_the_total_when_a_shard_stops_mid_commit() {
                     let sql = format!(
                         "BEGIN; UPDATE users SET score = score - 3 WHERE id = {lo}; UPDATE users SET score = score + 3 WHERE id = {hi}; COMMIT"
                     );
-                    // One statement per message, as psql sends them.
+                    // One statement per message, as interactive psql sends them, or (one worker)
+                    // the whole string in one message, as `psql -c` sends it.
                     let mut ok = true;
-                    for s in sql.split("; ") {
+                    let parts: Vec<&str> = if w == 0 { vec![&sql] } else { sql.split("; ").collect() };
+                    for s in parts {
                         if client.batch_execute(s).await.is_err() {
                             ok = false;
                             let _ = client.batch_execute("ROLLBACK").await;
