@@ -247,7 +247,7 @@ impl Session {
         }
         let decide = format!("INSERT INTO shardwire_2pc (gid) VALUES ('{gid}'); COMMIT");
         match ps[0].leg.simple(&decide).await {
-            Some(None) => {}
+            Some(None) => pause_after_decision().await,
             outcome => {
                 let why = match outcome {
                     Some(Some(e)) => {
@@ -336,5 +336,20 @@ mod tests {
             crate::protocol::pg::rows::pick_types(&[0, 0], &[1]),
             vec![0, 1, 0, 0, 0, 0]
         );
+    }
+}
+
+/// `SHARDWIRE_PAUSE_AFTER_DECISION_MS`: a pause between the decision and the COMMIT PREPAREDs,
+/// so that the crash tests can kill the process exactly there. Unset outside those tests.
+async fn pause_after_decision() {
+    static PAUSE: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("SHARDWIRE_PAUSE_AFTER_DECISION_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(p) = pause {
+        tokio::time::sleep(*p).await;
     }
 }

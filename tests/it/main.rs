@@ -40,3 +40,4 @@ mod shards;
 mod tls;
 mod topology_reload;
 mod transactions;
+mod twophase_kill;
