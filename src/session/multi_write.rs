@@ -313,6 +313,21 @@ pub fn combine_tags(tags: &[String]) -> String {
     }
 }
 
+/// `SHARDWIRE_PAUSE_AFTER_DECISION_MS`: a pause between the decision and the COMMIT PREPAREDs,
+/// so that the crash tests can kill the process exactly there. Unset outside those tests.
+async fn pause_after_decision() {
+    static PAUSE: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("SHARDWIRE_PAUSE_AFTER_DECISION_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(p) = pause {
+        tokio::time::sleep(*p).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,20 +351,5 @@ mod tests {
             crate::protocol::pg::rows::pick_types(&[0, 0], &[1]),
             vec![0, 1, 0, 0, 0, 0]
         );
-    }
-}
-
-/// `SHARDWIRE_PAUSE_AFTER_DECISION_MS`: a pause between the decision and the COMMIT PREPAREDs,
-/// so that the crash tests can kill the process exactly there. Unset outside those tests.
-async fn pause_after_decision() {
-    static PAUSE: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
-    let pause = PAUSE.get_or_init(|| {
-        std::env::var("SHARDWIRE_PAUSE_AFTER_DECISION_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_millis)
-    });
-    if let Some(p) = pause {
-        tokio::time::sleep(*p).await;
     }
 }
