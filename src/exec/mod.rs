@@ -8,6 +8,7 @@
 //! Cells stay in the backend's encoding from source to sink; only the columns a merge computes
 //! with are decoded, so a passthrough column costs no conversion.
 
+pub mod copy_join;
 pub mod merge;
 mod rows;
 

@@ -70,6 +70,8 @@ pub enum ShardPlan {
         shards: Vec<ShardId>,
         /// Skip the header line of every shard but the first.
         header: bool,
+        /// Binary format: one header and one trailer for all the shards' rows.
+        binary: bool,
     },
     /// An INSERT ... SELECT: the session reads the SELECT's rows, then plans the INSERT of
     /// them.
@@ -263,6 +265,7 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
             group,
             cond,
             header,
+            binary,
             plain,
         } => {
             let g = &map.groups[*group];
@@ -281,12 +284,14 @@ pub fn plan(shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
                 _ => ShardPlan::CopyOut {
                     shards,
                     header: *header,
+                    binary: *binary,
                 },
             }
         }
-        Shape::CopyOut { group, header } => ShardPlan::CopyOut {
+        Shape::CopyOut { group, header, binary } => ShardPlan::CopyOut {
             shards: map.groups[*group].holders().into_iter().collect(),
             header: *header,
+            binary: *binary,
         },
         Shape::InsertFill { id_column, rows, .. } => ShardPlan::GenerateIds {
             column: id_column.clone(),
@@ -466,7 +471,11 @@ pub fn explain(plan: &ShardPlan, map: &ShardMap) -> String {
                 "read the columns of {table} from the catalog, name them in the INSERT, then route each row by its key"
             )
         }
-        ShardPlan::CopyOut { shards, .. } => format!("copy-out {} (each shard's rows in turn)", names(shards)),
+        ShardPlan::CopyOut { shards, binary, .. } => format!(
+            "copy-out {} (each shard's rows in turn{})",
+            names(shards),
+            if *binary { ", binary" } else { "" }
+        ),
         ShardPlan::InsertSelect { select } => {
             format!("read the rows of `{select}` where it runs, then insert them as VALUES, each row routed by its key")
         }

@@ -1,7 +1,8 @@
-//! `COPY sharded_table TO STDOUT` (text or CSV): every shard holding part of the group streams
-//! its rows in turn, inside the client's transaction when there is one. The client sees one
-//! COPY: the first shard's CopyOutResponse, every shard's rows (with CSV HEADER, one header
-//! line), one CopyDone and the total row count. Rows come in no particular order, as from one
+//! `COPY sharded_table TO STDOUT` (text, CSV or binary): every shard holding part of the group
+//! streams its rows in turn, inside the client's transaction when there is one. The client sees
+//! one COPY: the first shard's CopyOutResponse, every shard's rows (with CSV HEADER, one header
+//! line; in binary, one header and one trailer, `exec::copy_join`), one CopyDone and the total
+//! row count. Rows come in no particular order, as from one
 //! database without ORDER BY.
 
 use bytes::BytesMut;
@@ -11,6 +12,7 @@ use super::client::SessionError;
 use super::multi::Outcome;
 use crate::analyze::Facts;
 use crate::backend::leg::Leg;
+use crate::exec::copy_join::BinaryJoin;
 use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::sqlstate::SqlState;
 use crate::shardmap::ShardId;
@@ -24,6 +26,7 @@ impl Session {
         sql: &str,
         shards: &[ShardId],
         header: bool,
+        binary: bool,
         facts: &Facts,
     ) -> Result<Outcome, SessionError> {
         let in_tx = self.in_transaction();
@@ -38,15 +41,23 @@ impl Session {
                 Err((code, m)) => return Ok(self.report_error(code, &m)),
             }
         };
-        let outcome = self.stream_copies(&mut legs, sql, header).await;
+        let outcome = self.stream_copies(&mut legs, sql, header, binary).await;
         if in_tx {
             self.give_back(legs, shards, wrote, false);
         }
         outcome
     }
 
-    async fn stream_copies(&mut self, legs: &mut [Leg], sql: &str, header: bool) -> Result<Outcome, SessionError> {
+    async fn stream_copies(
+        &mut self,
+        legs: &mut [Leg],
+        sql: &str,
+        header: bool,
+        binary: bool,
+    ) -> Result<Outcome, SessionError> {
         let mut rows: u64 = 0;
+        let mut join = binary.then(BinaryJoin::new);
+        let mut joined = Vec::new();
         for (i, leg) in legs.iter_mut().enumerate() {
             let mut out = BytesMut::new();
             self.write_prelude(leg, &mut out);
@@ -83,6 +94,19 @@ impl Session {
                 };
                 match f.tag() {
                     b'H' if i == 0 => self.client.wbuf.extend_from_slice(f.raw()),
+                    b'd' if join.is_some() => {
+                        joined.clear();
+                        if let Some(Err(m)) = join.as_mut().map(|j| j.feed(f.body(), &mut joined)) {
+                            Leg::abandon(legs).await;
+                            return Ok(self.report_error(SqlState::BAD_COPY_FILE_FORMAT, &m));
+                        }
+                        if !joined.is_empty() {
+                            msg::copy_data(&mut self.client.wbuf, &joined);
+                            if self.client.wbuf.len() >= FLUSH_AT {
+                                self.flush_client().await?;
+                            }
+                        }
+                    }
                     b'd' => {
                         // With HEADER every shard starts with the header line: the first one's is kept.
                         let skip = header && i > 0 && first_data;
@@ -95,6 +119,10 @@ impl Session {
                         }
                     }
                     b'C' => {
+                        if let Some(Err(m)) = join.as_mut().map(BinaryJoin::end_of_shard) {
+                            Leg::abandon(legs).await;
+                            return Ok(self.report_error(SqlState::BAD_COPY_FILE_FORMAT, &m));
+                        }
                         let tag = String::from_utf8_lossy(f.body().strip_suffix(&[0]).unwrap_or(f.body())).into_owned();
                         rows += tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
                     }
@@ -108,6 +136,9 @@ impl Session {
                     _ => {}
                 }
             }
+        }
+        if join.is_some() {
+            msg::copy_data(&mut self.client.wbuf, &crate::exec::copy_join::TRAILER);
         }
         self.client.wbuf.extend_from_slice(&msg::empty(b'c'));
         msg::command_complete(&mut self.client.wbuf, &format!("COPY {rows}"));

@@ -113,12 +113,12 @@ impl Session {
             }
             ShardPlan::InsertSplit { parts } => self.write_all_shards(parts, true, false, src, describe).await,
             ShardPlan::CopySplit { shards } => self.copy_split(sql, shards).await,
-            ShardPlan::CopyOut { shards, header } => {
+            ShardPlan::CopyOut { shards, header, binary } => {
                 if describe && matches!(src, Source::Extended { .. }) {
                     // Describe of a COPY portal: no rows description, as the server answers.
                     self.client.wbuf.extend_from_slice(&msg::empty(b'n'));
                 }
-                self.copy_out(sql, shards, *header, facts).await
+                self.copy_out(sql, shards, *header, *binary, facts).await
             }
             ShardPlan::One(_)
             | ShardPlan::Refuse(_)

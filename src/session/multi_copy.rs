@@ -20,12 +20,6 @@ use crate::shardmap::{KeyValue, ShardId};
 /// Send a shard its rows once this much is buffered for it.
 const SEND_AT: usize = 64 * 1024;
 
-fn copy_data(out: &mut BytesMut, data: &[u8]) {
-    out.put_u8(b'd');
-    out.put_i32(data.len() as i32 + 4);
-    out.put_slice(data);
-}
-
 impl Session {
     pub(super) async fn copy_split(&mut self, sql: &str, shards: &[ShardId]) -> Result<Outcome, SessionError> {
         let map = self.runtime.config.map.clone();
@@ -185,7 +179,7 @@ impl Session {
                 for (i, b) in bufs.iter_mut().enumerate() {
                     if b.len() >= SEND_AT || (ended && !b.is_empty()) {
                         let mut out = BytesMut::with_capacity(b.len() + 5);
-                        copy_data(&mut out, b);
+                        msg::copy_data(&mut out, b);
                         b.clear();
                         if let Err(e) = parts[i].leg.send(&out).await {
                             parts[i].leg.mark_broken();

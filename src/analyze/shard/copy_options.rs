@@ -1,6 +1,23 @@
 //! COPY options as neutral values ([`crate::copy_format::CopyFormat`]): what splitting COPY rows
 //! by key needs to know of the format.
 
+/// The format of a COPY TO: (CSV HEADER, binary). Binary output is joined whole, so it needs
+/// none of what splitting rows needs.
+pub(super) fn copy_out_format(
+    options: &[sqlparser::ast::CopyOption],
+    legacy: &[sqlparser::ast::CopyLegacyOption],
+) -> Result<(bool, bool), String> {
+    use sqlparser::ast::{CopyLegacyOption as O, CopyOption as C};
+    if options
+        .iter()
+        .any(|o| matches!(o, C::Format(f) if f.value.eq_ignore_ascii_case("binary")))
+        || legacy.iter().any(|o| matches!(o, O::Binary))
+    {
+        return Ok((false, true));
+    }
+    copy_format(options, legacy).map(|f| (f.header, false))
+}
+
 pub(super) fn copy_format(
     options: &[sqlparser::ast::CopyOption],
     legacy: &[sqlparser::ast::CopyLegacyOption],

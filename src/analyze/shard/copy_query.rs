@@ -32,8 +32,8 @@ pub(super) fn copy_query(stmt: &Statement, map: &ShardMap) -> Option<Shape> {
                 .into(),
         ));
     }
-    let header = match copy_format(options, legacy_options) {
-        Ok(f) => f.header,
+    let (header, binary) = match copy_out_format(options, legacy_options) {
+        Ok(f) => f,
         Err(m) => return Some(Shape::Refuse(format!("COPY (SELECT ...) TO STDOUT: {m}"))),
     };
     Some(match select_shape(q, map, group) {
@@ -46,6 +46,7 @@ pub(super) fn copy_query(stmt: &Statement, map: &ShardMap) -> Option<Shape> {
             group,
             cond,
             header,
+            binary,
             plain: merge.as_ref().is_ok_and(|m| {
                 m.cols.iter().all(|k| *k == ColKind::Plain)
                     && !m.grouped

@@ -129,6 +129,8 @@ pub enum Shape {
         group: usize,
         /// CSV HEADER: only the first shard's header line is kept.
         header: bool,
+        /// Binary format: one header and one trailer around every shard's rows.
+        binary: bool,
     },
     /// `COPY (SELECT ...) TO STDOUT` over a group's tables (text or CSV): on the one shard its key
     /// conditions allow, or, for a plain selection of rows, each shard's rows in turn.
@@ -139,6 +141,8 @@ pub enum Shape {
         cond: KeyCond,
         /// CSV HEADER: only the first shard's header line is kept.
         header: bool,
+        /// Binary format: one header and one trailer around every shard's rows.
+        binary: bool,
         /// Rows as each shard selects them make the answer (no ORDER BY, LIMIT, DISTINCT or
         /// aggregate to merge): the shards' outputs can be concatenated.
         plain: bool,
@@ -322,10 +326,11 @@ fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
             )),
             Some(TableRule::Sharded { group, key }) => {
                 if *to && matches!(target, sqlparser::ast::CopyTarget::Stdout) {
-                    return match copy_format(options, legacy_options) {
-                        Ok(format) => Shape::CopyOut {
+                    return match copy_out_format(options, legacy_options) {
+                        Ok((header, binary)) => Shape::CopyOut {
                             group: *group,
-                            header: format.header,
+                            header,
+                            binary,
                         },
                         Err(m) => Shape::Refuse(format!("COPY {table} TO STDOUT: {m}")),
                     };

@@ -153,6 +153,11 @@ pub fn empty_query(out: &mut BytesMut) {
     put_msg(out, b'I', |_| {});
 }
 
+/// CopyData ('d').
+pub fn copy_data(out: &mut BytesMut, data: &[u8]) {
+    put_msg(out, b'd', |b| b.put_slice(data));
+}
+
 /// A simple Query ('Q').
 pub fn query(out: &mut BytesMut, sql: &str) {
     query_bytes(out, sql.as_bytes());
