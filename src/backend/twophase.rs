@@ -62,7 +62,7 @@ pub async fn recover(clusters: &[Arc<Cluster>], abort_after: Duration, timeout: 
             };
             let Some(coord_client) = &clients[coord] else { continue };
             let decided = match coord_client
-                .query_opt("SELECT 1 FROM shardwire_2pc WHERE gid = $1", &[&gid])
+                .query_opt("SELECT 1 FROM public.shardwire_2pc WHERE gid = $1", &[&gid])
                 .await
             {
                 Ok(r) => r.is_some(),
@@ -91,7 +91,7 @@ pub async fn recover(clusters: &[Arc<Cluster>], abort_after: Duration, timeout: 
             }
         }
         let _ = client
-            .batch_execute("DELETE FROM shardwire_2pc WHERE decided_at < now() - interval '1 day'")
+            .batch_execute("DELETE FROM public.shardwire_2pc WHERE decided_at < now() - interval '1 day'")
             .await;
     }
     done

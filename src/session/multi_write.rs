@@ -17,9 +17,10 @@ use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::rows;
 use crate::protocol::pg::sqlstate::SqlState;
 
-/// The decision table, created on a shard before its first coordinated commit.
+/// The decision table, created on a shard before its first coordinated commit. Schema-qualified:
+/// the client's `search_path` (pg_dump output sets it empty) must not move or hide it.
 pub const DECISION_TABLE_DDL: &str =
-    "CREATE TABLE IF NOT EXISTS shardwire_2pc (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())";
+    "CREATE TABLE IF NOT EXISTS public.shardwire_2pc (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())";
 
 /// Prefix of the transaction ids shardwire prepares: `sw:<coordinator shard>:<random>`.
 pub const GID_PREFIX: &str = "sw:";
@@ -245,7 +246,7 @@ impl Session {
                 "a multi-shard write could not be prepared and was rolled back everywhere: {why}"
             ));
         }
-        let decide = format!("INSERT INTO shardwire_2pc (gid) VALUES ('{gid}'); COMMIT");
+        let decide = format!("INSERT INTO public.shardwire_2pc (gid) VALUES ('{gid}'); COMMIT");
         match ps[0].leg.simple(&decide).await {
             Some(None) => pause_after_decision().await,
             outcome => {
