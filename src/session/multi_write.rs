@@ -19,8 +19,7 @@ use crate::protocol::pg::sqlstate::SqlState;
 
 /// The decision table, created on a shard before its first coordinated commit. Schema-qualified:
 /// the client's `search_path` (pg_dump output sets it empty) must not move or hide it.
-pub const DECISION_TABLE_DDL: &str =
-    "CREATE TABLE IF NOT EXISTS public.shardwire_2pc (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())";
+pub const DECISION_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS public.shardwire_2pc (gid text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())";
 
 /// Prefix of the transaction ids shardwire prepares: `sw:<coordinator shard>:<random>`.
 pub const GID_PREFIX: &str = "sw:";

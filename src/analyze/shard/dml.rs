@@ -114,6 +114,12 @@ pub(super) fn select_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
     if q.with.is_some() {
         return super::cte::with_shape(q, map, group);
     }
+    select_body_shape(q, map, group)
+}
+
+/// [`select_shape`] of a query's body, its WITH clause (if any) kept in the shards' statement:
+/// `map` names the WITH queries as tables where they stand for one (co-located WITH queries).
+pub(super) fn select_body_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
     let SetExpr::Select(sel) = q.body.as_ref() else {
         return super::union::union_shape(q, map, group);
     };

@@ -17,6 +17,17 @@ const REFUSAL: &str = "subqueries over sharded tables are supported only in WHER
 
 /// Checks the subqueries of `q`, whose top-level SELECT `sel` has the tables of `outer` in FROM.
 pub(super) fn check(q: &Query, sel: &Select, map: &ShardMap, outer: &Scope) -> Result<(), String> {
+    if q.with.is_some() {
+        // WITH queries are checked on their own (`cte`): only the main query's subqueries here.
+        let bare = Query {
+            with: None,
+            ..q.clone()
+        };
+        let SetExpr::Select(bare_sel) = bare.body.as_ref() else {
+            return Err(REFUSAL.into());
+        };
+        return check(&bare, bare_sel, map, outer);
+    }
     let Some(selection) = &sel.selection else {
         return no_sharded_subqueries(q, map, outer.keys.len());
     };
