@@ -322,6 +322,18 @@ fn read_corpus() -> Vec<String> {
     ] {
         q.push(sql.into());
     }
+    // Several count(DISTINCT) at once, and count(DISTINCT) with FILTER.
+    for sql in [
+        "SELECT count(DISTINCT country), count(DISTINCT score) FROM users",
+        "SELECT count(DISTINCT user_id) FILTER (WHERE amount > 5) FROM orders",
+        "SELECT status, count(DISTINCT user_id), count(DISTINCT amount), count(*), sum(amount) FROM orders GROUP BY status ORDER BY status",
+        "SELECT country, count(DISTINCT score) AS scores, count(DISTINCT name) AS names, max(score) FROM users GROUP BY country ORDER BY country NULLS FIRST",
+        "SELECT status, count(DISTINCT user_id) FILTER (WHERE amount > 250) AS big, count(DISTINCT user_id) AS all_users FROM orders GROUP BY status ORDER BY status",
+        "SELECT count(DISTINCT score) FILTER (WHERE country IN ('fr', 'de')), count(DISTINCT country) FILTER (WHERE score > 90), avg(score) FROM users",
+        "SELECT count(DISTINCT status), count(DISTINCT user_id) FROM orders WHERE amount > 10000",
+    ] {
+        q.push(sql.into());
+    }
     // Expressions over aggregates, computed from the merged aggregates with PostgreSQL's types.
     q.push("SELECT sum(score) + 1 FROM users".into());
     // FILTER: each shard aggregates its own rows that pass it.
@@ -393,7 +405,6 @@ const REFUSED: &[&str] = &[
     "WITH users AS (SELECT 1 AS id) SELECT id FROM users",
     "SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id",
     "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id",
-    "SELECT count(DISTINCT country), count(DISTINCT score) FROM users",
     "SELECT sum(DISTINCT score) FROM users",
     "SELECT c.code, u.id FROM countries c LEFT JOIN users u ON u.country = c.code AND u.id < 3",
     "SELECT g, u.id FROM generate_series(1, 3) g LEFT JOIN users u ON u.id = g",
@@ -402,7 +413,6 @@ const REFUSED: &[&str] = &[
     "SELECT id FROM users ORDER BY score FETCH FIRST 3 ROWS WITH TIES",
     "SELECT DISTINCT ON (country) country, id FROM users",
     "SELECT status, sum(amount) / count(DISTINCT user_id) FROM orders GROUP BY status",
-    "SELECT count(DISTINCT user_id) FILTER (WHERE amount > 5) FROM orders",
     "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
     "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
     "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",

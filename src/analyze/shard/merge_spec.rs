@@ -158,8 +158,8 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     // A GROUP BY on the shard key puts every group on one shard: the shards' rows are final.
     let group_on_key = group_exprs.iter().any(|e| scope.key_of(e).is_some());
     let mut having = None;
-    // The argument of COUNT(DISTINCT ...), if any: the shards group by it too.
-    let mut distinct_arg: Option<Expr> = None;
+    // The arguments of COUNT(DISTINCT ...): the shards group by them too.
+    let mut distinct_args: Vec<Expr> = Vec::new();
     let mut exprs: Vec<AggExpr> = Vec::new();
     let any_aggregate = sel.projection.iter().any(|i| !calls(i).0.is_empty()) || sel.having.is_some();
     if let Some(o) = &q.order_by
@@ -244,9 +244,6 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
 
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct));
         // FILTER restricts the rows each shard aggregates, which merge as unfiltered ones do.
-        if f.filter.is_some() && distinct {
-            return refuse("count(DISTINCT ...) FILTER across shards is not supported unless grouped by the shard key");
-        }
         if distinct {
             let arg = match (&f.args, func_name(f).as_str()) {
                 (FunctionArguments::List(l), "count") if l.args.len() == 1 && l.clauses.is_empty() => {
@@ -261,9 +258,15 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
                     );
                 }
             };
-            if distinct_arg.as_ref().is_some_and(|d| strip(d) != strip(&arg)) {
-                return refuse("count(DISTINCT ...) of more than one expression across shards is not supported");
-            }
+            // count(DISTINCT x) FILTER (WHERE c) counts the distinct non-null values of
+            // `CASE WHEN c THEN x END`.
+            let arg = match &f.filter {
+                Some(c) => match filtered(c, &arg) {
+                    Some(e) => e,
+                    None => return refuse("this count(DISTINCT ...) FILTER across shards is not supported"),
+                },
+                None => arg,
+            };
             // Named as one database names the count: its alias, or `count`.
             let alias = match &sel.projection[i] {
                 SelectItem::ExprWithAlias { alias, .. } => alias.clone(),
@@ -273,7 +276,9 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
                 expr: arg.clone(),
                 alias,
             };
-            distinct_arg = Some(arg);
+            if !distinct_args.iter().any(|d| strip(d) == strip(&arg)) {
+                distinct_args.push(arg);
+            }
             cols.push(ColKind::CountDistinct);
             continue;
         }
@@ -303,7 +308,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         cols.push(kind);
     }
     let grouped_merge = !group_on_key && (any_agg || !group_exprs.is_empty());
-    if let Some(arg) = &distinct_arg {
+    if !distinct_args.is_empty() {
         if group_exprs.is_empty() && cols.contains(&ColKind::Plain) {
             // Over no rows the merge makes the one row up: it knows no value for a constant.
             return refuse("constants beside count(DISTINCT ...) without GROUP BY across shards are not supported");
@@ -311,10 +316,11 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         if sel.having.is_some() {
             return refuse("HAVING with count(DISTINCT ...) across shards is not supported");
         }
-        // Each shard gives one row per group and distinct value; the other aggregates (COUNT,
-        // SUM, MIN, MAX, AVG's parts) combine over those rows as over whole groups.
+        // Each shard gives one row per group and combination of distinct values; the other
+        // aggregates (COUNT, SUM, MIN, MAX, AVG's parts) combine over those rows as over whole
+        // groups, and each COUNT(DISTINCT) counts its own column's values over them.
         match &mut shard_sel.group_by {
-            GroupByExpr::Expressions(e, _) => e.push(arg.clone()),
+            GroupByExpr::Expressions(e, _) => e.extend(distinct_args.iter().cloned()),
             GroupByExpr::All(_) => return refuse("GROUP BY ALL across shards is not supported"),
         }
     }
@@ -465,7 +471,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         visible: n,
         cols,
         grouped: grouped_merge || distinct,
-        one_row: distinct_arg.is_some() && group_exprs.is_empty(),
+        one_row: !distinct_args.is_empty() && group_exprs.is_empty(),
         having,
         order,
         limit,
@@ -478,6 +484,15 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             || literal_in(&sel.having)
             || literal_in(&sel.distinct),
     })
+}
+
+/// `CASE WHEN filter THEN arg END`: what `count(DISTINCT arg) FILTER (WHERE filter)` counts.
+fn filtered(filter: &Expr, arg: &Expr) -> Option<Expr> {
+    let text = format!("CASE WHEN {filter} THEN {arg} END");
+    Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
 }
 
 /// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.

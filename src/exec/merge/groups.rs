@@ -12,11 +12,23 @@ use crate::analyze::shard::{ColKind, Merge};
 use crate::exec::{Cells, Failure, Params, Row, RowSink, RowSource, Window};
 
 /// A merged group: the cells of its first row (MIN/MAX cells replaced by the winners'), the
-/// accumulated values of its aggregate columns, and the distinct values COUNT(DISTINCT) counts.
+/// accumulated values of its aggregate columns, and per COUNT(DISTINCT) column the distinct
+/// values it counts (empty for other columns).
 pub(super) struct Group {
     pub cells: Row,
     pub acc: Vec<Value>,
-    pub distinct: HashSet<Vec<u8>>,
+    pub distinct: Vec<HashSet<Vec<u8>>>,
+}
+
+/// The distinct values of a row's COUNT(DISTINCT) columns, added to `sets`.
+fn note_distinct(m: &Merge, vals: &[Value], sets: &mut [HashSet<Vec<u8>>]) {
+    for (i, k) in m.cols.iter().enumerate() {
+        if *k == ColKind::CountDistinct
+            && let Some(v) = distinct_key(&vals[i])
+        {
+            sets[i].insert(v);
+        }
+    }
 }
 
 /// Group keys → index into `rows`. A key cell is the value as the database compares it when it
@@ -62,25 +74,19 @@ impl Groups {
         vals: Vec<Value>,
     ) -> Result<(), String> {
         let key: Vec<Option<Vec<u8>>> = key_cols.iter().map(|&i| key_cell(cells, i, row[i].as_ref())).collect();
-        // Every COUNT(DISTINCT) column carries the same expression: the first one's value counts.
-        let seen = m
-            .cols
-            .iter()
-            .position(|k| *k == ColKind::CountDistinct)
-            .and_then(|i| distinct_key(&vals[i]));
         let Some(&g) = self.index.get(&key) else {
+            let mut distinct = vec![HashSet::new(); m.cols.len()];
+            note_distinct(m, &vals, &mut distinct);
             self.index.insert(key, self.rows.len());
             self.rows.push(Group {
                 cells: row,
                 acc: vals,
-                distinct: seen.into_iter().collect(),
+                distinct,
             });
             return Ok(());
         };
         let group = &mut self.rows[g];
-        if let Some(v) = seen {
-            group.distinct.insert(v);
-        }
+        note_distinct(m, &vals, &mut group.distinct);
         for (i, k) in m.cols.iter().enumerate() {
             if *k == ColKind::Plain {
                 continue;
@@ -100,7 +106,7 @@ pub(super) fn group_value(m: &Merge, cells: &impl Cells, g: &Group, i: usize) ->
     match m.cols.get(i) {
         Some(ColKind::Count | ColKind::Sum | ColKind::Min | ColKind::Max) => Ok(g.acc[i].clone()),
         Some(ColKind::Avg { count_col }) => average(&g.acc[i], &g.acc[*count_col]).map_err(|e| e.to_string()),
-        Some(ColKind::CountDistinct) => Ok(Value::Int(g.distinct.len() as i64)),
+        Some(ColKind::CountDistinct) => Ok(Value::Int(g.distinct.get(i).map_or(0, HashSet::len) as i64)),
         Some(ColKind::Expr(k)) => {
             let e = m.exprs.get(*k).ok_or("an expression over aggregates is missing")?;
             super::expr::eval(e, &mut |c| group_value(m, cells, g, c)).map_err(|e| e.to_string())
@@ -142,7 +148,7 @@ pub async fn grouped<S: RowSource, K: RowSink>(
         rows.push(Group {
             cells: vec![None; m.cols.len()],
             acc,
-            distinct: HashSet::new(),
+            distinct: vec![HashSet::new(); m.cols.len()],
         });
     }
     if let Some(h) = &m.having {

@@ -336,6 +336,30 @@ fn count_distinct_counts_values_over_every_shards_groups() {
     .unwrap();
     assert_eq!(texts(&client), [vec!["a", "3", "5", "9"], vec!["b", "1", "5", "5"]]);
 
+    // Two count(DISTINCT) columns: the shards grouped by both; each counts its own values.
+    // SELECT g, count(DISTINCT x), count(DISTINCT y) ... GROUP BY g.
+    let m = merge(
+        3,
+        vec![ColKind::Plain, ColKind::CountDistinct, ColKind::CountDistinct],
+        true,
+        vec![key(0, false, false)],
+    );
+    let mut shards = vec![
+        shard(&[&[Some("a"), Some("1"), Some("7")], &[Some("a"), Some("1"), Some("8")]]),
+        shard(&[&[Some("a"), Some("2"), Some("7")], &[Some("a"), None, Some("9")]]),
+    ];
+    let mut client = Client::default();
+    block_on(run(
+        &mut shards,
+        &m,
+        &Text("tii"),
+        &NoParams,
+        Window::default(),
+        &mut client,
+    ))
+    .unwrap();
+    assert_eq!(texts(&client), [vec!["a", "2", "3"]]);
+
     // Groups are matched as the database compares them: 1.5 and 1.50 are one group.
     let m = merge(2, vec![ColKind::Plain, ColKind::Count], true, vec![]);
     let mut shards = vec![
