@@ -322,6 +322,20 @@ fn read_corpus() -> Vec<String> {
     ] {
         q.push(sql.into());
     }
+    // Subqueries in the select list, correlated on the shard key: each shard answers its rows'.
+    for sql in [
+        "SELECT u.id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) FROM users u",
+        "SELECT u.id, u.name, (SELECT sum(amount) FROM orders o WHERE o.user_id = u.id) AS spent FROM users u \
+         WHERE u.id < 50 ORDER BY spent DESC NULLS LAST, u.id LIMIT 10",
+        "SELECT u.country, sum((SELECT count(*) FROM orders o WHERE o.user_id = u.id)) AS n FROM users u GROUP BY u.country ORDER BY 1 NULLS FIRST",
+        "SELECT u.id, EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.amount > 400) AS big FROM users u \
+         WHERE u.id BETWEEN 100 AND 140 ORDER BY u.id",
+        "SELECT u.id, (SELECT max(o.amount) FROM orders o WHERE o.user_id = u.id AND o.status = 'paid') FROM users u WHERE u.id IN (3, 30, 300, 3000)",
+        "SELECT max((SELECT count(*) FROM orders o WHERE o.user_id = u.id)) FROM users u",
+        "SELECT u.id, (SELECT code FROM countries c WHERE c.code = u.country) FROM users u WHERE u.id < 20 ORDER BY u.id",
+    ] {
+        q.push(sql.into());
+    }
     // Several count(DISTINCT) at once, and count(DISTINCT) with FILTER.
     for sql in [
         "SELECT count(DISTINCT country), count(DISTINCT score) FROM users",
@@ -419,7 +433,6 @@ const REFUSED: &[&str] = &[
     "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders ORDER BY amount DESC LIMIT 5)",
     "SELECT * FROM users WHERE id NOT IN (SELECT user_id FROM orders)",
     "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.amount > 499)",
-    "SELECT u.id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) FROM users u",
     "SELECT id FROM users INTERSECT SELECT user_id FROM orders",
     "SELECT id FROM users EXCEPT SELECT user_id FROM orders",
     "WITH t AS (SELECT status, count(*) AS n FROM orders GROUP BY status) SELECT sum(n) FROM t",

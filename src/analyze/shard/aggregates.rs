@@ -67,12 +67,24 @@ pub(super) fn is_aggregate_name(n: &str) -> bool {
     )
 }
 
-/// Aggregate calls and window functions anywhere in an expression.
+/// Aggregate calls and window functions anywhere in an expression, outside its subqueries (an
+/// aggregate in a subquery is the subquery's own).
 pub(super) fn calls(e: &impl Visit) -> (Vec<Function>, bool) {
-    struct V(Vec<Function>, bool);
+    struct V(Vec<Function>, bool, usize);
     impl Visitor for V {
         type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.2 += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.2 -= 1;
+            ControlFlow::Continue(())
+        }
         fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if self.2 > 0 {
+                return ControlFlow::Continue(());
+            }
             if let Expr::Function(f) = e {
                 if f.over.is_some() {
                     self.1 = true;
@@ -83,7 +95,7 @@ pub(super) fn calls(e: &impl Visit) -> (Vec<Function>, bool) {
             ControlFlow::Continue(())
         }
     }
-    let mut v = V(Vec::new(), false);
+    let mut v = V(Vec::new(), false, 0);
     let _ = e.visit(&mut v);
     (v.0, v.1)
 }

@@ -28,23 +28,23 @@ pub(super) fn check(q: &Query, sel: &Select, map: &ShardMap, outer: &Scope) -> R
         };
         return check(&bare, bare_sel, map, outer);
     }
-    let Some(selection) = &sel.selection else {
-        return no_sharded_subqueries(q, map, outer.keys.len());
-    };
-    let key_in: Vec<*const Query> = chain(selection, &BinaryOperator::And)
-        .into_iter()
-        .filter_map(|c| match c {
-            Expr::InSubquery {
-                expr,
-                subquery,
-                negated: false,
-            } if outer.key_of(expr).is_some() => Some(&**subquery as *const Query),
-            _ => None,
-        })
-        .collect();
+    let key_in: Vec<*const Query> = sel.selection.as_ref().map_or_else(Vec::new, |selection| {
+        chain(selection, &BinaryOperator::And)
+            .into_iter()
+            .filter_map(|c| match c {
+                Expr::InSubquery {
+                    expr,
+                    subquery,
+                    negated: false,
+                } if outer.key_of(expr).is_some() => Some(&**subquery as *const Query),
+                _ => None,
+            })
+            .collect()
+    });
     let mut local: Vec<*const Query> = Vec::new();
     let mut refusal = None;
-    let _ = sqlparser::ast::visit_expressions(selection, |e| {
+    // Subqueries in WHERE and in the select list (a correlated count per row, say).
+    let mut consider = |e: &Expr| {
         let sub = match e {
             Expr::Exists { subquery, .. } | Expr::InSubquery { subquery, .. } | Expr::Subquery(subquery) => subquery,
             _ => return ControlFlow::Continue(()),
@@ -67,7 +67,14 @@ pub(super) fn check(q: &Query, sel: &Select, map: &ShardMap, outer: &Scope) -> R
                 ControlFlow::Break(())
             }
         }
-    });
+    };
+    let stopped = sel
+        .selection
+        .as_ref()
+        .is_some_and(|w| sqlparser::ast::visit_expressions(w, &mut consider).is_break());
+    if !stopped {
+        let _ = sqlparser::ast::visit_expressions(&sel.projection, &mut consider);
+    }
     if let Some(m) = refusal {
         return Err(m);
     }
