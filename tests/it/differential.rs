@@ -336,6 +336,16 @@ fn read_corpus() -> Vec<String> {
     ] {
         q.push(sql.into());
     }
+    // HAVING with expressions over aggregates, computed from the merged groups.
+    for sql in [
+        "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) + 1 > 100 ORDER BY country NULLS FIRST",
+        "SELECT status, sum(amount) FROM orders GROUP BY status HAVING sum(amount) / count(*) > 240 ORDER BY status",
+        "SELECT country, avg(score) FROM users GROUP BY country HAVING round(avg(score), 1) >= 50 AND max(score) - min(score) > 90 ORDER BY 1 NULLS LAST",
+        "SELECT user_id % 10 AS d, count(*) FROM orders GROUP BY 1 HAVING count(*) * 100 / 9000 > 9 ORDER BY 1",
+        "SELECT status FROM orders GROUP BY status HAVING sum(amount) FILTER (WHERE amount > 400) > 2 * sum(amount) FILTER (WHERE amount < 100) ORDER BY 1",
+    ] {
+        q.push(sql.into());
+    }
     // Several count(DISTINCT) at once, and count(DISTINCT) with FILTER.
     for sql in [
         "SELECT count(DISTINCT country), count(DISTINCT score) FROM users",
@@ -441,7 +451,6 @@ const REFUSED: &[&str] = &[
     "SELECT code FROM countries UNION ALL SELECT country FROM users",
     "SELECT id FROM users UNION ALL SELECT id FROM events",
     "SELECT country, count(*) FROM users GROUP BY country HAVING count(DISTINCT score) > 1",
-    "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) + 1 > 100",
     "UPDATE users SET id = id + 1 WHERE id = 5",
     "INSERT INTO users (name) VALUES ('nokey')",
     "INSERT INTO users SELECT * FROM users",

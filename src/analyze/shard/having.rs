@@ -26,6 +26,8 @@ pub enum Term {
     Col(usize),
     /// A literal or parameter.
     Value(Operand),
+    /// An expression over aggregates ([`Merge::exprs`] at this index), computed by the merge.
+    Expr(usize),
 }
 
 /// Comparison operators.
@@ -81,6 +83,7 @@ pub(super) fn having_expr(
     e: &Expr,
     sel: &Select,
     hidden: &mut Vec<(SelectItem, ColKind)>,
+    exprs: &mut Vec<AggExpr>,
     n: usize,
 ) -> Result<Having, String> {
     Ok(match strip(e) {
@@ -88,14 +91,14 @@ pub(super) fn having_expr(
             let cmp = match op {
                 BinaryOperator::And => {
                     return Ok(Having::And(
-                        Box::new(having_expr(left, sel, hidden, n)?),
-                        Box::new(having_expr(right, sel, hidden, n)?),
+                        Box::new(having_expr(left, sel, hidden, exprs, n)?),
+                        Box::new(having_expr(right, sel, hidden, exprs, n)?),
                     ));
                 }
                 BinaryOperator::Or => {
                     return Ok(Having::Or(
-                        Box::new(having_expr(left, sel, hidden, n)?),
-                        Box::new(having_expr(right, sel, hidden, n)?),
+                        Box::new(having_expr(left, sel, hidden, exprs, n)?),
+                        Box::new(having_expr(right, sel, hidden, exprs, n)?),
                     ));
                 }
                 BinaryOperator::Eq => CmpOp::Eq,
@@ -107,17 +110,17 @@ pub(super) fn having_expr(
                 other => return Err(format!("operator {other} is not supported")),
             };
             Having::Cmp(
-                having_term(left, sel, hidden, n)?,
+                having_term(left, sel, hidden, exprs, n)?,
                 cmp,
-                having_term(right, sel, hidden, n)?,
+                having_term(right, sel, hidden, exprs, n)?,
             )
         }
         Expr::UnaryOp {
             op: UnaryOperator::Not,
             expr,
-        } => Having::Not(Box::new(having_expr(expr, sel, hidden, n)?)),
-        Expr::IsNull(t) => Having::IsNull(having_term(t, sel, hidden, n)?, true),
-        Expr::IsNotNull(t) => Having::IsNull(having_term(t, sel, hidden, n)?, false),
+        } => Having::Not(Box::new(having_expr(expr, sel, hidden, exprs, n)?)),
+        Expr::IsNull(t) => Having::IsNull(having_term(t, sel, hidden, exprs, n)?, true),
+        Expr::IsNotNull(t) => Having::IsNull(having_term(t, sel, hidden, exprs, n)?, false),
         other => {
             return Err(format!(
                 "the condition {other} is not supported; compare aggregates or grouped columns with values"
@@ -130,6 +133,7 @@ pub(super) fn having_term(
     e: &Expr,
     sel: &Select,
     hidden: &mut Vec<(SelectItem, ColKind)>,
+    exprs: &mut Vec<AggExpr>,
     n: usize,
 ) -> Result<Term, String> {
     if let Some(o) = operand(e) {
@@ -148,8 +152,16 @@ pub(super) fn having_term(
     {
         return Ok(Term::Col(n + i));
     }
-    let Expr::Function(f) = target else {
-        return Err(format!("{e} must be a selected column or an aggregate"));
+    let f = match target {
+        Expr::Function(f) if f.over.is_none() && is_aggregate_name(&func_name(f)) => f,
+        // `count(*) + 1`, `sum(a) / count(*)`, `round(avg(x), 2)`: computed from the merged
+        // aggregates, carried in hidden columns.
+        _ => {
+            let e = agg_expr(target, &mut |f| hidden_aggregate(f, n, hidden))
+                .map_err(|_| format!("{e} must be a selected column, an aggregate or an expression over aggregates"))?;
+            exprs.push(e);
+            return Ok(Term::Expr(exprs.len() - 1));
+        }
     };
     if matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some()) || f.over.is_some() {
         return Err(format!("{e} cannot be merged"));

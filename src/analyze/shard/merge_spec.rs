@@ -345,7 +345,7 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
                     "HAVING across shards: more than {MAX_HAVING_TERMS} conditions joined by AND/OR are not supported"
                 ));
             }
-            match having_expr(h, sel, &mut hidden, n) {
+            match having_expr(h, sel, &mut hidden, &mut exprs, n) {
                 Ok(e) => having = Some(e),
                 Err(why) => return refuse(&format!("HAVING across shards: {why}")),
             }

@@ -17,6 +17,10 @@ fn term_value(
 ) -> Result<Value, String> {
     let text = match t {
         Term::Col(i) => return group_value(m, cells, g, *i),
+        Term::Expr(k) => {
+            let e = m.exprs.get(*k).ok_or("an expression over aggregates is missing")?;
+            return super::expr::eval(e, &mut |c| group_value(m, cells, g, c)).map_err(|e| e.to_string());
+        }
         Term::Value(Operand::Null) => return Ok(Value::Null),
         Term::Value(Operand::Lit(l)) => l.clone(),
         Term::Value(Operand::Param(p)) => match params.text(*p)? {
@@ -61,7 +65,7 @@ pub(super) fn eval_having(
         Having::Cmp(l, op, r) => {
             // Columns first, so a literal can take the column's type.
             let (lv, rv) = match (l, r) {
-                (Term::Col(_), _) => {
+                (Term::Col(_) | Term::Expr(_), _) => {
                     let lv = term_value(l, None, m, cells, g, params)?;
                     (lv.clone(), term_value(r, Some(&lv), m, cells, g, params)?)
                 }
