@@ -336,6 +336,17 @@ fn read_corpus() -> Vec<String> {
     ] {
         q.push(sql.into());
     }
+    // INTERSECT / EXCEPT with the shard key at one position in every branch.
+    for sql in [
+        "SELECT id FROM users INTERSECT SELECT user_id FROM orders",
+        "SELECT id FROM users EXCEPT SELECT user_id FROM orders",
+        "SELECT id FROM users WHERE score > 50 INTERSECT SELECT user_id FROM orders WHERE status = 'paid' ORDER BY 1 LIMIT 25",
+        "SELECT user_id, status FROM orders WHERE amount > 300 EXCEPT ALL SELECT user_id, status FROM orders WHERE amount > 450 ORDER BY 1, 2",
+        "SELECT id, country FROM users INTERSECT ALL SELECT id, country FROM users WHERE id % 3 = 0 EXCEPT SELECT id, country FROM users WHERE id % 2 = 0",
+        "SELECT id FROM users WHERE id < 100 UNION SELECT user_id FROM orders WHERE amount > 490 EXCEPT SELECT id FROM users WHERE score < 20 ORDER BY 1",
+    ] {
+        q.push(sql.into());
+    }
     // HAVING with expressions over aggregates, computed from the merged groups.
     for sql in [
         "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) + 1 > 100 ORDER BY country NULLS FIRST",
@@ -443,11 +454,10 @@ const REFUSED: &[&str] = &[
     "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders ORDER BY amount DESC LIMIT 5)",
     "SELECT * FROM users WHERE id NOT IN (SELECT user_id FROM orders)",
     "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.amount > 499)",
-    "SELECT id FROM users INTERSECT SELECT user_id FROM orders",
-    "SELECT id FROM users EXCEPT SELECT user_id FROM orders",
     "WITH t AS (SELECT status, count(*) AS n FROM orders GROUP BY status) SELECT sum(n) FROM t",
     "WITH t AS (SELECT * FROM orders ORDER BY amount LIMIT 5) SELECT * FROM t",
     "SELECT count(*) FROM users UNION ALL SELECT count(*) FROM orders",
+    "SELECT country FROM users INTERSECT SELECT status FROM orders",
     "SELECT code FROM countries UNION ALL SELECT country FROM users",
     "SELECT id FROM users UNION ALL SELECT id FROM events",
     "SELECT country, count(*) FROM users GROUP BY country HAVING count(DISTINCT score) > 1",

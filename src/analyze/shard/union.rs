@@ -4,7 +4,8 @@
 //! database would. Each branch must be one a shard answers in full for its own rows: a plain
 //! SELECT over the group's tables (joins on the key, reference tables beside them, GROUP BY on
 //! the key), with no aggregate, DISTINCT, LIMIT or window of its own to merge. INTERSECT and
-//! EXCEPT compare rows of different shards and are refused.
+//! EXCEPT run the same way when every branch selects the shard key at the same position: equal
+//! rows then have equal keys and so live on one shard, which compares them in full.
 
 use sqlparser::ast::{SetOperator, SetQuantifier};
 
@@ -12,16 +13,43 @@ use super::*;
 
 /// The shape of a query whose body is a UNION of SELECTs over group `group`.
 pub(super) fn union_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
-    let (leaves, distinct) = match branches(q.body.as_ref()) {
+    let (leaves, distinct, op) = match branches(q.body.as_ref()) {
         Ok(b) => b,
         Err(m) => return Shape::Refuse(m),
     };
     let mut conds = Vec::with_capacity(leaves.len());
+    // Output positions holding the shard key in every branch so far (INTERSECT, EXCEPT).
+    let mut key_positions: Option<Vec<usize>> = None;
     for sel in &leaves {
         let s = match scope(&sel.from, map) {
             Ok(s) => s,
             Err(m) => return Shape::Refuse(m),
         };
+        if op != SetOperator::Union {
+            let here: Vec<usize> = sel
+                .projection
+                .iter()
+                .enumerate()
+                .filter(|(_, item)| match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => s.key_of(e).is_some(),
+                    _ => false,
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let kept: Vec<usize> = match &key_positions {
+                None => here,
+                Some(k) => k.iter().copied().filter(|i| here.contains(i)).collect(),
+            };
+            if kept.is_empty() {
+                return Shape::Refuse(
+                    "INTERSECT, EXCEPT or a mix of set operations across shards compares rows of different shards \
+                     unless every branch selects the shard key at the same position; add the key to each branch's \
+                     select list"
+                        .into(),
+                );
+            }
+            key_positions = Some(kept);
+        }
         if s.keys.is_empty() {
             // A branch over reference tables alone would come back once from every shard.
             return Shape::Refuse(
@@ -61,7 +89,8 @@ pub(super) fn union_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
                 .to_string(),
         )
     } else {
-        union_merge(q, leaves[0], distinct)
+        // Rows of an INTERSECT or EXCEPT are distinct per shard already, and shards share none.
+        union_merge(q, leaves[0], distinct && op == SetOperator::Union)
     };
     Shape::Group {
         group,
@@ -71,17 +100,20 @@ pub(super) fn union_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
     }
 }
 
-/// The SELECTs of a chain of UNIONs, left to right, and whether duplicates are removed. Walked
-/// with a stack: the chain's length is the input's.
-fn branches(body: &SetExpr) -> Result<(Vec<&Select>, bool), String> {
+/// The SELECTs of a chain of set operations, left to right, whether duplicates are removed, and
+/// the operation (INTERSECT for a mix, which needs the key in every branch as INTERSECT does). Walked with a stack: the chain's length is
+/// the input's.
+fn branches(body: &SetExpr) -> Result<(Vec<&Select>, bool, SetOperator), String> {
     let mut leaves = Vec::new();
     let mut distinct = None;
+    let mut operator = None;
+    let mut mixed = false;
     let mut stack = vec![body];
     while let Some(e) = stack.pop() {
         match e {
             SetExpr::Select(s) => leaves.push(s.as_ref()),
             SetExpr::SetOperation {
-                op: SetOperator::Union,
+                op: op @ (SetOperator::Union | SetOperator::Intersect | SetOperator::Except),
                 set_quantifier,
                 left,
                 right,
@@ -89,23 +121,31 @@ fn branches(body: &SetExpr) -> Result<(Vec<&Select>, bool), String> {
                 let d = match set_quantifier {
                     SetQuantifier::All => false,
                     SetQuantifier::None | SetQuantifier::Distinct => true,
-                    _ => return Err("this UNION form across shards is not supported".into()),
+                    _ => return Err(format!("this {op} form across shards is not supported")),
                 };
-                if distinct.is_some_and(|x| x != d) {
-                    return Err("UNION mixed with UNION ALL across shards is not supported".into());
+                if distinct.is_some_and(|x| x != d) || operator.is_some_and(|o| o != *op) {
+                    // Mixed: each shard computes it whole, which is right only if every branch
+                    // selects the key (checked by the caller, as for INTERSECT).
+                    mixed = true;
                 }
                 distinct = Some(d);
+                operator = Some(*op);
                 // Right first: popped last, so branches come out left to right.
                 stack.push(right);
                 stack.push(left);
             }
-            SetExpr::SetOperation { .. } => {
-                return Err("INTERSECT and EXCEPT over sharded tables are not supported across shards".into());
+            SetExpr::SetOperation { op, .. } => {
+                return Err(format!("{op} over sharded tables is not supported across shards"));
             }
             _ => return Err("a UNION branch in parentheses, VALUES or TABLE across shards is not supported".into()),
         }
     }
-    Ok((leaves, distinct.unwrap_or(false)))
+    // A mixed chain is compared on the shards like an INTERSECT.
+    let op = match mixed {
+        true => SetOperator::Intersect,
+        false => operator.unwrap_or(SetOperator::Union),
+    };
+    Ok((leaves, distinct.unwrap_or(false), op))
 }
 
 /// A branch whose only merge work is its own DISTINCT, which the UNION's repeats anyway.
