@@ -1,9 +1,17 @@
 //! Text order across shards. The merge compares text byte by byte, which is PostgreSQL's order
-//! only under the C collation (or C.UTF-8, or an explicit `COLLATE "C"`). Under another collation
-//! (`en_US.UTF-8`, an ICU locale) a cross-shard ORDER BY, MIN/MAX or HAVING comparison of text
-//! would come out in another order than one database gives: such a statement is refused with the
-//! way out, never answered differently. Each shard's collation is read once, the first time a
-//! merge needs it.
+//! only under the C collation (or C.UTF-8, or an explicit `COLLATE "C"`). Under an ICU collation
+//! (`icu:en-US`) ORDER BY and MIN/MAX of text are merged with ICU4X's collator for that locale:
+//! text columns the merge orders are compared by their ICU sort key, ties broken by bytes, as
+//! PostgreSQL breaks them for deterministic collations. Under a libc collation (`en_US.UTF-8`),
+//! whose order is the C library's, and for HAVING comparing text by order, the statement is
+//! refused with the way out, never answered in another order. Each shard's collation is read
+//! once, the first time a merge needs it.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use icu_collator::CollatorBorrowed;
+use icu_collator::options::CollatorOptions;
 
 use super::Session;
 use crate::analyze::shard::{CmpOp, ColKind, Having, Merge, Term};
@@ -42,13 +50,20 @@ pub(super) fn refusal(m: &Merge, fields: &[Field], collation: &str, client_utf8:
         return None;
     }
     let text = |col: usize| fields.get(col).is_some_and(collatable);
-    let why = if m.order.iter().any(|k| !(k.byte_order && client_utf8) && text(k.col)) {
+    let icu = client_utf8 && icu(collation).is_some();
+    let ordered_both_ways = m
+        .order
+        .iter()
+        .any(|k| k.byte_order && m.order.iter().any(|o| o.col == k.col && !o.byte_order));
+    let min_max_collated = m.sql.to_ascii_lowercase().contains("collate");
+    let why = if m.order.iter().any(|k| !(k.byte_order && client_utf8) && text(k.col)) && (!icu || ordered_both_ways) {
         "ORDER BY on text"
     } else if m
         .cols
         .iter()
         .enumerate()
         .any(|(i, k)| matches!(k, ColKind::Min | ColKind::Max) && text(i))
+        && (!icu || min_max_collated)
     {
         "min()/max() of text"
     } else if m.having.as_ref().is_some_and(|h| orders_text(h, &text)) {
@@ -67,6 +82,63 @@ pub(super) fn refusal(m: &Merge, fields: &[Field], collation: &str, client_utf8:
          write COLLATE \"C\" after the ORDER BY expression to get byte order, run the statement on one shard (a condition on the shard key), \
          or use databases with the C collation"
     ))
+}
+
+/// The columns of the shards' result that the merge must compare in the collation's order (text
+/// ordered without `COLLATE "C"`, MIN/MAX of text), when that order is an ICU collator's.
+pub(super) fn icu_columns(
+    m: &Merge,
+    fields: &[Field],
+    collation: &str,
+) -> Option<(&'static CollatorBorrowed<'static>, Vec<bool>)> {
+    let collator = icu(collation)?;
+    let mut cols = vec![false; fields.len()];
+    for k in m.order.iter().filter(|k| !k.byte_order) {
+        if let Some(c) = cols.get_mut(k.col) {
+            *c = fields.get(k.col).is_some_and(collatable);
+        }
+    }
+    for (i, k) in m.cols.iter().enumerate() {
+        if matches!(k, ColKind::Min | ColKind::Max) && fields.get(i).is_some_and(collatable) {
+            cols[i] = true;
+        }
+    }
+    cols.contains(&true).then_some((collator, cols))
+}
+
+/// ICU4X's collator for an ICU collation reported as `icu:<language tag>` (PostgreSQL's
+/// `daticulocale`), with the default strength as PostgreSQL opens it; `None` for other
+/// collations and for tags with extensions (`-u-ks-level2` and the like), whose options would
+/// have to be read as ICU reads them. Made once per tag.
+pub(super) fn icu(collation: &str) -> Option<&'static CollatorBorrowed<'static>> {
+    type Cache = Mutex<HashMap<String, Option<&'static CollatorBorrowed<'static>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let tag = collation.strip_prefix("icu:")?;
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = cache.get(tag) {
+        return *c;
+    }
+    let made = icu_locale_core::Locale::try_from_str(&tag.replace('_', "-"))
+        .ok()
+        .filter(|l| l.extensions.is_empty())
+        .and_then(|l| CollatorBorrowed::try_new((&l).into(), CollatorOptions::default()).ok())
+        // One collator per locale for the life of the process (a handful at most).
+        .map(|c| &*Box::leak(Box::new(c)));
+    cache.insert(tag.to_owned(), made);
+    made
+}
+
+/// `text` as the merge compares it under `collator`: the ICU sort key, a zero byte, then the
+/// text itself (PostgreSQL breaks ties of a deterministic collation by bytes).
+pub(crate) fn icu_key(collator: &CollatorBorrowed<'static>, text: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(text.len() * 3 + 8);
+    let Ok(()) = collator.write_sort_key_utf8_to(text, &mut key);
+    key.push(0);
+    key.extend_from_slice(text);
+    key
 }
 
 /// Whether a HAVING condition compares a text column with <, <=, > or >=. Iterative: the
@@ -170,7 +242,10 @@ mod tests {
             why.starts_with("ORDER BY on text") && why.contains("COLLATE \"C\""),
             "{why}"
         );
-        assert!(refusal(&by_text, &fields, "icu:en-US", true).is_some());
+        // An ICU locale: merged in ICU's order; in a non-UTF-8 client encoding, refused.
+        assert!(refusal(&by_text, &fields, "icu:en-US", true).is_none());
+        assert!(refusal(&by_text, &fields, "icu:en-US", false).is_some());
+        assert!(refusal(&by_text, &fields, "icu:en-US-u-ks-level2", true).is_some());
         // COLLATE "C" in the statement, or a key that is not text: fine.
         let explicit = merge(vec![key(0, true)], vec![ColKind::Plain, ColKind::Plain], None);
         assert!(refusal(&explicit, &fields, "en_US.UTF-8", true).is_none());
@@ -200,5 +275,21 @@ mod tests {
         );
         assert!(refusal(&explicit, &fields, "C", false).is_some());
         assert!(refusal(&by_int, &fields, "C", false).is_none());
+    }
+
+    #[test]
+    fn icu_keys_order_as_icu_then_by_bytes() {
+        let c = icu("icu:en-US").expect("ICU4X knows en-US");
+        let mut words = ["b", "B", "a", "A", "é", "e", "Z", "z", "ab", "a b", ""];
+        words.sort_by_key(|w| icu_key(c, w.as_bytes()));
+        assert_eq!(words, ["", "a", "A", "a b", "ab", "b", "B", "e", "é", "z", "Z"]);
+        // No zero byte inside a sort key: the separator keeps a shorter key first.
+        for w in words {
+            let k = icu_key(c, w.as_bytes());
+            let sep = k.iter().position(|b| *b == 0).unwrap();
+            assert_eq!(&k[sep + 1..], w.as_bytes());
+        }
+        assert!(icu("icu:en_US").is_some());
+        assert!(icu("en_US.UTF-8").is_none());
     }
 }

@@ -294,7 +294,10 @@ impl Session {
         };
         let m = &resolved;
         let client_utf8 = self.client_is_utf8();
-        if let Some(why) = collation.and_then(|c| super::collation::refusal(m, &shard_fields, &c, client_utf8)) {
+        if let Some(why) = collation
+            .as_ref()
+            .and_then(|c| super::collation::refusal(m, &shard_fields, c, client_utf8))
+        {
             Leg::abandon(legs).await;
             return Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &why));
         }
@@ -333,9 +336,14 @@ impl Session {
             limit: limit_value(&m.limit, bind),
             offset: limit_value(&m.offset, bind).unwrap_or(0),
         };
+        let collated = match (&collation, client_utf8) {
+            (Some(c), true) => super::collation::icu_columns(m, &shard_fields, c),
+            _ => None,
+        };
         let cells = values::PgCells {
             input: &shard_fields,
             output: &out_fields,
+            collated,
         };
         let mut sink = ClientRows {
             client: &mut self.client,

@@ -15,12 +15,20 @@ pub struct PgCells<'a> {
     pub input: &'a [Field],
     /// What the client is told.
     pub output: &'a [Field],
+    /// Under an ICU collation, its collator and the text columns compared in its order.
+    pub collated: Option<(&'static icu_collator::CollatorBorrowed<'static>, Vec<bool>)>,
 }
 
 impl Cells for PgCells<'_> {
     fn decode(&self, col: usize, cell: Option<&[u8]>) -> Result<Value, String> {
         let f = &self.input[col];
-        decode(f.type_oid, f.format, cell)
+        let v = decode(f.type_oid, f.format, cell)?;
+        Ok(match (&self.collated, v) {
+            (Some((c, cols)), Value::Text(t)) if cols.get(col) == Some(&true) => {
+                Value::Text(super::collation::icu_key(c, &t))
+            }
+            (_, v) => v,
+        })
     }
 
     fn encode(&self, col: usize, value: &Value) -> Result<Option<Bytes>, String> {
