@@ -287,6 +287,10 @@ fn corpus() -> Vec<String> {
     q.push("SELECT u.id FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.amount > 450) ORDER BY u.id LIMIT 10".into());
     q.push("SELECT id FROM users WHERE id IN (SELECT user_id FROM orders WHERE status = 'void' AND amount > 400) ORDER BY id".into());
     q.push("WITH mine AS (SELECT id, amount FROM orders WHERE user_id = 42) SELECT u.name, m.id, m.amount FROM users u JOIN mine m WHERE u.id = 42 ORDER BY m.id".into());
+    // Co-located WITH queries: each keeps a user's rows together.
+    q.push("WITH a AS (SELECT id FROM orders) SELECT COUNT(*) FROM a".into());
+    q.push("WITH t AS (SELECT user_id, SUM(amount) AS s, COUNT(*) AS n FROM orders GROUP BY user_id) SELECT COUNT(*), MAX(s), MIN(n), SUM(n) FROM t".into());
+    q.push("WITH t AS (SELECT user_id, SUM(amount) AS s FROM orders GROUP BY user_id) SELECT u.id, t.s FROM users u JOIN t ON t.user_id = u.id ORDER BY t.s DESC, u.id LIMIT 5".into());
     q
 }
 
@@ -299,7 +303,7 @@ const REFUSED: &[&str] = &[
     "SELECT COUNT(DISTINCT country) FROM users",
     "SELECT 1 FROM users; SELECT 2 FROM users",
     "SELECT id FROM users WHERE id IN (SELECT MAX(user_id) FROM orders)",
-    "WITH a AS (SELECT id FROM orders) SELECT COUNT(*) FROM a",
+    "WITH t AS (SELECT status, COUNT(*) AS n FROM orders GROUP BY status) SELECT SUM(n) FROM t",
 ];
 
 fn sorted(mut r: Rows) -> Rows {
