@@ -17,7 +17,8 @@ pub struct Etcd {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+/// A loopback port free right now.
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

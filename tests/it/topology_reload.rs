@@ -75,8 +75,8 @@ async fn connections(c: &tokio_postgres::Client) -> Vec<i32> {
     .collect()
 }
 
-/// `shardwire serve`, killed when the test ends however it ends.
-struct Serve(std::process::Child);
+/// `shardwire serve`, killed (SIGKILL) when the test ends however it ends.
+pub(crate) struct Serve(pub(crate) std::process::Child);
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -99,11 +99,7 @@ async fn a_shard_added_and_removed_through_sighup_under_load() {
     let (topo, _guard) = sharded().await;
     let dir = std::env::temp_dir().join(format!("shardwire-topo-{}", rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::cluster::free_port();
     let ports = &topo.shard_ports;
     std::fs::write(dir.join("map.toml"), map(1, &["s0", "s1"])).unwrap();
     std::fs::write(dir.join("shardwire.toml"), config(port, ports, 2)).unwrap();

@@ -4,27 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::cluster::free_port;
 use crate::harness::rand_suffix;
 use crate::sharding::keys_on;
 use crate::shards::{MAP, SHARDS, sharded};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `shardwire serve` on `config`, killed (SIGKILL) when dropped.
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::topology_reload::Serve;
 
 async fn serve(config: &std::path::Path, port: u16, pause_ms: Option<u64>) -> Serve {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shardwire"));

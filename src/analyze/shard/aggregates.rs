@@ -99,3 +99,12 @@ pub(super) fn calls(e: &impl Visit) -> (Vec<Function>, bool) {
     let _ = e.visit(&mut v);
     (v.0, v.1)
 }
+
+/// `CASE WHEN filter THEN arg END`: what `count(DISTINCT arg) FILTER (WHERE filter)` counts.
+pub(super) fn filtered(filter: &Expr, arg: &Expr) -> Option<Expr> {
+    let text = format!("CASE WHEN {filter} THEN {arg} END");
+    Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
+}

@@ -486,15 +486,6 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
     })
 }
 
-/// `CASE WHEN filter THEN arg END`: what `count(DISTINCT arg) FILTER (WHERE filter)` counts.
-fn filtered(filter: &Expr, arg: &Expr) -> Option<Expr> {
-    let text = format!("CASE WHEN {filter} THEN {arg} END");
-    Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-        .try_with_sql(&text)
-        .and_then(|mut p| p.parse_expr())
-        .ok()
-}
-
 /// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.
 pub(super) fn plain_is_grouped(item: &SelectItem, group: &[Expr], i: usize) -> bool {
     let e = match item {
