@@ -463,7 +463,6 @@ const REFUSED: &[&str] = &[
     "SELECT country, count(*) FROM users GROUP BY country HAVING count(DISTINCT score) > 1",
     "UPDATE users SET id = id + 1 WHERE id = 5",
     "INSERT INTO users (name) VALUES ('nokey')",
-    "INSERT INTO users SELECT * FROM users",
 ];
 
 /// A cell of any type as text, decoded the way the merge decodes it.
@@ -688,6 +687,11 @@ async fn same_rows_as_one_database() {
         "INSERT INTO countries (code, name, region) VALUES ('nz', 'country nz', 'south') RETURNING code",
         "UPDATE countries SET region = 'west' WHERE code = 'us' RETURNING code, region",
         "UPDATE events SET kind = 'moved' WHERE id BETWEEN 990 AND 1010 RETURNING id, kind",
+        // Co-located INSERT ... SELECT: each shard copies its own rows.
+        "INSERT INTO orders (id, user_id, amount, status) SELECT id + 100000, user_id, amount, 'copy' FROM orders \
+         WHERE amount > 490 RETURNING user_id, id, status",
+        "INSERT INTO orders (user_id, id, amount, status) SELECT u.id, 200000 + u.id, u.score, 'from-user' FROM users u \
+         WHERE u.score > 95",
     ];
     for sql in writes {
         checked += 1;

@@ -166,8 +166,8 @@ fn colocated_map(q: &Query, map: &ShardMap, group: usize) -> Option<ShardMap> {
     extended
 }
 
-/// Where a key-local WITH query has the shard key among its output columns.
-enum KeyColumn {
+/// Where a key-local query has the shard key among its output columns.
+pub(super) enum KeyColumn {
     /// Output column `i`, named so.
     At(usize, String),
     /// Not selected: rows stay with their key's shard, but nothing can join on it.
@@ -175,7 +175,7 @@ enum KeyColumn {
 }
 
 /// Whether `body` keeps each shard key's rows on that key's shard, and where its key column is.
-fn key_local(body: &Query, map: &ShardMap, group: usize) -> Option<KeyColumn> {
+pub(super) fn key_local(body: &Query, map: &ShardMap, group: usize) -> Option<KeyColumn> {
     let SetExpr::Select(sel) = body.body.as_ref() else {
         return None;
     };

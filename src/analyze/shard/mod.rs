@@ -30,6 +30,7 @@ mod ddl;
 mod dml;
 mod fill_ids;
 mod having;
+mod insert_pushdown;
 mod literals;
 mod locality;
 mod merge_spec;
@@ -302,6 +303,11 @@ fn ident(i: &Ident) -> String {
 }
 
 fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
+    if let Statement::Insert(ins) = stmt
+        && let Some(shape) = insert_pushdown::shape(ins, map)
+    {
+        return shape;
+    }
     if let Some(select) = columns::insert_select_source(stmt, map) {
         return Shape::InsertSelect { select };
     }
