@@ -354,6 +354,10 @@ fn read_corpus() -> Vec<String> {
         "SELECT country, avg(score) FROM users GROUP BY country HAVING round(avg(score), 1) >= 50 AND max(score) - min(score) > 90 ORDER BY 1 NULLS LAST",
         "SELECT user_id % 10 AS d, count(*) FROM orders GROUP BY 1 HAVING count(*) * 100 / 9000 > 9 ORDER BY 1",
         "SELECT status FROM orders GROUP BY status HAVING sum(amount) FILTER (WHERE amount > 400) > 2 * sum(amount) FILTER (WHERE amount < 100) ORDER BY 1",
+        "SELECT country, count(*) FROM users GROUP BY country HAVING count(DISTINCT score) > 1 ORDER BY 1 NULLS LAST",
+        "SELECT country, count(DISTINCT score) AS s FROM users GROUP BY country HAVING count(DISTINCT score) > 25 ORDER BY 1 NULLS LAST",
+        "SELECT user_id % 7 AS d, sum(amount) FROM orders GROUP BY 1 HAVING count(DISTINCT status) = 4 AND count(DISTINCT user_id) FILTER (WHERE amount > 100) > 300 ORDER BY 1",
+        "SELECT count(*) FROM orders HAVING count(DISTINCT user_id) > 10",
     ] {
         q.push(sql.into());
     }
@@ -460,7 +464,6 @@ const REFUSED: &[&str] = &[
     "SELECT country FROM users INTERSECT SELECT status FROM orders",
     "SELECT code FROM countries UNION ALL SELECT country FROM users",
     "SELECT id FROM users UNION ALL SELECT id FROM events",
-    "SELECT country, count(*) FROM users GROUP BY country HAVING count(DISTINCT score) > 1",
     "UPDATE users SET id = id + 1 WHERE id = 5",
     "INSERT INTO users (name) VALUES ('nokey')",
 ];

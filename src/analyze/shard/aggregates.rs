@@ -108,3 +108,15 @@ pub(super) fn filtered(filter: &Expr, arg: &Expr) -> Option<Expr> {
         .and_then(|mut p| p.parse_expr())
         .ok()
 }
+
+/// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.
+pub(super) fn plain_is_grouped(item: &SelectItem, group: &[Expr], i: usize) -> bool {
+    let e = match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return false,
+    };
+    group.iter().any(|g| {
+        strip(g) == strip(e)
+            || matches!(strip(g), Expr::Value(v) if matches!(&v.value, Value::Number(k, _) if k.parse::<usize>().ok() == Some(i + 1)))
+    }) || calls(e).0.is_empty() && matches!(strip(e), Expr::Value(_))
+}

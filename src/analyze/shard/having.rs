@@ -163,6 +163,30 @@ pub(super) fn having_term(
             return Ok(Term::Expr(exprs.len() - 1));
         }
     };
+    if matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct))
+        && f.over.is_none()
+        && func_name(f) == "count"
+    {
+        // count(DISTINCT x) not selected: a hidden column of x, which the shards group by too.
+        let arg = match &f.args {
+            FunctionArguments::List(l) if l.args.len() == 1 && l.clauses.is_empty() => match &l.args[0] {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => x.clone(),
+                _ => return Err(format!("{e} cannot be merged")),
+            },
+            _ => return Err(format!("{e} cannot be merged")),
+        };
+        let arg = match &f.filter {
+            Some(c) => filtered(c, &arg).ok_or_else(|| format!("{e} cannot be merged"))?,
+            None => arg,
+        };
+        if let Some(i) = hidden.iter().position(
+            |(item, kind)| matches!((item, kind), (SelectItem::UnnamedExpr(x), ColKind::CountDistinct) if strip(x) == strip(&arg)),
+        ) {
+            return Ok(Term::Col(n + i));
+        }
+        hidden.push((SelectItem::UnnamedExpr(arg), ColKind::CountDistinct));
+        return Ok(Term::Col(n + hidden.len() - 1));
+    }
     if matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some()) || f.over.is_some() {
         return Err(format!("{e} cannot be merged"));
     }

@@ -308,21 +308,9 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         cols.push(kind);
     }
     let grouped_merge = !group_on_key && (any_agg || !group_exprs.is_empty());
-    if !distinct_args.is_empty() {
-        if group_exprs.is_empty() && cols.contains(&ColKind::Plain) {
-            // Over no rows the merge makes the one row up: it knows no value for a constant.
-            return refuse("constants beside count(DISTINCT ...) without GROUP BY across shards are not supported");
-        }
-        if sel.having.is_some() {
-            return refuse("HAVING with count(DISTINCT ...) across shards is not supported");
-        }
-        // Each shard gives one row per group and combination of distinct values; the other
-        // aggregates (COUNT, SUM, MIN, MAX, AVG's parts) combine over those rows as over whole
-        // groups, and each COUNT(DISTINCT) counts its own column's values over them.
-        match &mut shard_sel.group_by {
-            GroupByExpr::Expressions(e, _) => e.extend(distinct_args.iter().cloned()),
-            GroupByExpr::All(_) => return refuse("GROUP BY ALL across shards is not supported"),
-        }
+    if !distinct_args.is_empty() && group_exprs.is_empty() && cols.contains(&ColKind::Plain) {
+        // Over no rows the merge makes the one row up: it knows no value for a constant.
+        return refuse("constants beside count(DISTINCT ...) without GROUP BY across shards are not supported");
     }
     if grouped_merge {
         // Every GROUP BY expression must be a selected plain column, so groups can be matched.
@@ -357,6 +345,23 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             .any(|(i, c)| *c == ColKind::Plain && !plain_is_grouped(&sel.projection[i], &group_exprs, i))
         {
             return refuse("a selected column that is neither aggregated nor in GROUP BY");
+        }
+    }
+    // count(DISTINCT x) in HAVING only: counted from a hidden column of x, as in the select list.
+    for (item, kind) in &hidden {
+        if let (SelectItem::UnnamedExpr(arg), ColKind::CountDistinct) = (item, kind)
+            && !distinct_args.iter().any(|d| strip(d) == strip(arg))
+        {
+            distinct_args.push(arg.clone());
+        }
+    }
+    if !distinct_args.is_empty() {
+        // Each shard gives one row per group and combination of distinct values; the other
+        // aggregates (COUNT, SUM, MIN, MAX, AVG's parts) combine over those rows as over whole
+        // groups, and each COUNT(DISTINCT) counts its own column's values over them.
+        match &mut shard_sel.group_by {
+            GroupByExpr::Expressions(e, _) => e.extend(distinct_args.iter().cloned()),
+            GroupByExpr::All(_) => return refuse("GROUP BY ALL across shards is not supported"),
         }
     }
     let distinct = matches!(sel.distinct, Some(Distinct::Distinct));
@@ -484,16 +489,4 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             || literal_in(&sel.having)
             || literal_in(&sel.distinct),
     })
-}
-
-/// A plain selected column is fine in a grouped merge when it is a GROUP BY expression.
-pub(super) fn plain_is_grouped(item: &SelectItem, group: &[Expr], i: usize) -> bool {
-    let e = match item {
-        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-        _ => return false,
-    };
-    group.iter().any(|g| {
-        strip(g) == strip(e)
-            || matches!(strip(g), Expr::Value(v) if matches!(&v.value, Value::Number(k, _) if k.parse::<usize>().ok() == Some(i + 1)))
-    }) || calls(e).0.is_empty() && matches!(strip(e), Expr::Value(_))
 }
