@@ -358,6 +358,9 @@ fn read_corpus() -> Vec<String> {
         "SELECT country, count(DISTINCT score) AS s FROM users GROUP BY country HAVING count(DISTINCT score) > 25 ORDER BY 1 NULLS LAST",
         "SELECT user_id % 7 AS d, sum(amount) FROM orders GROUP BY 1 HAVING count(DISTINCT status) = 4 AND count(DISTINCT user_id) FILTER (WHERE amount > 100) > 300 ORDER BY 1",
         "SELECT count(*) FROM orders HAVING count(DISTINCT user_id) > 10",
+        "SELECT status, sum(amount) / count(DISTINCT user_id) FROM orders GROUP BY status ORDER BY status",
+        "SELECT round(count(*)::numeric / count(DISTINCT user_id), 3) AS per_user, count(DISTINCT status) * 10 FROM orders",
+        "SELECT country, count(DISTINCT score) FILTER (WHERE score > 50) * 100 / count(*) AS pct FROM users GROUP BY 1 ORDER BY 1 NULLS FIRST",
     ] {
         q.push(sql.into());
     }
@@ -451,7 +454,6 @@ const REFUSED: &[&str] = &[
     "SELECT id, row_number() OVER (ORDER BY id) FROM users",
     "SELECT id FROM users ORDER BY score FETCH FIRST 3 ROWS WITH TIES",
     "SELECT DISTINCT ON (country) country, id FROM users",
-    "SELECT status, sum(amount) / count(DISTINCT user_id) FROM orders GROUP BY status",
     "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
     "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
     "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",

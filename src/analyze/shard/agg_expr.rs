@@ -184,9 +184,27 @@ pub(super) fn hidden_aggregate(
     hidden: &mut Vec<(SelectItem, ColKind)>,
 ) -> Result<usize, String> {
     let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment.is_some());
+    if distinct
+        && f.within_group.is_empty()
+        && func_name(f) == "count"
+        && let FunctionArguments::List(l) = &f.args
+        && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(x))] = &l.args[..]
+        && l.clauses.is_empty()
+    {
+        // count(DISTINCT x): a hidden column of x, which the shards also group by (merge_spec).
+        let x = match &f.filter {
+            Some(c) => super::aggregates::filtered(c, x).ok_or("this count(DISTINCT ...) FILTER is not supported")?,
+            None => x.clone(),
+        };
+        let at = n + hidden.len();
+        hidden.push((SelectItem::UnnamedExpr(x), ColKind::CountDistinct));
+        return Ok(at);
+    }
     if distinct || !f.within_group.is_empty() {
         return Err(
-            "an expression over aggregates with DISTINCT or WITHIN GROUP across shards is not supported".into(),
+            "an expression over aggregates with DISTINCT (other than count(DISTINCT x)) or WITHIN GROUP across shards \
+             is not supported"
+                .into(),
         );
     }
     if let FunctionArguments::List(l) = &f.args
