@@ -165,7 +165,8 @@ impl Session {
                     self.switch_wait = false;
                     f
                 }
-                None if self.script.is_some() => match self.script_next().await? {
+                // Boxed, as every rare path: its future would otherwise be part of this loop's.
+                None if self.script.is_some() => match Box::pin(self.script_next()).await? {
                     super::script::Next::Frame(f) => f,
                     super::script::Next::Wait => return Ok(Flow::Continue),
                     super::script::Next::Ended => continue,
