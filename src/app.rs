@@ -160,12 +160,19 @@ pub struct Stats {
     pub reloads: AtomicU64,
     /// Reloads refused: an invalid file, or a map that moves keys without the data stated in place.
     pub rejected_reloads: AtomicU64,
-    /// Statements by shard plan kind: single-shard, scatter, broadcast, insert-split, refused.
-    pub plans: [AtomicU64; 5],
+    /// Statements by shard plan kind: single-shard, scatter, broadcast, insert-split, materialized, refused.
+    pub plans: [AtomicU64; 6],
 }
 
 /// Plan kinds counted in [`Stats::plans`], in order.
-pub const PLAN_KINDS: [&str; 5] = ["single-shard", "scatter", "broadcast", "insert-split", "refused"];
+pub const PLAN_KINDS: [&str; 6] = [
+    "single-shard",
+    "scatter",
+    "broadcast",
+    "insert-split",
+    "materialized",
+    "refused",
+];
 
 impl Stats {
     /// Counts one statement of a plan kind.

@@ -391,8 +391,25 @@ pub fn route(shared: &Shared, sql: &str) -> Table {
     let rt = shared.runtime.load();
     let map = &rt.config.map;
     let shape = crate::analyze::shard::shape(sql, map);
-    let plan = crate::plan::shard::plan(&shape, map, &crate::plan::shard::Params::default());
-    let text = crate::plan::shard::explain(&plan, map);
+    let params = crate::plan::shard::Params::default();
+    let plan = crate::plan::shard::plan(&shape, map, &params);
+    let mut text = crate::plan::shard::explain(&plan, map);
+    if let crate::plan::shard::ShardPlan::Refuse(why) = &plan
+        && rt.config.routing.max_intermediate_bytes > 0
+        && let Some(m) = crate::analyze::shard::materialize::plan(sql, map)
+    {
+        text = format!("materialized: its parts run first and their rows go into it (as written: {why})");
+        for (i, part) in m.parts.iter().enumerate() {
+            let part_plan = crate::plan::shard::plan(&crate::analyze::shard::shape(&part.sql, map), map, &params);
+            let how = crate::plan::shard::explain(&part_plan, map);
+            text.push_str(&format!(
+                "\npart {}: {} -- {}",
+                i + 1,
+                part.sql,
+                how.lines().next().unwrap_or_default()
+            ));
+        }
+    }
     Table {
         columns: vec!["plan"],
         rows: text.lines().map(|l| vec![s(l)]).collect(),

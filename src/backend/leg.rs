@@ -166,6 +166,8 @@ impl Leg {
     }
 
     pub async fn send(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        // A simple query drops the server's unnamed statement, a Parse of one replaces it.
+        self.co.conn.unnamed = None;
         self.co.conn.stream.write_all(buf).await
     }
 
@@ -269,6 +271,8 @@ pub async fn read_frame(conn: &mut BackendConn) -> std::io::Result<Frame> {
 pub async fn simple_on(conn: &mut BackendConn, sql: &str) -> Option<Option<Frame>> {
     let mut out = BytesMut::new();
     msg::query(&mut out, sql);
+    // A simple query drops the server's unnamed statement.
+    conn.unnamed = None;
     if conn.stream.write_all(&out).await.is_err() {
         conn.broken = true;
         return None;

@@ -169,6 +169,9 @@ pub struct RawRouting {
     pub primary_functions: Vec<String>,
     /// Read-your-writes for every user (users may also turn it on one by one).
     pub read_your_writes: Option<bool>,
+    /// Bytes of rows a statement may read into shardwire before it runs (parts that run first);
+    /// 0: such statements are refused.
+    pub max_intermediate_bytes: Option<u64>,
     /// "follow" (default): writes move to a replica that was promoted; "manual": only a
     /// configuration change moves them.
     pub failover: Option<String>,

@@ -181,6 +181,9 @@ pub struct RoutingConfig {
     pub primary_functions: HashSet<String>,
     /// Read-your-writes default for users that do not set it.
     pub read_your_writes: bool,
+    /// Bytes of rows a statement may read into shardwire before it runs (its subqueries, WITH
+    /// queries or tables that the shards cannot answer alone); 0 turns that off.
+    pub max_intermediate_bytes: usize,
     /// Follow a promotion of a replica (writes move to it) or wait for the configuration.
     pub failover: Failover,
 }

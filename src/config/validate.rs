@@ -259,5 +259,7 @@ fn routing(raw: &RawConfig) -> Result<RoutingConfig, ConfigError> {
             .ok_or_else(|| err("routing.healthy_after", "must be at least 1"))?,
         primary_functions,
         read_your_writes: r.read_your_writes.unwrap_or(true),
+        max_intermediate_bytes: usize::try_from(r.max_intermediate_bytes.unwrap_or(16 << 20))
+            .map_err(|_| err("routing.max_intermediate_bytes", "too large"))?,
     })
 }

@@ -208,6 +208,7 @@ impl Session {
                 }
                 Ok(Routed::Shard(s))
             }
+            ShardPlan::Refuse(m) if single_statement && self.may_materialize(&stmt.query) => Ok(Routed::Materialize(m)),
             ShardPlan::Refuse(m) => {
                 self.refuse(true, &m);
                 Ok(Routed::Done(Flow::Continue))
@@ -357,20 +358,24 @@ impl Session {
                     }
                     let select = select.clone();
                     let client = parts(&own)?;
-                    let (text, none) =
-                        match Box::pin(self.insert_select(&stmt.query, &select, Some((&stmt.param_types, &client))))
-                            .await
-                        {
-                            Ok(t) => t,
-                            Err(super::insert_select::SelectFailure::Proxy(code, m)) => {
-                                self.fail_statement(code, true, &m);
-                                return Ok(Err(Flow::Continue));
-                            }
-                            Err(super::insert_select::SelectFailure::Server(e)) => {
-                                self.fail_with_frame(e.raw(), true);
-                                return Ok(Err(Flow::Continue));
-                            }
-                        };
+                    let (text, none) = match Box::pin(self.insert_select(
+                        &stmt.query,
+                        &select,
+                        Some((&stmt.param_types, &client)),
+                        &stmt.facts,
+                    ))
+                    .await
+                    {
+                        Ok(t) => t,
+                        Err(super::insert_select::SelectFailure::Proxy(code, m)) => {
+                            self.fail_statement(code, true, &m);
+                            return Ok(Err(Flow::Continue));
+                        }
+                        Err(super::insert_select::SelectFailure::Server(e)) => {
+                            self.fail_with_frame(e.raw(), true);
+                            return Ok(Err(Flow::Continue));
+                        }
+                    };
                     stmt = Arc::new(Stmt::new(&text, &[0, 0], stmt.facts.clone()));
                     own = Some(BindParts {
                         param_formats: Vec::new(),
@@ -382,6 +387,43 @@ impl Session {
                         routed = Routed::Shard(self.here_or(self.default_shard(), true));
                         break;
                     }
+                }
+                Routed::Materialize(why) if own.is_none() => {
+                    let why = why.clone();
+                    if let Some(flow) = self.clear_for_statement(f, true) {
+                        return Ok(Err(flow));
+                    }
+                    let client = parts(&own)?;
+                    let done = match self.with_bind_inlined(&stmt, &client).await {
+                        Some(inlined) => Box::pin(self.materialized(&inlined, &stmt.facts, &why)).await,
+                        None => None,
+                    };
+                    let text = match done {
+                        Some(Ok(text))
+                            if crate::analyze::shard::shape(&text, &self.runtime.config.map) != Shape::Unparsed =>
+                        {
+                            text
+                        }
+                        None | Some(Ok(_)) => {
+                            self.refuse(true, &why);
+                            return Ok(Err(Flow::Continue));
+                        }
+                        Some(Err(super::insert_select::SelectFailure::Proxy(code, m))) => {
+                            self.fail_statement(code, true, &m);
+                            return Ok(Err(Flow::Continue));
+                        }
+                        Some(Err(super::insert_select::SelectFailure::Server(e))) => {
+                            self.fail_with_frame(e.raw(), true);
+                            return Ok(Err(Flow::Continue));
+                        }
+                    };
+                    self.shared.stats.record_plan("materialized");
+                    stmt = Arc::new(Stmt::new(&text, &[0, 0], stmt.facts.clone()));
+                    own = Some(BindParts {
+                        param_formats: Vec::new(),
+                        values: Vec::new(),
+                        result_formats: client.result_formats,
+                    });
                 }
                 _ => break,
             }

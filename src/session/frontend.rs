@@ -92,7 +92,11 @@ impl Session {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => (s, None),
             Routed::Rewrite(s, text) => (s, Some(text)),
-            Routed::BindFilled(..) | Routed::NeedColumns(_) | Routed::InsertSelect(_) | Routed::Fenced(..) => {
+            Routed::BindFilled(..)
+            | Routed::NeedColumns(_)
+            | Routed::InsertSelect(_)
+            | Routed::Fenced(..)
+            | Routed::Materialize(_) => {
                 unreachable!("only Binds are filled")
             }
         };
@@ -243,7 +247,7 @@ impl Session {
         // The steps some statements need before they can be routed, in a future of their own:
         // its state would otherwise be part of (and moved with) every Bind's.
         let (stmt, routed) = match routed {
-            Routed::NeedColumns(_) | Routed::InsertSelect(_) | Routed::Fenced(..) => {
+            Routed::NeedColumns(_) | Routed::InsertSelect(_) | Routed::Fenced(..) | Routed::Materialize(_) => {
                 match Box::pin(self.route_bind_steps(&f, stmt, routed)).await? {
                     Ok(r) => r,
                     Err(flow) => return Ok(flow),
@@ -255,6 +259,10 @@ impl Session {
             Routed::Done(flow) => return Ok(flow),
             Routed::Shard(s) => s,
             Routed::Rewrite(..) => unreachable!("only Queries are rewritten"),
+            Routed::Materialize(why) => {
+                self.refuse(true, &why);
+                return Ok(Flow::Continue);
+            }
             Routed::NeedColumns(_) | Routed::InsertSelect(_) | Routed::Fenced(..) => {
                 let m = "the statement's table or partition changed while it was routed; send it again";
                 self.fail_statement(crate::protocol::pg::sqlstate::SqlState::TRANSACTION_ROLLBACK, true, m);

@@ -2,18 +2,15 @@
 //! they cannot be routed by key in advance: the SELECT runs first, as its own plan says (on one
 //! shard, or, needing no table, on the shard in use), inside the client's transaction when there
 //! is one; its rows come back as text and go into the INSERT as VALUES, which is then planned
-//! and run like any INSERT (split by key, atomic across shards). A SELECT over several shards,
-//! parameters outside the SELECT, and clients not in UTF8 are refused.
-
-use bytes::BytesMut;
+//! and run like any INSERT (split by key, atomic across shards). The SELECT may read several
+//! shards (merged as a read of its own). Parameters outside the SELECT, and clients not in UTF8,
+//! are refused.
 
 use super::Session;
-use crate::backend::leg::Leg;
-use crate::plan::Target;
+use super::multi::Source;
 use crate::plan::shard::{Params, ShardPlan};
 use crate::protocol::pg::Frame;
-use crate::protocol::pg::messages as msg;
-use crate::protocol::pg::rows::{self, BindParts};
+use crate::protocol::pg::rows::BindParts;
 use crate::protocol::pg::sqlstate::SqlState;
 use sqlparser::ast::{Expr, Value};
 
@@ -38,6 +35,7 @@ impl Session {
         sql: &str,
         select: &str,
         bind: Option<(&[u8], &BindParts)>,
+        facts: &crate::analyze::Facts,
     ) -> Result<(String, bool), SelectFailure> {
         let refuse = |m: &str| SelectFailure::Proxy(SqlState::FEATURE_NOT_SUPPORTED, m.to_owned());
         if !self.client_is_utf8() {
@@ -51,105 +49,28 @@ impl Session {
                  on its own; use parameters in the SELECT only",
             ));
         }
-        let map = self.runtime.config.map.clone();
-        let shape = self.shared.shapes.get(select, &map);
-        let shard = match self.plan_checked(&shape, &map, &Params::default()) {
-            ShardPlan::One(s) => match &self.held {
-                Some(h) if matches!(*shape, crate::analyze::shard::Shape::Neutral) => h.shard,
-                _ => s,
-            },
-            ShardPlan::Refuse(m) => return Err(refuse(&m)),
-            other => {
-                return Err(refuse(&format!(
-                    "INSERT ... SELECT into a sharded table reads rows of several shards ({}); select them and insert them \
-                     with VALUES, or give the SELECT a condition on its shard key",
-                    other.kind()
-                )));
+        let source = match bind {
+            None => Source::Simple,
+            Some((param_types, bind)) => Source::Extended { param_types, bind },
+        };
+        let (width, rows) = match self.select_rows(select, source, facts, MAX_ROWS_BYTES, true).await? {
+            Some(got) => (got.0.len(), got.1),
+            None => {
+                let map = self.runtime.config.map.clone();
+                let shape = self.shared.shapes.get(select, &map);
+                return Err(match self.plan_checked(&shape, &map, &Params::default()) {
+                    ShardPlan::Refuse(m) => refuse(&m),
+                    other => refuse(&format!(
+                        "INSERT ... SELECT into a sharded table from a SELECT planned as {}: not supported; select the rows \
+                         and insert them with VALUES",
+                        other.kind()
+                    )),
+                });
             }
         };
-        let in_tx = self.in_transaction();
-        let (mut legs, wrote) = if in_tx {
-            self.tx_legs(&[shard], None)
-                .await
-                .map_err(|(c, m)| SelectFailure::Proxy(c, m))?
-        } else {
-            let co = self
-                .checkout_on(Target::Primary, shard)
-                .await
-                .map_err(|(c, m)| SelectFailure::Proxy(c, m))?;
-            (vec![Leg::new(co)], Vec::new())
-        };
-        let leg = &mut legs[0];
-        let mut out = BytesMut::new();
-        self.write_prelude(leg, &mut out);
-        match bind {
-            None => msg::query_bytes(&mut out, select.as_bytes()),
-            Some((types, b)) => {
-                msg::parse_bytes(&mut out, "", select.as_bytes(), types);
-                rows::bind_with(&mut out, b, None, &[0]);
-                msg::describe_or_close(&mut out, b'D', b'P', "");
-                rows::execute_all(&mut out);
-                rows::sync(&mut out);
-            }
-        }
-        let got = read_rows(leg, &out).await;
-        if got.is_err() {
-            // Inside a transaction the failed SELECT fails it (see `give_back`).
-            leg.mark_broken();
-        }
-        if in_tx {
-            self.give_back(legs, &[shard], wrote, false);
-        }
-        let (width, rows) = got?;
         crate::analyze::shard::with_rows(sql, &rows, width)
             .map(|text| (text, rows.is_empty()))
             .ok_or_else(|| refuse("internal error: the INSERT could not be given the SELECT's rows"))
-    }
-}
-
-/// Runs a simple Query (after the replay `out` holds) and reads every row as text.
-async fn read_rows(leg: &mut Leg, out: &[u8]) -> Result<(usize, Vec<Vec<Option<String>>>), SelectFailure> {
-    let io =
-        |e: std::io::Error| SelectFailure::Proxy(SqlState::CONNECTION_FAILURE, format!("shard connection failed: {e}"));
-    leg.send(out).await.map_err(io)?;
-    if let Some(e) = leg.skip_replay().await.map_err(io)? {
-        return Err(SelectFailure::Server(e));
-    }
-    let mut width = 0;
-    let mut rows = Vec::new();
-    let mut bytes = 0usize;
-    let mut error = None;
-    loop {
-        let f = leg.frame().await.map_err(io)?;
-        match f.tag() {
-            b'T' => width = rows::parse_row_description(f.body()).map_or(0, |d| d.len()),
-            b'D' if error.is_none() => {
-                bytes += f.body().len();
-                if bytes > MAX_ROWS_BYTES {
-                    return Err(SelectFailure::Proxy(
-                        SqlState::PROGRAM_LIMIT_EXCEEDED,
-                        "INSERT ... SELECT into a sharded table brings its rows through shardwire, and these exceed 64 MiB; \
-                         insert them in batches or with COPY FROM STDIN"
-                            .into(),
-                    ));
-                }
-                let cells =
-                    rows::parse_data_row(&f.raw().slice(5..)).map_err(|e| io(std::io::Error::other(e.to_string())))?;
-                rows.push(
-                    cells
-                        .into_iter()
-                        .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                        .collect(),
-                );
-            }
-            b'E' => error = error.or(Some(f)),
-            b'Z' => break,
-            _ => {}
-        }
-    }
-    match error {
-        Some(e) => Err(SelectFailure::Server(e)),
-        None => Ok((width, rows)),
     }
 }
 

@@ -151,6 +151,7 @@ async fn handle(
                 switch_wait: false,
                 implicit_multi: false,
                 script: None,
+                capture: None,
                 rollback_at_sync: false,
                 ddl_in_tx: false,
                 tx_refused: false,

@@ -29,10 +29,12 @@ pub use multi_write::DECISION_TABLE_DDL as TWO_PHASE_DECISION_DDL;
 pub mod listener;
 mod relay;
 
+mod materialize;
 mod responses;
 mod retry;
 mod ryw;
 mod script;
+mod select_rows;
 mod sharding;
 mod signal;
 pub mod state;
@@ -205,6 +207,9 @@ pub struct Session {
     implicit_multi: bool,
     /// A query string run statement by statement (`script`).
     script: Option<Box<script::Script>>,
+    /// A merge's output is read by shardwire itself (`select_rows`), not sent: the most it
+    /// may hold.
+    capture: Option<usize>,
     /// The extended-protocol ROLLBACK of a failed transaction was answered here: the held
     /// connection rolls back at the client's Sync (it skips everything until a Sync).
     rollback_at_sync: bool,

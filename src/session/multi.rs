@@ -168,7 +168,7 @@ impl Session {
 
     /// A read on several shards: inside a transaction on the transaction's connections (shards
     /// it has not touched yet join it), otherwise on connections of its own.
-    async fn scatter(
+    pub(super) async fn scatter(
         &mut self,
         shards: &[ShardId],
         m: &Merge,
@@ -348,6 +348,7 @@ impl Session {
         let mut sink = ClientRows {
             client: &mut self.client,
             script: self.script.as_deref_mut(),
+            capture: self.capture,
         };
         let result = match bind {
             Some(b) => exec::merge::run(legs, m, &cells, &values::BindParams(b), window, &mut sink).await,
@@ -396,6 +397,8 @@ struct ClientRows<'a> {
     client: &'a mut super::client::ClientConn,
     /// A query string run statement by statement: it looks at the output before it is sent.
     script: Option<&'a mut super::script::Script>,
+    /// Kept back for shardwire itself, up to this size.
+    capture: Option<usize>,
 }
 
 impl RowSink for ClientRows<'_> {
@@ -403,7 +406,11 @@ impl RowSink for ClientRows<'_> {
 
     async fn row(&mut self, cells: &[Option<Bytes>], visible: usize) -> Result<(), SessionError> {
         rows::data_row(&mut self.client.wbuf, cells, visible);
-        if self.client.wbuf.len() >= FLUSH_AT {
+        if let Some(limit) = self.capture {
+            if self.client.wbuf.len() > limit {
+                return Err(super::select_rows::over_limit(limit));
+            }
+        } else if self.client.wbuf.len() >= FLUSH_AT {
             super::script::flush(self.client, self.script.as_deref_mut()).await?;
         }
         Ok(())

@@ -38,6 +38,9 @@ pub(super) enum Routed {
     InsertSelect(String),
     /// It touches a fenced partition (group, partition): wait, then route the Bind again.
     Fenced(String, u32),
+    /// A read refused as written (the reason) whose parts may run first: run them, then route
+    /// the Bind of the result again.
+    Materialize(String),
 }
 
 impl Session {
@@ -234,12 +237,44 @@ impl Session {
         }
         let (mut plan, anywhere) = self.plan_simple(sql, literal_free);
         let mut rewritten: Option<String> = None;
+        if let ShardPlan::Refuse(why) = &plan
+            && single_statement
+            && self.may_materialize(sql)
+        {
+            let why = why.clone();
+            if let Some(flow) = self.clear_for_statement(f, false) {
+                return Ok(Routed::Done(flow));
+            }
+            match Box::pin(self.materialized(sql, facts, &why)).await {
+                None => {}
+                Some(Ok(text)) => {
+                    let map = self.runtime.config.map.clone();
+                    let shape = crate::analyze::shard::shape(&text, &map);
+                    plan = match self.plan_checked(&shape, &map, &Params::default()) {
+                        ShardPlan::Refuse(_) => ShardPlan::Refuse(why),
+                        // Not parsed, it would go to the default shard alone.
+                        _ if shape == Shape::Unparsed => ShardPlan::Refuse(why),
+                        other => other,
+                    };
+                    self.shared.stats.record_plan("materialized");
+                    rewritten = Some(text);
+                }
+                Some(Err(SelectFailure::Proxy(code, m))) => {
+                    self.fail_statement(code, false, &m);
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+                Some(Err(SelectFailure::Server(e))) => {
+                    self.fail_with_frame(e.raw(), false);
+                    return Ok(Routed::Done(Flow::Continue));
+                }
+            }
+        }
         if let ShardPlan::InsertSelect { select } = &plan {
             if let Some(flow) = self.clear_for_statement(f, false) {
                 return Ok(Routed::Done(flow));
             }
             let select = select.clone();
-            match Box::pin(self.insert_select(sql, &select, None)).await {
+            match Box::pin(self.insert_select(sql, &select, None, facts)).await {
                 Ok((text, none)) => {
                     plan = match none {
                         // Nothing to insert: any shard answers it, with RETURNING's columns.

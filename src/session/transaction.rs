@@ -83,8 +83,9 @@ impl Session {
             // The held connection is never released: the statement would wait for ever.
             self.refuse(
                 extended,
-                "INSERT ... SELECT into a sharded table needs connections of its own, which a session pinned to one \
-                 connection (temporary tables, LISTEN, session advisory locks, session pooling) cannot take",
+                "this statement reads rows of its own first (an INSERT ... SELECT into a sharded table, or a query whose \
+                 subqueries, WITH queries or tables run first), on connections a session pinned to one connection \
+                 (temporary tables, LISTEN, session advisory locks, session pooling) cannot take",
             );
             return Some(Flow::Continue);
         }

@@ -439,35 +439,77 @@ fn read_corpus() -> Vec<String> {
          SELECT n.i, o.id FROM n JOIN orders o ON o.user_id = 77 AND o.id % 5 = n.i ORDER BY n.i, o.id"
             .into(),
     );
+    // Parts the shards cannot answer alone run first, and their rows stand in the statement.
+    for sql in [
+        // Uncorrelated subqueries over sharded tables.
+        "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",
+        "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders ORDER BY amount DESC, user_id, id LIMIT 5) ORDER BY id",
+        "SELECT * FROM users WHERE id NOT IN (SELECT user_id FROM orders)",
+        "SELECT count(*) FROM users WHERE score NOT IN (SELECT score FROM users WHERE id < 50)",
+        "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.amount > 499) ORDER BY id LIMIT 5",
+        "SELECT count(*) FROM users u WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.amount > 1000)",
+        "SELECT id, score FROM users WHERE score > (SELECT avg(score) FROM users) + 45 ORDER BY id",
+        "SELECT id, (SELECT max(amount) FROM orders) AS top, (SELECT count(*) FROM events) FROM users WHERE id < 4 ORDER BY id",
+        "SELECT user_id, amount FROM orders WHERE amount = (SELECT max(amount) FROM orders) ORDER BY user_id, id",
+        "SELECT id FROM users WHERE score = ANY (SELECT score FROM users WHERE id BETWEEN 10 AND 12) ORDER BY id LIMIT 20",
+        "SELECT id FROM events WHERE id IN (SELECT user_id FROM orders WHERE amount > 495) ORDER BY id",
+        "SELECT u.id FROM users u WHERE u.score > (SELECT avg(weight) FROM events) AND EXISTS \
+         (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.amount > 450) ORDER BY u.id",
+        "SELECT country, count(*) FROM users WHERE id IN (SELECT user_id FROM orders WHERE status = 'void' AND amount > 480) \
+         GROUP BY country ORDER BY country NULLS FIRST",
+        // WITH queries and derived tables neither co-located nor on one shard.
+        "WITH t AS (SELECT status, count(*) AS n FROM orders GROUP BY status) SELECT sum(n) FROM t",
+        "WITH t AS (SELECT * FROM orders ORDER BY amount, user_id, id LIMIT 5) SELECT * FROM t ORDER BY user_id, id",
+        "WITH top AS (SELECT user_id, sum(amount) AS s FROM orders GROUP BY user_id ORDER BY s DESC, user_id LIMIT 3) \
+         SELECT u.id, u.name, top.s FROM users u JOIN top ON top.user_id = u.id ORDER BY top.s DESC, u.id",
+        "SELECT s.status, s.n, s.n * 100 / (SELECT count(*) FROM orders) AS pct FROM \
+         (SELECT status, count(*) AS n FROM orders GROUP BY status) s ORDER BY s.status",
+        "SELECT k.kind, k.total, c.n FROM (SELECT kind, sum(weight) AS total FROM events GROUP BY kind) k \
+         CROSS JOIN (SELECT count(*) AS n FROM users) c ORDER BY k.kind",
+        // Set operations over different groups, aggregates and reference tables.
+        "SELECT count(*) FROM users UNION ALL SELECT count(*) FROM orders",
+        "SELECT country FROM users INTERSECT SELECT status FROM orders",
+        "SELECT code FROM countries UNION ALL SELECT country FROM users",
+        "SELECT id FROM users UNION ALL SELECT id FROM events",
+        "SELECT id FROM users WHERE id < 20 EXCEPT SELECT id FROM events WHERE id % 3 = 0 ORDER BY id",
+        "SELECT 'users' AS t, count(*) AS n FROM users UNION ALL SELECT 'orders', count(*) FROM orders \
+         UNION ALL SELECT 'events', count(*) FROM events ORDER BY n DESC",
+        "SELECT country AS c FROM users WHERE score > 98 UNION SELECT code FROM countries WHERE region = 'east' ORDER BY c NULLS FIRST",
+        // Whole tables read first: windows over every row, joins off the key or across groups,
+        // outer joins keeping rows of reference tables or functions, what a merge cannot compute.
+        "SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id",
+        "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id",
+        "SELECT sum(DISTINCT score) FROM users",
+        "SELECT c.code, u.id FROM countries c LEFT JOIN users u ON u.country = c.code AND u.id < 3",
+        "SELECT g, u.id FROM generate_series(1, 3) g LEFT JOIN users u ON u.id = g",
+        "SELECT 'x' AS label, count(DISTINCT score) FROM users",
+        "SELECT id, row_number() OVER (ORDER BY id) FROM users",
+        "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
+        "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
+        "SELECT country FROM (SELECT DISTINCT ON (country) country, id FROM users) s ORDER BY country NULLS FIRST",
+        "SELECT id, score, rank() OVER (ORDER BY score DESC NULLS LAST) FROM users WHERE id < 60 ORDER BY 3, id",
+        "SELECT id, sum(score) OVER (ORDER BY id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) FROM users WHERE id > 2980 ORDER BY id",
+        "SELECT country, avg(DISTINCT score) FROM users GROUP BY country ORDER BY 1 NULLS FIRST",
+        "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY score) FROM users",
+        "SELECT string_agg(code, ',' ORDER BY code) FROM countries c JOIN users u ON u.country = c.code WHERE u.id < 10",
+        "SELECT e.kind, count(*) FROM events e JOIN users u ON u.id = e.id WHERE u.score > 90 GROUP BY e.kind ORDER BY 1",
+    ] {
+        q.push(sql.into());
+    }
     q
 }
 
 /// Statements that must be refused with 0A000.
 const REFUSED: &[&str] = &[
     "WITH users AS (SELECT 1 AS id) SELECT id FROM users",
-    "SELECT u.id, o.id FROM users u JOIN orders o ON o.id = u.id",
-    "SELECT u.id, e.id FROM users u JOIN events e ON e.id = u.id",
-    "SELECT sum(DISTINCT score) FROM users",
-    "SELECT c.code, u.id FROM countries c LEFT JOIN users u ON u.country = c.code AND u.id < 3",
-    "SELECT g, u.id FROM generate_series(1, 3) g LEFT JOIN users u ON u.id = g",
-    "SELECT 'x' AS label, count(DISTINCT score) FROM users",
-    "SELECT id, row_number() OVER (ORDER BY id) FROM users",
-    "SELECT id FROM users ORDER BY score FETCH FIRST 3 ROWS WITH TIES",
-    "SELECT DISTINCT ON (country) country, id FROM users",
-    "SELECT id FROM users ORDER BY rank() OVER (ORDER BY score), id LIMIT 3",
-    "SELECT status, count(*), rank() OVER (PARTITION BY status ORDER BY count(*)) FROM orders GROUP BY status",
-    "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",
-    "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders ORDER BY amount DESC LIMIT 5)",
-    "SELECT * FROM users WHERE id NOT IN (SELECT user_id FROM orders)",
-    "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.amount > 499)",
-    "WITH t AS (SELECT status, count(*) AS n FROM orders GROUP BY status) SELECT sum(n) FROM t",
-    "WITH t AS (SELECT * FROM orders ORDER BY amount LIMIT 5) SELECT * FROM t",
-    "SELECT count(*) FROM users UNION ALL SELECT count(*) FROM orders",
-    "SELECT country FROM users INTERSECT SELECT status FROM orders",
-    "SELECT code FROM countries UNION ALL SELECT country FROM users",
-    "SELECT id FROM users UNION ALL SELECT id FROM events",
     "UPDATE users SET id = id + 1 WHERE id = 5",
     "INSERT INTO users (name) VALUES ('nokey')",
+];
+
+/// Queries whose ORDER BY is not total but whose set of rows is: compared as sets.
+const UNORDERED: &[&str] = &[
+    "SELECT id FROM users ORDER BY score FETCH FIRST 3 ROWS WITH TIES",
+    "SELECT id, score FROM users ORDER BY score DESC NULLS LAST FETCH FIRST 10 ROWS WITH TIES",
 ];
 
 /// A cell of any type as text, decoded the way the merge decodes it.
@@ -587,6 +629,50 @@ async fn same_rows_as_one_database() {
             Err(e) => failures.push(format!("{sql}\n  shardwire error: {e:?}")),
         }
     }
+    for sql in UNORDERED {
+        checked += 1;
+        let sorted = |mut r: Rows| {
+            r.get_mut(1..).map(<[_]>::sort);
+            r
+        };
+        let want = sorted(simple_rows(&reference, sql).await.unwrap());
+        match simple_rows(&sw, sql).await {
+            Ok(got) => {
+                if got.len() != want.len() || sorted(got) != want {
+                    failures.push(format!("{sql}\n  rows differ as sets"));
+                }
+            }
+            Err(e) => failures.push(format!("{sql}\n  shardwire error: {e:?}")),
+        }
+    }
+    // DISTINCT ON without ORDER BY: any row of each group will do, as on one database.
+    {
+        checked += 1;
+        let sql = "SELECT DISTINCT ON (country) country, id FROM users";
+        let countries = simple_rows(&reference, "SELECT DISTINCT country FROM users")
+            .await
+            .unwrap();
+        match simple_rows(&sw, sql).await {
+            Ok(got) => {
+                let mut seen: Vec<_> = got[1..].iter().map(|r| r[0].clone()).collect();
+                seen.sort();
+                let mut want: Vec<_> = countries[1..].iter().map(|r| r[0].clone()).collect();
+                want.sort();
+                let country_of = |id: &str| {
+                    let i: i64 = id.parse().unwrap_or(0);
+                    (i % 23 != 0).then(|| COUNTRIES[(i as usize * 7) % 12].to_string())
+                };
+                if seen != want
+                    || got[1..]
+                        .iter()
+                        .any(|r| country_of(r[1].as_deref().unwrap_or("0")) != r[0])
+                {
+                    failures.push(format!("{sql}\n  not one row of each country: {got:?}"));
+                }
+            }
+            Err(e) => failures.push(format!("{sql}\n  shardwire error: {e:?}")),
+        }
+    }
     // Extended protocol with parameters, binary results.
     let prepared: Vec<(&str, Vec<i64>)> = vec![
         (
@@ -649,6 +735,23 @@ async fn same_rows_as_one_database() {
         (
             "SELECT country, count(*) FROM users GROUP BY country HAVING count(*) > $1 ORDER BY country",
             vec![240, 260],
+        ),
+        // Parts that run first, with the Bind's values in them.
+        (
+            "SELECT id FROM users WHERE score IN (SELECT score FROM users WHERE id < $1) ORDER BY id LIMIT 20",
+            vec![5, 100],
+        ),
+        (
+            "SELECT count(*) AS n FROM users WHERE id < $1 UNION ALL SELECT count(*) FROM events WHERE id < $1",
+            vec![10, 2500],
+        ),
+        (
+            "SELECT id, row_number() OVER (ORDER BY score DESC NULLS LAST, id) FROM users WHERE id <= $1 ORDER BY 2",
+            vec![7, 30],
+        ),
+        (
+            "SELECT u.id, e.weight FROM users u JOIN events e ON e.id = u.id WHERE u.id < $1 ORDER BY 1",
+            vec![12],
         ),
     ];
     for (sql, values) in &prepared {

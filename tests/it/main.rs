@@ -21,6 +21,7 @@ mod limits;
 mod map_admin;
 mod map_churn;
 mod map_swap;
+mod materialize;
 mod mysql;
 mod mysql_bad_input;
 mod mysql_clients;

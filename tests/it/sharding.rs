@@ -161,12 +161,12 @@ async fn a_pipeline_refused_part_way_leaves_nothing_committed() {
         vec![
             format!("INSERT INTO users (id, name) VALUES ({a}, 'p')"),
             format!("INSERT INTO users (id, name) VALUES ({b}, 'p')"),
-            "SELECT * FROM users JOIN events ON users.id = events.id".to_owned(),
+            "SELECT * FROM users JOIN events ON users.id = events.id FOR UPDATE".to_owned(),
         ],
         // A row for one shard, then a refused statement.
         vec![
             format!("INSERT INTO users (id, name) VALUES ({a}, 'p')"),
-            "SELECT * FROM users JOIN events ON users.id = events.id".to_owned(),
+            "SELECT * FROM users JOIN events ON users.id = events.id FOR UPDATE".to_owned(),
         ],
     ];
     for statements in pipelines {
@@ -191,6 +191,20 @@ async fn a_pipeline_refused_part_way_leaves_nothing_committed() {
     let (tags, code) = s.read_until(b"Z").await;
     assert_eq!((tags, code), (vec![b'1', b'2', b'C', b'Z'], None));
     assert_eq!(count_on_shards(topo, &[a, b]).await, 1);
+    // Rows for two shards, then a join across groups whose tables are read first: it runs in
+    // the pipeline's transaction, and everything commits at the Sync.
+    let mut batch = bytes::BytesMut::new();
+    for sql in [
+        format!("INSERT INTO users (id, name) VALUES ({b}, 'p')"),
+        "SELECT count(*) FROM users JOIN events ON users.id = events.id".to_owned(),
+    ] {
+        batch.extend_from_slice(&extended(&sql));
+    }
+    batch.extend_from_slice(&message(b'S', b""));
+    s.send(&batch).await;
+    let (_, code) = s.read_until(b"Z").await;
+    assert_eq!(code, None);
+    assert_eq!(count_on_shards(topo, &[a, b]).await, 2);
 }
 
 fn code(e: &tokio_postgres::Error) -> Option<&str> {
@@ -246,7 +260,10 @@ async fn transactions_wait_for_their_first_shard_and_fail_as_a_whole() {
         .await
         .unwrap();
     let e = c
-        .execute("SELECT * FROM users JOIN events ON users.id = events.id", &[])
+        .execute(
+            "SELECT * FROM users JOIN events ON users.id = events.id FOR UPDATE",
+            &[],
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some("0A000"), "{e:?}");

@@ -33,6 +33,7 @@ mod having;
 mod insert_pushdown;
 mod literals;
 mod locality;
+pub mod materialize;
 mod merge_spec;
 mod order;
 mod scope;

@@ -89,7 +89,13 @@ impl SessionVars {
     /// The client's `client_encoding` as last set (startup or SET), if it set one. The value is
     /// read back from the statement kept for replay: what follows its last `TO` or `=`.
     pub fn client_encoding(&self) -> Option<String> {
-        let sql = self.vars.get("client_encoding")?;
+        self.setting("client_encoding")
+    }
+
+    /// A parameter's value as the client last set it (startup or SET), if it set one, read back
+    /// from the statement kept for replay: what follows its last `TO` or `=`.
+    pub fn setting(&self, name: &str) -> Option<String> {
+        let sql = self.vars.get(name)?;
         let upper = sql.to_ascii_uppercase();
         let at = [upper.rfind(" TO "), upper.rfind('=')].into_iter().flatten().max()?;
         let value = sql[at..].trim_start_matches([' ', '=']);

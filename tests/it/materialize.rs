@@ -1,0 +1,144 @@
+//! Reads the shards cannot answer alone whose parts run first: the part's rows (an uncorrelated
+//! subquery's, a WITH query's, a table's) are read into shardwire and put into the statement.
+//! Answers are compared with one database in `differential`; here, what users rely on around
+//! them: their own writes seen inside a transaction, the size bound and what a failure leaves,
+//! refusals that stand, the counters.
+
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::harness::Proxy;
+use crate::sharding::{SCHEMA, each};
+use crate::shards::{MAP, sharded};
+
+fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+fn cells(msgs: &[SimpleQueryMessage]) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_that_run_first_see_the_transaction_and_stay_bounded() {
+    let (topo, _guard) = sharded().await;
+    let config = topo
+        .config(MAP)
+        .replacen("[routing]\n", "[routing]\nmax_intermediate_bytes = 20000\n", 1);
+    let proxy = Proxy::start(&config).await;
+    let c = proxy.app().await;
+    each(&c, SCHEMA).await;
+    let rows: Vec<String> = (1..=2000).map(|i| format!("({i}, 'user{i}', {})", i % 100)).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name, score) VALUES {}",
+        rows.join(",")
+    ))
+    .await
+    .unwrap();
+    let top = "SELECT id FROM users WHERE score = (SELECT max(score) FROM users) ORDER BY id LIMIT 3";
+    assert_eq!(cells(&c.simple_query(top).await.unwrap()), ["99", "199", "299"]);
+
+    // Inside a transaction the part reads on the transaction's connections: it sees the
+    // transaction's own uncommitted row, as one database would.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("INSERT INTO users (id, name, score) VALUES (5001, 'new', 1000)")
+        .await
+        .unwrap();
+    assert_eq!(cells(&c.simple_query(top).await.unwrap()), ["5001"]);
+    let prepared = c.prepare(top).await.unwrap();
+    let got: Vec<i64> = c
+        .query(&prepared, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, [5001]);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(cells(&c.simple_query(top).await.unwrap()), ["99", "199", "299"]);
+
+    // Past the bound: 54000 naming the setting, and the session goes on.
+    let whole = "SELECT id, row_number() OVER (ORDER BY score DESC, id) FROM users ORDER BY 2 LIMIT 2";
+    let e = c.simple_query(whole).await.unwrap_err();
+    assert_eq!(code(&e), Some("54000"), "{e:?}");
+    assert!(
+        e.as_db_error().unwrap().message().contains("max_intermediate_bytes"),
+        "{e:?}"
+    );
+    // A narrower part fits.
+    assert_eq!(
+        cells(
+            &c.simple_query("SELECT id, row_number() OVER (ORDER BY id) FROM users WHERE score = 7 ORDER BY 2 LIMIT 2")
+                .await
+                .unwrap()
+        ),
+        ["7", "107"]
+    );
+    // In a transaction the failure fails it, as any error does on one database.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(code(&c.simple_query(whole).await.unwrap_err()), Some("54000"));
+    assert_eq!(code(&c.simple_query("SELECT 1").await.unwrap_err()), Some("25P02"));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        cells(&c.simple_query("SELECT count(*) FROM users").await.unwrap()),
+        ["2000"]
+    );
+
+    // A subquery correlated on another column than the key needs the whole tables: over the
+    // bound here.
+    let e = c
+        .simple_query(
+            "SELECT count(*) FROM users u WHERE u.score > (SELECT count(*) FROM orders o WHERE o.status = u.name)",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("54000"), "{e:?}");
+    // What cannot run on its own stays refused: a part naming an outer column unqualified, and
+    // rows locked FOR UPDATE (the lock must be taken where the rows are).
+    for sql in [
+        "SELECT count(*) FROM users WHERE score IN (SELECT 1 FROM orders WHERE amount > score)",
+        "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders) FOR UPDATE",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), Some("0A000"), "{sql}: {e:?}");
+    }
+    c.batch_execute("SELECT 1").await.unwrap();
+
+    // Explained and counted apart by the admin console.
+    let admin = proxy.connect_db("admin", "admin", "shardwire").await.unwrap();
+    let route = cells(
+        &admin
+            .simple_query("SHOW ROUTE FOR SELECT count(*) FROM users UNION ALL SELECT count(*) FROM events")
+            .await
+            .unwrap(),
+    );
+    assert!(route[0].starts_with("materialized:"), "{route:?}");
+    assert!(
+        route[1].starts_with("part 1: SELECT count(*) FROM users -- scatter s0,s1,s2 merge"),
+        "{route:?}"
+    );
+    assert!(
+        route[2].starts_with("part 2: SELECT count(*) FROM events -- scatter"),
+        "{route:?}"
+    );
+    let routes: Vec<String> = admin
+        .simple_query("SHOW ROUTES")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(format!("{} {}", r.get(0).unwrap_or(""), r.get(1).unwrap_or(""))),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.starts_with("materialized ") && r != "materialized 0"),
+        "{routes:?}"
+    );
+}
