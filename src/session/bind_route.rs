@@ -208,7 +208,9 @@ impl Session {
                 }
                 Ok(Routed::Shard(s))
             }
-            ShardPlan::Refuse(m) if single_statement && self.may_materialize(&stmt.query) => Ok(Routed::Materialize(m)),
+            ShardPlan::Refuse(m) if single_statement && self.may_materialize(&stmt.query, &stmt.facts) => {
+                Ok(Routed::Materialize(m))
+            }
             ShardPlan::Refuse(m) => {
                 self.refuse(true, &m);
                 Ok(Routed::Done(Flow::Continue))
@@ -398,13 +400,10 @@ impl Session {
                         Some(inlined) => Box::pin(self.materialized(&inlined, &stmt.facts, &why)).await,
                         None => None,
                     };
+                    let map = self.runtime.config.map.clone();
                     let text = match done {
-                        Some(Ok(text))
-                            if crate::analyze::shard::shape(&text, &self.runtime.config.map) != Shape::Unparsed =>
-                        {
-                            text
-                        }
-                        None | Some(Ok(_)) => {
+                        Some(Ok(text)) => text,
+                        None => {
                             self.refuse(true, &why);
                             return Ok(Err(Flow::Continue));
                         }
@@ -417,8 +416,15 @@ impl Session {
                             return Ok(Err(Flow::Continue));
                         }
                     };
+                    // Planned here, not through the shared cache: the text is this Bind's alone.
+                    let shape = Arc::new(crate::analyze::shard::shape(&text, &map));
+                    if *shape == Shape::Unparsed {
+                        self.refuse(true, &why);
+                        return Ok(Err(Flow::Continue));
+                    }
                     self.shared.stats.record_plan("materialized");
                     stmt = Arc::new(Stmt::new(&text, &[0, 0], stmt.facts.clone()));
+                    let _ = stmt.shape.set((map, shape));
                     own = Some(BindParts {
                         param_formats: Vec::new(),
                         values: Vec::new(),

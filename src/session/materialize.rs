@@ -8,10 +8,11 @@ use bytes::BytesMut;
 use super::Session;
 use super::insert_select::SelectFailure;
 use super::multi::Source;
+use super::select_rows;
 use super::state::Stmt;
 use super::values;
 use crate::analyze::Facts;
-use crate::analyze::shard::materialize::{self, ParamText, PartRows};
+use crate::analyze::shard::materialize::{self, ParamText, PartRows, Unwritten};
 use crate::backend::leg::Leg;
 use crate::exec::merge::Value;
 use crate::protocol::pg::messages as msg;
@@ -24,15 +25,25 @@ impl Session {
     /// Whether `sql`, refused as written, may have parts run first: not in a session pinned to
     /// one connection (the parts need connections of their own), and some part makes it
     /// answerable.
-    pub(super) fn may_materialize(&self, sql: &str) -> bool {
-        // Floats printed with fewer digits than they hold would not come back the same.
+    pub(super) fn may_materialize(&self, sql: &str, facts: &Facts) -> bool {
+        // Values come back through their text form: floats printed with fewer digits than they
+        // hold, or timestamps with zone abbreviations (DateStyle other than ISO), would not
+        // come back the same.
         let short_floats = self
             .vars
             .setting("extra_float_digits")
             .and_then(|v| v.parse::<i32>().ok())
             .is_some_and(|d| d < 1);
-        self.pinned.is_none()
+        let iso_dates = self
+            .vars
+            .setting("datestyle")
+            .is_none_or(|v| v.trim().to_ascii_lowercase().starts_with("iso"));
+        // A pure read: parts run once, on their own, before the rest (a side-effecting
+        // function in one would run outside the statement's moment).
+        facts.need == crate::analyze::Need::Read
+            && self.pinned.is_none()
             && !short_floats
+            && iso_dates
             && self.runtime.config.routing.max_intermediate_bytes > 0
             && self.runtime.config.server.pool_mode != crate::config::PoolMode::Session
             && materialize::plan(sql, &self.runtime.config.map).is_some()
@@ -65,37 +76,61 @@ impl Session {
             let value = match v {
                 None => None,
                 Some(raw) if bind.param_format(i) == 0 => Some(std::str::from_utf8(raw).ok()?.to_owned()),
-                Some(raw) => Some(match values::decode(type_oid, 1, Some(raw)).ok()? {
-                    Value::Int(n) => n.to_string(),
-                    Value::Float(f) => format!("{f:?}"),
-                    Value::Num(d) => d.to_string(),
-                    Value::Text(t) => String::from_utf8(t.to_vec()).ok()?,
-                    Value::Bool(b) => b.to_string(),
-                    Value::Null => return None,
-                }),
+                Some(raw) => Some(binary_param_text(type_oid, raw)?),
             };
             params.push(ParamText { value, ty });
         }
         materialize::inline_params(&stmt.query, &params)
     }
 
-    /// The parameter types a shard infers for `stmt` (Parse and Describe of it, on the shard in
-    /// use or the default one).
+    /// The parameter types a shard infers for `stmt` (Parse and Describe of it).
     async fn inferred_param_types(&mut self, stmt: &Stmt) -> Option<Vec<u32>> {
+        match self.ask_a_shard(&stmt.facts, Ask::Params(stmt)).await? {
+            Answer::Params(types) => Some(types),
+            Answer::Rows(_) => None,
+        }
+    }
+
+    /// Whether every column of `tables` has the database's collation: the parts' rows come
+    /// back as literals of the default collation, which must be theirs.
+    async fn default_collations(&mut self, tables: &[String], facts: &Facts) -> bool {
+        if tables.is_empty() {
+            return true;
+        }
+        let names: Vec<String> = tables
+            .iter()
+            .map(|t| format!("to_regclass(quote_ident('{}'))", t.replace('\'', "''")))
+            .collect();
+        let sql = format!(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = ANY (ARRAY[{}]::oid[]) AND attnum > 0 \
+             AND NOT attisdropped AND attcollation NOT IN (0, 100)",
+            names.join(", ")
+        );
+        matches!(self.ask_a_shard(facts, Ask::Rows(&sql)).await, Some(Answer::Rows(r)) if r == ["0"])
+    }
+
+    /// One exchange with the shard in use (or the default one), on the transaction's
+    /// connection inside one.
+    async fn ask_a_shard(&mut self, facts: &Facts, ask: Ask<'_>) -> Option<Answer> {
         let shard = self.held.as_ref().map_or(self.default_shard(), |h| h.shard);
         let in_tx = self.in_transaction();
         let (mut legs, wrote) = if in_tx {
-            self.tx_legs(&[shard], Some(&stmt.facts)).await.ok()?
+            self.tx_legs(&[shard], Some(facts)).await.ok()?
         } else {
-            (self.legs(&[shard], &stmt.facts).await.ok()?, Vec::new())
+            (self.legs(&[shard], facts).await.ok()?, Vec::new())
         };
         let leg = &mut legs[0];
-        let mut out = BytesMut::new();
-        self.write_prelude(leg, &mut out);
-        msg::parse_bytes(&mut out, "", stmt.query.as_bytes(), &stmt.param_types);
-        msg::describe_or_close(&mut out, b'D', b'S', "");
-        rows::sync(&mut out);
-        let got = describe_params(leg, &out).await;
+        let got = match ask {
+            Ask::Params(stmt) => {
+                let mut out = BytesMut::new();
+                self.write_prelude(leg, &mut out);
+                msg::parse_bytes(&mut out, "", stmt.query.as_bytes(), &stmt.param_types);
+                msg::describe_or_close(&mut out, b'D', b'S', "");
+                rows::sync(&mut out);
+                describe_params(leg, &out).await.map(Answer::Params)
+            }
+            Ask::Rows(sql) => leg.rows(sql).await.ok().map(Answer::Rows),
+        };
         if got.is_none() {
             leg.mark_broken();
         }
@@ -146,6 +181,9 @@ impl Session {
         nest: bool,
     ) -> Option<Result<String, SelectFailure>> {
         let m = materialize::plan(sql, &self.runtime.config.map)?;
+        if !self.default_collations(&m.tables, facts).await {
+            return None;
+        }
         let mut all = Vec::with_capacity(m.parts.len());
         for part in &m.parts {
             let mut got = self.select_rows(&part.sql, Source::Simple, facts, *budget, true).await;
@@ -161,13 +199,66 @@ impl Session {
                 Ok(None) => return None,
                 Err(e) => return Some(Err(e)),
             };
-            *budget = budget.saturating_sub(rows.iter().flatten().flatten().map(|v| v.len() + 8).sum());
+            // What the rows took on the wire (DataRow bodies), NULLs included.
+            let used: usize = rows
+                .iter()
+                .map(|r| 2 + r.iter().map(|v| 4 + v.as_ref().map_or(0, String::len)).sum::<usize>())
+                .sum();
+            *budget = budget.saturating_sub(used);
             match part_rows(&fields, rows) {
                 Ok(r) => all.push(r),
                 Err(m) => return Some(Err(SelectFailure::Proxy(SqlState::FEATURE_NOT_SUPPORTED, m))),
             }
         }
-        m.text(&all).map(Ok)
+        // Casts make the text longer than the rows; a bound keeps the parse of it in check.
+        let max_len = self.runtime.config.routing.max_intermediate_bytes.saturating_mul(4) + sql.len();
+        match m.text(&all, max_len) {
+            Ok(text) => Some(Ok(text)),
+            Err(Unwritten::TooLong(_)) => Some(Err(select_rows::too_many(
+                self.runtime.config.routing.max_intermediate_bytes,
+            ))),
+            Err(Unwritten::Unfit) => None,
+        }
+    }
+}
+
+/// What `ask_a_shard` asks.
+enum Ask<'a> {
+    /// The parameter types of a statement.
+    Params(&'a Stmt),
+    /// The first column of a query's rows.
+    Rows(&'a str),
+}
+
+/// What it answers.
+enum Answer {
+    Params(Vec<u32>),
+    Rows(Vec<String>),
+}
+
+/// A binary Bind value in PostgreSQL's text form, for the types whose binary form is their
+/// text's or a number; `None` for the others (dates and times travel as counts since 2000).
+fn binary_param_text(type_oid: u32, raw: &[u8]) -> Option<String> {
+    match type_oid {
+        oid::BYTEA => {
+            let mut hex = String::with_capacity(2 + 2 * raw.len());
+            hex.push_str("\\x");
+            for b in raw {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            Some(hex)
+        }
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC | oid::BOOL => {
+            Some(match values::decode(type_oid, 1, Some(raw)).ok()? {
+                Value::Int(n) => n.to_string(),
+                Value::Float(f) => format!("{f:?}"),
+                Value::Num(d) => d.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return None,
+            })
+        }
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => String::from_utf8(raw.to_vec()).ok(),
+        _ => None,
     }
 }
 
@@ -276,12 +367,18 @@ fn type_name(type_oid: u32, typmod: i32) -> Option<String> {
     match type_oid {
         oid::NUMERIC if typmod >= 4 => {
             let t = typmod - 4;
-            Some(format!("numeric({},{})", (t >> 16) & 0xffff, t & 0xffff))
+            // The scale is 11 bits, signed (negative scales since PostgreSQL 15).
+            let scale = ((t & 0x7ff) ^ 0x400) - 0x400;
+            Some(format!("numeric({},{scale})", (t >> 16) & 0xffff))
         }
         oid::NUMERIC => Some("numeric".into()),
         oid::VARCHAR => with("character varying", (typmod >= 4).then_some(typmod - 4)),
-        oid::BPCHAR => with("character", (typmod >= 4).then_some(typmod - 4)),
-        1560 => with("bit", precision),
+        // Without a length `character` and `bit` would mean length 1 and cut the value: the
+        // internal names have none.
+        oid::BPCHAR if typmod >= 4 => with("character", Some(typmod - 4)),
+        oid::BPCHAR => Some("bpchar".into()),
+        1560 if typmod >= 0 => with("bit", precision),
+        1560 => Some("\"bit\"".into()),
         1562 => with("bit varying", precision),
         oid::TIMESTAMP => Some(time_type("timestamp", precision, "without time zone")),
         oid::TIMESTAMPTZ => Some(time_type("timestamp", precision, "with time zone")),
@@ -310,6 +407,14 @@ mod tests {
         assert_eq!(type_name(1043, -1).as_deref(), Some("character varying"));
         assert_eq!(type_name(1184, 3).as_deref(), Some("timestamp(3) with time zone"));
         assert_eq!(type_name(20, -1).as_deref(), Some("bigint"));
+        assert_eq!(type_name(1042, -1).as_deref(), Some("bpchar"));
+        assert_eq!(type_name(1042, 7).as_deref(), Some("character(3)"));
+        assert_eq!(type_name(1560, -1).as_deref(), Some("\"bit\""));
+        // numeric(5,-2) (PostgreSQL 15): scale stored as 11 signed bits.
+        assert_eq!(
+            type_name(1700, ((5 << 16) | (-2i32 & 0x7ff)) + 4).as_deref(),
+            Some("numeric(5,-2)")
+        );
         assert_eq!(type_name(16384, -1), None);
     }
 }

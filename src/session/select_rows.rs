@@ -21,7 +21,7 @@ use crate::protocol::pg::sqlstate::SqlState;
 /// Rows as text; `None` is NULL.
 pub(super) type TextRows = Vec<Vec<Option<String>>>;
 
-fn too_many(limit: usize) -> SelectFailure {
+pub(super) fn too_many(limit: usize) -> SelectFailure {
     let size = match limit >= 1 << 20 {
         true => format!("{} MiB", limit >> 20),
         false => format!("{limit} bytes"),

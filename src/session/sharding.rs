@@ -239,7 +239,7 @@ impl Session {
         let mut rewritten: Option<String> = None;
         if let ShardPlan::Refuse(why) = &plan
             && single_statement
-            && self.may_materialize(sql)
+            && self.may_materialize(sql, facts)
         {
             let why = why.clone();
             if let Some(flow) = self.clear_for_statement(f, false) {

@@ -108,6 +108,27 @@ async fn parts_that_run_first_see_the_transaction_and_stay_bounded() {
     }
     c.batch_execute("SELECT 1").await.unwrap();
 
+    // A character(n) value comes back whole (an aggregate's result has no length: not cut to
+    // one character), a column with its own collation keeps the refusal (the rows would come
+    // back in the database's), and so does a DateStyle that prints zone abbreviations.
+    each(
+        &c,
+        "ALTER TABLE users ADD COLUMN tag char(3); ALTER TABLE users ADD COLUMN code text COLLATE \"C\"",
+    )
+    .await;
+    c.batch_execute("UPDATE users SET tag = CASE WHEN id % 10 = 0 THEN 'abc' ELSE 'abb' END")
+        .await
+        .unwrap();
+    let tagged = "SELECT count(*) FROM users WHERE tag = (SELECT max(tag) FROM users)";
+    let e = c.simple_query(tagged).await.unwrap_err();
+    assert_eq!(code(&e), Some("0A000"), "{e:?}");
+    each(&c, "ALTER TABLE users DROP COLUMN code").await;
+    assert_eq!(cells(&c.simple_query(tagged).await.unwrap()), ["200"]);
+    c.batch_execute("SET DateStyle = 'SQL, DMY'").await.unwrap();
+    assert_eq!(code(&c.simple_query(tagged).await.unwrap_err()), Some("0A000"));
+    c.batch_execute("RESET DateStyle").await.unwrap();
+    assert_eq!(cells(&c.simple_query(tagged).await.unwrap()), ["200"]);
+
     // Explained and counted apart by the admin console.
     let admin = proxy.connect_db("admin", "admin", "shardwire").await.unwrap();
     let route = cells(

@@ -26,6 +26,9 @@ pub struct Materialize {
     marked: String,
     /// The parts, in the order their marks appear in `marked`.
     pub parts: Vec<Part>,
+    /// The tables of the shard map the parts read (their columns' collations must be the
+    /// database's: the rows come back as literals of the default collation).
+    pub tables: Vec<String>,
 }
 
 /// A query run on its own before the statement.
@@ -59,11 +62,18 @@ pub fn plan(sql: &str, map: &ShardMap) -> Option<Materialize> {
     let [Statement::Query(q)] = stmts.as_slice() else {
         return None;
     };
-    if !q.locks.is_empty() || !read_only(q) {
+    // A mark's text inside a string literal of the statement (written with escapes, it is not
+    // in `sql` as such) would be taken for the mark.
+    if !q.locks.is_empty() || !read_only(q) || stmts[0].to_string().contains(MARK) {
         return None;
     }
+    // `schema.table.column` no longer names a column once the table is a derived table.
+    let three_part_names = has_three_part_names(&stmts[0]);
     drop(stmts);
     for level in [Level::Expressions, Level::Relations, Level::Tables] {
+        if level == Level::Tables && three_part_names {
+            break;
+        }
         // Parsed again rather than cloned: a clone recurses deeper per level than a parse.
         let mut stmt = parse()?.pop()?;
         let mut finder = Finder {
@@ -76,9 +86,23 @@ pub fn plan(sql: &str, map: &ShardMap) -> Option<Materialize> {
         if finder.parts.is_empty() || !answerable(&statement(&stmt, map)) {
             continue;
         }
+        let marked = stmt.to_string();
+        if marked.matches(MARK).count() != finder.parts.len() {
+            return None;
+        }
+        let mut read_tables: Vec<String> = Vec::new();
+        for part in &finder.parts {
+            let read = Parser::parse_sql(&PostgreSqlDialect {}, &part.sql).ok();
+            for (name, _) in read.map(|s| tables(&s, map).0).unwrap_or_default() {
+                if !read_tables.contains(&name) {
+                    read_tables.push(name);
+                }
+            }
+        }
         return Some(Materialize {
-            marked: stmt.to_string(),
+            marked,
             parts: finder.parts,
+            tables: read_tables,
         });
     }
     None
@@ -219,10 +243,11 @@ impl Finder<'_> {
     }
 
     fn candidate_body(&self, q: &impl Visit) -> bool {
-        tables(q, self.map)
-            .0
-            .iter()
-            .any(|(_, r)| matches!(r, TableRule::Sharded { .. }))
+        !has_collate(q)
+            && tables(q, self.map)
+                .0
+                .iter()
+                .any(|(_, r)| matches!(r, TableRule::Sharded { .. }))
             && read_only(q)
             && self_contained(q, &self.ctes)
     }
@@ -298,13 +323,20 @@ impl VisitorMut for Finder<'_> {
             let mut sql = format!("SELECT * FROM {relation}");
             // Not a WHERE that names an outer query's table (a correlated subquery's): the
             // part runs on its own, and the WHERE still applies where it stands.
-            if let Some(w) = &s.selection
-                && qualifiers(w).iter().all(|q| *q == ident(&alias.name))
-            {
+            let pushed = s
+                .selection
+                .as_ref()
+                .is_some_and(|w| qualifiers(w).iter().all(|q| *q == ident(&alias.name)));
+            if pushed && let Some(w) = &s.selection {
                 sql.push_str(&format!(" WHERE {w}"));
             }
             if let Some(mark) = self.mark(sql, false) {
                 *relation = derived(mark, alias);
+                // Evaluated once, in the part, as one database evaluates it once per row
+                // (a volatile function in it would otherwise filter twice).
+                if pushed {
+                    s.selection = None;
+                }
             }
         }
         ControlFlow::Continue(())
@@ -407,6 +439,32 @@ fn qualifiers(e: &Expr) -> Vec<String> {
     out
 }
 
+/// A `COLLATE` anywhere: a value collated so would come back in the default collation.
+fn has_collate(q: &impl Visit) -> bool {
+    let mut found = false;
+    let _ = sqlparser::ast::visit_expressions(q, |x| {
+        if matches!(x, Expr::Collate { .. }) {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// A column named with its schema (`public.users.id`).
+fn has_three_part_names(stmt: &Statement) -> bool {
+    let mut found = false;
+    let _ = sqlparser::ast::visit_expressions(stmt, |x| {
+        if matches!(x, Expr::CompoundIdentifier(p) if p.len() >= 3) {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
 fn has_subquery(e: &Expr) -> bool {
     let mut found = false;
     let _ = sqlparser::ast::visit_expressions(e, |x| {
@@ -420,7 +478,7 @@ fn has_subquery(e: &Expr) -> bool {
 }
 
 mod write;
-pub use write::{ParamText, PartRows, inline_params};
+pub use write::{ParamText, PartRows, Unwritten, inline_params};
 
 #[cfg(test)]
 mod tests;

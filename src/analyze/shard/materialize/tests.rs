@@ -78,18 +78,34 @@ fn an_in_list_of_keys_routes_like_one_written_by_hand() {
     )
     .unwrap();
     let text = m
-        .text(&[rows(&["user_id"], &["int8"], &[&[Some("5")], &[Some("7")]])])
+        .text(
+            &[rows(&["user_id"], &["bigint"], &[&[Some("5")], &[Some("7")]])],
+            usize::MAX,
+        )
         .unwrap();
-    assert_eq!(text, "SELECT * FROM users WHERE id IN ('5'::int8, '7'::int8)");
+    assert_eq!(text, "SELECT * FROM users WHERE id IN ('5'::bigint, '7'::bigint)");
     match shape(&text, &map()) {
         Shape::Group { cond, .. } => assert_ne!(cond, KeyCond::All),
         other => panic!("{other:?}"),
     }
     // No rows: still a subquery, so NOT IN of nothing stays true.
-    let text = m.text(&[rows(&["user_id"], &["int8"], &[])]).unwrap();
+    let text = m.text(&[rows(&["user_id"], &["bigint"], &[])], usize::MAX).unwrap();
     assert_eq!(
         text,
-        "SELECT * FROM users WHERE id IN (SELECT c1 AS \"user_id\" FROM (VALUES (NULL::int8)) AS shardwire_rows(c1) WHERE false)"
+        "SELECT * FROM users WHERE id IN (SELECT c1 AS \"user_id\" FROM (VALUES (NULL::bigint)) AS shardwire_rows(c1) WHERE false)"
+    );
+    // A padded character(n) value does not route as written: the rows stay a query.
+    let text = m
+        .text(
+            &[rows(&["user_id"], &["character(5)"], &[&[Some("ab   ")]])],
+            usize::MAX,
+        )
+        .unwrap();
+    assert!(text.contains("FROM (VALUES ('ab   '::character(5)))"), "{text}");
+    // Past the length bound: refused rather than built.
+    assert_eq!(
+        m.text(&[rows(&["user_id"], &["bigint"], &[&[Some("5")], &[Some("7")]])], 40),
+        Err(Unwritten::TooLong(40))
     );
 }
 
@@ -114,11 +130,14 @@ fn set_operation_branches_and_with_queries_run_first() {
         "SELECT status, count(*) AS n FROM orders GROUP BY status"
     );
     let text = m
-        .text(&[rows(
-            &["status", "n"],
-            &["text", "int8"],
-            &[&[Some("it's"), Some("3")], &[None, Some("4")]],
-        )])
+        .text(
+            &[rows(
+                &["status", "n"],
+                &["text", "int8"],
+                &[&[Some("it's"), Some("3")], &[None, Some("4")]],
+            )],
+            usize::MAX,
+        )
         .unwrap();
     assert_eq!(
         text,
@@ -145,11 +164,14 @@ fn whole_tables_come_last_with_their_where() {
     );
     let m = plan("SELECT sum(DISTINCT score) FROM users u", &map()).unwrap();
     let text = m
-        .text(&[rows(
-            &["id", "score"],
-            &["int8", "int4"],
-            &[&[Some("1"), Some("2")], &[Some("3"), Some("a\\b")]],
-        )])
+        .text(
+            &[rows(
+                &["id", "score"],
+                &["int8", "int4"],
+                &[&[Some("1"), Some("2")], &[Some("3"), Some("a\\b")]],
+            )],
+            usize::MAX,
+        )
         .unwrap();
     assert_eq!(
         text,
@@ -185,15 +207,18 @@ fn marks_in_the_rows_are_data() {
     )
     .unwrap();
     let text = m
-        .text(&[
-            rows(&["count"], &["text"], &[&[Some("(SELECT \"__shardwire_rows_1\")")]]),
-            rows(&["count"], &["int8"], &[&[Some("9")]]),
-        ])
+        .text(
+            &[
+                rows(&["count"], &["text"], &[&[Some("(SELECT \"__shardwire_rows_1\")")]]),
+                rows(&["count"], &["int8"], &[&[Some("9")]]),
+            ],
+            usize::MAX,
+        )
         .unwrap();
     assert!(text.contains("'(SELECT \"__shardwire_rows_1\")'::text"), "{text}");
     assert!(text.contains("'9'::int8"), "{text}");
     assert!(
-        m.text(&[rows(&["count"], &["int8"], &[])]).is_none(),
+        m.text(&[rows(&["count"], &["int8"], &[])], usize::MAX).is_err(),
         "one rows per part"
     );
 }
@@ -216,4 +241,53 @@ fn parameters_become_literals_of_their_declared_types() {
         )
     );
     assert_eq!(inline_params("SELECT $2", &[p(Some("1"), None)]), None);
+}
+
+#[test]
+fn a_where_pushed_into_a_part_is_not_evaluated_again() {
+    let m = plan(
+        "SELECT id, row_number() OVER (ORDER BY id) FROM users WHERE random() < 0.5",
+        &map(),
+    )
+    .unwrap();
+    assert_eq!(m.parts[0].sql, "SELECT * FROM users WHERE random() < 0.5");
+    let text = m
+        .text(&[rows(&["id"], &["bigint"], &[&[Some("1")]])], usize::MAX)
+        .unwrap();
+    assert!(!text.contains("random"), "{text}");
+}
+
+#[test]
+fn collations_schemas_and_marks_in_strings_keep_the_refusal() {
+    // A part collating its values would give them back in the default collation.
+    assert!(
+        plan(
+            "SELECT * FROM users WHERE name < (SELECT max(name COLLATE \"C\") FROM users)",
+            &map()
+        )
+        .is_none_or(|m| m.parts.iter().all(|p| !p.sql.contains("COLLATE")))
+    );
+    // `public.users.id` names no column of a derived table.
+    assert!(
+        plan(
+            "SELECT public.users.id, row_number() OVER (ORDER BY public.users.id) FROM public.users",
+            &map()
+        )
+        .is_none()
+    );
+    // A mark written with escapes in a string literal.
+    assert!(
+        plan(
+            "SELECT E'(SELECT \"\\x5f_shardwire_rows_0\")' FROM users UNION ALL SELECT 'x' FROM events",
+            &map()
+        )
+        .is_none()
+    );
+    // The tables the parts read, for the collation check.
+    let m = plan(
+        "SELECT count(*) FROM users UNION ALL SELECT count(*) FROM orders",
+        &map(),
+    )
+    .unwrap();
+    assert_eq!(m.tables, ["users", "orders"]);
 }

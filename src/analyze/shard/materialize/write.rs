@@ -14,10 +14,32 @@ pub struct PartRows {
     pub rows: Vec<Vec<Option<String>>>,
 }
 
+/// Why rows could not be written into the statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritten {
+    /// The text would pass this many bytes.
+    TooLong(usize),
+    /// No columns, or their number differs from the names or the parts'.
+    Unfit,
+}
+
+/// Types whose values route by key as written: an IN list of them is routed like one written
+/// by hand (a `character(n)` value's padding, or a numeric's scale, would not be).
+fn listable(ty: &str) -> bool {
+    matches!(ty, "smallint" | "integer" | "bigint" | "text" | "uuid") || ty.starts_with("character varying")
+}
+
 impl Materialize {
-    /// The statement with every part's rows in its place; `None` when a part's rows cannot be
-    /// written as SQL (no columns, or their number differs from the names).
-    pub fn text(&self, rows: &[PartRows]) -> Option<String> {
+    /// The statement with every part's rows in its place, at most `max_len` bytes long.
+    pub fn text(&self, rows: &[PartRows], max_len: usize) -> Result<String, Unwritten> {
+        let out = self.write(rows, max_len).ok_or(Unwritten::Unfit)?;
+        match out.len() > max_len {
+            true => Err(Unwritten::TooLong(max_len)),
+            false => Ok(out),
+        }
+    }
+
+    fn write(&self, rows: &[PartRows], max_len: usize) -> Option<String> {
         if rows.len() != self.parts.len() {
             return None;
         }
@@ -34,7 +56,11 @@ impl Materialize {
             let (part, r) = (&self.parts[i], &rows[i]);
             out.push_str(self.marked.get(done..pos)?);
             out.push('(');
-            if part.list && r.names.len() == 1 && !r.rows.is_empty() {
+            if out.len() > max_len {
+                // Stop early; `text` reports the length.
+                return Some(out);
+            }
+            if part.list && r.names.len() == 1 && !r.rows.is_empty() && r.types.first().is_some_and(|t| listable(t)) {
                 let ty = &r.types[0];
                 let values: Vec<String> = r
                     .rows
