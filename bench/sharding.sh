@@ -5,6 +5,10 @@
 #            where each statement is routed to its shard.
 #   scatter: SELECT ... WHERE aid > :aid ORDER BY aid LIMIT 10 over the 4 shards (merged), against
 #            the same query on the unsharded database direct.
+#   runfirst: SELECT count(*) ... WHERE aid IN (SELECT aid ... ORDER BY abalance, aid LIMIT 5): a
+#            subquery the shards cannot answer alone (its LIMIT), run first as a merged read of
+#            its own, its five keys then put into the statement as an IN list (routed by key);
+#            against the same query on the unsharded database direct.
 #   tx:      BEGIN; two UPDATEs by key; COMMIT. tx-one: both rows on one shard (plain COMMIT);
 #            tx-two: the rows on two shards (the transaction joins the second shard; COMMIT is
 #            two-phase with the decision record); direct-tx: the same on the unsharded database.
@@ -120,6 +124,7 @@ cpu_ticks() { [ -n "$1" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 
 printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "$ROWS" > "$WORK/point.sql"
 printf '\\set aid random(1, %s)\nSELECT aid, abalance FROM pgbench_accounts WHERE aid > :aid ORDER BY aid LIMIT 10;\n' "$ROWS" > "$WORK/scatter.sql"
+printf '\\set aid random(1, %s)\nSELECT count(*) FROM pgbench_accounts WHERE aid IN (SELECT aid FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + 19 ORDER BY abalance, aid LIMIT 5);\n' "$((ROWS - 20))" > "$WORK/runfirst.sql"
 # Two rows per transaction, the lower id first (so no two transactions wait on each other).
 printf '\\set a random(1, 5000)\n\\set b :a + 5000\nBEGIN;\nUPDATE bench_tx SET v = v + 1 WHERE id = :a;\nUPDATE bench_tx SET v = v - 1 WHERE id = :b;\nCOMMIT;\n' > "$WORK/tx-one.sql"
 printf '\\set a random(1, 10000)\n\\set b :a + 1000000\nBEGIN;\nUPDATE bench_tx SET v = v + 1 WHERE id = :a;\nUPDATE bench_tx SET v = v - 1 WHERE id = :b;\nCOMMIT;\n' > "$WORK/tx-two.sql"
@@ -146,13 +151,15 @@ RESULTS=$WORK/results.tsv
 echo -e "target\tmode\tclients\tround\ttps\tlatency_ms\tcpu_us_per_tx" > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
     for mode in simple extended; do
-        for target in ${TARGETS:-direct-point plain-point sharded-point direct-scatter sharded-scatter insert-given insert-filled direct-tx tx-one tx-two}; do
+        for target in ${TARGETS:-direct-point plain-point sharded-point direct-scatter sharded-scatter direct-runfirst sharded-runfirst insert-given insert-filled direct-tx tx-one tx-two}; do
             case $target in
                 direct-point) port=$PG_PORT; db=plain; pid=""; script=point ;;
                 plain-point) port=$PLAIN_PORT; db=bench; pid=$PLAIN_PID; script=point ;;
                 sharded-point) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=point ;;
                 direct-scatter) port=$PG_PORT; db=plain; pid=""; script=scatter ;;
                 sharded-scatter) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=scatter ;;
+                direct-runfirst) port=$PG_PORT; db=plain; pid=""; script=runfirst ;;
+                sharded-runfirst) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=runfirst ;;
                 base-point) port=$BASE_PORT; db=bench; pid=$BASE_PID; script=point ;;
                 base-scatter) port=$BASE_PORT; db=bench; pid=$BASE_PID; script=scatter ;;
                 insert-given) port=$SHARD_PORT; db=bench; pid=$SHARD_PID; script=insert-given ;;
@@ -186,7 +193,7 @@ def med(rs, k):
 print("| protocol | target | tps (median) | latency ms | proxy CPU µs/stmt |")
 print("|---|---|---|---|---|")
 for mode in ["simple", "extended"]:
-    for t in ["direct-point", "plain-point", "base-point", "sharded-point", "direct-scatter", "base-scatter", "sharded-scatter", "insert-given", "insert-filled", "direct-tx", "tx-one", "tx-two"]:
+    for t in ["direct-point", "plain-point", "base-point", "sharded-point", "direct-scatter", "base-scatter", "sharded-scatter", "direct-runfirst", "sharded-runfirst", "insert-given", "insert-filled", "direct-tx", "tx-one", "tx-two"]:
         rs = g[(mode, t)]
         if not rs:
             continue

@@ -21,6 +21,10 @@ use crate::protocol::pg::rows::Field;
 use crate::protocol::pg::rows::{self, BindParts};
 use crate::protocol::pg::sqlstate::SqlState;
 
+/// The most rows all the parts of one statement bring in: each becomes a row of VALUES in the
+/// statement's text, which is parsed again (its tree is many times the text's size).
+const MAX_PART_ROWS: usize = 100_000;
+
 impl Session {
     /// Whether `sql`, refused as written, may have parts run first: not in a session pinned to
     /// one connection (the parts need connections of their own), and some part makes it
@@ -154,7 +158,11 @@ impl Session {
         }
         // The most row data all the parts of one statement bring through shardwire.
         let mut budget = self.runtime.config.routing.max_intermediate_bytes;
-        match self.with_parts_run(sql, facts, &mut budget, true).await? {
+        let mut rows_left = MAX_PART_ROWS;
+        match self
+            .with_parts_run(sql, facts, &mut budget, &mut rows_left, true)
+            .await?
+        {
             // A part naming a column or table it does not have refers to the outer query (an
             // unqualified outer column): it cannot run on its own, and the refusal stands.
             Err(SelectFailure::Server(e)) if matches!(msg::error_field(e.body(), b'C'), Some("42703" | "42P01")) => {
@@ -178,6 +186,7 @@ impl Session {
         sql: &str,
         facts: &Facts,
         budget: &mut usize,
+        rows_left: &mut usize,
         nest: bool,
     ) -> Option<Result<String, SelectFailure>> {
         let m = materialize::plan(sql, &self.runtime.config.map)?;
@@ -188,7 +197,7 @@ impl Session {
         for part in &m.parts {
             let mut got = self.select_rows(&part.sql, Source::Simple, facts, *budget, true).await;
             if nest && matches!(got, Ok(None)) {
-                let inner = match Box::pin(self.with_parts_run(&part.sql, facts, budget, false)).await? {
+                let inner = match Box::pin(self.with_parts_run(&part.sql, facts, budget, rows_left, false)).await? {
                     Ok(text) => text,
                     Err(e) => return Some(Err(e)),
                 };
@@ -205,6 +214,19 @@ impl Session {
                 .map(|r| 2 + r.iter().map(|v| 4 + v.as_ref().map_or(0, String::len)).sum::<usize>())
                 .sum();
             *budget = budget.saturating_sub(used);
+            *rows_left = match rows_left.checked_sub(rows.len()) {
+                Some(left) => left,
+                None => {
+                    return Some(Err(SelectFailure::Proxy(
+                        SqlState::PROGRAM_LIMIT_EXCEEDED,
+                        format!(
+                            "the statement needs more than {MAX_PART_ROWS} rows of its subqueries, WITH queries or tables \
+                             read into shardwire before it runs (each becomes part of the statement's text); narrow the \
+                             query with a condition on the shard key"
+                        ),
+                    )));
+                }
+            };
             match part_rows(&fields, rows) {
                 Ok(r) => all.push(r),
                 Err(m) => return Some(Err(SelectFailure::Proxy(SqlState::FEATURE_NOT_SUPPORTED, m))),
