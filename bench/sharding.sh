@@ -133,10 +133,10 @@ printf '\\set id random(1, 1000000000)\nINSERT INTO bench_events (id, v) VALUES 
 printf 'INSERT INTO bench_events (v) VALUES (1);\n' > "$WORK/insert-filled.sql"
 
 # PROFILE=1: record both proxies with perf during one simple-protocol run each of the point
-# script (PROFILE=scatter: the scatter script, on the sharded proxy only), then stop.
+# script (PROFILE=scatter, PROFILE=runfirst: that script, on the sharded proxy only), then stop.
 if [ -n "${PROFILE:-}" ]; then
     script=point; targets="plain:$PLAIN_PORT:$PLAIN_PID sharded:$SHARD_PORT:$SHARD_PID"
-    if [ "$PROFILE" = scatter ]; then script=scatter; targets="sharded:$SHARD_PORT:$SHARD_PID"; fi
+    if [ "$PROFILE" != 1 ]; then script=$PROFILE; targets="sharded:$SHARD_PORT:$SHARD_PID"; fi
     for t in $targets; do
         IFS=: read -r name port pid <<<"$t"
         perf record -F 2000 -g -p "$pid" -o "/tmp/shardwire-$name.perf" -- sleep "$SECS" >/dev/null 2>&1 &

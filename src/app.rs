@@ -207,6 +207,9 @@ pub struct Shared {
     /// Column names of sharded tables, in order, read from a shard's catalog for INSERTs without
     /// a column list; forgotten after DDL through shardwire and on reload.
     pub columns: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<String>>>>,
+    /// Per table, whether all its columns have the database's collation (read from the
+    /// catalog for queries whose parts run first); forgotten with the column lists.
+    pub default_collations: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     /// Map changes applied, for SHOW MAP HISTORY.
     map_history: std::sync::Mutex<std::collections::VecDeque<MapChange>>,
     /// Held while an admin command edits the map file.
@@ -228,9 +231,13 @@ impl Shared {
         *self.moves.lock().unwrap_or_else(|e| e.into_inner()) = moves;
     }
 
-    /// Forgets the column lists read from catalogs (a table may have changed).
+    /// Forgets the column lists and collations read from catalogs (a table may have changed).
     pub fn forget_columns(&self) {
         self.columns.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.default_collations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Builds the handles and starts the monitor. Must run inside a tokio runtime.
@@ -263,6 +270,7 @@ impl Shared {
             config_path,
             analysis_slots: tokio::sync::Semaphore::new(2),
             columns: Default::default(),
+            default_collations: Default::default(),
             map_history: Default::default(),
             map_edit: Default::default(),
             cluster: Default::default(),

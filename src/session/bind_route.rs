@@ -208,7 +208,7 @@ impl Session {
                 }
                 Ok(Routed::Shard(s))
             }
-            ShardPlan::Refuse(m) if single_statement && self.may_materialize(&stmt.query, &stmt.facts) => {
+            ShardPlan::Refuse(m) if single_statement && self.may_materialize(&stmt.query, &stmt.facts).is_some() => {
                 Ok(Routed::Materialize(m))
             }
             ShardPlan::Refuse(m) => {
@@ -397,7 +397,7 @@ impl Session {
                     }
                     let client = parts(&own)?;
                     let done = match self.with_bind_inlined(&stmt, &client).await {
-                        Some(inlined) => Box::pin(self.materialized(&inlined, &stmt.facts, &why)).await,
+                        Some(inlined) => Box::pin(self.materialized(None, &inlined, &stmt.facts, &why)).await,
                         None => None,
                     };
                     let map = self.runtime.config.map.clone();

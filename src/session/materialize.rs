@@ -12,7 +12,7 @@ use super::select_rows;
 use super::state::Stmt;
 use super::values;
 use crate::analyze::Facts;
-use crate::analyze::shard::materialize::{self, ParamText, PartRows, Unwritten};
+use crate::analyze::shard::materialize::{self, Materialize, ParamText, PartRows, Unwritten};
 use crate::backend::leg::Leg;
 use crate::exec::merge::Value;
 use crate::protocol::pg::messages as msg;
@@ -26,10 +26,10 @@ use crate::protocol::pg::sqlstate::SqlState;
 const MAX_PART_ROWS: usize = 100_000;
 
 impl Session {
-    /// Whether `sql`, refused as written, may have parts run first: not in a session pinned to
-    /// one connection (the parts need connections of their own), and some part makes it
-    /// answerable.
-    pub(super) fn may_materialize(&self, sql: &str, facts: &Facts) -> bool {
+    /// The parts `sql`, refused as written, may have run first: none in a session pinned to one
+    /// connection (the parts need connections of their own), and none unless some part makes
+    /// it answerable.
+    pub(super) fn may_materialize(&self, sql: &str, facts: &Facts) -> Option<Materialize> {
         // Values come back through their text form: floats printed with fewer digits than they
         // hold, or timestamps with zone abbreviations (DateStyle other than ISO), would not
         // come back the same.
@@ -44,13 +44,15 @@ impl Session {
             .is_none_or(|v| v.trim().to_ascii_lowercase().starts_with("iso"));
         // A pure read: parts run once, on their own, before the rest (a side-effecting
         // function in one would run outside the statement's moment).
-        facts.need == crate::analyze::Need::Read
+        let allowed = facts.need == crate::analyze::Need::Read
             && self.pinned.is_none()
             && !short_floats
             && iso_dates
             && self.runtime.config.routing.max_intermediate_bytes > 0
-            && self.runtime.config.server.pool_mode != crate::config::PoolMode::Session
-            && materialize::plan(sql, &self.runtime.config.map).is_some()
+            && self.runtime.config.server.pool_mode != crate::config::PoolMode::Session;
+        allowed
+            .then(|| materialize::plan(sql, &self.runtime.config.map))
+            .flatten()
     }
 
     /// A Bind's statement with its parameters as literals of their declared types; `None` when
@@ -98,10 +100,17 @@ impl Session {
     /// Whether every column of `tables` has the database's collation: the parts' rows come
     /// back as literals of the default collation, which must be theirs.
     async fn default_collations(&mut self, tables: &[String], facts: &Facts) -> bool {
-        if tables.is_empty() {
+        let unknown: Vec<String> = {
+            let known = self.shared.default_collations.lock().unwrap_or_else(|e| e.into_inner());
+            if tables.iter().any(|t| known.get(t) == Some(&false)) {
+                return false;
+            }
+            tables.iter().filter(|t| !known.contains_key(*t)).cloned().collect()
+        };
+        if unknown.is_empty() {
             return true;
         }
-        let names: Vec<String> = tables
+        let names: Vec<String> = unknown
             .iter()
             .map(|t| format!("to_regclass(quote_ident('{}'))", t.replace('\'', "''")))
             .collect();
@@ -110,7 +119,15 @@ impl Session {
              AND NOT attisdropped AND attcollation NOT IN (0, 100)",
             names.join(", ")
         );
-        matches!(self.ask_a_shard(facts, Ask::Rows(&sql)).await, Some(Answer::Rows(r)) if r == ["0"])
+        let all_default = matches!(self.ask_a_shard(facts, Ask::Rows(&sql)).await, Some(Answer::Rows(r)) if r == ["0"]);
+        // Known per table only when they all are (one count covers them together).
+        if all_default || unknown.len() == 1 {
+            let mut known = self.shared.default_collations.lock().unwrap_or_else(|e| e.into_inner());
+            for t in unknown {
+                known.insert(t, all_default);
+            }
+        }
+        all_default
     }
 
     /// One exchange with the shard in use (or the default one), on the transaction's
@@ -149,6 +166,7 @@ impl Session {
     /// refusal stands). Call with the held connection quiet (or none held).
     pub(super) async fn materialized(
         &mut self,
+        planned: Option<Materialize>,
         sql: &str,
         facts: &Facts,
         why: &str,
@@ -160,7 +178,7 @@ impl Session {
         let mut budget = self.runtime.config.routing.max_intermediate_bytes;
         let mut rows_left = MAX_PART_ROWS;
         match self
-            .with_parts_run(sql, facts, &mut budget, &mut rows_left, true)
+            .with_parts_run(planned, sql, facts, &mut budget, &mut rows_left, true)
             .await?
         {
             // A part naming a column or table it does not have refers to the outer query (an
@@ -183,13 +201,17 @@ impl Session {
     /// first (`nest`), one level deep.
     async fn with_parts_run(
         &mut self,
+        planned: Option<Materialize>,
         sql: &str,
         facts: &Facts,
         budget: &mut usize,
         rows_left: &mut usize,
         nest: bool,
     ) -> Option<Result<String, SelectFailure>> {
-        let m = materialize::plan(sql, &self.runtime.config.map)?;
+        let m = match planned {
+            Some(m) => m,
+            None => materialize::plan(sql, &self.runtime.config.map)?,
+        };
         if !self.default_collations(&m.tables, facts).await {
             return None;
         }
@@ -197,10 +219,11 @@ impl Session {
         for part in &m.parts {
             let mut got = self.select_rows(&part.sql, Source::Simple, facts, *budget, true).await;
             if nest && matches!(got, Ok(None)) {
-                let inner = match Box::pin(self.with_parts_run(&part.sql, facts, budget, rows_left, false)).await? {
-                    Ok(text) => text,
-                    Err(e) => return Some(Err(e)),
-                };
+                let inner =
+                    match Box::pin(self.with_parts_run(None, &part.sql, facts, budget, rows_left, false)).await? {
+                        Ok(text) => text,
+                        Err(e) => return Some(Err(e)),
+                    };
                 got = self.select_rows(&inner, Source::Simple, facts, *budget, false).await;
             }
             let (fields, rows) = match got {

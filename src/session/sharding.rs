@@ -239,13 +239,13 @@ impl Session {
         let mut rewritten: Option<String> = None;
         if let ShardPlan::Refuse(why) = &plan
             && single_statement
-            && self.may_materialize(sql, facts)
+            && let Some(planned) = self.may_materialize(sql, facts)
         {
             let why = why.clone();
             if let Some(flow) = self.clear_for_statement(f, false) {
                 return Ok(Routed::Done(flow));
             }
-            match Box::pin(self.materialized(sql, facts, &why)).await {
+            match Box::pin(self.materialized(Some(planned), sql, facts, &why)).await {
                 None => {}
                 Some(Ok(text)) => {
                     let map = self.runtime.config.map.clone();
