@@ -130,6 +130,47 @@ impl Session {
         all_default
     }
 
+    /// The SQL type of each column, for the casts: built-in types by their names, others
+    /// (enums, domains, arrays of them, extension types) as the shard's `format_type` prints
+    /// them.
+    async fn type_names(&mut self, fields: &[Field], facts: &Facts) -> Result<Vec<String>, String> {
+        let mut types: Vec<Option<String>> = fields.iter().map(|f| type_name(f.type_oid, f.modifier)).collect();
+        let unknown: Vec<String> = fields
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| t.is_none())
+            .map(|(f, _)| format!("({}::oid, {})", f.type_oid, f.modifier))
+            .collect();
+        if !unknown.is_empty() {
+            let sql = format!(
+                "SELECT format_type(o, CASE WHEN m < 0 THEN NULL ELSE m END) FROM (VALUES {}) AS t(o, m)",
+                unknown.join(", ")
+            );
+            if let Some(Answer::Rows(names)) = self.ask_a_shard(facts, Ask::Rows(&sql)).await {
+                let mut names = names.into_iter();
+                for t in types.iter_mut().filter(|t| t.is_none()) {
+                    // `format_type` prints `???` for an oid it does not know.
+                    *t = names.next().filter(|n| !n.is_empty() && !n.contains("???"));
+                }
+            }
+        }
+        fields
+            .iter()
+            .zip(types)
+            .map(|(f, t)| {
+                t.ok_or_else(|| {
+                    format!(
+                        "the statement needs rows of a subquery, WITH query or table read first, and the type of its \
+                         column {} (oid {}) could not be named; give the shard key a condition that names one shard, or \
+                         cast the column to a built-in type",
+                        String::from_utf8_lossy(&f.name),
+                        f.type_oid
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// One exchange with the shard in use (or the default one), on the transaction's
     /// connection inside one.
     async fn ask_a_shard(&mut self, facts: &Facts, ask: Ask<'_>) -> Option<Answer> {
@@ -250,10 +291,18 @@ impl Session {
                     )));
                 }
             };
-            match part_rows(&fields, rows) {
-                Ok(r) => all.push(r),
+            let types = match self.type_names(&fields, facts).await {
+                Ok(t) => t,
                 Err(m) => return Some(Err(SelectFailure::Proxy(SqlState::FEATURE_NOT_SUPPORTED, m))),
-            }
+            };
+            all.push(PartRows {
+                names: fields
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(&f.name).into_owned())
+                    .collect(),
+                types,
+                rows,
+            });
         }
         // Casts make the text longer than the rows; a bound keeps the parse of it in check.
         let max_len = self.runtime.config.routing.max_intermediate_bytes.saturating_mul(4) + sql.len();
@@ -334,32 +383,6 @@ async fn describe_params(leg: &mut Leg, out: &[u8]) -> Option<Vec<u32>> {
         }
     }
     if failed { None } else { types }
-}
-
-fn part_rows(fields: &[Field], rows: Vec<Vec<Option<String>>>) -> Result<PartRows, String> {
-    let mut types = Vec::with_capacity(fields.len());
-    for f in fields {
-        match type_name(f.type_oid, f.modifier) {
-            Some(t) => types.push(t),
-            None => {
-                return Err(format!(
-                    "the statement needs rows of a subquery, WITH query or table read first, and its column {} has a type \
-                     (oid {}) shardwire cannot write back as a literal; give the shard key a condition that names one shard, \
-                     or cast the column to a built-in type",
-                    String::from_utf8_lossy(&f.name),
-                    f.type_oid
-                ));
-            }
-        }
-    }
-    Ok(PartRows {
-        names: fields
-            .iter()
-            .map(|f| String::from_utf8_lossy(&f.name).into_owned())
-            .collect(),
-        types,
-        rows,
-    })
 }
 
 /// The SQL name of a built-in type with its modifier, as `format_type` prints it; `None` for

@@ -129,6 +129,30 @@ async fn parts_that_run_first_see_the_transaction_and_stay_bounded() {
     c.batch_execute("RESET DateStyle").await.unwrap();
     assert_eq!(cells(&c.simple_query(tagged).await.unwrap()), ["200"]);
 
+    // A type outside the built-in ones (an enum) is named as the shard's catalog names it. The
+    // derived table's window is over every row, so its table is read first too (one level
+    // nested).
+    each(
+        &c,
+        "DROP TYPE IF EXISTS mood CASCADE; CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); \
+         ALTER TABLE users ADD COLUMN m mood",
+    )
+    .await;
+    c.batch_execute("UPDATE users SET m = (ARRAY['sad', 'ok', 'happy']::mood[])[id % 3 + 1]")
+        .await
+        .unwrap();
+    assert_eq!(
+        cells(
+            &c.simple_query(
+                "SELECT count(*) FROM (SELECT m, row_number() OVER (ORDER BY id) AS r FROM users WHERE id <= 40) s \
+                 WHERE m = 'happy' AND r % 2 = 0"
+            )
+            .await
+            .unwrap()
+        ),
+        ["7"]
+    );
+
     // Explained and counted apart by the admin console.
     let admin = proxy.connect_db("admin", "admin", "shardwire").await.unwrap();
     let route = cells(

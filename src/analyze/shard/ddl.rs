@@ -21,6 +21,23 @@ pub(super) fn is_ddl(stmt: &Statement) -> bool {
             | Statement::CreateExtension(_)
             | Statement::AlterIndex { .. }
             | Statement::Comment { .. }
+            // Types, functions, triggers and policies live in each shard's database; tables
+            // use them there. (Roles are the server's, not the database's: not broadcast.)
+            | Statement::CreateType { .. }
+            | Statement::AlterType { .. }
+            | Statement::CreateDomain { .. }
+            | Statement::DropDomain { .. }
+            | Statement::CreateFunction { .. }
+            | Statement::DropFunction { .. }
+            | Statement::CreateProcedure { .. }
+            | Statement::DropProcedure { .. }
+            | Statement::CreateTrigger { .. }
+            | Statement::DropTrigger { .. }
+            | Statement::CreatePolicy { .. }
+            | Statement::AlterPolicy { .. }
+            | Statement::DropPolicy { .. }
+            | Statement::DropExtension { .. }
+            | Statement::AlterSchema { .. }
     )
 }
 
