@@ -439,42 +439,29 @@ fn qualifiers(e: &Expr) -> Vec<String> {
     out
 }
 
+/// Whether any expression in `v` is one `pred` picks.
+fn any_expr(v: &impl Visit, pred: impl Fn(&Expr) -> bool) -> bool {
+    sqlparser::ast::visit_expressions(v, |x| match pred(x) {
+        true => ControlFlow::Break(()),
+        false => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
 /// A `COLLATE` anywhere: a value collated so would come back in the default collation.
 fn has_collate(q: &impl Visit) -> bool {
-    let mut found = false;
-    let _ = sqlparser::ast::visit_expressions(q, |x| {
-        if matches!(x, Expr::Collate { .. }) {
-            found = true;
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    found
+    any_expr(q, |x| matches!(x, Expr::Collate { .. }))
 }
 
 /// A column named with its schema (`public.users.id`).
 fn has_three_part_names(stmt: &Statement) -> bool {
-    let mut found = false;
-    let _ = sqlparser::ast::visit_expressions(stmt, |x| {
-        if matches!(x, Expr::CompoundIdentifier(p) if p.len() >= 3) {
-            found = true;
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    found
+    any_expr(stmt, |x| matches!(x, Expr::CompoundIdentifier(p) if p.len() >= 3))
 }
 
 fn has_subquery(e: &Expr) -> bool {
-    let mut found = false;
-    let _ = sqlparser::ast::visit_expressions(e, |x| {
-        if matches!(x, Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. }) {
-            found = true;
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    found
+    any_expr(e, |x| {
+        matches!(x, Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. })
+    })
 }
 
 mod write;
