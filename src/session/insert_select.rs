@@ -8,7 +8,6 @@
 
 use super::Session;
 use super::multi::Source;
-use crate::plan::shard::{Params, ShardPlan};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::rows::BindParts;
 use crate::protocol::pg::sqlstate::SqlState;
@@ -54,19 +53,8 @@ impl Session {
             Some((param_types, bind)) => Source::Extended { param_types, bind },
         };
         let (width, rows) = match self.select_rows(select, source, facts, MAX_ROWS_BYTES, true).await? {
-            Some(got) => (got.0.len(), got.1),
-            None => {
-                let map = self.runtime.config.map.clone();
-                let shape = self.shared.shapes.get(select, &map);
-                return Err(match self.plan_checked(&shape, &map, &Params::default()) {
-                    ShardPlan::Refuse(m) => refuse(&m),
-                    other => refuse(&format!(
-                        "INSERT ... SELECT into a sharded table from a SELECT planned as {}: not supported; select the rows \
-                         and insert them with VALUES",
-                        other.kind()
-                    )),
-                });
-            }
+            Ok((fields, rows)) => (fields.len(), rows),
+            Err(why) => return Err(refuse(&why)),
         };
         crate::analyze::shard::with_rows(sql, &rows, width)
             .map(|text| (text, rows.is_empty()))

@@ -37,6 +37,7 @@ mod script;
 mod select_rows;
 mod sharding;
 mod signal;
+mod sql_types;
 pub mod state;
 mod statements;
 mod transaction;

@@ -17,6 +17,7 @@ use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages as msg;
 use crate::protocol::pg::rows::{self, Field};
 use crate::protocol::pg::sqlstate::SqlState;
+use crate::shardmap::ShardId;
 
 /// Rows as text; `None` is NULL.
 pub(super) type TextRows = Vec<Vec<Option<String>>>;
@@ -39,8 +40,9 @@ pub(super) fn too_many(limit: usize) -> SelectFailure {
 impl Session {
     /// The columns and rows `select` gives, read as text (at most `limit` bytes of row data),
     /// on the nodes `facts` route to (the primaries for an INSERT's, a replica when a read's
-    /// allow). `cached`: the text's shape is kept for the next time. `Ok(None)`: the SELECT is not a read of one or several shards (refused, or
-    /// something else); the caller says why. Call with the held connection quiet (or none held).
+    /// allow). `cached`: the text's shape is kept for the next time. `Ok(Err(why))`: the SELECT
+    /// is not a read of one or several shards (refused, or something else). Call with the held
+    /// connection quiet (or none held).
     pub(super) async fn select_rows(
         &mut self,
         select: &str,
@@ -48,7 +50,7 @@ impl Session {
         facts: &Facts,
         limit: usize,
         cached: bool,
-    ) -> Result<Option<(Vec<Field>, TextRows)>, SelectFailure> {
+    ) -> Result<Result<(Vec<Field>, TextRows), String>, SelectFailure> {
         let map = self.runtime.config.map.clone();
         // Texts made here (with rows of their own in them) are used once: not cached.
         let shape = match cached {
@@ -61,7 +63,7 @@ impl Session {
                     Some(h) if matches!(*shape, crate::analyze::shard::Shape::Neutral) => h.shard,
                     _ => s,
                 };
-                self.one_shard_rows(shard, select, source, facts, limit).await.map(Some)
+                self.one_shard_rows(shard, select, source, facts, limit).await.map(Ok)
             }
             ShardPlan::Scatter { shards, merge } => {
                 // Text results whatever the client asked for its own rows.
@@ -85,31 +87,32 @@ impl Session {
                 self.capture = None;
                 let captured = std::mem::replace(&mut self.client.wbuf, saved);
                 match outcome {
-                    Ok(Outcome::Ok | Outcome::Failed) => read_captured(captured.freeze()).map(Some),
+                    Ok(Outcome::Ok | Outcome::Failed) => read_captured(captured.freeze()).map(Ok),
                     Err(SessionError::Fatal(code, m)) => Err(SelectFailure::Proxy(code, m)),
                     Err(e) => Err(SelectFailure::Proxy(SqlState::SYSTEM_ERROR, e.to_string())),
                 }
             }
-            _ => Ok(None),
+            ShardPlan::Refuse(why) => Ok(Err(why)),
+            other => Ok(Err(format!(
+                "the SELECT is planned as {}, not as a read of one or several shards; select its rows and send them as VALUES",
+                other.kind()
+            ))),
         }
     }
 
     async fn one_shard_rows(
         &mut self,
-        shard: crate::shardmap::ShardId,
+        shard: ShardId,
         select: &str,
         source: Source<'_>,
         facts: &Facts,
         limit: usize,
     ) -> Result<(Vec<Field>, TextRows), SelectFailure> {
-        let proxy = |(c, m)| SelectFailure::Proxy(c, m);
-        let in_tx = self.in_transaction();
-        let (mut legs, wrote) = if in_tx {
-            self.tx_legs(&[shard], Some(facts)).await.map_err(proxy)?
-        } else {
-            (self.legs(&[shard], facts).await.map_err(proxy)?, Vec::new())
-        };
-        let leg = &mut legs[0];
+        let mut one = self
+            .one_leg(shard, facts)
+            .await
+            .map_err(|(c, m)| SelectFailure::Proxy(c, m))?;
+        let leg = &mut one.legs[0];
         let mut out = BytesMut::new();
         self.write_prelude(leg, &mut out);
         match source {
@@ -123,15 +126,44 @@ impl Session {
             }
         }
         let got = read_rows(leg, &out, limit).await;
-        if got.is_err() {
-            // Inside a transaction the failed SELECT fails it (see `give_back`).
-            leg.mark_broken();
-        }
-        if in_tx {
-            self.give_back(legs, &[shard], wrote, false);
-        }
+        self.put_back(one, shard, got.is_ok());
         got
     }
+
+    /// A connection to `shard` for one exchange of shardwire's own: inside a transaction the
+    /// transaction's (the shard joins it), otherwise one routed by `facts`.
+    pub(super) async fn one_leg(&mut self, shard: ShardId, facts: &Facts) -> Result<OneLeg, (SqlState, String)> {
+        if self.in_transaction() {
+            let (legs, wrote) = self.tx_legs(&[shard], Some(facts)).await?;
+            return Ok(OneLeg {
+                legs,
+                wrote: Some(wrote),
+            });
+        }
+        Ok(OneLeg {
+            legs: self.legs(&[shard], facts).await?,
+            wrote: None,
+        })
+    }
+
+    /// Ends the exchange: a failed one leaves the connection broken (inside a transaction that
+    /// fails it, see `give_back`); the transaction's connection goes back to it.
+    pub(super) fn put_back(&mut self, mut one: OneLeg, shard: ShardId, ok: bool) {
+        if !ok {
+            one.legs[0].mark_broken();
+        }
+        if let Some(wrote) = one.wrote {
+            self.give_back(one.legs, &[shard], wrote, false);
+        }
+    }
+}
+
+/// One connection lent for an exchange (`one_leg`).
+pub(super) struct OneLeg {
+    /// The connection, alone.
+    pub(super) legs: Vec<Leg>,
+    /// Inside a transaction: whether it wrote, to give it back to the transaction with.
+    wrote: Option<Vec<bool>>,
 }
 
 /// The description, rows and error in a merge's output.
