@@ -49,19 +49,22 @@ impl Ctx {
                     self.copy().await?;
                     report.rows = self.verify().await?;
                     self.record("verified", None).await?;
-                    self.assign(&self.target_name, "serving").await?;
+                    self.assign(&self.target_name, "moving").await?;
                     report.fenced_for = fenced.elapsed();
                     self.record("switched", None).await?;
                     step = "switched".into();
                 }
                 "verified" => {
                     // Resumed after the check: the switch is safe to repeat.
-                    self.assign(&self.target_name, "serving").await?;
+                    self.assign(&self.target_name, "moving").await?;
                     self.record("switched", None).await?;
                     step = "switched".into();
                 }
                 "switched" => {
+                    // `moving` until the source's copy is gone: statements over several shards
+                    // leave out the rows a shard holds only as a copy while the state says so.
                     self.clear(&self.source, &self.source_name).await?;
+                    self.set_state("serving").await?;
                     self.record("done", None).await?;
                     return Ok(report);
                 }
@@ -98,8 +101,9 @@ impl Ctx {
 
     /// Back to before the move: the partition serves from the source, the target's copy goes.
     pub(super) async fn roll_back_copy(&self) -> Result<()> {
-        self.set_state("serving").await?;
+        self.set_state("moving").await?;
         self.clear(&self.target, &self.target_name).await?;
+        self.set_state("serving").await?;
         self.record("aborted", None).await
     }
 }

@@ -101,9 +101,12 @@ impl Ctx {
                     return Ok(report);
                 }
                 ("returning", _) => {
-                    self.assign(&self.source_name, "serving").await?;
+                    // `moving` until the target's copy is gone: statements over several shards
+                    // leave out the rows a shard holds only as a copy while the state says so.
+                    self.assign(&self.source_name, "moving").await?;
                     self.clean_up().await?;
                     self.clear(&self.target, &self.target_name).await?;
+                    self.set_state("serving").await?;
                     self.record("aborted", None).await?;
                     return Ok(report);
                 }
@@ -339,10 +342,12 @@ impl Ctx {
     }
 
     /// Rollback before the switch: the partition serves from the source as it always did.
+    /// The state stays `moving` (a fence lifted) until the target's copy is gone.
     pub(super) async fn roll_back_logical(&self) -> Result<()> {
-        self.set_state("serving").await?;
+        self.set_state("moving").await?;
         self.clean_up().await?;
         self.clear(&self.target, &self.target_name).await?;
+        self.set_state("serving").await?;
         self.record("aborted", None).await
     }
 }

@@ -4,28 +4,9 @@
 
 use crate::shardmap::{KeyType, hash};
 
-/// `true` for the rows of `key` (a column, quoted) in partition `partition` of `partitions`:
-/// PostgreSQL's partition hash, `hash_combine64(0, h) % partitions`, in unsigned arithmetic.
-/// Written in int8 (numeric arithmetic made the filter five times slower on a million rows, and
-/// it runs in every copy, check and published change): with `u = h + C` wrapping at 2^64,
-/// `u mod n = (h mod n + C mod n + (2^64 mod n if h + C wrapped below zero, i.e. h < -C)) mod n`,
-/// every term small and non-negative.
+/// `true` for the rows of `key` (a column, quoted) in partition `partition` of `partitions`.
 pub fn in_partition(key_type: KeyType, key: &str, partition: u32, partitions: u32) -> String {
-    let seed = hash::PARTITION_SEED as i64;
-    let h = match key_type {
-        KeyType::Int => format!("hashint8extended({key}::int8, {seed})"),
-        KeyType::Text => format!("hashtextextended({key}::text, {seed})"),
-        KeyType::Uuid => format!("uuid_hash_extended({key}, {seed})"),
-    };
-    let n = u64::from(partitions.max(1));
-    let c = hash::COMBINE;
-    // hash_combine64(0, h) is h plus this constant, modulo 2^64; it is below 2^63.
-    let c_signed = c as i64;
-    let c_mod = c % n;
-    let wrap_mod = ((1u128 << 64) % u128::from(n)) as u64;
-    format!(
-        "((({h}) % {n} + {n}) % {n} + {c_mod} + CASE WHEN ({h}) < -{c_signed} THEN {wrap_mod} ELSE 0 END) % {n} = {partition}"
-    )
+    format!("{} = {partition}", hash::partition_sql(key_type, key, partitions))
 }
 
 /// A table or column name as an identifier (quoted unless plain lower case).

@@ -86,7 +86,12 @@ impl Session {
             }
             return Ok(if suitable { Ensure::Ready } else { Ensure::Stall });
         }
-        self.runtime = self.shared.runtime.load_full();
+        // A statement planned under one map runs under it: the shard ids it was planned with
+        // index that map's clusters (a map swapped since may list the shards in another order).
+        let now = self.shared.runtime.load_full();
+        if std::sync::Arc::ptr_eq(&now.config.map, &self.runtime.config.map) {
+            self.runtime = now;
+        }
         // Session pooling keeps one connection for the whole session: it must be able to write.
         // A transaction block's first statement (its BEGIN waited for it) runs where the rest
         // can follow: the primary, unless the BEGIN said READ ONLY.

@@ -41,7 +41,10 @@ impl Session {
                 Err((code, m)) => return Ok(self.report_error(code, &m)),
             }
         };
-        let outcome = self.stream_copies(&mut legs, sql, header, binary).await;
+        let outcome = match self.own_texts(sql, shards) {
+            Ok(texts) => self.stream_copies(&mut legs, &texts, header, binary).await,
+            Err(e) => Ok(self.report_error(SqlState::FEATURE_NOT_SUPPORTED, &e)),
+        };
         if in_tx {
             self.give_back(legs, shards, wrote, false);
         }
@@ -51,7 +54,7 @@ impl Session {
     async fn stream_copies(
         &mut self,
         legs: &mut [Leg],
-        sql: &str,
+        texts: &[std::borrow::Cow<'_, str>],
         header: bool,
         binary: bool,
     ) -> Result<Outcome, SessionError> {
@@ -61,7 +64,7 @@ impl Session {
         for (i, leg) in legs.iter_mut().enumerate() {
             let mut out = BytesMut::new();
             self.write_prelude(leg, &mut out);
-            msg::query_bytes(&mut out, &self.wire(sql));
+            msg::query_bytes(&mut out, &self.wire(&texts[i]));
             if let Err(e) = leg.send(&out).await {
                 leg.mark_broken();
                 return Ok(self.report_error(SqlState::CONNECTION_FAILURE, &format!("shard connection failed: {e}")));

@@ -151,6 +151,31 @@ impl Session {
         Ok(legs)
     }
 
+    /// The texts each of `shards` runs for `sql`: without the rows a shard holds only as the copy
+    /// of a moving partition (`analyze::shard::own_rows_only`), so a statement over several
+    /// shards sees each row once while a partition moves. The same text everywhere otherwise.
+    pub(super) fn own_texts<'a>(
+        &self,
+        sql: &'a str,
+        shards: &[ShardId],
+    ) -> Result<Vec<std::borrow::Cow<'a, str>>, String> {
+        let map = &self.runtime.config.map;
+        if !crate::analyze::shard::any_copies(map) {
+            return Ok(vec![std::borrow::Cow::Borrowed(sql); shards.len()]);
+        }
+        shards
+            .iter()
+            .map(|&s| {
+                let own = crate::analyze::shard::own_rows_only(sql, map, s).map_err(|e| {
+                    format!(
+                        "a partition is moving and the statement could not be limited to each shard's own rows: {e}"
+                    )
+                })?;
+                Ok(own.map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned))
+            })
+            .collect()
+    }
+
     /// Session parameters first, so every shard sees the client's settings.
     pub(super) fn write_prelude(&self, leg: &mut Leg, out: &mut BytesMut) {
         self.prelude(leg, out)
@@ -222,16 +247,20 @@ impl Session {
                 })
                 .collect(),
         };
-        for leg in legs.iter_mut() {
+        let texts = match self.own_texts(&m.sql, shards) {
+            Ok(t) => t,
+            Err(e) => return Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &e)),
+        };
+        for (leg, text) in legs.iter_mut().zip(&texts) {
             let mut out = BytesMut::new();
             self.prelude(leg, &mut out);
             match &src {
-                Source::Simple => msg::query_bytes(&mut out, &self.wire(&m.sql)),
+                Source::Simple => msg::query_bytes(&mut out, &self.wire(text)),
                 Source::Extended { param_types, bind } => {
                     msg::parse_bytes(
                         &mut out,
                         "",
-                        &self.wire(&m.sql),
+                        &self.wire(text),
                         &rows::pick_types(param_types, &m.params),
                     );
                     rows::bind_with(&mut out, bind, Some(&m.params), &shard_formats);

@@ -85,22 +85,29 @@ impl Session {
         describe: bool,
         in_tx: bool,
     ) -> Result<Outcome, SessionError> {
+        let mut texts = Vec::with_capacity(parts.len());
+        for part in parts {
+            match self.own_texts(&part.sql, &[part.shard]) {
+                Ok(mut t) => texts.push(t.pop().unwrap_or(std::borrow::Cow::Borrowed(&part.sql))),
+                Err(e) => return Ok(self.report_error(SqlState::FEATURE_NOT_SUPPORTED, &e)),
+            }
+        }
         // BEGIN and the statement on every shard at once.
-        for (p, part) in ps.iter_mut().zip(parts) {
+        for ((p, part), text) in ps.iter_mut().zip(parts).zip(&texts) {
             let mut out = BytesMut::new();
             self.write_prelude(&mut p.leg, &mut out);
             if !in_tx {
                 msg::query(&mut out, "BEGIN");
             }
             match &src {
-                Source::Simple => msg::query_bytes(&mut out, &self.wire(&part.sql)),
+                Source::Simple => msg::query_bytes(&mut out, &self.wire(text)),
                 Source::Extended { param_types, bind } => {
                     let pick = split.then_some(&part.params[..]);
                     let types = match pick {
                         Some(pk) => rows::pick_types(param_types, pk),
                         None => param_types.to_vec(),
                     };
-                    msg::parse_bytes(&mut out, "", &self.wire(&part.sql), &types);
+                    msg::parse_bytes(&mut out, "", &self.wire(text), &types);
                     rows::bind_with(&mut out, bind, pick, &bind.result_formats);
                     msg::describe_or_close(&mut out, b'D', b'P', "");
                     rows::execute_all(&mut out);

@@ -20,6 +20,7 @@ mod lag;
 mod limits;
 mod map_admin;
 mod map_churn;
+mod map_moves;
 mod map_swap;
 mod materialize;
 mod mysql;

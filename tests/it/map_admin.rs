@@ -16,7 +16,7 @@ fn message(e: &tokio_postgres::Error) -> String {
         .map_or_else(|| e.to_string(), |d| d.message().to_owned())
 }
 
-async fn admin(proxy: &Proxy, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error> {
+pub async fn admin(proxy: &Proxy, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error> {
     proxy
         .connect_db("admin", "admin", "shardwire")
         .await
@@ -25,7 +25,7 @@ async fn admin(proxy: &Proxy, sql: &str) -> Result<Vec<tokio_postgres::SimpleQue
         .await
 }
 
-fn rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
+pub fn rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
     msgs.iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => {

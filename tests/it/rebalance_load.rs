@@ -197,6 +197,30 @@ async fn a_quarter_of_the_partitions_moves_to_a_new_shard_under_load() {
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(writer(proxy.url("app", "app"), w, stop.clone())))
         .collect();
+    // A reader over every shard: while partitions move, a row is never seen twice (the copy a
+    // shard holds of a partition it does not serve is left out).
+    let reader = {
+        let (url, stop) = (proxy.url("app", "app"), stop.clone());
+        tokio::spawn(async move {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let (mut checks, mut seen_twice) = (0u32, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && checks < 100_000 {
+                let r = c
+                    .query_one("SELECT count(*) - count(DISTINCT id) FROM users", &[])
+                    .await
+                    .unwrap();
+                let twice: i64 = r.get(0);
+                if twice != 0 {
+                    seen_twice.push(twice);
+                }
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (checks, seen_twice)
+        })
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let config = shardwire::config::parse(&config_text).unwrap();
@@ -230,6 +254,13 @@ async fn a_quarter_of_the_partitions_moves_to_a_new_shard_under_load() {
     for w in writers {
         logs.push(w.await.unwrap());
     }
+    let (checks, seen_twice) = reader.await.unwrap();
+    eprintln!("{checks} reads over every shard during the moves");
+    assert!(checks > 20, "too few reads: {checks}");
+    assert!(
+        seen_twice.is_empty(),
+        "rows read twice during the moves: {seen_twice:?} in {checks} reads"
+    );
     let failed: Vec<_> = reports.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(failed.is_empty(), "moves failed: {failed:?}");
     let holds: Vec<Duration> = reports.iter().map(|(_, r)| r.as_ref().unwrap().fenced_for).collect();

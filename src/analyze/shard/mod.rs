@@ -36,6 +36,7 @@ mod locality;
 pub mod materialize;
 mod merge_spec;
 mod order;
+mod owned;
 mod scope;
 mod subquery;
 mod tables;
@@ -54,6 +55,7 @@ pub use having::*;
 use locality::*;
 pub use merge_spec::*;
 use order::*;
+pub use owned::{any_copies, own_rows_only};
 use scope::*;
 use tables::tables;
 
