@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use tokio_postgres::Client;
 
 use super::{sql, verify};
@@ -139,6 +139,17 @@ impl Ctx {
             self.group, self.partition
         ))
         .await
+    }
+
+    /// Before rows of the partition reach the target: every instance serves the map that says
+    /// `moving` (so statements over several shards leave the target's copy out), and statements
+    /// planned under the map before have had time to reach their shards.
+    pub async fn all_leave_out_copies(&self) -> Result<()> {
+        self.all_serve(Duration::from_secs(10))
+            .await
+            .context("every instance must serve the map marking the partition moving before its rows are copied")?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
     }
 
     /// Waits until every instance `SHOW CLUSTER` lists (this one alone without `[cluster]`)

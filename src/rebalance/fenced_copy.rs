@@ -24,6 +24,7 @@ impl Ctx {
                 "new" | "started" => {
                     self.record("started", None).await?;
                     self.set_state("moving").await?;
+                    self.all_leave_out_copies().await?;
                     self.count_source().await?;
                     let n = self.copy().await?;
                     self.progress(&format!("copied {n} rows while serving"), Some(n as i64), None)

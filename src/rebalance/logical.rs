@@ -119,6 +119,7 @@ impl Ctx {
     /// the source and then follows its changes.
     async fn start_stream(&self) -> Result<()> {
         self.set_state("moving").await?;
+        self.all_leave_out_copies().await?;
         self.clean_up().await?;
         self.clear(&self.target, &self.target_name).await?;
         repl::create_publication(&self.source, &self.forward(), &self.tables).await?;

@@ -286,7 +286,12 @@ pub async fn run(config: &Config, admin_url: &str, m: &Move, action: Action, opt
             );
         }
         return match ctx.run_copy(&step).await {
-            Err(e) if !switched => Err(roll_back(&ctx, e).await),
+            // Only while the step recorded is still before the switch: after it the target
+            // holds the partition's only rows (the source's may be deleted already).
+            Err(e) if !switched => match ctx.recorded_step().await {
+                Ok(s) if !switched_step(&s) => Err(roll_back(&ctx, e).await),
+                _ => Err(e),
+            },
             r => r,
         };
     }

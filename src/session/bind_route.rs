@@ -259,6 +259,7 @@ impl Session {
                     stmt: stmt.clone(),
                     bind: parts,
                     describe: false,
+                    runtime: self.runtime.clone(),
                 });
                 self.portals.insert(portal, stmt.clone());
                 self.respond_synth(msg::empty(b'2'));
@@ -293,6 +294,7 @@ impl Session {
             // pipeline at the client's Sync (two-phase across shards), or not at all.
             self.implicit_multi = true;
         }
+        self.runtime = p.runtime.clone();
         let src = Source::Extended {
             param_types: &p.stmt.param_types,
             bind: &p.bind,
@@ -349,7 +351,7 @@ impl Session {
                     }
                 }
                 Routed::NeedColumns(table) => {
-                    if let Err((code, m)) = Box::pin(self.load_columns(table)).await {
+                    if let Err((code, m)) = Box::pin(self.load_columns(table, false)).await {
                         self.fail_statement(code, true, &m);
                         return Ok(Err(Flow::Continue));
                     }

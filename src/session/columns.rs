@@ -27,9 +27,19 @@ impl Session {
     }
 
     /// Reads the columns of `table` (as the statement names it, resolved with the client's
-    /// settings, `search_path` included) into the cache.
-    pub(super) async fn load_columns(&self, table: &str) -> Result<Arc<Vec<String>>, (SqlState, String)> {
-        if let Some(c) = self.cached_columns(table) {
+    /// settings, `search_path` included) into the cache. `written`: only those `COPY table TO`
+    /// writes (generated columns left out), cached apart.
+    pub(super) async fn load_columns(
+        &self,
+        table: &str,
+        written: bool,
+    ) -> Result<Arc<Vec<String>>, (SqlState, String)> {
+        let key = if written {
+            format!("copy {table}")
+        } else {
+            table.to_owned()
+        };
+        if let Some(c) = self.cached_columns(&key) {
             return Ok(c);
         }
         let co = self.checkout_on(Target::Primary, self.default_shard()).await?;
@@ -49,8 +59,9 @@ impl Session {
         leg.co.conn.unnamed = None;
         let sql = format!(
             "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = to_regclass({}) AND attnum > 0 \
-             AND NOT attisdropped ORDER BY attnum",
-            super::state::quote_literal(table)
+             AND NOT attisdropped{} ORDER BY attnum",
+            super::state::quote_literal(table),
+            if written { " AND attgenerated = ''" } else { "" }
         );
         let columns = leg.rows(&sql).await.map_err(|m| {
             (
@@ -69,7 +80,7 @@ impl Session {
             .columns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(self.columns_key(table), columns.clone());
+            .insert(self.columns_key(&key), columns.clone());
         Ok(columns)
     }
 }

@@ -29,6 +29,17 @@ impl Session {
         binary: bool,
         facts: &Facts,
     ) -> Result<Outcome, SessionError> {
+        let columns = match crate::analyze::shard::copy_without_columns(sql, &self.runtime.config.map) {
+            Some(table) => match self.load_columns(&table, true).await {
+                Ok(c) => Some(c),
+                Err((code, m)) => return Ok(self.report_error(code, &m)),
+            },
+            None => None,
+        };
+        let texts = match self.own_texts(sql, shards, columns.as_deref().map(Vec::as_slice)) {
+            Ok(t) => t,
+            Err(e) => return Ok(self.report_error(SqlState::FEATURE_NOT_SUPPORTED, &e)),
+        };
         let in_tx = self.in_transaction();
         let (mut legs, wrote) = if in_tx {
             match self.tx_legs(shards, Some(facts)).await {
@@ -41,10 +52,7 @@ impl Session {
                 Err((code, m)) => return Ok(self.report_error(code, &m)),
             }
         };
-        let outcome = match self.own_texts(sql, shards) {
-            Ok(texts) => self.stream_copies(&mut legs, &texts, header, binary).await,
-            Err(e) => Ok(self.report_error(SqlState::FEATURE_NOT_SUPPORTED, &e)),
-        };
+        let outcome = self.stream_copies(&mut legs, &texts, header, binary).await;
         if in_tx {
             self.give_back(legs, shards, wrote, false);
         }

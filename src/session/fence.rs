@@ -5,8 +5,9 @@
 //! it was: otherwise its earlier work there would be left behind on the old shard, so it gets
 //! 40001 and runs again.
 //!
-//! A session in a transaction plans by the map snapshot it took when the transaction began, so
-//! [`Session::plan_checked`] also looks at the shared map: a partition fenced or moved since
+//! A session in a transaction plans by the map snapshot it took when the transaction began (and
+//! any statement by the one it took when it started, which matters for those planned again after
+//! reading rows first), so [`Session::plan_checked`] also looks at the shared map: a partition fenced or moved since
 //! counts as fenced, except on a connection this transaction already had to the partition's
 //! shard from before the fence: such transactions finish where they began (a move waits for
 //! them to end before it switches; after a manual `DATA IN PLACE` change the DBA's copy must
@@ -47,9 +48,9 @@ impl Session {
     /// since fenced or moved a partition the statement touches (see the module docs).
     pub(super) fn plan_checked(&self, shape: &Shape, map: &ShardMap, params: &Params) -> ShardPlan {
         let plan = shard::plan(shape, map, params);
-        if matches!(plan, ShardPlan::Fenced { .. } | ShardPlan::Refuse(_))
-            || (self.held.is_none() && self.parked.is_empty())
-        {
+        // Checked without a connection held too: a statement planned again after reading rows
+        // first (parts run first, INSERT ... SELECT) may have seen a move's switch meanwhile.
+        if matches!(plan, ShardPlan::Fenced { .. } | ShardPlan::Refuse(_)) {
             return plan;
         }
         let current = self.shared.runtime.load();

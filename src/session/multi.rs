@@ -40,6 +40,9 @@ pub struct MultiPortal {
     pub bind: BindParts,
     /// The client asked to describe the portal.
     pub describe: bool,
+    /// The configuration and map it was planned under: its shard ids index this map's shards,
+    /// so it runs under it even when a message between Bind and Execute took a newer one.
+    pub runtime: std::sync::Arc<crate::app::Runtime>,
 }
 
 /// The statement as the client sent it.
@@ -152,28 +155,26 @@ impl Session {
     }
 
     /// The texts each of `shards` runs for `sql`: without the rows a shard holds only as the copy
-    /// of a moving partition (`analyze::shard::own_rows_only`), so a statement over several
+    /// of a moving partition (`analyze::shard::own_rows_each`), so a statement over several
     /// shards sees each row once while a partition moves. The same text everywhere otherwise.
+    /// `copy_columns`: what `COPY t TO` without a column list writes, when it needs them.
     pub(super) fn own_texts<'a>(
         &self,
         sql: &'a str,
         shards: &[ShardId],
+        copy_columns: Option<&[String]>,
     ) -> Result<Vec<std::borrow::Cow<'a, str>>, String> {
         let map = &self.runtime.config.map;
         if !crate::analyze::shard::any_copies(map) {
             return Ok(vec![std::borrow::Cow::Borrowed(sql); shards.len()]);
         }
-        shards
-            .iter()
-            .map(|&s| {
-                let own = crate::analyze::shard::own_rows_only(sql, map, s).map_err(|e| {
-                    format!(
-                        "a partition is moving and the statement could not be limited to each shard's own rows: {e}"
-                    )
-                })?;
-                Ok(own.map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned))
-            })
-            .collect()
+        let own = crate::analyze::shard::own_rows_each(sql, map, shards, copy_columns).map_err(|e| {
+            format!("a partition is moving and the statement could not be limited to each shard's own rows: {e}")
+        })?;
+        Ok(own
+            .into_iter()
+            .map(|t| t.map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned))
+            .collect())
     }
 
     /// Session parameters first, so every shard sees the client's settings.
@@ -247,7 +248,7 @@ impl Session {
                 })
                 .collect(),
         };
-        let texts = match self.own_texts(&m.sql, shards) {
+        let texts = match self.own_texts(&m.sql, shards, None) {
             Ok(t) => t,
             Err(e) => return Ok(self.report(SqlState::FEATURE_NOT_SUPPORTED, &e)),
         };

@@ -42,6 +42,18 @@ impl Session {
         describe: bool,
     ) -> Result<Outcome, SessionError> {
         let shards: Vec<usize> = parts.iter().map(|p| p.shard).collect();
+        // A split INSERT's rows go where their keys are served and read nothing; the same write
+        // on several shards leaves out the rows a shard only copies.
+        let texts: Vec<std::borrow::Cow<'_, str>> = match parts.first() {
+            Some(first) if !split => match self.own_texts(&first.sql, &shards, None) {
+                Ok(t) => t,
+                Err(e) => return Ok(self.report_error(SqlState::FEATURE_NOT_SUPPORTED, &e)),
+            },
+            _ => parts
+                .iter()
+                .map(|p| std::borrow::Cow::Borrowed(p.sql.as_str()))
+                .collect(),
+        };
         // Inside a transaction block the write runs on the transaction's connections and
         // commits with it; outside one it is a transaction of its own on every shard.
         let in_tx = self.in_transaction();
@@ -65,7 +77,7 @@ impl Session {
             self.ensure_decision_table(ps[0].shard).await;
         }
         let outcome = self
-            .write_parts(&mut ps, parts, split, replicated, src, describe, in_tx)
+            .write_parts(&mut ps, parts, &texts, split, replicated, src, describe, in_tx)
             .await;
         if in_tx {
             let legs = ps.into_iter().map(|p| p.leg).collect();
@@ -79,21 +91,15 @@ impl Session {
         &mut self,
         ps: &mut [Part],
         parts: &[InsertPart],
+        texts: &[std::borrow::Cow<'_, str>],
         split: bool,
         replicated: bool,
         src: Source<'_>,
         describe: bool,
         in_tx: bool,
     ) -> Result<Outcome, SessionError> {
-        let mut texts = Vec::with_capacity(parts.len());
-        for part in parts {
-            match self.own_texts(&part.sql, &[part.shard]) {
-                Ok(mut t) => texts.push(t.pop().unwrap_or(std::borrow::Cow::Borrowed(&part.sql))),
-                Err(e) => return Ok(self.report_error(SqlState::FEATURE_NOT_SUPPORTED, &e)),
-            }
-        }
         // BEGIN and the statement on every shard at once.
-        for ((p, part), text) in ps.iter_mut().zip(parts).zip(&texts) {
+        for ((p, part), text) in ps.iter_mut().zip(parts).zip(texts) {
             let mut out = BytesMut::new();
             self.write_prelude(&mut p.leg, &mut out);
             if !in_tx {

@@ -294,7 +294,7 @@ impl Session {
             }
         }
         if let ShardPlan::NeedColumns { table } = &plan {
-            let columns = match Box::pin(self.load_columns(table)).await {
+            let columns = match Box::pin(self.load_columns(table, false)).await {
                 Ok(c) => c,
                 Err((code, m)) => {
                     self.fail_statement(code, false, &m);

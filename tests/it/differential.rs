@@ -6,6 +6,7 @@
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use crate::bad_input::{Raw, message, startup};
 use crate::harness::Proxy;
 use crate::shards::{MAP, sharded};
 
@@ -574,6 +575,53 @@ async fn extended_rows(
         .collect())
 }
 
+/// A logged-in raw connection, to read what the simple protocol's RowDescription says.
+async fn raw_session(port: u16, user: &str) -> Raw {
+    let mut r = Raw::connect_port(port).await;
+    r.send(&startup(user)).await;
+    let m = r.messages_until(b"Z").await;
+    assert_eq!(m.last().map(|(t, _)| *t), Some(b'Z'), "login: {m:?}");
+    r
+}
+
+/// Each column's name, type OID, type modifier and format code in the RowDescription a simple
+/// Query gets (psycopg and other text-mode clients pick their parsers by the OID); `None` when
+/// the statement failed or described no rows.
+async fn simple_header(r: &mut Raw, sql: &str) -> Option<Vec<(String, u32, i32, i16)>> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    r.send(&message(b'Q', &body)).await;
+    let m = r.messages_until(b"Z").await;
+    if m.iter().any(|(t, _)| *t == b'E') {
+        return None;
+    }
+    let (_, d) = m.iter().find(|(t, _)| *t == b'T')?;
+    let n = i16::from_be_bytes([d[0], d[1]]) as usize;
+    let mut at = 2;
+    let mut cols = Vec::with_capacity(n);
+    for _ in 0..n {
+        let end = at + d[at..].iter().position(|&b| b == 0)?;
+        let name = String::from_utf8_lossy(&d[at..end]).into_owned();
+        at = end + 1 + 6;
+        let oid = u32::from_be_bytes(d[at..at + 4].try_into().ok()?);
+        let typmod = i32::from_be_bytes(d[at + 6..at + 10].try_into().ok()?);
+        let format = i16::from_be_bytes(d[at + 10..at + 12].try_into().ok()?);
+        at += 12;
+        cols.push((name, oid, typmod, format));
+    }
+    Some(cols)
+}
+
+/// Column names and types as a prepared statement's description gives them.
+async fn described(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(c.prepare(sql)
+        .await?
+        .columns()
+        .iter()
+        .map(|c| format!("{}:{}", c.name(), c.type_()))
+        .collect())
+}
+
 fn same(sql: &str, mut got: Rows, mut want: Rows) -> Result<(), String> {
     if !sql.to_ascii_uppercase().contains("ORDER BY") {
         // The header row stays first.
@@ -614,6 +662,9 @@ async fn same_rows_as_one_database() {
     }
     let mut failures = Vec::new();
     let mut checked = 0;
+    let mut headers = 0;
+    let mut sw_raw = raw_session(proxy.port(), "trusted").await;
+    let mut ref_raw = raw_session(topo.reference_port, "postgres").await;
     // Simple protocol, text results.
     for sql in read_corpus() {
         checked += 1;
@@ -624,6 +675,19 @@ async fn same_rows_as_one_database() {
             Ok(got) => {
                 if let Err(e) = same(&sql, got, want) {
                     failures.push(e);
+                }
+                // The same columns, named and typed as one database gives them, in both protocols.
+                let (got, want) = (
+                    simple_header(&mut sw_raw, &sql).await,
+                    simple_header(&mut ref_raw, &sql).await,
+                );
+                if got != want {
+                    failures.push(format!("{sql}\n  simple RowDescription: {got:?} vs {want:?}"));
+                }
+                headers += usize::from(got.is_some());
+                match (described(&sw, &sql).await, described(&reference, &sql).await) {
+                    (Ok(got), Ok(want)) if got == want => {}
+                    (got, want) => failures.push(format!("{sql}\n  described: {got:?} vs {want:?}")),
                 }
             }
             Err(e) => failures.push(format!("{sql}\n  shardwire error: {e:?}")),
@@ -856,7 +920,11 @@ async fn same_rows_as_one_database() {
             }
         }
     }
-    eprintln!("differential: {checked} checked, {} refused", REFUSED.len());
+    eprintln!(
+        "differential: {checked} checked, {} refused, {headers} row descriptions compared",
+        REFUSED.len()
+    );
+    assert!(headers > 250, "row descriptions compared: {headers}");
     assert!(checked >= 150, "the corpus has {checked} queries");
     // Refusals stay rare: fewer than 3% of what the corpus checks.
     assert!(

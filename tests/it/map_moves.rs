@@ -16,7 +16,8 @@ const USERS: i64 = 120;
 /// `users` with keys 1..=USERS named `u<id>`, and the partition of key 1 with its shard.
 async fn seed(topo: &Sharded, c: &tokio_postgres::Client) -> (u32, usize, Vec<i64>) {
     c.batch_execute(
-        "DROP TABLE IF EXISTS users; CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int)",
+        "DROP TABLE IF EXISTS users; CREATE TABLE users (id bigint PRIMARY KEY, name text, country text, score int, \
+         tag text GENERATED ALWAYS AS ('t' || id) STORED)",
     )
     .await
     .unwrap();
@@ -103,6 +104,16 @@ async fn each_row_once(c: &tokio_postgres::Client, moved: i64) {
             .sum::<usize>()
     };
     assert_eq!(copied as i64, USERS);
+    // Without a column list: the columns COPY writes (the generated one left out) from every shard.
+    let lines: Vec<String> = {
+        use futures_util::TryStreamExt;
+        let out = c.copy_out("COPY users TO STDOUT").await.unwrap();
+        let chunks: Vec<bytes::Bytes> = out.try_collect().await.unwrap();
+        let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        text.lines().map(str::to_owned).collect()
+    };
+    assert_eq!(lines.len() as i64, USERS);
+    assert!(lines.iter().all(|l| l.split('\t').count() == 4), "{:?}", &lines[..3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,7 +55,7 @@ pub use having::*;
 use locality::*;
 pub use merge_spec::*;
 use order::*;
-pub use owned::{any_copies, own_rows_only};
+pub use owned::{any_copies, copy_without_columns, own_rows_each, own_rows_only};
 use scope::*;
 use tables::tables;
 

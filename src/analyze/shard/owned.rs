@@ -42,18 +42,74 @@ pub fn any_copies(map: &ShardMap) -> bool {
     map.groups.iter().any(|g| !g.states.is_empty())
 }
 
-/// `sql` as shard `shard` runs it, its copies of moving partitions left out; `None` when it
-/// reads no table of which that shard holds such a copy (the text runs unchanged). An error when
-/// the text does not parse (it was analyzed before, so this is not expected).
-pub fn own_rows_only(sql: &str, map: &ShardMap, shard: ShardId) -> Result<Option<String>, String> {
-    let copies = copies_on(map, shard);
-    if copies.is_empty() {
-        return Ok(None);
+/// `sql` as each of `shards` runs it, the rows a shard holds only as a move's copy left out;
+/// `None` for a shard that reads no table it holds such a copy of (the text runs unchanged).
+/// The text is parsed once, only when some shard needs it. `copy_columns`: the table's columns
+/// COPY writes (not generated ones), for a `COPY t TO` without a column list
+/// ([`copy_without_columns`]). An error when the text does not parse (it was analyzed before, so
+/// this is not expected) or such a COPY comes without its columns.
+pub fn own_rows_each(
+    sql: &str,
+    map: &ShardMap,
+    shards: &[ShardId],
+    copy_columns: Option<&[String]>,
+) -> Result<Vec<Option<String>>, String> {
+    let copies: Vec<_> = shards.iter().map(|&s| copies_on(map, s)).collect();
+    if copies.iter().all(Vec::is_empty) {
+        return Ok(vec![None; shards.len()]);
     }
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
+    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
+    copies
+        .iter()
+        .map(|c| {
+            if c.is_empty() {
+                Ok(None)
+            } else {
+                own_rows(parsed.clone(), map, c, copy_columns)
+            }
+        })
+        .collect()
+}
+
+/// `sql` as shard `shard` runs it ([`own_rows_each`] for one shard).
+pub fn own_rows_only(sql: &str, map: &ShardMap, shard: ShardId) -> Result<Option<String>, String> {
+    Ok(own_rows_each(sql, map, &[shard], None)?.pop().flatten())
+}
+
+/// The table of a `COPY t TO` without a column list, as written, when some shard holds a copy of
+/// one of its partitions: COPY then reads `(SELECT <columns> FROM ...)`, and the columns must be
+/// those `COPY t` writes.
+pub fn copy_without_columns(sql: &str, map: &ShardMap) -> Option<String> {
+    if !any_copies(map) {
+        return None;
+    }
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?.as_slice() {
+        [
+            Statement::Copy {
+                source: CopySource::Table { table_name, columns },
+                to: true,
+                ..
+            },
+        ] if columns.is_empty() => {
+            let rule = map.table(&last_name(table_name))?;
+            let TableRule::Sharded { group, .. } = rule else {
+                return None;
+            };
+            (!map.groups[*group].states.is_empty()).then(|| table_name.to_string())
+        }
+        _ => None,
+    }
+}
+
+fn own_rows(
+    mut stmts: Vec<Statement>,
+    map: &ShardMap,
+    copies: &[(usize, Vec<u32>)],
+    copy_columns: Option<&[String]>,
+) -> Result<Option<String>, String> {
     let mut v = Own {
         map,
-        copies: &copies,
+        copies,
         ctes: Vec::new(),
         targets: HashSet::new(),
         changed: false,
@@ -67,12 +123,14 @@ pub fn own_rows_only(sql: &str, map: &ShardMap, shard: ShardId) -> Result<Option
         } = s
             && v.filter(&last_name(table_name)).is_some()
         {
-            let cols = if columns.is_empty() {
-                "*".to_owned()
+            let cols = if !columns.is_empty() {
+                columns.iter().map(ToString::to_string).collect::<Vec<_>>()
+            } else if let Some(cs) = copy_columns {
+                cs.iter().map(|c| quote(c)).collect()
             } else {
-                columns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                return Err(format!("COPY {table_name} TO without its columns"));
             };
-            let q = parse_query(&format!("SELECT {cols} FROM {table_name}"))?;
+            let q = parse_query(&format!("SELECT {} FROM {table_name}", cols.join(", ")))?;
             if let Statement::Copy { source, .. } = s {
                 *source = CopySource::Query(Box::new(q));
             }
