@@ -138,6 +138,24 @@ async fn a_query_string_over_shards_runs_as_one_transaction() {
     assert_eq!(code(&e), Some("0A000"), "{e:?}");
     assert_eq!(names(topo, &[a]).await, sorted(vec![(a, "m1")]));
     assert_eq!(over_shards(topo, "SELECT count(*) FROM users").await, 3);
+    // A read refused as written whose part runs first, after a write in the same string: it
+    // sees the write (one transaction), and both take effect.
+    let msgs = c
+        .simple_query(&format!(
+            "UPDATE users SET name = 'w' WHERE id = {d}; \
+             SELECT name FROM users WHERE id = (SELECT min(id) FROM users WHERE name = 'w')"
+        ))
+        .await
+        .unwrap();
+    let got: Vec<&str> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, ["w"]);
+    assert_eq!(names(topo, &[d]).await, sorted(vec![(d, "w")]));
 
     // psql -c with the whole transfer in one string.
     let psql = shardwire::sandbox::pg_bin_dir().unwrap().join("psql");
