@@ -26,7 +26,7 @@ impl Session {
     /// The parts `sql`, refused as written, may have run first: none in a session pinned to one
     /// connection (the parts need connections of their own), and none unless some part makes
     /// it answerable.
-    pub(super) fn may_materialize(&self, sql: &str, facts: &Facts) -> Option<Materialize> {
+    pub(super) fn may_materialize(&mut self, sql: &str, facts: &Facts) -> Option<Materialize> {
         // Values come back through their text form: floats printed with fewer digits than they
         // hold, or timestamps with zone abbreviations (DateStyle other than ISO), would not
         // come back the same.
@@ -39,17 +39,25 @@ impl Session {
             .vars
             .setting("datestyle")
             .is_none_or(|v| v.trim().to_ascii_lowercase().starts_with("iso"));
-        // A pure read: parts run once, on their own, before the rest (a side-effecting
-        // function in one would run outside the statement's moment).
-        let allowed = facts.need == crate::analyze::Need::Read
-            && self.pinned.is_none()
+        let allowed = self.pinned.is_none()
             && !short_floats
             && iso_dates
             && self.runtime.config.routing.max_intermediate_bytes > 0
             && self.runtime.config.server.pool_mode != crate::config::PoolMode::Session;
-        allowed
+        let m = allowed
             .then(|| materialize::plan(sql, &self.runtime.config.map))
-            .flatten()
+            .flatten()?;
+        // Parts are pure reads: they run once, on their own, before the rest (a side-effecting
+        // function in one would run outside the statement's moment). A read's facts say so for
+        // all of it; a write's parts are asked one by one.
+        let pure = match m.write {
+            false => facts.need == crate::analyze::Need::Read,
+            true => m
+                .parts
+                .iter()
+                .all(|p| self.facts_of(&p.sql).need == crate::analyze::Need::Read),
+        };
+        pure.then_some(m)
     }
 
     /// A Bind's statement with its parameters as literals of their declared types; `None` when

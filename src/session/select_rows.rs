@@ -93,6 +93,14 @@ impl Session {
                 }
             }
             ShardPlan::Refuse(why) => Ok(Err(why)),
+            // Fenced or moved since the statement began (it read other rows under the map it
+            // started with): run again, it takes the new map.
+            ShardPlan::Fenced { group, partition } => Err(SelectFailure::Proxy(
+                SqlState::SERIALIZATION_FAILURE,
+                format!(
+                    "partition {partition} of group {group} was fenced for a move while this statement read rows; run the statement again"
+                ),
+            )),
             other => Ok(Err(format!(
                 "the SELECT is planned as {}, not as a read of one or several shards; select its rows and send them as VALUES",
                 other.kind()

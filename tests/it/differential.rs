@@ -864,6 +864,12 @@ async fn same_rows_as_one_database() {
          WHERE amount > 490 RETURNING user_id, id, status",
         "INSERT INTO orders (user_id, id, amount, status) SELECT u.id, 200000 + u.id, u.score, 'from-user' FROM users u \
          WHERE u.score > 95",
+        // Uncorrelated subqueries of a write run first (their rows put into it).
+        "UPDATE users SET score = score + 1 WHERE score < (SELECT avg(score) FROM users) - 45 RETURNING id, score",
+        "UPDATE users SET score = (SELECT max(score) FROM users) WHERE id = 21 RETURNING id, score",
+        "DELETE FROM orders WHERE amount > (SELECT max(amount) FROM orders) - 3 RETURNING user_id, id",
+        "UPDATE events SET kind = 'late' WHERE id IN (SELECT id FROM events WHERE id > 2990) RETURNING id",
+        "UPDATE orders SET status = 'scored' WHERE amount::int IN (SELECT score FROM users WHERE score > 90) RETURNING id",
     ];
     for sql in writes {
         checked += 1;

@@ -61,6 +61,49 @@ async fn parts_that_run_first_see_the_transaction_and_stay_bounded() {
     c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(cells(&c.simple_query(top).await.unwrap()), ["99", "199", "299"]);
 
+    // A write's uncorrelated subquery runs first, inside the transaction (it sees the
+    // transaction's row), on every shard the write needs; through the extended protocol with
+    // parameters too. Rolled back, nothing changed.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("INSERT INTO users (id, name, score) VALUES (5002, 'new', 500)")
+        .await
+        .unwrap();
+    let n = c
+        .execute(
+            "UPDATE users SET name = 'below' WHERE score < (SELECT max(score) FROM users) / $1",
+            &[&100i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 100, "scores 0..4 of 2000 rows, below 500 / 100");
+    let deleted = c
+        .simple_query("DELETE FROM users WHERE score IN (SELECT score FROM users WHERE name = 'below' AND score = 0)")
+        .await
+        .unwrap();
+    assert!(
+        deleted
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(20))),
+        "{deleted:?}"
+    );
+    assert_eq!(
+        cells(
+            &c.simple_query("SELECT count(*) FROM users WHERE name = 'below'")
+                .await
+                .unwrap()
+        ),
+        ["80"]
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        cells(
+            &c.simple_query("SELECT count(*) FROM users WHERE name = 'below' OR id = 5002")
+                .await
+                .unwrap()
+        ),
+        ["0"]
+    );
+
     // Past the bound: 54000 naming the setting, and the session goes on.
     let whole = "SELECT id, row_number() OVER (ORDER BY score DESC, id) FROM users ORDER BY 2 LIMIT 2";
     let e = c.simple_query(whole).await.unwrap_err();

@@ -11,7 +11,8 @@
 //! then whole sharded tables (their WHERE pushed into the part when the table stands alone in
 //! FROM). A part must be self-contained (no reference to a table or WITH query outside it),
 //! read-only and free of row locks; anything else keeps the statement's refusal. The rows pass
-//! through shardwire, so the session bounds their size.
+//! through shardwire, so the session bounds their size. An UPDATE or DELETE gets the first level
+//! only: its uncorrelated subqueries, which one database also computes once before changing rows.
 
 use super::*;
 use sqlparser::ast::{SelectItem as Item, VisitMut, VisitorMut};
@@ -29,6 +30,8 @@ pub struct Materialize {
     /// The tables of the shard map the parts read (their columns' collations must be the
     /// database's: the rows come back as literals of the default collation).
     pub tables: Vec<String>,
+    /// The statement is an UPDATE or DELETE (only its expressions' subqueries are parts).
+    pub write: bool,
 }
 
 /// A query run on its own before the statement.
@@ -59,19 +62,23 @@ pub fn plan(sql: &str, map: &ShardMap) -> Option<Materialize> {
     }
     let parse = || Parser::parse_sql(&PostgreSqlDialect {}, sql).ok();
     let stmts = parse()?;
-    let [Statement::Query(q)] = stmts.as_slice() else {
-        return None;
+    // An UPDATE or DELETE: its uncorrelated subqueries run first, as one database computes them
+    // once before changing rows; the rest of it is a write like any.
+    let write = match stmts.as_slice() {
+        [Statement::Query(q)] if q.locks.is_empty() && read_only(q) => false,
+        [Statement::Update(_) | Statement::Delete(_)] => true,
+        _ => return None,
     };
     // A mark's text inside a string literal of the statement (written with escapes, it is not
     // in `sql` as such) would be taken for the mark.
-    if !q.locks.is_empty() || !read_only(q) || stmts[0].to_string().contains(MARK) {
+    if stmts[0].to_string().contains(MARK) {
         return None;
     }
     // `schema.table.column` no longer names a column once the table is a derived table.
     let three_part_names = has_three_part_names(&stmts[0]);
     drop(stmts);
     for level in [Level::Expressions, Level::Relations, Level::Tables] {
-        if level == Level::Tables && three_part_names {
+        if (level == Level::Tables && three_part_names) || (write && level > Level::Expressions) {
             break;
         }
         // Parsed again rather than cloned: a clone recurses deeper per level than a parse.
@@ -103,6 +110,7 @@ pub fn plan(sql: &str, map: &ShardMap) -> Option<Materialize> {
             marked,
             parts: finder.parts,
             tables: read_tables,
+            write,
         });
     }
     None
@@ -113,6 +121,8 @@ pub fn plan(sql: &str, map: &ShardMap) -> Option<Materialize> {
 fn answerable(shape: &Shape) -> bool {
     match shape {
         Shape::Refuse(_) | Shape::Unparsed | Shape::Several(_) => false,
+        // A write runs where its key condition says, on every shard without one.
+        Shape::Group { write: true, .. } => true,
         Shape::Group {
             merge: Err(_), cond, ..
         } => *cond != KeyCond::All,

@@ -181,11 +181,53 @@ fn whole_tables_come_last_with_their_where() {
 }
 
 #[test]
+fn a_write_s_uncorrelated_subqueries_run_first() {
+    let m = plan(
+        "UPDATE users SET score = 1 WHERE score IN (SELECT user_id FROM orders)",
+        &map(),
+    )
+    .unwrap();
+    assert!(m.write);
+    assert_eq!(
+        m.parts.iter().map(|p| p.sql.as_str()).collect::<Vec<_>>(),
+        ["SELECT user_id FROM orders"]
+    );
+    assert_eq!(
+        parts("DELETE FROM orders WHERE amount > (SELECT avg(amount) FROM orders) RETURNING id"),
+        ["SELECT avg(amount) FROM orders"]
+    );
+    // Correlated with the table written: not a part (it has no answer of its own).
+    assert!(
+        plan(
+            "UPDATE users SET score = (SELECT max(amount) FROM orders o WHERE o.status = users.name)",
+            &map()
+        )
+        .is_none()
+    );
+    // Only subqueries in expressions: the write's own FROM stays as written.
+    assert!(
+        plan(
+            "UPDATE users SET score = 1 FROM (SELECT user_id FROM orders GROUP BY user_id) o WHERE o.user_id = users.score",
+            &map()
+        )
+        .is_none()
+    );
+    assert!(
+        !plan(
+            "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders)",
+            &map()
+        )
+        .unwrap()
+        .write
+    );
+}
+
+#[test]
 fn writes_locks_and_recursive_queries_are_left_alone() {
     for sql in [
         "SELECT * FROM users WHERE score IN (SELECT user_id FROM orders) FOR UPDATE",
         "WITH d AS (DELETE FROM orders RETURNING user_id) SELECT count(*) FROM users WHERE score IN (SELECT user_id FROM d)",
-        "UPDATE users SET score = 1 WHERE score IN (SELECT user_id FROM orders)",
+        "INSERT INTO users (id, score) SELECT 1, (SELECT max(score) FROM users)",
         "SELECT 1; SELECT 2",
         "SELECT \"__shardwire_rows_0\" FROM users",
     ] {
