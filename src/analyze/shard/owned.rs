@@ -44,7 +44,7 @@ pub fn any_copies(map: &ShardMap) -> bool {
 
 /// `sql` as each of `shards` runs it, the rows a shard holds only as a move's copy left out;
 /// `None` for a shard that reads no table it holds such a copy of (the text runs unchanged).
-/// The text is parsed once, only when some shard needs it. `copy_columns`: the table's columns
+/// The text is parsed only for the shards that need it. `copy_columns`: the table's columns
 /// COPY writes (not generated ones), for a `COPY t TO` without a column list
 /// ([`copy_without_columns`]). An error when the text does not parse (it was analyzed before, so
 /// this is not expected) or such a COPY comes without its columns.
@@ -58,14 +58,16 @@ pub fn own_rows_each(
     if copies.iter().all(Vec::is_empty) {
         return Ok(vec![None; shards.len()]);
     }
-    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
+    // Parsed again per shard rather than cloned: a clone recurses deeper per level than a parse
+    // (see `materialize`), and the text passed the parse's depth limit already.
     copies
         .iter()
         .map(|c| {
             if c.is_empty() {
                 Ok(None)
             } else {
-                own_rows(parsed.clone(), map, c, copy_columns)
+                let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
+                own_rows(parsed, map, c, copy_columns)
             }
         })
         .collect()
