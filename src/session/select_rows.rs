@@ -57,7 +57,18 @@ impl Session {
             true => self.shared.shapes.get(select, &map),
             false => std::sync::Arc::new(crate::analyze::shard::shape(select, &map)),
         };
-        match self.plan_checked(&shape, &map, &Params::default()) {
+        let mut plan = self.plan_checked(&shape, &map, &Params::default());
+        if let ShardPlan::Fenced { group, partition } = &plan {
+            // A move's cutover: wait for it as any statement does, then plan under the map
+            // that lifted the fence (a transaction that the move left behind gets 40001).
+            if let Err((code, m)) = Box::pin(self.wait_unfenced(group, *partition)).await {
+                return Err(SelectFailure::Proxy(code, m));
+            }
+            let map = self.runtime.config.map.clone();
+            let shape = std::sync::Arc::new(crate::analyze::shard::shape(select, &map));
+            plan = self.plan_checked(&shape, &map, &Params::default());
+        }
+        match plan {
             ShardPlan::One(s) => {
                 let shard = match &self.held {
                     Some(h) if matches!(*shape, crate::analyze::shard::Shape::Neutral) => h.shard,
@@ -93,12 +104,11 @@ impl Session {
                 }
             }
             ShardPlan::Refuse(why) => Ok(Err(why)),
-            // Fenced or moved since the statement began (it read other rows under the map it
-            // started with): run again, it takes the new map.
+            // Fenced again at once: give up rather than wait twice.
             ShardPlan::Fenced { group, partition } => Err(SelectFailure::Proxy(
                 SqlState::SERIALIZATION_FAILURE,
                 format!(
-                    "partition {partition} of group {group} was fenced for a move while this statement read rows; run the statement again"
+                    "partition {partition} of group {group} was fenced for a move again while this statement read rows; run the statement again"
                 ),
             )),
             other => Ok(Err(format!(

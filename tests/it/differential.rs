@@ -867,6 +867,11 @@ async fn same_rows_as_one_database() {
         // Uncorrelated subqueries of a write run first (their rows put into it).
         "UPDATE users SET score = score + 1 WHERE score < (SELECT avg(score) FROM users) - 45 RETURNING id, score",
         "UPDATE users SET score = (SELECT max(score) FROM users) WHERE id = 21 RETURNING id, score",
+        // A count over every shard (one shard's count would differ), in SET and in RETURNING.
+        "UPDATE users SET score = (SELECT count(*) FROM users WHERE score > 50) WHERE id = 22 RETURNING id, score",
+        "DELETE FROM orders WHERE user_id = 15 RETURNING id, (SELECT count(*) FROM users WHERE score > 90)",
+        // Correlated on the key: each shard answers for its own rows.
+        "UPDATE users SET score = (SELECT count(*) FROM orders o WHERE o.user_id = users.id) WHERE id < 40 RETURNING id, score",
         "DELETE FROM orders WHERE amount > (SELECT max(amount) FROM orders) - 3 RETURNING user_id, id",
         "UPDATE events SET kind = 'late' WHERE id IN (SELECT id FROM events WHERE id > 2990) RETURNING id",
         "UPDATE orders SET status = 'scored' WHERE amount::int IN (SELECT score FROM users WHERE score > 90) RETURNING id",

@@ -2,11 +2,23 @@
 
 use super::*;
 
-pub(super) fn write_shape(from: &[TableWithJoins], selection: Option<&Expr>, map: &ShardMap, group: usize) -> Shape {
+/// An UPDATE's or DELETE's shape: `from` its tables (the written one first), `values` the SET
+/// values and RETURNING, where a subquery over sharded tables must be one each shard answers
+/// for its own rows.
+pub(super) fn write_shape(
+    from: &[TableWithJoins],
+    selection: Option<&Expr>,
+    values: &impl Visit,
+    returning: &impl Visit,
+    map: &ShardMap,
+    group: usize,
+) -> Shape {
     let result = scope(from, map).and_then(|s| {
         if let Some(w) = selection {
             no_sharded_subqueries(w, map, 0)?;
         }
+        super::subquery::check_write_exprs(values, map, &s)?;
+        super::subquery::check_write_exprs(returning, map, &s)?;
         joined_cond(from, selection, &s)
     });
     match result {

@@ -90,7 +90,7 @@ pub fn plan(sql: &str, map: &ShardMap) -> Option<Materialize> {
             parts: Vec::new(),
         };
         let _ = VisitMut::visit(&mut stmt, &mut finder);
-        if finder.parts.is_empty() || !answerable(&statement(&stmt, map)) {
+        if finder.parts.is_empty() || !answerable(&statement(&stmt, map), map) {
             continue;
         }
         let marked = stmt.to_string();
@@ -118,11 +118,12 @@ pub fn plan(sql: &str, map: &ShardMap) -> Option<Materialize> {
 
 /// Whether a shape can run (on one shard at least): the dry run of the statement with its parts
 /// taken out. A merge that fails is still fine when the key condition may name one shard.
-fn answerable(shape: &Shape) -> bool {
+fn answerable(shape: &Shape, map: &ShardMap) -> bool {
     match shape {
         Shape::Refuse(_) | Shape::Unparsed | Shape::Several(_) => false,
-        // A write runs where its key condition says, on every shard without one.
-        Shape::Group { write: true, .. } => true,
+        // A write runs where its key condition says, on every shard without one (unless the map
+        // refuses those).
+        Shape::Group { write: true, cond, .. } => !(map.refuse_scatter_writes && *cond == KeyCond::All),
         Shape::Group {
             merge: Err(_), cond, ..
         } => *cond != KeyCond::All,

@@ -474,14 +474,14 @@ fn statement(stmt: &Statement, map: &ShardMap) -> Shape {
             {
                 from.extend(f.iter().cloned());
             }
-            write_shape(&from, u.selection.as_ref(), map, group)
+            write_shape(&from, u.selection.as_ref(), &u.assignments, &u.returning, map, group)
         }
         Statement::Delete(d) => {
             let mut from = match &d.from {
                 FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f.clone(),
             };
             from.extend(d.using.iter().flatten().cloned());
-            write_shape(&from, d.selection.as_ref(), map, group)
+            write_shape(&from, d.selection.as_ref(), &None::<Expr>, &d.returning, map, group)
         }
         // pg_dump locks every table it dumps: in a transaction, on every shard it then reads.
         Statement::Lock(_) => Shape::ReferenceWrite,

@@ -15,6 +15,9 @@ use super::*;
 const REFUSAL: &str = "subqueries over sharded tables are supported only in WHERE, correlated on the shard key \
      (`WHERE inner.key = outer.key`) or as `key IN (SELECT key FROM ...)`; join co-located tables on the shard key instead";
 
+const WRITE_REFUSAL: &str = "subqueries over sharded tables in an UPDATE's SET or a RETURNING are supported when correlated on the \
+     shard key (`WHERE inner.key = outer.key`), or when they run on their own first (no reference to the written table)";
+
 /// Checks the subqueries of `q`, whose top-level SELECT `sel` has the tables of `outer` in FROM.
 pub(super) fn check(q: &Query, sel: &Select, map: &ShardMap, outer: &Scope) -> Result<(), String> {
     if q.with.is_some() {
@@ -41,11 +44,42 @@ pub(super) fn check(q: &Query, sel: &Select, map: &ShardMap, outer: &Scope) -> R
             })
             .collect()
     });
-    let mut local: Vec<*const Query> = Vec::new();
-    let mut refusal = None;
     // Subqueries in WHERE and in the select list (a correlated count per row, say).
-    let mut consider = |e: &Expr| {
-        let sub = match e {
+    let mut local = Vec::new();
+    let stopped = sel
+        .selection
+        .as_ref()
+        .is_some_and(|w| collect_local(w, map, outer, &key_in, &mut local).is_err());
+    if stopped {
+        return Err(REFUSAL.into());
+    }
+    collect_local(&sel.projection, map, outer, &key_in, &mut local)?;
+    only_in_local(q, map, &local, 1)
+}
+
+/// Subqueries over sharded tables in a write's SET values and RETURNING: each shard answers one
+/// for the rows it changes when it is correlated on the key with the written table (`outer`);
+/// any other is refused (an uncorrelated one can then run first, `materialize`). Without this, a
+/// shard would compute `SET x = (SELECT max(x) FROM t)` over its own rows only.
+pub(super) fn check_write_exprs(e: &impl Visit, map: &ShardMap, outer: &Scope) -> Result<(), String> {
+    let mut local = Vec::new();
+    collect_local(e, map, outer, &[], &mut local)
+        .and_then(|()| only_in_local(e, map, &local, 0))
+        .map_err(|_| WRITE_REFUSAL.to_owned())
+}
+
+/// Records in `local` each subquery over sharded tables in `e` that every shard answers for its
+/// own outer rows; the first that is not is the error.
+fn collect_local(
+    e: &impl Visit,
+    map: &ShardMap,
+    outer: &Scope,
+    key_in: &[*const Query],
+    local: &mut Vec<*const Query>,
+) -> Result<(), String> {
+    let mut refusal = None;
+    let _ = sqlparser::ast::visit_expressions(e, |x: &Expr| {
+        let sub = match x {
             Expr::Exists { subquery, .. } | Expr::InSubquery { subquery, .. } | Expr::Subquery(subquery) => subquery,
             _ => return ControlFlow::Continue(()),
         };
@@ -67,21 +101,17 @@ pub(super) fn check(q: &Query, sel: &Select, map: &ShardMap, outer: &Scope) -> R
                 ControlFlow::Break(())
             }
         }
-    };
-    let stopped = sel
-        .selection
-        .as_ref()
-        .is_some_and(|w| sqlparser::ast::visit_expressions(w, &mut consider).is_break());
-    if !stopped {
-        let _ = sqlparser::ast::visit_expressions(&sel.projection, &mut consider);
-    }
-    if let Some(m) = refusal {
-        return Err(m);
-    }
-    // Every sharded table is in the outer FROM or directly in the FROM of a qualifying subquery.
+    });
+    refusal.map_or(Ok(()), Err)
+}
+
+/// Every sharded table in `e` is in its outer FROM (query depth `base`; 0 when `e` has none) or
+/// directly in the FROM of a qualifying subquery of `local`.
+fn only_in_local(e: &impl Visit, map: &ShardMap, local: &[*const Query], base: usize) -> Result<(), String> {
     struct V<'a> {
         map: &'a ShardMap,
         local: &'a [*const Query],
+        base: usize,
         depth: usize,
         /// Depths of the qualifying subqueries being visited.
         inside: Vec<usize>,
@@ -104,7 +134,7 @@ pub(super) fn check(q: &Query, sel: &Select, map: &ShardMap, outer: &Scope) -> R
             ControlFlow::Continue(())
         }
         fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-            let here = self.depth == 1 || self.inside.last() == Some(&self.depth);
+            let here = (self.base > 0 && self.depth == self.base) || self.inside.last() == Some(&self.depth);
             if !here && matches!(self.map.table(&last_name(r)), Some(TableRule::Sharded { .. })) {
                 self.stray = true;
                 return ControlFlow::Break(());
@@ -114,12 +144,13 @@ pub(super) fn check(q: &Query, sel: &Select, map: &ShardMap, outer: &Scope) -> R
     }
     let mut v = V {
         map,
-        local: &local,
+        local,
+        base,
         depth: 0,
         inside: Vec::new(),
         stray: false,
     };
-    let _ = q.visit(&mut v);
+    let _ = e.visit(&mut v);
     if v.stray { Err(REFUSAL.into()) } else { Ok(()) }
 }
 

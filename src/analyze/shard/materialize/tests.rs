@@ -220,6 +220,23 @@ fn a_write_s_uncorrelated_subqueries_run_first() {
         .unwrap()
         .write
     );
+    // A map that refuses writes on every shard: only a write the key narrows gets parts.
+    let mut strict = map();
+    strict.refuse_scatter_writes = true;
+    assert!(
+        plan(
+            "UPDATE users SET score = 1 WHERE score IN (SELECT user_id FROM orders)",
+            &strict
+        )
+        .is_none()
+    );
+    assert!(
+        plan(
+            "UPDATE users SET score = (SELECT max(score) FROM users) WHERE id = 3",
+            &strict
+        )
+        .is_some()
+    );
 }
 
 #[test]
