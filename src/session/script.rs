@@ -5,13 +5,16 @@
 //! (a BEGIN of the proxy's own, committed at the end on every shard it joined, with two-phase
 //! commit when several wrote, or rolled back after an error); the rest skipped after an error;
 //! one ReadyForQuery at the end. The statements' own ReadyForQuery messages are taken out of the
-//! client's output, which is held back from the socket until it has been looked at.
+//! client's output, which is held back from the socket until it has been looked at. A string
+//! refused only because reads of it are refused as written runs so too when their parts can run
+//! first (`materialize`), each in its turn.
 
 use std::collections::VecDeque;
 
 use super::client::SessionError;
 use super::{Flow, Session};
 use crate::analyze::TxEffect;
+use crate::plan::shard::{Params, ShardPlan};
 use crate::protocol::pg::Frame;
 use crate::protocol::pg::messages::{self as msg, Severity};
 
@@ -39,6 +42,30 @@ pub(super) enum Next {
 }
 
 impl Session {
+    /// A query string refused because statements of it are refused as written, every one of
+    /// which has parts that, run first, make it answerable: it runs statement by statement
+    /// (`script`), each refused one then with its parts run first, in the string's transaction
+    /// (a statement that still fails rolls back the ones before, as on one server).
+    pub(super) fn script_with_parts_first(&mut self, sql: &str) -> bool {
+        // One statement (a `;` inside a literal) would come back here as the same string.
+        let Some(script) = crate::analyze::script::split(sql).filter(|s| s.statements.len() > 1) else {
+            return false;
+        };
+        let map = self.runtime.config.map.clone();
+        let mut any = false;
+        for stmt in &script.statements {
+            let shape = self.shared.shapes.get(stmt, &map);
+            if let ShardPlan::Refuse(_) = crate::plan::shard::plan(&shape, &map, &Params::default()) {
+                let facts = self.facts_of(stmt);
+                if self.may_materialize(stmt, &facts).is_none() {
+                    return false;
+                }
+                any = true;
+            }
+        }
+        any
+    }
+
     /// Starts running the query string `sql` (already known to hold several statements) one
     /// statement at a time, once what the held connection owes has been answered.
     pub(super) fn start_script(&mut self, f: &Frame, sql: &str) -> Flow {

@@ -172,30 +172,6 @@ impl Session {
         }
     }
 
-    /// A query string refused because statements of it are refused as written, every one of
-    /// which has parts that, run first, make it answerable: it runs statement by statement
-    /// (`script`), each refused one then with its parts run first, in the string's transaction
-    /// (a statement that still fails rolls back the ones before, as on one server).
-    fn script_with_parts_first(&mut self, sql: &str) -> bool {
-        // One statement (a `;` inside a literal) would come back here as the same string.
-        let Some(script) = crate::analyze::script::split(sql).filter(|s| s.statements.len() > 1) else {
-            return false;
-        };
-        let map = self.runtime.config.map.clone();
-        let mut any = false;
-        for stmt in &script.statements {
-            let shape = self.shared.shapes.get(stmt, &map);
-            if let ShardPlan::Refuse(_) = crate::plan::shard::plan(&shape, &map, &Params::default()) {
-                let facts = self.facts_of(stmt);
-                if self.may_materialize(stmt, &facts).is_none() {
-                    return false;
-                }
-                any = true;
-            }
-        }
-        any
-    }
-
     /// Takes a fresh configuration snapshot when no backend is held; whether shard routing applies.
     pub(super) fn route_start(&mut self) -> bool {
         if self.held.is_none() {
@@ -261,8 +237,10 @@ impl Session {
         }
         let (mut plan, anywhere) = self.plan_simple(sql, literal_free);
         let mut rewritten: Option<String> = None;
+        // One statement, a `;` inside a literal or comment of it told apart by cutting the text
+        // (only for refused ones: other strings are not cut here).
         if let ShardPlan::Refuse(why) = &plan
-            && single_statement
+            && (single_statement || crate::analyze::script::split(sql).is_some_and(|s| s.statements.len() == 1))
             && let Some(planned) = self.may_materialize(sql, facts)
         {
             let why = why.clone();

@@ -41,6 +41,17 @@ async fn parts_that_run_first_see_the_transaction_and_stay_bounded() {
     .unwrap();
     let top = "SELECT id FROM users WHERE score = (SELECT max(score) FROM users) ORDER BY id LIMIT 3";
     assert_eq!(cells(&c.simple_query(top).await.unwrap()), ["99", "199", "299"]);
+    // One statement with a `;` in a literal is still one statement.
+    assert_eq!(
+        cells(
+            &c.simple_query(
+                "SELECT count(*) FROM users WHERE name <> 'x;y' AND score = (SELECT max(score) FROM users)"
+            )
+            .await
+            .unwrap()
+        ),
+        ["20"]
+    );
 
     // Inside a transaction the part reads on the transaction's connections: it sees the
     // transaction's own uncommitted row, as one database would.
