@@ -494,6 +494,20 @@ fn read_corpus() -> Vec<String> {
         "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY score) FROM users",
         "SELECT string_agg(code, ',' ORDER BY code) FROM countries c JOIN users u ON u.country = c.code WHERE u.id < 10",
         "SELECT e.kind, count(*) FROM events e JOIN users u ON u.id = e.id WHERE u.score > 90 GROUP BY e.kind ORDER BY 1",
+        // Casts over aggregates apply to the merged value; a cast of the key is not the key.
+        "SELECT sum(amount)::int FROM orders",
+        "SELECT sum(amount / 7)::int, max(score)::numeric FROM orders o JOIN users u ON u.id = o.user_id",
+        "SELECT max(score)::text, min(id)::text FROM users",
+        "SELECT amount::int, count(*) FROM orders GROUP BY amount ORDER BY 1, 2 LIMIT 8",
+        "SELECT id, score FROM users ORDER BY score::text, id LIMIT 7",
+        "SELECT count(*) FROM users WHERE id::text = '42'",
+        // Aggregates the merge does not compute, HAVING without GROUP BY, WITH chains,
+        // parenthesised joins: refused as written, answered by parts run first.
+        "SELECT round(stddev_pop(score), 6), round(var_samp(score), 6) FROM users",
+        "SELECT 1 AS one FROM users HAVING count(*) > 5",
+        "SELECT 1 AS one FROM users HAVING count(*) > 500000",
+        "WITH a AS (SELECT id FROM users WHERE score > 50), b AS (SELECT count(*) AS n FROM a) SELECT n FROM b",
+        "SELECT u.id, o.id FROM (users u JOIN orders o ON o.user_id = u.id) WHERE u.id < 30 ORDER BY 1, 2",
     ] {
         q.push(sql.into());
     }

@@ -41,7 +41,7 @@ async fn transactions_and_writes_over_shards_are_atomic_by_xa() {
     ))
     .await
     .unwrap();
-    let total_sql = format!("SELECT CAST(SUM(score) AS SIGNED) FROM users WHERE id IN ({list})");
+    let total_sql = format!("SELECT SUM(score) FROM users WHERE id IN ({list})");
     let total: Option<i64> = c.query_first(&total_sql).await.unwrap();
     assert_eq!(total, Some(300));
     // A transfer over two shards, committed.

@@ -125,7 +125,14 @@ fn convert(e: &Expr, depth: usize, add: &mut dyn FnMut(&Function) -> Result<usiz
             let to = match data_type {
                 T::Numeric(ExactNumberInfo::None) | T::Decimal(ExactNumberInfo::None) => CastTo::Numeric,
                 T::DoublePrecision | T::Float8 | T::Double(_) => CastTo::Float,
-                T::BigInt(None) | T::Int8(None) | T::Int(None) | T::Integer(None) | T::Int4(None) => CastTo::Int,
+                // MySQL's SIGNED is its 64-bit integer.
+                T::BigInt(None)
+                | T::Int8(None)
+                | T::Int(None)
+                | T::Integer(None)
+                | T::Int4(None)
+                | T::Signed
+                | T::SignedInteger => CastTo::Int,
                 _ => return unsupported(),
             };
             AggExpr::Cast(sub(expr, add)?, to)

@@ -64,6 +64,39 @@ pub(super) fn is_aggregate_name(n: &str) -> bool {
             | "percentile_cont"
             | "percentile_disc"
             | "mode"
+            | "stddev_pop"
+            | "stddev_samp"
+            | "var_pop"
+            | "var_samp"
+            | "any_value"
+            | "bit_xor"
+            | "corr"
+            | "covar_pop"
+            | "covar_samp"
+            | "regr_avgx"
+            | "regr_avgy"
+            | "regr_count"
+            | "regr_intercept"
+            | "regr_r2"
+            | "regr_slope"
+            | "regr_sxx"
+            | "regr_sxy"
+            | "regr_syy"
+            | "json_object_agg"
+            | "jsonb_object_agg"
+            | "json_object_agg_strict"
+            | "jsonb_object_agg_strict"
+            | "json_object_agg_unique"
+            | "jsonb_object_agg_unique"
+            | "json_arrayagg"
+            | "json_objectagg"
+            | "xmlagg"
+            | "range_agg"
+            | "range_intersect_agg"
+            | "rank"
+            | "dense_rank"
+            | "percent_rank"
+            | "cume_dist"
     )
 }
 
@@ -115,8 +148,9 @@ pub(super) fn plain_is_grouped(item: &SelectItem, group: &[Expr], i: usize) -> b
         SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
         _ => return false,
     };
+    // Casts kept: `x::int` groups otherwise than `x`.
     group.iter().any(|g| {
-        strip(g) == strip(e)
+        strip_parens(g) == strip_parens(e)
             || matches!(strip(g), Expr::Value(v) if matches!(&v.value, Value::Number(k, _) if k.parse::<usize>().ok() == Some(i + 1)))
     }) || calls(e).0.is_empty() && matches!(strip(e), Expr::Value(_))
 }

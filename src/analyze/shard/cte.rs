@@ -50,15 +50,48 @@ fn has_sharded(q: &Query, map: &ShardMap) -> bool {
         .any(|(_, r)| matches!(r, TableRule::Sharded { .. }))
 }
 
+/// The first of `names` (WITH queries) that `q` reads as a relation.
+fn reads_one_of(q: &Query, names: &[String]) -> Option<String> {
+    struct V<'a>(&'a [String], Option<String>);
+    impl Visitor for V<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+            let n = last_name(r);
+            if r.0.len() == 1 && self.0.contains(&n) {
+                self.1 = Some(n);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let mut v = V(names, None);
+    let _ = q.visit(&mut v);
+    v.1
+}
+
 /// The shape of a query with a WITH clause over group `group`.
 pub(super) fn with_shape(q: &Query, map: &ShardMap, group: usize) -> Shape {
     let Some(with) = &q.with else {
         return select_shape(q, map, group);
     };
     let mut conds = Vec::new();
+    // WITH queries over sharded tables so far: one that reads another is over them too.
+    let mut sharded: Vec<String> = Vec::new();
     for cte in &with.cte_tables {
         let name = ident(&cte.alias.name);
         let body = cte.query.as_ref();
+        if let Some(read) = reads_one_of(body, &sharded) {
+            return Shape::Refuse(format!(
+                "WITH query {name} reads WITH query {read}, which reads sharded tables: across shards each WITH query \
+                 must read the tables themselves"
+            ));
+        }
+        if has_sharded(body, map) {
+            sharded.push(name.clone());
+        }
         if body.with.is_some() {
             return Shape::Refuse(format!(
                 "WITH query {name} has a WITH clause of its own; over sharded tables only one level is supported"

@@ -45,6 +45,19 @@ pub(super) fn insert_shape(stmt: &Statement, ins: &sqlparser::ast::Insert, map: 
     let Some(source) = &ins.source else {
         return Shape::Refuse(format!("INSERT into sharded table {table} without VALUES"));
     };
+    if let Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
+        action: sqlparser::ast::OnConflictAction::DoUpdate(u),
+        ..
+    })) = &ins.on
+        && u.assignments.iter().any(|a| match &a.target {
+            sqlparser::ast::AssignmentTarget::ColumnName(c) => last_name(c) == *key,
+            sqlparser::ast::AssignmentTarget::Tuple(t) => t.iter().any(|c| last_name(c) == *key),
+        })
+    {
+        return Shape::Refuse(format!(
+            "INSERT ... ON CONFLICT DO UPDATE changes shard key {table}.{key}: the row would have to move to another shard"
+        ));
+    }
     let SetExpr::Values(values) = source.body.as_ref() else {
         return Shape::Refuse(format!(
             "INSERT ... SELECT into sharded table {table}: rows cannot be routed by key before they exist; insert VALUES"

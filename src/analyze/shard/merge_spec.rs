@@ -202,17 +202,16 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             continue;
         }
         any_agg = true;
-        // A bare aggregate, also under casts (each shard's cast value merges as the aggregate
-        // does), except AVG, whose cast applies to the quotient the merge computes.
-        let mut bare = expr;
-        while let Expr::Nested(x) = bare {
-            bare = x;
-        }
+        // A bare aggregate; min or max also under casts that keep the order (each shard's cast
+        // value merges as the aggregate does). Any other cast applies to the merged value: an
+        // expression over aggregates (each shard's `sum(x)::int` would round before adding).
+        let bare = strip_parens(expr);
         let f = match (bare, strip(expr)) {
             (Expr::Function(f), _) | (Expr::Cast { .. }, Expr::Function(f))
                 if f.over.is_none()
                     && is_aggregate_name(&func_name(f))
-                    && (matches!(bare, Expr::Function(_)) || func_name(f) != "avg") =>
+                    && (matches!(bare, Expr::Function(_))
+                        || (matches!(func_name(f).as_str(), "min" | "max") && order_keeping_casts(expr))) =>
             {
                 f
             }
@@ -307,7 +306,8 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
         }
         cols.push(kind);
     }
-    let grouped_merge = !group_on_key && (any_agg || !group_exprs.is_empty());
+    // HAVING alone groups the whole table into one group, as an aggregate does.
+    let grouped_merge = !group_on_key && (any_agg || !group_exprs.is_empty() || sel.having.is_some());
     if !distinct_args.is_empty() && group_exprs.is_empty() && cols.contains(&ColKind::Plain) {
         // Over no rows the merge makes the one row up: it knows no value for a constant.
         return refuse("constants beside count(DISTINCT ...) without GROUP BY across shards are not supported");
@@ -318,7 +318,9 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             let found = sel.projection.iter().enumerate().any(|(i, item)| {
                 cols[i] == ColKind::Plain
                     && match item {
-                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => strip(e) == strip(g),
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                            strip_parens(e) == strip_parens(g)
+                        }
                         _ => false,
                     }
                     || matches!(strip(g), Expr::Value(v) if matches!(&v.value, Value::Number(k, _) if k.parse::<usize>().ok() == Some(i + 1)))
@@ -385,14 +387,16 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
                 e @ Expr::Value(v) if matches!(&v.value, Value::Number(..)) => ordinal(e, n, star),
                 // Items after a wildcard move when it expands: order by a hidden copy instead.
                 _ if star => None,
-                e => sel
+                _ => sel
                     .projection
                     .iter()
                     .position(|item| match item {
-                        SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => strip(x) == e,
+                        SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => {
+                            strip_parens(x) == strip_parens(&o.expr)
+                        }
                         _ => false,
                     })
-                    .or_else(|| match e {
+                    .or_else(|| match strip_parens(&o.expr) {
                         Expr::Identifier(id) => aliases.iter().position(|a| a.as_deref() == Some(ident(id).as_str())),
                         _ => None,
                     }),
@@ -489,4 +493,43 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
             || literal_in(&sel.having)
             || literal_in(&sel.distinct),
     })
+}
+
+/// Whether every cast around `e` keeps the order of values (numbers to numbers, to dates or
+/// timestamps): a maximum cast is then the cast maximum. Text (`'9' > '10'`) and times of day
+/// (`max(ts)::time`) do not.
+fn order_keeping_casts(mut e: &Expr) -> bool {
+    use sqlparser::ast::DataType as T;
+    loop {
+        match e {
+            Expr::Nested(x) => e = x,
+            Expr::Cast { expr, data_type, .. } => {
+                let keeps = matches!(
+                    data_type,
+                    T::SmallInt(_)
+                        | T::Int(_)
+                        | T::Integer(_)
+                        | T::BigInt(_)
+                        | T::Int2(_)
+                        | T::Int4(_)
+                        | T::Int8(_)
+                        | T::Numeric(_)
+                        | T::Decimal(_)
+                        | T::Real
+                        | T::Float4
+                        | T::Float8
+                        | T::Float(_)
+                        | T::Double(_)
+                        | T::DoublePrecision
+                        | T::Date
+                        | T::Timestamp(..)
+                );
+                if !keeps {
+                    return false;
+                }
+                e = expr;
+            }
+            _ => return true,
+        }
+    }
 }

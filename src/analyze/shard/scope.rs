@@ -36,6 +36,19 @@ pub(super) fn scope(from: &[TableWithJoins], map: &ShardMap) -> Result<Scope, St
                 }
                 Ok(())
             }
+            TableFactor::NestedJoin { table_with_joins, .. } => {
+                // Its tables and their join conditions are not looked into: refused rather than
+                // taken for a join on the key.
+                if tables(table_with_joins.as_ref(), map)
+                    .0
+                    .iter()
+                    .any(|(_, r)| matches!(r, TableRule::Sharded { .. }))
+                {
+                    Err("joins in parentheses over sharded tables are not supported across shards; write the joins without parentheses".into())
+                } else {
+                    Ok(())
+                }
+            }
             TableFactor::Derived { subquery, .. } => {
                 if tables(subquery.as_ref(), map)
                     .0
@@ -62,7 +75,8 @@ pub(super) fn scope(from: &[TableWithJoins], map: &ShardMap) -> Result<Scope, St
 impl Scope {
     /// The alias of the sharded table whose key column `e` is, if it is one.
     pub(super) fn key_of(&self, e: &Expr) -> Option<&str> {
-        match strip(e) {
+        // A cast of the key is not the key: `k::int = 1` matches '01' too, on other shards.
+        match strip_parens(e) {
             Expr::Identifier(i) => {
                 let c = ident(i);
                 let matching: Vec<&(String, String)> = self.keys.iter().filter(|(_, k)| *k == c).collect();
@@ -83,6 +97,14 @@ impl Scope {
             _ => None,
         }
     }
+}
+
+/// `e` without its parentheses (casts kept: a cast can change what equals what, or the order).
+pub(super) fn strip_parens(mut e: &Expr) -> &Expr {
+    while let Expr::Nested(inner) = e {
+        e = inner;
+    }
+    e
 }
 
 pub(super) fn strip(mut e: &Expr) -> &Expr {

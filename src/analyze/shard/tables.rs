@@ -18,6 +18,18 @@ pub(super) fn tables(stmt: &impl Visit, map: &ShardMap) -> (Vec<(String, TableRu
         type Break = ();
         fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
             self.ctes.extend(cte::names(q));
+            // `TABLE t` names its table without a relation node.
+            if let SetExpr::Table(t) = q.body.as_ref()
+                && let Some(name) = &t.table_name
+            {
+                let n = name.to_lowercase();
+                if t.schema_name.is_some() || !self.ctes.contains(&n) {
+                    match self.map.table(&n) {
+                        Some(rule) => self.named.push((n, rule.clone())),
+                        None => self.unsharded = true,
+                    }
+                }
+            }
             ControlFlow::Continue(())
         }
         fn post_visit_query(&mut self, q: &Query) -> ControlFlow<()> {

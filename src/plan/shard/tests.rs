@@ -94,6 +94,7 @@ fn run_file(path: &std::path::Path) -> (String, String) {
             let params = Params {
                 formats: vec![0; params_text.len()],
                 values: params_text.iter().map(|s| Some(s.as_bytes())).collect(),
+                types: Vec::new(),
                 literals: &[],
             };
             out.push_str(&explain(&plan(&shape(sql, map), map, &params), map));
@@ -145,4 +146,27 @@ fn first_difference(old: &str, new: &str) -> String {
         old.lines().count(),
         new.lines().count()
     )
+}
+
+#[test]
+fn a_binary_key_parameter_is_read_by_its_declared_type() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = crate::shardmap::load(&root.join("shard-maps/example.toml")).unwrap();
+    let s = shape("SELECT * FROM customers WHERE id = $1", &map);
+    let int8 = 42i64.to_be_bytes();
+    let float8 = 42f64.to_be_bytes();
+    let bind = |value: &'static [u8], oid: u32| Params {
+        formats: vec![1],
+        values: vec![Some(value)],
+        types: vec![oid],
+        literals: &[],
+    };
+    let leak = |b: [u8; 8]| -> &'static [u8] { Box::leak(Box::new(b)) };
+    assert!(matches!(plan(&s, &map, &bind(leak(int8), 20)), ShardPlan::One(_)));
+    assert!(matches!(plan(&s, &map, &bind(leak(int8), 0)), ShardPlan::One(_)));
+    // 8 bytes of a float8 are not an int8: every shard, where PostgreSQL compares the values.
+    assert!(matches!(
+        plan(&s, &map, &bind(leak(float8), 701)),
+        ShardPlan::Scatter { .. }
+    ));
 }
