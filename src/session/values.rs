@@ -161,8 +161,8 @@ fn numeric_from_binary(b: &[u8]) -> Option<Decimal> {
     let weight = rd(2)?;
     let sign = rd(4)? as u16;
     let dscale = rd(6)? as u32;
-    if sign == 0xC000 {
-        return None; // NaN
+    if matches!(sign, 0xC000 | 0xD000 | 0xF000) {
+        return None; // NaN, Infinity, -Infinity: not decimals (an error, never a 0)
     }
     let mut mant: i128 = 0;
     // Value = sum digit[i] * 10000^(weight - i); scaled by 10^dscale.
@@ -239,6 +239,13 @@ mod tests {
         ] {
             let d = Decimal::parse(s).unwrap();
             assert_eq!(numeric_from_binary(&numeric_to_binary(d)), Some(d), "{s}");
+        }
+        // NaN, Infinity and -Infinity (no digits, a special sign) are not read as 0.
+        for sign in [0xC000u16, 0xD000, 0xF000] {
+            let mut b = vec![0, 0, 0, 0];
+            b.extend_from_slice(&sign.to_be_bytes());
+            b.extend_from_slice(&[0, 0]);
+            assert_eq!(numeric_from_binary(&b), None, "{sign:x}");
         }
     }
 

@@ -500,6 +500,7 @@ fn read_corpus() -> Vec<String> {
         "SELECT max(score)::text, min(id)::text FROM users",
         "SELECT amount::int, count(*) FROM orders GROUP BY amount ORDER BY 1, 2 LIMIT 8",
         "SELECT id, score FROM users ORDER BY score::text, id LIMIT 7",
+        "SELECT id AS score, score AS id FROM users ORDER BY id, score LIMIT 9",
         "SELECT count(*) FROM users WHERE id::text = '42'",
         // Aggregates the merge does not compute, HAVING without GROUP BY, WITH chains,
         // parenthesised joins: refused as written, answered by parts run first.

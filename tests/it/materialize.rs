@@ -41,6 +41,12 @@ async fn parts_that_run_first_see_the_transaction_and_stay_bounded() {
     .unwrap();
     let top = "SELECT id FROM users WHERE score = (SELECT max(score) FROM users) ORDER BY id LIMIT 3";
     assert_eq!(cells(&c.simple_query(top).await.unwrap()), ["99", "199", "299"]);
+    // A negative OFFSET is an error over several shards too, as on one database.
+    let e = c
+        .simple_query("SELECT id FROM users ORDER BY id LIMIT 5 OFFSET -1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("2201X"), "{e:?}");
     // One statement with a `;` in a literal is still one statement.
     assert_eq!(
         cells(

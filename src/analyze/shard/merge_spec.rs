@@ -387,19 +387,20 @@ pub(super) fn merge_plan(q: &Query, sel: &Select, scope: &Scope) -> Result<Merge
                 e @ Expr::Value(v) if matches!(&v.value, Value::Number(..)) => ordinal(e, n, star),
                 // Items after a wildcard move when it expands: order by a hidden copy instead.
                 _ if star => None,
-                _ => sel
-                    .projection
-                    .iter()
-                    .position(|item| match item {
+                // A plain name is an output column's name before an input column's, as
+                // PostgreSQL reads it (`SELECT a AS b, b AS a ... ORDER BY a` sorts by t.b).
+                _ => match strip_parens(&o.expr) {
+                    Expr::Identifier(id) => aliases.iter().position(|a| a.as_deref() == Some(ident(id).as_str())),
+                    _ => None,
+                }
+                .or_else(|| {
+                    sel.projection.iter().position(|item| match item {
                         SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => {
                             strip_parens(x) == strip_parens(&o.expr)
                         }
                         _ => false,
                     })
-                    .or_else(|| match strip_parens(&o.expr) {
-                        Expr::Identifier(id) => aliases.iter().position(|a| a.as_deref() == Some(ident(id).as_str())),
-                        _ => None,
-                    }),
+                }),
             };
             let col = match col {
                 Some(c) => c,

@@ -75,6 +75,17 @@ pub(super) fn push_limit(sql: &mut String, limit: &Option<Operand>, offset: &Opt
             params.len() - 1
         })
     };
+    let negative = |op: &Option<Operand>| matches!(op, Some(Operand::Lit(x)) if x.parse::<i64>().is_ok_and(|v| v < 0));
+    if negative(limit) || negative(offset) {
+        // As written: each shard then refuses it as one database does ("OFFSET must not be
+        // negative"), where a sum would have run it.
+        for (word, op) in [("LIMIT", limit), ("OFFSET", offset)] {
+            if let Some(Operand::Lit(x)) = op {
+                sql.push_str(&format!(" {word} {x}"));
+            }
+        }
+        return;
+    }
     match (limit, offset) {
         (Some(Operand::Lit(l)), None) => sql.push_str(&format!(" LIMIT {l}")),
         (Some(Operand::Lit(l)), Some(Operand::Lit(o))) => {
