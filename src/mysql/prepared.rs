@@ -221,7 +221,7 @@ impl Session {
             let params = Params {
                 formats: vec![0; n],
                 values,
-                types: Vec::new(),
+                types: &[],
                 literals: &[],
             };
             self.route_shape(&String::from_utf8_lossy(&sql), &shape, &params)

@@ -16,10 +16,10 @@ pub struct Params<'a> {
     pub formats: Vec<i16>,
     /// Values; `None` is NULL.
     pub values: Vec<Option<&'a [u8]>>,
-    /// The type OID the client declared for each parameter (0, or none: the server's choice). A
-    /// binary value is read as a key only when its type is the key's: 8 bytes of a float8 are
-    /// not an int8.
-    pub types: Vec<u32>,
+    /// The parameter types the client declared, as the Parse message carries them (a count,
+    /// then one type OID each; 0, or none: the server's choice). A binary value is read as a key
+    /// only when its type is the key's: 8 bytes of a float8 are not an int8.
+    pub types: &'a [u8],
     /// Literals taken out of a simple-protocol text by
     /// [`crate::analyze::fingerprint::parameterize`], as parameters from
     /// [`LITERAL_PARAM_BASE`](crate::analyze::fingerprint::LITERAL_PARAM_BASE) on.
@@ -156,7 +156,10 @@ fn key_value(group: &Group, op: &Operand, params: &Params) -> Option<KeyValue> {
             if format == 0 {
                 return KeyValue::parse(group.key_type, std::str::from_utf8(raw).ok()?);
             }
-            let declared = params.types.get(*i).copied().unwrap_or(0);
+            let declared = params
+                .types
+                .get(2 + 4 * i..6 + 4 * i)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
             match group.key_type {
                 // int8, int2, int4 (or the server's choice, the key column's own type).
                 KeyType::Int if ![0, 20, 21, 23].contains(&declared) => None,

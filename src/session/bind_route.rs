@@ -80,7 +80,7 @@ impl Session {
         let params = Params {
             formats: (0..parts.values.len()).map(|i| parts.param_format(i)).collect(),
             values: parts.values.iter().map(|v| v.as_deref()).collect(),
-            types: stmt.declared_types(),
+            types: &stmt.param_types,
             literals: &[],
         };
         let map = self.runtime.config.map.clone();
@@ -188,7 +188,7 @@ impl Session {
             let params = Params {
                 formats: parts.param_formats.clone(),
                 values: parts.values.iter().map(|v| v.as_deref()).collect(),
-                types: stmt.declared_types(),
+                types: &stmt.param_types,
                 literals: &[],
             };
             let insert = Shape::Insert {

@@ -94,7 +94,7 @@ fn run_file(path: &std::path::Path) -> (String, String) {
             let params = Params {
                 formats: vec![0; params_text.len()],
                 values: params_text.iter().map(|s| Some(s.as_bytes())).collect(),
-                types: Vec::new(),
+                types: &[],
                 literals: &[],
             };
             out.push_str(&explain(&plan(&shape(sql, map), map, &params), map));
@@ -155,11 +155,15 @@ fn a_binary_key_parameter_is_read_by_its_declared_type() {
     let s = shape("SELECT * FROM customers WHERE id = $1", &map);
     let int8 = 42i64.to_be_bytes();
     let float8 = 42f64.to_be_bytes();
-    let bind = |value: &'static [u8], oid: u32| Params {
-        formats: vec![1],
-        values: vec![Some(value)],
-        types: vec![oid],
-        literals: &[],
+    let bind = |value: &'static [u8], oid: u32| {
+        let mut types = vec![0, 1];
+        types.extend_from_slice(&oid.to_be_bytes());
+        Params {
+            formats: vec![1],
+            values: vec![Some(value)],
+            types: Box::leak(types.into_boxed_slice()),
+            literals: &[],
+        }
     };
     let leak = |b: [u8; 8]| -> &'static [u8] { Box::leak(Box::new(b)) };
     assert!(matches!(plan(&s, &map, &bind(leak(int8), 20)), ShardPlan::One(_)));

@@ -36,22 +36,6 @@ pub struct Stmt {
 
 impl Stmt {
     /// Builds a statement and its identity.
-    /// The type OID the client declared for each parameter (0: the server's choice).
-    pub fn declared_types(&self) -> Vec<u32> {
-        let n = self
-            .param_types
-            .get(..2)
-            .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
-        (0..n)
-            .map(|i| {
-                let at = 2 + 4 * i;
-                self.param_types
-                    .get(at..at + 4)
-                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            })
-            .collect()
-    }
-
     pub fn new(query: &str, param_types: &[u8], facts: Arc<Facts>) -> Stmt {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         query.hash(&mut h);
