@@ -141,6 +141,45 @@ fn convert(e: &Expr, depth: usize, add: &mut dyn FnMut(&Function) -> Result<usiz
     })
 }
 
+/// Whether every cast around `e` keeps the order of values (numbers to numbers, to dates or
+/// timestamps): a maximum cast is then the cast maximum. Text (`'9' > '10'`) and times of day
+/// (`max(ts)::time`) do not.
+pub(super) fn order_keeping_casts(mut e: &Expr) -> bool {
+    use sqlparser::ast::DataType as T;
+    loop {
+        match e {
+            Expr::Nested(x) => e = x,
+            Expr::Cast { expr, data_type, .. } => {
+                let keeps = matches!(
+                    data_type,
+                    T::SmallInt(_)
+                        | T::Int(_)
+                        | T::Integer(_)
+                        | T::BigInt(_)
+                        | T::Int2(_)
+                        | T::Int4(_)
+                        | T::Int8(_)
+                        | T::Numeric(_)
+                        | T::Decimal(_)
+                        | T::Real
+                        | T::Float4
+                        | T::Float8
+                        | T::Float(_)
+                        | T::Double(_)
+                        | T::DoublePrecision
+                        | T::Date
+                        | T::Timestamp(..)
+                );
+                if !keeps {
+                    return false;
+                }
+                e = expr;
+            }
+            _ => return true,
+        }
+    }
+}
+
 /// `CASE WHEN false THEN e END`: `e`'s type, never evaluated.
 pub(super) fn never_evaluated(e: &Expr) -> Expr {
     Expr::Case {

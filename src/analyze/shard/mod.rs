@@ -41,9 +41,10 @@ mod scope;
 mod subquery;
 mod tables;
 mod union;
+mod unparsed;
 
 pub use agg_expr::{AggExpr, Arith, CastTo};
-use agg_expr::{agg_expr, column_name, hidden_aggregate, never_evaluated};
+use agg_expr::{agg_expr, column_name, hidden_aggregate, never_evaluated, order_keeping_casts};
 use aggregates::*;
 pub use columns::{with_columns, with_rows};
 use copy_options::*;
@@ -201,53 +202,9 @@ pub fn shape(sql: &str, map: &ShardMap) -> Shape {
         return Shape::Refuse(e.to_string());
     }
     let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return unparsed(sql, map);
+        return unparsed::shape(sql, map);
     };
     shape_of(&stmts, map)
-}
-
-/// A text sqlparser does not take goes as it is to the default shard (the server answers it,
-/// most often with its own syntax error), unless it is a query or a write that names a sharded
-/// table: its rows may be on every shard, so it is refused rather than answered from one.
-fn unparsed(sql: &str, map: &ShardMap) -> Shape {
-    use sqlparser::tokenizer::{Token, Tokenizer};
-    // The words of the text: by the tokenizer, or, when even it fails (an escape it refuses),
-    // cut at every character that is not part of a name (more words than there are, never fewer).
-    let words: Vec<String> = match Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() {
-        Ok(tokens) => tokens
-            .iter()
-            .filter_map(|t| match t {
-                Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
-                Token::Word(w) => Some(w.value.to_lowercase()),
-                _ => None,
-            })
-            .collect(),
-        Err(_) => sql
-            .to_lowercase()
-            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-            .filter(|w| !w.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    };
-    let dml = words.first().is_some_and(|w| {
-        matches!(
-            w.to_ascii_lowercase().as_str(),
-            "select" | "with" | "insert" | "update" | "delete" | "table" | "values" | "merge"
-        )
-    });
-    let named = words
-        .iter()
-        .skip(1)
-        .find(|n| matches!(map.table(n), Some(TableRule::Sharded { .. })))
-        .cloned();
-    match named {
-        Some(t) if dml => Shape::Refuse(format!(
-            "shardwire could not parse this statement, so it cannot tell which shards hold the rows of {t}: write it \
-             in a form the parser takes (for one, E'' strings with \\x escapes of bytes above 127 are not), or run it \
-             on a shard directly"
-        )),
-        _ => Shape::Unparsed,
-    }
 }
 
 /// [`shape`] in MySQL's dialect: `?` placeholders are numbered in the order they appear and
