@@ -403,25 +403,31 @@ key = "user_id"
         );
         assert!(s.ends_with("TO STDOUT (FORMAT csv)"), "{s}");
         assert_eq!(own("COPY users FROM STDIN", 0), None);
+        // Without a column list: the columns COPY writes, named; the serving shard copies the
+        // table as is.
+        let m = map();
+        assert_eq!(
+            copy_without_columns("COPY users TO STDOUT", &m).as_deref(),
+            Some("users")
+        );
+        assert_eq!(copy_without_columns("COPY users (id) TO STDOUT", &m), None);
+        assert!(own_rows_each("COPY users TO STDOUT", &m, &[0], None).is_err());
+        let cols = ["id".to_owned(), "Name".to_owned()];
+        let each = own_rows_each("COPY users TO STDOUT", &m, &[0, 1], Some(&cols)).unwrap();
+        assert!(
+            each[0]
+                .as_deref()
+                .unwrap()
+                .starts_with("COPY (SELECT \"id\", \"Name\" FROM (SELECT"),
+            "{each:?}"
+        );
+        assert_eq!(each[1], None);
     }
 
     #[test]
     fn a_serving_map_changes_nothing() {
-        let m = crate::shardmap::parse(
-            r#"
-version = 1
-shards = ["s0", "s1"]
-default_shard = "s0"
-[groups.users]
-key_type = "bigint"
-partitioning = { kind = "hash", partitions = 4 }
-assignment = { s0 = "0-1", s1 = "2-3" }
-[tables.users]
-group = "users"
-key = "id"
-"#,
-        )
-        .unwrap();
+        let mut m = map();
+        m.groups[0].states.clear();
         assert!(!any_copies(&m));
         assert!(any_copies(&map()));
         assert_eq!(own_rows_only("SELECT * FROM users", &m, 0).unwrap(), None);
